@@ -1,0 +1,1 @@
+//! vxdp's control plane.
