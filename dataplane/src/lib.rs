@@ -2,5 +2,7 @@
 //! edges (TAP, AF_XDP, XDP loader) joined by the workers.
 #![warn(missing_docs)]
 
+pub mod tap;
 pub mod wire;
 pub mod xdp;
+pub mod xsk;

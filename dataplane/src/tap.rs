@@ -1,0 +1,158 @@
+//! The overlay-side device: a multi-queue TAP (`tun-rs`), one queue per worker.
+//!
+//! The kernel routes packets for remote subnets into it; workers read Ethernet frames straight
+//! into UMEM frames and write decapsulated frames back. The device is not persistent: if vxdp
+//! dies, the kernel deletes it together with its address and routes, so nothing stale is left
+//! routing into a dead process.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+
+use crate::wire::MacAddr;
+
+/// What the TAP device should look like.
+#[derive(Debug, Clone)]
+pub struct TapConfig {
+    /// Interface name, `vxdp.<VNI>` by default.
+    pub name: String,
+    /// This node's VtepMAC.
+    pub mac: MacAddr,
+    /// Overlay MTU (underlay MTU minus the VXLAN overhead).
+    pub mtu: u16,
+    /// Number of queues (one per worker).
+    pub queues: usize,
+}
+
+/// Errors of creating the device.
+#[derive(Debug, thiserror::Error)]
+#[error("TAP device {name}: {step} failed: {source}{hint}")]
+pub struct TapError {
+    name: String,
+    step: &'static str,
+    #[source]
+    source: io::Error,
+    hint: &'static str,
+}
+
+/// One queue of the TAP device: a non-blocking file descriptor.
+pub struct TapQueue {
+    dev: SyncDevice,
+}
+
+impl std::fmt::Debug for TapQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TapQueue(fd {})", self.dev.as_raw_fd())
+    }
+}
+
+impl TapQueue {
+    /// The queue's file descriptor, for poll.
+    pub fn fd(&self) -> RawFd {
+        self.dev.as_raw_fd()
+    }
+
+    /// Reads one frame; `WouldBlock` when the queue is empty.
+    #[inline]
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(self.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Writes one frame.
+    #[inline]
+    pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
+        // SAFETY: `frame` is valid for reads of its length.
+        let n = unsafe { libc::write(self.fd(), frame.as_ptr().cast(), frame.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+/// The TAP device with all its queues.
+#[derive(Debug)]
+pub struct TapDevice {
+    name: String,
+    queues: Vec<TapQueue>,
+}
+
+impl TapDevice {
+    /// Creates the device, sets its MAC and MTU, brings it up, and opens `config.queues` queues.
+    pub fn create(config: &TapConfig) -> Result<TapDevice, TapError> {
+        let err = |step: &'static str, source: io::Error| {
+            let hint = match source.raw_os_error() {
+                Some(libc::EBUSY) | Some(libc::EINVAL) if step == "create" => {
+                    ". A device with this name exists and is not a vxdp TAP (a kernel vxlan link \
+                     left by flanneld or `--backend kernel`?): delete it with `ip link del NAME` \
+                     or choose another --device"
+                }
+                Some(libc::EPERM) => ". Creating a TAP needs CAP_NET_ADMIN",
+                Some(libc::ENOENT) => ". /dev/net/tun is missing: load the tun module",
+                _ => "",
+            };
+            TapError {
+                name: config.name.clone(),
+                step,
+                source,
+                hint,
+            }
+        };
+        if config.queues == 0 {
+            return Err(err(
+                "create",
+                io::Error::other("at least one queue is needed"),
+            ));
+        }
+        let first = DeviceBuilder::new()
+            .name(&config.name)
+            .layer(Layer::L2)
+            .with(|b| {
+                b.multi_queue(true);
+                // The tun default (500) drops bursts the workers would absorb a moment later.
+                b.tx_queue_len(1000);
+            })
+            .build_sync()
+            .map_err(|e| err("create", e))?;
+        first
+            .set_mac_address(config.mac.octets())
+            .map_err(|e| err("set MAC address", e))?;
+        first.set_mtu(config.mtu).map_err(|e| err("set MTU", e))?;
+        let mut queues = Vec::with_capacity(config.queues);
+        for _ in 1..config.queues {
+            let q = first.try_clone().map_err(|e| err("open extra queue", e))?;
+            queues.push(q);
+        }
+        queues.insert(0, first);
+        for q in &queues {
+            q.set_nonblocking(true)
+                .map_err(|e| err("set non-blocking", e))?;
+        }
+        queues[0].enabled(true).map_err(|e| err("bring up", e))?;
+        Ok(TapDevice {
+            name: config.name.clone(),
+            queues: queues.into_iter().map(|dev| TapQueue { dev }).collect(),
+        })
+    }
+
+    /// The interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hands the queues out (one per worker); the device lives as long as any queue does.
+    pub fn into_queues(self) -> Vec<TapQueue> {
+        self.queues
+    }
+
+    /// Number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+}

@@ -1,0 +1,484 @@
+//! One AF_XDP socket bound to one NIC queue, with its own UMEM (`xdpilone`).
+//!
+//! Each worker owns one of these outright: its UMEM, fill/completion rings and RX/TX rings are
+//! touched by that worker's thread only, so nothing here is shared or locked. Zero-copy is tried
+//! first when asked for `Auto`; drivers that cannot (veth, most virtual NICs) answer EOPNOTSUPP
+//! and the socket is rebuilt in copy mode.
+
+use std::ffi::CString;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::ptr::NonNull;
+
+use xdpilone::{
+    CompletionQueue, FillQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
+    User,
+};
+
+/// How to bind the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy if the driver offers it, else copy.
+    Auto,
+    /// Zero-copy or fail.
+    ZeroCopy,
+    /// Copy mode (works on every driver that runs XDP).
+    Copy,
+}
+
+/// The mode a socket ended up bound in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SocketMode {
+    /// The NIC DMAs straight into the UMEM.
+    ZeroCopy,
+    /// The kernel copies each frame between its buffers and the UMEM.
+    Copy,
+}
+
+impl SocketMode {
+    /// Name as shown in logs and status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketMode::ZeroCopy => "zero-copy",
+            SocketMode::Copy => "copy",
+        }
+    }
+}
+
+impl fmt::Display for SocketMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Size and placement of one socket's UMEM and rings.
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    /// Underlay interface name.
+    pub ifname: String,
+    /// NIC queue to bind to.
+    pub queue_id: u32,
+    /// Bytes per UMEM frame: a power of two between 2048 and the page size.
+    pub frame_size: u32,
+    /// Number of UMEM frames (half receive, half transmit).
+    pub frame_count: u32,
+    /// Entries in each of the four rings (power of two).
+    pub ring_size: u32,
+    /// Zero-copy, copy, or auto-detect.
+    pub bind_mode: BindMode,
+}
+
+impl XskConfig {
+    /// Bytes of UMEM this socket locks.
+    pub fn umem_bytes(&self) -> usize {
+        self.frame_size as usize * self.frame_count as usize
+    }
+}
+
+/// Errors of creating a socket.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// Bad configuration.
+    #[error("AF_XDP configuration for {ifname} queue {queue}: {reason}")]
+    Config {
+        /// Interface.
+        ifname: String,
+        /// Queue.
+        queue: u32,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The UMEM could not be registered: almost always RLIMIT_MEMLOCK.
+    #[error(
+        "registering {mib} MiB of AF_XDP UMEM for {ifname} queue {queue} failed: {errno}. \
+         UMEM counts against RLIMIT_MEMLOCK unless vxdp has CAP_IPC_LOCK: grant CAP_IPC_LOCK, \
+         raise the limit (systemd LimitMEMLOCK=infinity, or `ulimit -l`), or lower --umem-frames"
+    )]
+    Umem {
+        /// Interface.
+        ifname: String,
+        /// Queue.
+        queue: u32,
+        /// Size asked for.
+        mib: usize,
+        /// The kernel's answer.
+        errno: String,
+    },
+    /// A socket operation failed.
+    #[error("AF_XDP {step} on {ifname} queue {queue} failed: {errno}{hint}")]
+    Socket {
+        /// Which step.
+        step: &'static str,
+        /// Interface.
+        ifname: String,
+        /// Queue.
+        queue: u32,
+        /// The kernel's answer.
+        errno: String,
+        /// Raw errno value.
+        raw: i32,
+        /// What the operator can do.
+        hint: &'static str,
+    },
+}
+
+impl XskError {
+    /// The raw errno behind a socket error, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            XskError::Socket { raw, .. } => Some(*raw),
+            _ => None,
+        }
+    }
+}
+
+/// Anonymous, page-aligned memory for a UMEM, unmapped on drop.
+struct UmemArea {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl UmemArea {
+    fn new(len: usize) -> std::io::Result<UmemArea> {
+        // SAFETY: anonymous private mapping; the result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(std::io::Error::last_os_error)?;
+        Ok(UmemArea { ptr, len })
+    }
+
+    fn as_slice_ptr(&self) -> NonNull<[u8]> {
+        NonNull::slice_from_raw_parts(self.ptr, self.len)
+    }
+}
+
+impl Drop for UmemArea {
+    fn drop(&mut self) {
+        // SAFETY: we mapped exactly this range and every user of it (rings, sockets) is dropped
+        // before us by field order in `XskSocket`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The UMEM's frames: addressing and access. Kept apart from the rings so a worker can hold a
+/// ring reader and frame slices at the same time.
+#[derive(Debug)]
+pub struct UmemFrames {
+    base: NonNull<u8>,
+    len: usize,
+    frame_size: u32,
+    frame_count: u32,
+}
+
+impl UmemFrames {
+    /// Bytes per UMEM frame.
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size
+    }
+
+    /// Number of UMEM frames.
+    pub fn frame_count(&self) -> u32 {
+        self.frame_count
+    }
+
+    /// UMEM address of frame `index` (its first byte).
+    #[inline]
+    pub fn frame_addr(&self, index: u32) -> u64 {
+        u64::from(index) * u64::from(self.frame_size)
+    }
+
+    /// Base address of the frame that contains UMEM address `addr`.
+    #[inline]
+    pub fn frame_base(&self, addr: u64) -> u64 {
+        addr - addr % u64::from(self.frame_size)
+    }
+
+    /// The bytes of the frame containing `addr`, from `addr` to the end of that frame; `None` if
+    /// `addr` lies outside the UMEM (a descriptor the kernel never hands out).
+    ///
+    /// # Safety
+    /// The frame must be owned by userspace at this moment: taken from the RX or completion
+    /// ring and not yet given back through the fill or TX ring, or never lent to the kernel.
+    /// The caller must not hold two overlapping slices at once.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn frame_from(&self, addr: u64) -> Option<&mut [u8]> {
+        let total = self.len as u64;
+        if addr >= total {
+            return None;
+        }
+        let end = self.frame_base(addr) + u64::from(self.frame_size);
+        let len = (end.min(total) - addr) as usize;
+        // SAFETY: addr..addr+len lies inside the mapping (checked above); exclusivity is the
+        // caller's promise.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr as usize), len) })
+    }
+}
+
+/// An AF_XDP socket bound to one NIC queue, owned by one worker thread.
+pub struct XskSocket {
+    // Field order is drop order: rings and sockets first, the memory they point into last.
+    /// Receive ring: frames the XDP program redirected to us.
+    pub rx: RingRx,
+    /// Transmit ring: frames we hand to the NIC.
+    pub tx: RingTx,
+    /// Fill ring: empty frames we lend the kernel for receiving.
+    pub fill: FillQueue,
+    /// Completion ring: transmitted frames the kernel gives back.
+    pub completion: CompletionQueue,
+    /// The UMEM's frames.
+    pub frames: UmemFrames,
+    user: User,
+    _umem: Umem,
+    _area: UmemArea,
+    mode: SocketMode,
+    queue_id: u32,
+}
+
+// SAFETY: the raw pointers inside refer to this socket's private UMEM mapping and rings; the
+// socket moves to its worker thread once and is used there alone.
+unsafe impl Send for XskSocket {}
+
+impl fmt::Debug for XskSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XskSocket")
+            .field("queue_id", &self.queue_id)
+            .field("mode", &self.mode)
+            .field("frames", &self.frames.frame_count)
+            .finish()
+    }
+}
+
+/// Socket statistics kept by the kernel (`XDP_STATISTICS`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct XskKernelStats {
+    /// Dropped for reasons other than ring space (e.g. frame too large for a UMEM chunk).
+    pub rx_dropped: u64,
+    /// Dropped because the RX ring was full (the worker fell behind).
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when the kernel needed a frame.
+    pub rx_fill_ring_empty: u64,
+    /// Invalid descriptors we put on the TX ring (a bug if non-zero).
+    pub tx_invalid_descs: u64,
+}
+
+impl XskSocket {
+    /// Creates the UMEM and socket and binds it to `config.queue_id` of `config.ifname`.
+    pub fn open(config: &XskConfig) -> Result<XskSocket, XskError> {
+        let cfg_err = |reason: String| XskError::Config {
+            ifname: config.ifname.clone(),
+            queue: config.queue_id,
+            reason,
+        };
+        if !config.frame_size.is_power_of_two() || !(2048..=4096).contains(&config.frame_size) {
+            return Err(cfg_err(format!(
+                "frame size {} must be a power of two between 2048 and 4096",
+                config.frame_size
+            )));
+        }
+        if !config.ring_size.is_power_of_two() || config.ring_size < 64 {
+            return Err(cfg_err(format!(
+                "ring size {} must be a power of two >= 64",
+                config.ring_size
+            )));
+        }
+        if config.frame_count < 2 * config.ring_size {
+            return Err(cfg_err(format!(
+                "{} UMEM frames cannot back a fill ring and a TX ring of {} entries each; \
+                 raise --umem-frames to at least {}",
+                config.frame_count,
+                config.ring_size,
+                2 * config.ring_size
+            )));
+        }
+        match config.bind_mode {
+            BindMode::Copy => Self::open_with(config, SocketMode::Copy),
+            BindMode::ZeroCopy => Self::open_with(config, SocketMode::ZeroCopy),
+            BindMode::Auto => match Self::open_with(config, SocketMode::ZeroCopy) {
+                Ok(sock) => Ok(sock),
+                // Drivers without zero-copy support refuse the bind; everything else is real.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPROTONOSUPPORT)
+                    ) =>
+                {
+                    tracing::debug!(queue = config.queue_id, "zero-copy bind refused: {e}");
+                    Self::open_with(config, SocketMode::Copy)
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn open_with(config: &XskConfig, mode: SocketMode) -> Result<XskSocket, XskError> {
+        let sock_err = |step: &'static str, errno: xdpilone::Errno| {
+            let raw = errno.get_raw().abs();
+            XskError::Socket {
+                step,
+                ifname: config.ifname.clone(),
+                queue: config.queue_id,
+                errno: std::io::Error::from_raw_os_error(raw).to_string(),
+                raw,
+                hint: match raw {
+                    libc::EPERM => {
+                        ". AF_XDP needs CAP_NET_RAW and CAP_NET_ADMIN (or root); \
+                         use --backend kernel otherwise"
+                    }
+                    libc::EBUSY => ". Another AF_XDP socket is bound to this queue",
+                    libc::EINVAL if step == "bind" => {
+                        ". The queue may not exist: check `ethtool -l IFACE`"
+                    }
+                    _ => "",
+                },
+            }
+        };
+        let area = UmemArea::new(config.umem_bytes()).map_err(|e| XskError::Umem {
+            ifname: config.ifname.clone(),
+            queue: config.queue_id,
+            mib: config.umem_bytes() >> 20,
+            errno: e.to_string(),
+        })?;
+        let umem_config = UmemConfig {
+            fill_size: config.ring_size,
+            complete_size: config.ring_size,
+            frame_size: config.frame_size,
+            headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is page aligned, `frame_count * frame_size` long, and outlives the Umem
+        // (field order of XskSocket).
+        let umem =
+            unsafe { Umem::new(umem_config, area.as_slice_ptr()) }.map_err(|e| XskError::Umem {
+                ifname: config.ifname.clone(),
+                queue: config.queue_id,
+                mib: config.umem_bytes() >> 20,
+                errno: std::io::Error::from_raw_os_error(e.get_raw().abs()).to_string(),
+            })?;
+
+        let name = CString::new(config.ifname.as_str())
+            .map_err(|_| sock_err("interface name", xdpilone::Errno::last_os_error()))?;
+        let mut info = IfInfo::invalid();
+        info.from_name(&name)
+            .map_err(|e| sock_err("interface lookup", e))?;
+        info.set_queue(config.queue_id);
+
+        let sock = Socket::with_shared(&info, &umem).map_err(|e| sock_err("socket", e))?;
+        let device = umem
+            .fq_cq(&sock)
+            .map_err(|e| sock_err("fill/completion ring setup", e))?;
+        let ring = NonZeroU32::new(config.ring_size);
+        let bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP
+            | match mode {
+                SocketMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
+                SocketMode::Copy => SocketConfig::XDP_BIND_COPY,
+            };
+        let user = umem
+            .rx_tx(
+                &sock,
+                &SocketConfig {
+                    rx_size: ring,
+                    tx_size: ring,
+                    bind_flags,
+                },
+            )
+            .map_err(|e| sock_err("rx/tx ring setup", e))?;
+        let rx = user.map_rx().map_err(|e| sock_err("rx ring mmap", e))?;
+        let tx = user.map_tx().map_err(|e| sock_err("tx ring mmap", e))?;
+        umem.bind(&user).map_err(|e| sock_err("bind", e))?;
+        let (fill, completion) = device.into_parts();
+
+        Ok(XskSocket {
+            rx,
+            tx,
+            fill,
+            completion,
+            frames: UmemFrames {
+                base: area.ptr,
+                len: area.len,
+                frame_size: config.frame_size,
+                frame_count: config.frame_count,
+            },
+            user,
+            _umem: umem,
+            _area: area,
+            mode,
+            queue_id: config.queue_id,
+        })
+    }
+
+    /// The socket's file descriptor (for the XSKMAP and for poll).
+    pub fn fd(&self) -> i32 {
+        self.user.as_raw_fd()
+    }
+
+    /// Copy or zero-copy.
+    pub fn mode(&self) -> SocketMode {
+        self.mode
+    }
+
+    /// The NIC queue this socket is bound to.
+    pub fn queue_id(&self) -> u32 {
+        self.queue_id
+    }
+
+    /// Kernel-side statistics of this socket.
+    pub fn kernel_stats(&self) -> XskKernelStats {
+        match self.user.statistics_v2() {
+            Ok(s) => XskKernelStats {
+                rx_dropped: s.rx_dropped,
+                rx_ring_full: s.rx_ring_full,
+                rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+                tx_invalid_descs: s.tx_invalid_descs,
+            },
+            Err(_) => XskKernelStats::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> XskConfig {
+        XskConfig {
+            ifname: "lo".into(),
+            queue_id: 0,
+            frame_size: 4096,
+            frame_count: 256,
+            ring_size: 64,
+            bind_mode: BindMode::Copy,
+        }
+    }
+
+    #[test]
+    fn rejects_bad_geometry_with_the_fix() {
+        let mut c = config();
+        c.frame_size = 3000;
+        assert!(matches!(XskSocket::open(&c), Err(XskError::Config { .. })));
+        let mut c = config();
+        c.frame_count = 100;
+        let err = XskSocket::open(&c).unwrap_err().to_string();
+        assert!(err.contains("--umem-frames"), "{err}");
+    }
+
+    #[test]
+    fn umem_area_is_page_aligned_and_writable() {
+        let area = UmemArea::new(1 << 16).unwrap();
+        assert_eq!(area.ptr.as_ptr() as usize % 4096, 0);
+        // SAFETY: freshly mapped, exclusively ours.
+        unsafe { area.ptr.as_ptr().add((1 << 16) - 1).write(0xab) };
+    }
+}

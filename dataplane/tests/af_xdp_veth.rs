@@ -1,0 +1,225 @@
+//! The XDP steering program and an AF_XDP socket on a real veth pair in throwaway namespaces:
+//! VXLAN for this VTEP reaches the socket's RX ring, everything else reaches the kernel, and a
+//! frame put on the TX ring arrives at the peer.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use dataplane::xdp::{SteeringConfig, SteeringProgram, XdpMode};
+use dataplane::xsk::{BindMode, SocketMode, XskConfig, XskSocket};
+use testkit::{require_root, unique_prefix, veth, Netns};
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const B_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+fn vxlan_payload(vni: u32) -> Vec<u8> {
+    let mut p = vec![0x08, 0, 0, 0];
+    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    p.extend_from_slice(&[0xee; 60]); // stand-in inner frame
+    p
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
+    let s = ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    let mut m = [0u8; 6];
+    for (i, part) in s.trim().split(':').enumerate() {
+        m[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
+
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in header.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A UDP/IPv4 frame from A to B, UDP checksum 0.
+fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = 20 + 8 + payload.len();
+    let mut ip = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0,
+        0,
+        64,
+        17,
+        0,
+        0,
+    ];
+    ip.extend_from_slice(&A_IP.octets());
+    ip.extend_from_slice(&B_IP.octets());
+    let csum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let ulen = 8 + payload.len();
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&(ulen as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn steering_program_and_af_xdp_socket_on_veth() {
+    require_root();
+    let prefix = unique_prefix();
+    let a = Netns::new(&prefix, "a");
+    let b = Netns::new(&prefix, "b");
+    veth(&a, "a0", &b, "b0");
+    a.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "a0"]);
+    b.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "b0"]);
+    a.run(&["ping", "-c1", "-W2", "192.0.2.2"]); // ARP both ways before XDP is in place
+    let a_mac = mac_of(&a, "a0");
+    let b_mac = mac_of(&b, "b0");
+
+    // B listens for what A's AF_XDP socket transmits.
+    let b_listener = b.enter(|| UdpSocket::bind((B_IP, 9000)).unwrap());
+    b_listener
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+
+    a.enter(|| {
+        let config = SteeringConfig {
+            ifindex: ifindex("a0"),
+            ifname: "a0".into(),
+            local_ip4: Some(A_IP),
+            local_ip6: None,
+            port: 8472,
+            vni: 1,
+        };
+        let (prog, failures) =
+            SteeringProgram::load_and_attach(&config, &[XdpMode::Native, XdpMode::Generic])
+                .expect("load and attach");
+        assert_eq!(
+            prog.mode(),
+            XdpMode::Native,
+            "veth supports native XDP: {failures:?}"
+        );
+
+        let mut xsk = XskSocket::open(&XskConfig {
+            ifname: "a0".into(),
+            queue_id: 0,
+            frame_size: 4096,
+            frame_count: 512,
+            ring_size: 256,
+            bind_mode: BindMode::Auto,
+        })
+        .expect("open AF_XDP socket");
+        assert_eq!(
+            xsk.mode(),
+            SocketMode::Copy,
+            "veth has no zero-copy: auto falls back"
+        );
+        prog.register_socket(0, xsk.fd()).unwrap();
+
+        // Lend frames 0..256 to the kernel for receiving.
+        let addrs: Vec<u64> = (0..256).map(|i| xsk.frames.frame_addr(i)).collect();
+        {
+            let mut w = xsk.fill.fill(256);
+            assert_eq!(w.insert(addrs.into_iter()), 256);
+            w.commit();
+        }
+
+        // From B: VXLAN VNI 1 (ours), VNI 2 (not ours), and plain UDP to another port.
+        b.enter(|| {
+            let s = UdpSocket::bind((B_IP, 0)).unwrap();
+            s.send_to(&vxlan_payload(1), (A_IP, 8472)).unwrap();
+            s.send_to(&vxlan_payload(2), (A_IP, 8472)).unwrap();
+            s.send_to(b"not vxlan", (A_IP, 9999)).unwrap();
+        });
+
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut got = Vec::new();
+        while Instant::now() < deadline && got.is_empty() {
+            let mut r = xsk.rx.receive(64);
+            while let Some(desc) = r.read() {
+                // SAFETY: the frame came from the RX ring and is ours until refilled.
+                let frame = unsafe { xsk.frames.frame_from(desc.addr) }.unwrap();
+                got.push(frame[..desc.len as usize].to_vec());
+            }
+            r.release();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        {
+            let mut r = xsk.rx.receive(64);
+            while r.read().is_some() {
+                got.push(Vec::new());
+            }
+            r.release();
+        }
+        assert_eq!(got.len(), 1, "exactly the VNI 1 datagram is redirected");
+        let frame = &got[0];
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        assert_eq!(&frame[30..34], &A_IP.octets(), "destination is our VTEP");
+        assert_eq!(&frame[36..38], &8472u16.to_be_bytes());
+        assert_eq!(&frame[42..50], &vxlan_payload(1)[..8]);
+        let counters = prog.counters();
+        assert_eq!(counters.redirected, 1, "{counters:?}");
+        assert_eq!(counters.other_vni, 1, "{counters:?}");
+        assert!(counters.passed >= 1, "{counters:?}");
+
+        // TX: one UDP datagram from A to B:9000 through the AF_XDP TX ring.
+        let pkt = udp_frame(a_mac, b_mac, 9000, b"hello from af_xdp");
+        let tx_addr = xsk.frames.frame_addr(300);
+        // SAFETY: frame 300 was never lent to the kernel.
+        unsafe { xsk.frames.frame_from(tx_addr) }.unwrap()[..pkt.len()].copy_from_slice(&pkt);
+        {
+            let mut w = xsk.tx.transmit(1);
+            assert!(w.insert_once(xdpilone::xdp::XdpDesc {
+                addr: tx_addr,
+                len: pkt.len() as u32,
+                options: 0,
+            }));
+            w.commit();
+        }
+        assert!(
+            xsk.tx.needs_wakeup(),
+            "copy mode transmits only when kicked"
+        );
+        xsk.tx.wake();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut completed = 0;
+        while Instant::now() < deadline && completed == 0 {
+            let mut c = xsk.completion.complete(8);
+            while let Some(addr) = c.read() {
+                assert_eq!(addr, tx_addr);
+                completed += 1;
+            }
+            c.release();
+        }
+        assert_eq!(completed, 1, "the transmitted frame is completed");
+        prog.unregister_socket(0);
+    });
+
+    let mut buf = [0u8; 64];
+    let (n, from) = b_listener
+        .recv_from(&mut buf)
+        .expect("B receives the AF_XDP frame");
+    assert_eq!(&buf[..n], b"hello from af_xdp");
+    assert_eq!(from.ip(), A_IP);
+    // The program was detached when it dropped: no XDP left on a0.
+    let link = a.run(&["ip", "link", "show", "a0"]);
+    assert!(!link.contains("xdp"), "XDP still attached: {link}");
+}
