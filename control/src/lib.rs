@@ -1,1 +1,6 @@
-//! vxdp's control plane.
+//! vxdp's control plane: flannel's network config and leases, the lease stores, and netlink
+//! programming of the overlay device, routes and the underlay next hops.
+#![warn(missing_docs)]
+
+pub mod netlink;
+pub mod underlay;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs every system package vxdp's build, tests, demo and benchmarks need.
+# Idempotent: installs only what is missing (after `apt-get update`). Needs root.
+set -euo pipefail
+
+packages=(
+  # build: libbpf-cargo compiles bpf/*.bpf.c with clang; libbpf-sys links libelf and zlib
+  clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make
+  # etcd-client (etcd v3 API) generates its protobuf code with protoc
+  protobuf-compiler
+  # tests: namespaces, veth, kernel vxlan peers, a real etcd
+  iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
+  nftables iptables tcpdump
+  # demo and benchmarks
+  iperf3 strace
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "scripts/setup.sh installs system packages and must run as root" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q
+  # etcd-server's postinst would start a system etcd; vxdp's tests start their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is not installed; install Rust (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+echo "setup: system packages present"
