@@ -2,5 +2,6 @@
 //! edges (TAP, AF_XDP, XDP loader) joined by the workers.
 #![warn(missing_docs)]
 
+pub mod tunnel;
 pub mod wire;
 pub mod xdp;
