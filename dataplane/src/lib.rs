@@ -2,6 +2,7 @@
 //! edges (TAP, AF_XDP, XDP loader) joined by the workers.
 #![warn(missing_docs)]
 
+pub mod arp_responder;
 pub mod tunnel;
 pub mod wire;
 pub mod xdp;
