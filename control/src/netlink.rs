@@ -147,7 +147,12 @@ impl Netlink {
 
     /// Looks a link up by name; `Ok(None)` if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match links.try_next().await {
             Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
             Ok(None) => Ok(None),
@@ -310,7 +315,10 @@ impl Netlink {
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
-            Err(e) => Err(NetlinkError::new(format!("deleting route {dst} via {via}"), e)),
+            Err(e) => Err(NetlinkError::new(
+                format!("deleting route {dst} via {via}"),
+                e,
+            )),
         }
     }
 
@@ -358,10 +366,15 @@ impl Netlink {
             .try_next()
             .await
             .map_err(|e| NetlinkError::new(format!("looking up the route to {dst}"), e))?
-            .ok_or_else(|| NetlinkError::other(format!("looking up the route to {dst}"), "no route"))?;
+            .ok_or_else(|| {
+                NetlinkError::other(format!("looking up the route to {dst}"), "no route")
+            })?;
         Ok(RouteTo {
             oif: route_oif(&route).ok_or_else(|| {
-                NetlinkError::other(format!("looking up the route to {dst}"), "route has no device")
+                NetlinkError::other(
+                    format!("looking up the route to {dst}"),
+                    "route has no device",
+                )
             })?,
             pref_src: route_addr(&route, |a| matches!(a, RouteAttribute::PrefSource(_))),
             gateway: route_addr(&route, |a| matches!(a, RouteAttribute::Gateway(_))),
@@ -370,12 +383,19 @@ impl Netlink {
 
     /// The neighbour entry for `ip` on link `index`, if the kernel has one.
     pub async fn neighbour(&self, index: u32, ip: IpAddr) -> Result<Option<Neighbour>> {
-        let version = if ip.is_ipv6() { IpVersion::V6 } else { IpVersion::V4 };
+        let version = if ip.is_ipv6() {
+            IpVersion::V6
+        } else {
+            IpVersion::V4
+        };
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(match version { IpVersion::V4 => AddressFamily::Inet, IpVersion::V6 => AddressFamily::Inet6 })
+            .set_address_family(match version {
+                IpVersion::V4 => AddressFamily::Inet,
+                IpVersion::V6 => AddressFamily::Inet6,
+            })
             .execute()
             .try_collect()
             .await
@@ -419,7 +439,12 @@ impl Netlink {
     }
 
     /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`.
-    pub async fn replace_permanent_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<()> {
+    pub async fn replace_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        mac: MacAddr,
+    ) -> Result<()> {
         self.handle
             .neighbours()
             .add(index, ip)
@@ -428,7 +453,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| NetlinkError::new(format!("adding neighbour {ip} lladdr {mac} on link #{index}"), e))
+            .map_err(|e| {
+                NetlinkError::new(
+                    format!("adding neighbour {ip} lladdr {mac} on link #{index}"),
+                    e,
+                )
+            })
     }
 
     /// `ip neigh del IP dev DEV`; a missing entry is fine.
@@ -440,14 +470,18 @@ impl Netlink {
             AddressFamily::Inet
         };
         msg.header.ifindex = index;
-        msg.attributes.push(NeighbourAttribute::Destination(match ip {
-            IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
-            IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
-        }));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(match ip {
+                IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+                IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+            }));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(()),
-            Err(e) => Err(NetlinkError::new(format!("deleting neighbour {ip} on link #{index}"), e)),
+            Err(e) => Err(NetlinkError::new(
+                format!("deleting neighbour {ip} on link #{index}"),
+                e,
+            )),
         }
     }
 }
@@ -464,16 +498,19 @@ fn route_destination(r: &RouteMessage) -> Option<IpAddr> {
 }
 
 fn route_addr(r: &RouteMessage, pick: impl Fn(&RouteAttribute) -> bool) -> Option<IpAddr> {
-    r.attributes.iter().filter(|a| pick(a)).find_map(|a| match a {
-        RouteAttribute::PrefSource(addr)
-        | RouteAttribute::Gateway(addr)
-        | RouteAttribute::Destination(addr) => match addr {
-            RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-            RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+    r.attributes
+        .iter()
+        .filter(|a| pick(a))
+        .find_map(|a| match a {
+            RouteAttribute::PrefSource(addr)
+            | RouteAttribute::Gateway(addr)
+            | RouteAttribute::Destination(addr) => match addr {
+                RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    })
+        })
 }
 
 fn neighbour_destination(n: &NeighbourMessage) -> Option<IpAddr> {
@@ -484,7 +521,11 @@ fn neighbour_destination(n: &NeighbourMessage) -> Option<IpAddr> {
     })
 }
 
-fn gateway_route(dst: IpNet, via: IpAddr, oif: Option<u32>) -> std::result::Result<RouteMessage, String> {
+fn gateway_route(
+    dst: IpNet,
+    via: IpAddr,
+    oif: Option<u32>,
+) -> std::result::Result<RouteMessage, String> {
     let msg = match (dst, via) {
         (IpNet::V4(d), IpAddr::V4(g)) => {
             let b = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -511,7 +552,9 @@ fn gateway_route(dst: IpNet, via: IpAddr, oif: Option<u32>) -> std::result::Resu
 
 fn onlink_route(dst: IpNet, via: IpAddr, oif: u32) -> std::result::Result<RouteMessage, String> {
     let mut msg = gateway_route(dst, via, Some(oif))?;
-    msg.header.flags.insert(netlink_packet_route::route::RouteFlags::Onlink);
+    msg.header
+        .flags
+        .insert(netlink_packet_route::route::RouteFlags::Onlink);
     Ok(msg)
 }
 
@@ -542,6 +585,11 @@ mod tests {
 
     #[test]
     fn mixed_families_are_refused() {
-        assert!(gateway_route("10.5.2.0/24".parse().unwrap(), "fc00::1".parse().unwrap(), None).is_err());
+        assert!(gateway_route(
+            "10.5.2.0/24".parse().unwrap(),
+            "fc00::1".parse().unwrap(),
+            None
+        )
+        .is_err());
     }
 }

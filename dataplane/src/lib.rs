@@ -1,8 +1,13 @@
-//! vxdp's dataplane: packet code without I/O (`wire`, `tunnel`), the peer tables, and the I/O
-//! edges (TAP, AF_XDP, XDP loader) joined by the workers.
+//! vxdp's dataplane: packet code without I/O (`wire`, `tunnel`, `arp_responder`), the peer
+//! tables, and the I/O edges (TAP, AF_XDP, XDP loader) joined by the workers.
 #![warn(missing_docs)]
 
+pub mod arp_responder;
+pub mod stats;
+pub mod tables;
 pub mod tap;
+pub mod tunnel;
 pub mod wire;
+pub mod worker;
 pub mod xdp;
 pub mod xsk;

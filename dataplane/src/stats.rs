@@ -26,11 +26,13 @@ pub enum TxDrop {
     EncapFailed,
     /// Reading the TAP failed with an error other than "empty".
     TapReadError,
+    /// The AF_XDP TX ring stayed full (the NIC is slower than the TAP).
+    TxRingFull,
 }
 
 impl TxDrop {
     /// Every reason, in index order.
-    pub const ALL: [TxDrop; 7] = [
+    pub const ALL: [TxDrop; 8] = [
         TxDrop::NoFdbEntry,
         TxDrop::NextHopUnresolved,
         TxDrop::NotUnicast,
@@ -38,6 +40,7 @@ impl TxDrop {
         TxDrop::ArpOther,
         TxDrop::EncapFailed,
         TxDrop::TapReadError,
+        TxDrop::TxRingFull,
     ];
 
     /// Stable snake_case name (metric label).
@@ -50,6 +53,7 @@ impl TxDrop {
             TxDrop::ArpOther => "arp_other",
             TxDrop::EncapFailed => "encap_failed",
             TxDrop::TapReadError => "tap_read_error",
+            TxDrop::TxRingFull => "tx_ring_full",
         }
     }
 
@@ -67,8 +71,10 @@ impl Counter {
     #[inline]
     pub fn add(&self, n: u64) {
         if n != 0 {
-            self.0
-                .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+            self.0.store(
+                self.0.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
         }
     }
 

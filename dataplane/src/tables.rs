@@ -306,7 +306,11 @@ mod tests {
             std::thread::spawn(move || {
                 let mut i = 0u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (m, ip) = if i % 2 == 0 { (3, [192, 0, 2, 3]) } else { (2, [192, 0, 2, 2]) };
+                    let (m, ip) = if i % 2 == 0 {
+                        (3, [192, 0, 2, 3])
+                    } else {
+                        (2, [192, 0, 2, 2])
+                    };
                     t.update(|w| w.upsert(subnet, entry(m, ip, [10, 5, 2, 0])));
                     i += 1;
                 }
@@ -317,8 +321,14 @@ mod tests {
         for _ in 0..200_000 {
             let snap = reader.load();
             let m = snap.arp(gw).expect("the gateway always resolves");
-            let vtep = snap.fdb(&m).expect("the resolved MAC always has an FDB entry");
-            let expected = if m == mac(2) { [192, 0, 2, 2] } else { [192, 0, 2, 3] };
+            let vtep = snap
+                .fdb(&m)
+                .expect("the resolved MAC always has an FDB entry");
+            let expected = if m == mac(2) {
+                [192, 0, 2, 2]
+            } else {
+                [192, 0, 2, 3]
+            };
             assert_eq!(vtep.vtep_ip, IpAddr::V4(Ipv4Addr::from(expected)));
             assert_eq!(snap.fdb_len(), 1);
         }

@@ -245,7 +245,6 @@ impl Worker {
             len: 0,
         };
         let mut read = 0u32;
-        let mut tx_bytes = 0u64;
         while batch.len < BATCH as usize {
             let Some(addr) = tx_free.pop() else { break };
             // SAFETY: `addr` is in the TX pool: no ring holds it.
@@ -303,7 +302,6 @@ impl Worker {
                                 options: 0,
                             };
                             batch.len += 1;
-                            tx_bytes += len as u64;
                         }
                         Err(_) => {
                             stats.tx_drop(TxDrop::EncapFailed);
@@ -315,16 +313,18 @@ impl Worker {
         }
         stats.tap_rx_frames.add(u64::from(read));
         if batch.len > 0 {
-            self.transmit(&batch, tx_free);
-            stats.nic_tx_frames.add(batch.len as u64);
-            stats.nic_tx_bytes.add(tx_bytes);
+            let queued = self.transmit(&batch, tx_free);
+            let queued_bytes: u64 = batch.descs[..queued].iter().map(|d| u64::from(d.len)).sum();
+            self.stats.nic_tx_frames.add(queued as u64);
+            self.stats.nic_tx_bytes.add(queued_bytes);
         }
         read
     }
 
-    /// Puts a batch on the TX ring and kicks the kernel if it asks for it. Descriptors that do
-    /// not fit (the ring is full) go back to the pool: the frame is dropped, as a NIC would.
-    fn transmit(&mut self, batch: &TxBatch, tx_free: &mut Vec<u64>) {
+    /// Puts a batch on the TX ring and kicks the kernel if it asks for it; returns how many
+    /// descriptors were queued (a prefix of the batch). Descriptors that do not fit (the ring
+    /// stayed full) go back to the pool: the frame is dropped, as a NIC would.
+    fn transmit(&mut self, batch: &TxBatch, tx_free: &mut Vec<u64>) -> usize {
         let descs = &batch.descs[..batch.len];
         let mut queued = 0usize;
         for _attempt in 0..2 {
@@ -337,15 +337,16 @@ impl Worker {
                 self.kick();
             }
             if queued == descs.len() {
-                return;
+                return queued;
             }
             // Full ring: completions free slots as the kernel sends.
             self.reap_completions(tx_free);
         }
         for d in &descs[queued..] {
             tx_free.push(self.xsk.frames.frame_base(d.addr));
-            self.stats.tx_drop(TxDrop::EncapFailed);
+            self.stats.tx_drop(TxDrop::TxRingFull);
         }
+        queued
     }
 
     /// Asks the kernel to send what is on the TX ring. In copy mode one `sendto` sends a bounded
@@ -356,7 +357,14 @@ impl Worker {
             self.stats.tx_kicks.add(1);
             // SAFETY: a zero-length sendto on our own socket.
             let rc = unsafe {
-                libc::sendto(fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0)
+                libc::sendto(
+                    fd,
+                    std::ptr::null(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null(),
+                    0,
+                )
             };
             if rc >= 0 {
                 return;
@@ -432,7 +440,10 @@ mod tests {
         let mut f = [0u8; 60];
         f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
         f[12..14].copy_from_slice(&[0x08, 0x00]);
-        assert_eq!(classify(&f), Outbound::Unicast(MacAddr([0x02, 0, 0, 0, 0, 2])));
+        assert_eq!(
+            classify(&f),
+            Outbound::Unicast(MacAddr([0x02, 0, 0, 0, 0, 2]))
+        );
         f[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(classify(&f), Outbound::Arp);
         f[0..6].copy_from_slice(&[0x33, 0x33, 0, 0, 0, 1]);
