@@ -1,1 +1,4 @@
 //! vxdp's control plane.
+#![warn(missing_docs)]
+
+pub mod config;
