@@ -1006,6 +1006,23 @@ pub(crate) mod go_json {
                 GoValue::Object(o) => format!("an object with {} members", o.0.len()),
             }
         }
+
+        /// Converts to a `serde_json::Value` (object members end up sorted by key; of duplicate
+        /// keys the last is kept).
+        pub(crate) fn to_json(&self) -> serde_json::Value {
+            match self {
+                GoValue::Null => serde_json::Value::Null,
+                GoValue::Bool(b) => serde_json::Value::Bool(*b),
+                GoValue::Number(n) => serde_json::Value::Number(n.clone()),
+                GoValue::String(s) => serde_json::Value::String(s.clone()),
+                GoValue::Array(a) => {
+                    serde_json::Value::Array(a.iter().map(GoValue::to_json).collect())
+                }
+                GoValue::Object(o) => serde_json::Value::Object(
+                    o.0.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+                ),
+            }
+        }
     }
 
     impl GoObject {
