@@ -3,3 +3,4 @@
 
 pub mod config;
 pub mod lease;
+pub mod subnet_alloc;
