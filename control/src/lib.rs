@@ -2,5 +2,8 @@
 //! programming of the overlay device, routes and the underlay next hops.
 #![warn(missing_docs)]
 
+pub mod config;
+pub mod lease;
 pub mod netlink;
+pub mod subnet_alloc;
 pub mod underlay;

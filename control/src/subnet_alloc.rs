@@ -1,0 +1,766 @@
+//! Choosing this node's subnet the way flanneld does (`tryAcquireLease` and `allocateSubnet` in
+//! flannel's `pkg/subnet/etcd/local_manager.go`), as a pure function: the leases, the time and
+//! the randomness come in, a decision comes out. Writing the lease (and retrying when another
+//! node wins the race for the key) is the lease store's job.
+//!
+//! The rules, in order:
+//! 1. a lease whose `PublicIP` is this node's and that still fits the config is renewed;
+//! 2. else the subnet named in the subnet file of the previous run, if it fits and is free;
+//! 3. else a random one of the first 100 free subnets counted from `SubnetMin`.
+//!
+//! "Free" means overlapping no lease that is unexpired or a reservation; expired leases count as
+//! free. flanneld's rule 2 only checks that no lease has exactly the same IPv4 subnet; vxdp also
+//! checks overlaps and the IPv6 half.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use rand::Rng;
+use time::OffsetDateTime;
+
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, SubnetKey};
+
+/// How many free subnets flanneld collects before picking one at random.
+pub const MAX_CANDIDATES: usize = 100;
+
+/// The subnet chosen, and by which rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Allocation {
+    /// Rule 1: this node's existing lease, to be renewed with fresh attrs. A reservation
+    /// (`expiration: None`) must stay one: flanneld renews it without a TTL.
+    Renew(Lease),
+    /// Rule 2: the subnet this node had before, from its subnet file.
+    Previous {
+        /// The IPv4 subnet.
+        subnet: Ipv4Net,
+        /// The IPv6 subnet, with IPv6 on.
+        ipv6_subnet: Option<Ipv6Net>,
+    },
+    /// Rule 3: a random free subnet.
+    Random {
+        /// The IPv4 subnet.
+        subnet: Ipv4Net,
+        /// The IPv6 subnet, with IPv6 on.
+        ipv6_subnet: Option<Ipv6Net>,
+        /// How many free IPv4 subnets it was picked from (at most [`MAX_CANDIDATES`]).
+        candidates: usize,
+        /// How many free IPv6 subnets the IPv6 one was picked from (0 with IPv6 off).
+        ipv6_candidates: usize,
+    },
+}
+
+impl Allocation {
+    /// The IPv4 subnet.
+    pub fn subnet(&self) -> Ipv4Net {
+        match self {
+            Allocation::Renew(l) => l.subnet,
+            Allocation::Previous { subnet, .. } | Allocation::Random { subnet, .. } => *subnet,
+        }
+    }
+
+    /// The IPv6 subnet, with IPv6 on.
+    pub fn ipv6_subnet(&self) -> Option<Ipv6Net> {
+        match self {
+            Allocation::Renew(l) => l.ipv6_subnet,
+            Allocation::Previous { ipv6_subnet, .. } | Allocation::Random { ipv6_subnet, .. } => {
+                *ipv6_subnet
+            }
+        }
+    }
+
+    /// The lease key to write.
+    pub fn key(&self) -> SubnetKey {
+        SubnetKey::new(self.subnet(), self.ipv6_subnet())
+    }
+}
+
+impl fmt::Display for Allocation {
+    /// One line for the log, saying which rule applied.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Allocation::Renew(l) if l.is_reservation() => {
+                write!(
+                    f,
+                    "reusing reservation {} held for this node's PublicIP",
+                    l.key()
+                )
+            }
+            Allocation::Renew(l) => write!(f, "renewing this node's lease {}", l.key()),
+            Allocation::Previous { .. } => {
+                write!(f, "reusing subnet {} named in the subnet file", self.key())
+            }
+            Allocation::Random {
+                candidates,
+                ipv6_candidates,
+                ipv6_subnet,
+                ..
+            } => {
+                write!(
+                    f,
+                    "picked subnet {} at random among {candidates} free subnets",
+                    self.key()
+                )?;
+                if ipv6_subnet.is_some() {
+                    write!(f, " ({ipv6_candidates} free IPv6 subnets)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// No subnet could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// Every subnet in the range is held.
+    #[error(
+        "network exhausted: none of the {subnets} {family} subnets /{subnet_len} from {min} to \
+         {max} is free; {live} unexpired leases or reservations hold them ({expired} expired \
+         leases were counted as free); delete the leases of nodes that are gone, or widen the \
+         range ({fields})"
+    )]
+    Exhausted {
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+        /// The subnet length.
+        subnet_len: u8,
+        /// `SubnetMin` (or `IPv6SubnetMin`).
+        min: String,
+        /// `SubnetMax` (or `IPv6SubnetMax`).
+        max: String,
+        /// How many subnets the range holds.
+        subnets: u128,
+        /// Unexpired leases and reservations overlapping the range.
+        live: usize,
+        /// Expired leases overlapping the range.
+        expired: usize,
+        /// The config fields that set the range.
+        fields: &'static str,
+    },
+    /// A `NetworkConfig` not made by [`crate::config::parse`], with impossible prefix lengths.
+    #[error(
+        "SubnetLen {subnet_len} / IPv6SubnetLen {ipv6_subnet_len:?} are not usable prefix \
+         lengths; build the NetworkConfig with config::parse, which validates them"
+    )]
+    InvalidSubnetLen {
+        /// `SubnetLen`.
+        subnet_len: u8,
+        /// `IPv6SubnetLen`.
+        ipv6_subnet_len: Option<u8>,
+    },
+}
+
+/// Chooses this node's subnet(s).
+///
+/// `leases` is every lease in the store (expired ones included if the store keeps them),
+/// `public_ip` this node's `PublicIP`, `previous` the subnets read back from the subnet file.
+pub fn allocate(
+    config: &NetworkConfig,
+    leases: &[Lease],
+    public_ip: Ipv4Addr,
+    previous: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    now: OffsetDateTime,
+    rng: &mut impl Rng,
+) -> Result<Allocation, AllocError> {
+    // parse() guarantees these; a hand-made config might not, and the shifts below need them.
+    if config.subnet_len > 32
+        || config
+            .ipv6
+            .is_some_and(|v6| !(1..=128).contains(&v6.subnet_len))
+    {
+        return Err(invalid_len(config));
+    }
+    let live: Vec<&Lease> = leases.iter().filter(|l| !l.is_expired(now)).collect();
+
+    // Rule 1. flanneld looks only at the first lease with its PublicIP; vxdp takes the first that
+    // fits, preferring one that has not expired. An expired one is only taken back if no live
+    // lease has grown over it in the meantime.
+    let own_fitting = leases.iter().filter(|l| {
+        l.attrs.public_ip == public_ip && config.is_compatible(l.subnet, l.ipv6_subnet)
+    });
+    let renew = own_fitting
+        .clone()
+        .find(|l| !l.is_expired(now))
+        .or_else(|| {
+            own_fitting
+                .clone()
+                .find(|l| is_free(&live, l.subnet, l.ipv6_subnet))
+        });
+    if let Some(lease) = renew {
+        return Ok(Allocation::Renew(lease.clone()));
+    }
+
+    // Rule 2.
+    if let Some((subnet, ipv6_subnet)) = previous {
+        if config.is_compatible(subnet, ipv6_subnet) && is_free(&live, subnet, ipv6_subnet) {
+            return Ok(Allocation::Previous {
+                subnet,
+                ipv6_subnet,
+            });
+        }
+    }
+
+    // Rule 3.
+    let v4_min = u128::from(u32::from(config.subnet_min));
+    let v4_max = u128::from(u32::from(config.subnet_max));
+    let v4_host_bits = 32 - u32::from(config.subnet_len);
+    let v4_taken: Vec<(u128, u128)> = live.iter().map(|l| v4_range(l.subnet)).collect();
+    let v4_free = free_candidates(v4_min, v4_max, v4_host_bits, &v4_taken, MAX_CANDIDATES);
+    if v4_free.is_empty() {
+        let (live_n, expired_n) =
+            count_overlapping(leases, now, v4_min, v4_max, v4_host_bits, |l| {
+                Some(v4_range(l.subnet))
+            });
+        return Err(AllocError::Exhausted {
+            family: "IPv4",
+            subnet_len: config.subnet_len,
+            min: config.subnet_min.to_string(),
+            max: config.subnet_max.to_string(),
+            subnets: subnet_count(v4_min, v4_max, v4_host_bits),
+            live: live_n,
+            expired: expired_n,
+            fields: "Network, SubnetLen, SubnetMin, SubnetMax",
+        });
+    }
+
+    let mut ipv6 = None;
+    if let Some(v6) = config.ipv6 {
+        let min = u128::from(v6.subnet_min);
+        let max = u128::from(v6.subnet_max);
+        let host_bits = 128 - u32::from(v6.subnet_len);
+        let taken: Vec<(u128, u128)> = live
+            .iter()
+            .filter_map(|l| l.ipv6_subnet.map(v6_range))
+            .collect();
+        let free = free_candidates(min, max, host_bits, &taken, MAX_CANDIDATES);
+        if free.is_empty() {
+            let (live_n, expired_n) = count_overlapping(leases, now, min, max, host_bits, |l| {
+                l.ipv6_subnet.map(v6_range)
+            });
+            return Err(AllocError::Exhausted {
+                family: "IPv6",
+                subnet_len: v6.subnet_len,
+                min: v6.subnet_min.to_string(),
+                max: v6.subnet_max.to_string(),
+                subnets: subnet_count(min, max, host_bits),
+                live: live_n,
+                expired: expired_n,
+                fields: "IPv6Network, IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax",
+            });
+        }
+        ipv6 = Some((free, v6.subnet_len));
+    }
+
+    let pick = v4_free[rng.random_range(0..v4_free.len())];
+    let subnet = Ipv4Net::new(Ipv4Addr::from(pick as u32), config.subnet_len)
+        .map_err(|_| invalid_len(config))?;
+    let (ipv6_subnet, ipv6_candidates) = match ipv6 {
+        None => (None, 0),
+        Some((free, len)) => {
+            let pick = free[rng.random_range(0..free.len())];
+            let v6 = Ipv6Net::new(pick.into(), len).map_err(|_| invalid_len(config))?;
+            (Some(v6), free.len())
+        }
+    };
+    Ok(Allocation::Random {
+        subnet,
+        ipv6_subnet,
+        candidates: v4_free.len(),
+        ipv6_candidates,
+    })
+}
+
+fn invalid_len(config: &NetworkConfig) -> AllocError {
+    AllocError::InvalidSubnetLen {
+        subnet_len: config.subnet_len,
+        ipv6_subnet_len: config.ipv6.map(|v6| v6.subnet_len),
+    }
+}
+
+/// This node's leases other than the one allocated: stale records (an old SubnetLen, IPv6 turned
+/// on or off, a duplicate). flanneld deletes such a lease (reservations included) before it
+/// allocates anew; the caller should do the same so the subnet is not held for a node that no
+/// longer uses it, and warn when it deletes a reservation.
+pub fn stale_own_leases<'a>(
+    allocation: &Allocation,
+    leases: &'a [Lease],
+    public_ip: Ipv4Addr,
+) -> Vec<&'a Lease> {
+    let key = allocation.key();
+    leases
+        .iter()
+        .filter(|l| l.attrs.public_ip == public_ip && l.key() != key)
+        .collect()
+}
+
+fn subnet_count(min: u128, max: u128, host_bits: u32) -> u128 {
+    max.checked_sub(min)
+        .map_or(0, |span| (span >> host_bits) + 1)
+}
+
+fn is_free(live: &[&Lease], subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> bool {
+    let v4 = v4_range(subnet);
+    let v6 = ipv6_subnet.map(v6_range);
+    live.iter().all(|l| {
+        let clash_v4 = intersects(v4_range(l.subnet), v4);
+        let clash_v6 =
+            matches!((v6, l.ipv6_subnet), (Some(a), Some(b)) if intersects(a, v6_range(b)));
+        !clash_v4 && !clash_v6
+    })
+}
+
+fn v4_range(n: Ipv4Net) -> (u128, u128) {
+    (
+        u128::from(u32::from(n.network())),
+        u128::from(u32::from(n.broadcast())),
+    )
+}
+
+fn v6_range(n: Ipv6Net) -> (u128, u128) {
+    (u128::from(n.network()), u128::from(n.broadcast()))
+}
+
+fn intersects(a: (u128, u128), b: (u128, u128)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+/// flanneld's candidate loop: walk the subnets from `min` to `max` (each `2^host_bits` wide,
+/// `min` aligned), skip those overlapping a taken range, stop after `limit` free ones. Taken
+/// ranges are merged and swept in order, so a lease wider than a subnet (a bogus `10.0.0.0-8`)
+/// is stepped over in one go instead of one subnet at a time.
+fn free_candidates(
+    min: u128,
+    max: u128,
+    host_bits: u32,
+    taken: &[(u128, u128)],
+    limit: usize,
+) -> Vec<u128> {
+    let mut sorted = taken.to_vec();
+    sorted.sort_unstable();
+    let mut merged: Vec<(u128, u128)> = Vec::with_capacity(sorted.len());
+    for (start, end) in sorted {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+
+    // host_bits <= 30 for IPv4 and <= 125 for IPv6 (SubnetLen is validated).
+    let mask = (1u128 << host_bits) - 1;
+    let mut out = Vec::new();
+    let mut next = 0;
+    let mut cand = min;
+    while cand <= max && out.len() < limit {
+        let cand_end = cand | mask;
+        while next < merged.len() && merged[next].1 < cand {
+            next += 1;
+        }
+        let step_from = match merged.get(next) {
+            Some(&(start, end)) if start <= cand_end => end | mask,
+            _ => {
+                out.push(cand);
+                cand_end
+            }
+        };
+        match step_from.checked_add(1) {
+            Some(n) => cand = n,
+            None => break,
+        }
+    }
+    out
+}
+
+/// Leases (live, expired) whose range of one family overlaps `min..=max`'s subnets.
+fn count_overlapping(
+    leases: &[Lease],
+    now: OffsetDateTime,
+    min: u128,
+    max: u128,
+    host_bits: u32,
+    range: impl Fn(&Lease) -> Option<(u128, u128)>,
+) -> (usize, usize) {
+    let span = (min, max | ((1u128 << host_bits) - 1));
+    leases
+        .iter()
+        .filter(|l| range(l).is_some_and(|r| intersects(r, span)))
+        .fold((0, 0), |(live, expired), l| {
+            if l.is_expired(now) {
+                (live, expired + 1)
+            } else {
+                (live + 1, expired)
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::lease::LeaseAttrs;
+    use dataplane::wire::MacAddr;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use time::Duration;
+
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 1);
+    const OTHER: Ipv4Addr = Ipv4Addr::new(192, 168, 0, 2);
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
+    }
+
+    fn cfg(json: &str) -> NetworkConfig {
+        config::parse(json).unwrap()
+    }
+
+    fn v4_cfg() -> NetworkConfig {
+        cfg(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
+    }
+
+    fn dual_cfg() -> NetworkConfig {
+        cfg(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+    }
+
+    /// A lease on `key` for `ip`, expiring `hours` from now (negative: expired), or a
+    /// reservation.
+    fn lease(key: &str, ip: Ipv4Addr, hours: Option<i64>) -> Lease {
+        Lease::new(
+            key.parse().unwrap(),
+            LeaseAttrs::vxlan(ip, 1, MacAddr::local_unicast_from([1, 2, 3, 4, 5, 6])),
+            hours.map(|h| now() + Duration::hours(h)),
+        )
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn rng(seed: u64) -> StdRng {
+        StdRng::seed_from_u64(seed)
+    }
+
+    #[test]
+    fn rule1_renews_own_fitting_lease() {
+        let leases = [
+            lease("10.5.7.0-24", OTHER, Some(10)),
+            lease("10.5.52.0-24", ME, Some(10)),
+        ];
+        let prev = Some((net("10.5.9.0/24"), None));
+        let a = allocate(&v4_cfg(), &leases, ME, prev, now(), &mut rng(1)).unwrap();
+        assert_eq!(a, Allocation::Renew(leases[1].clone()));
+        assert_eq!(a.key().to_string(), "10.5.52.0-24");
+        assert!(a.to_string().contains("renewing"), "{a}");
+        assert!(stale_own_leases(&a, &leases, ME).is_empty());
+    }
+
+    #[test]
+    fn rule1_keeps_a_reservation_and_takes_back_an_expired_lease() {
+        let leases = [lease("10.5.52.0-24", ME, None)];
+        let a = allocate(&v4_cfg(), &leases, ME, None, now(), &mut rng(1)).unwrap();
+        assert!(matches!(&a, Allocation::Renew(l) if l.is_reservation()));
+        assert!(a.to_string().contains("reservation"), "{a}");
+
+        let leases = [lease("10.5.52.0-24", ME, Some(-1))];
+        let a = allocate(&v4_cfg(), &leases, ME, None, now(), &mut rng(1)).unwrap();
+        assert_eq!(a, Allocation::Renew(leases[0].clone()));
+
+        // ... unless a live lease of someone else now overlaps it.
+        let leases = [
+            lease("10.5.52.0-24", ME, Some(-1)),
+            lease("10.5.52.0-24", OTHER, Some(5)),
+        ];
+        let a = allocate(&v4_cfg(), &leases, ME, None, now(), &mut rng(1)).unwrap();
+        assert!(matches!(a, Allocation::Random { .. }));
+        assert_ne!(a.subnet(), net("10.5.52.0/24"));
+    }
+
+    #[test]
+    fn rule1_skips_own_leases_that_no_longer_fit() {
+        let cfg = cfg(r#"{"Network":"10.5.0.0/16","SubnetLen":25,"Backend":{"Type":"vxlan"}}"#);
+        let leases = [lease("10.5.52.0-24", ME, Some(10))];
+        let a = allocate(&cfg, &leases, ME, None, now(), &mut rng(3)).unwrap();
+        let Allocation::Random { subnet, .. } = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(subnet.prefix_len(), 25);
+        // The stale lease still holds its range until it is deleted.
+        assert!(!net("10.5.52.0/24").contains(&subnet.network()));
+        assert_eq!(stale_own_leases(&a, &leases, ME), vec![&leases[0]]);
+
+        // A v4-only lease does not fit a dual-stack config, and a dual-stack lease does not fit
+        // a v4-only one (flannel's isIPv6SubnetConfigCompat).
+        let leases = [lease("10.5.52.0-24", ME, Some(10))];
+        let a = allocate(&dual_cfg(), &leases, ME, None, now(), &mut rng(3)).unwrap();
+        assert!(matches!(a, Allocation::Random { .. }));
+        let leases = [lease("10.5.52.0-24&fc00:0:0:5::-64", ME, Some(10))];
+        let a = allocate(&v4_cfg(), &leases, ME, None, now(), &mut rng(3)).unwrap();
+        assert!(matches!(a, Allocation::Random { .. }));
+        let a = allocate(&dual_cfg(), &leases, ME, None, now(), &mut rng(3)).unwrap();
+        assert_eq!(a, Allocation::Renew(leases[0].clone()));
+    }
+
+    #[test]
+    fn rule2_reuses_the_previous_subnet_when_free() {
+        let leases = [lease("10.5.7.0-24", OTHER, Some(10))];
+        let prev = Some((net("10.5.52.0/24"), None));
+        let a = allocate(&v4_cfg(), &leases, ME, prev, now(), &mut rng(1)).unwrap();
+        assert_eq!(
+            a,
+            Allocation::Previous {
+                subnet: net("10.5.52.0/24"),
+                ipv6_subnet: None
+            }
+        );
+        assert!(a.to_string().contains("subnet file"), "{a}");
+
+        // An expired lease on it does not hold it.
+        let leases = [lease("10.5.52.0-24", OTHER, Some(-2))];
+        let a = allocate(&v4_cfg(), &leases, ME, prev, now(), &mut rng(1)).unwrap();
+        assert!(matches!(a, Allocation::Previous { .. }));
+
+        // Dual stack: both halves come from the file.
+        let prev6 = Some((
+            net("10.5.52.0/24"),
+            Some("fc00:0:0:34::/64".parse().unwrap()),
+        ));
+        let a = allocate(&dual_cfg(), &[], ME, prev6, now(), &mut rng(1)).unwrap();
+        assert_eq!(a.key().to_string(), "10.5.52.0-24&fc00:0:0:34::-64");
+    }
+
+    #[test]
+    fn rule2_passes_over_a_previous_subnet_that_is_taken_or_does_not_fit() {
+        let prev = Some((net("10.5.52.0/24"), None));
+        for leases in [
+            vec![lease("10.5.52.0-24", OTHER, Some(1))],
+            // A reservation is never given to another PublicIP.
+            vec![lease("10.5.52.0-24", OTHER, None)],
+            // Overlap, not only equality, counts.
+            vec![lease("10.5.52.128-25", OTHER, Some(1))],
+        ] {
+            let a = allocate(&v4_cfg(), &leases, ME, prev, now(), &mut rng(1)).unwrap();
+            assert!(matches!(a, Allocation::Random { .. }), "{leases:?}");
+            assert_ne!(a.subnet(), net("10.5.52.0/24"));
+        }
+        for prev in [
+            (net("10.5.0.0/24"), None),  // below SubnetMin
+            (net("10.6.52.0/24"), None), // outside Network
+            (net("10.5.52.0/25"), None), // wrong SubnetLen
+        ] {
+            let a = allocate(&v4_cfg(), &[], ME, Some(prev), now(), &mut rng(1)).unwrap();
+            assert!(matches!(a, Allocation::Random { .. }), "{prev:?}");
+        }
+        // IPv6 half taken.
+        let prev6 = Some((
+            net("10.5.52.0/24"),
+            Some("fc00:0:0:34::/64".parse().unwrap()),
+        ));
+        let leases = [lease("10.5.9.0-24&fc00:0:0:34::-64", OTHER, Some(1))];
+        let a = allocate(&dual_cfg(), &leases, ME, prev6, now(), &mut rng(1)).unwrap();
+        assert!(matches!(a, Allocation::Random { .. }));
+        // IPv6 on but the file had no IPv6 subnet.
+        let a = allocate(
+            &dual_cfg(),
+            &[],
+            ME,
+            Some((net("10.5.52.0/24"), None)),
+            now(),
+            &mut rng(1),
+        )
+        .unwrap();
+        assert!(matches!(a, Allocation::Random { .. }));
+    }
+
+    #[test]
+    fn rule3_picks_among_the_first_100_free_subnets() {
+        let cfg = v4_cfg();
+        // The first 50 subnets (10.5.1.0 .. 10.5.50.0) are held, 10.5.51.0 only by an expired
+        // lease: candidates are 10.5.51.0 .. 10.5.150.0.
+        let mut leases: Vec<Lease> = (1..=50)
+            .map(|i| lease(&format!("10.5.{i}.0-24"), OTHER, Some(1)))
+            .collect();
+        leases.push(lease("10.5.51.0-24", OTHER, Some(-1)));
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..400 {
+            let a = allocate(&cfg, &leases, ME, None, now(), &mut rng(seed)).unwrap();
+            let Allocation::Random {
+                subnet,
+                candidates,
+                ipv6_subnet,
+                ..
+            } = a
+            else {
+                panic!("{a:?}")
+            };
+            assert_eq!(candidates, MAX_CANDIDATES);
+            assert_eq!(ipv6_subnet, None);
+            let third = subnet.network().octets()[2];
+            assert!((51..=150).contains(&third), "{subnet}");
+            assert_eq!(subnet.prefix_len(), 24);
+            seen.insert(third);
+        }
+        assert!(seen.len() > 50, "picks are not spread: {seen:?}");
+        assert!(seen.contains(&51), "the expired lease's subnet is free");
+    }
+
+    #[test]
+    fn rule3_dual_stack_picks_both_halves() {
+        let leases = [lease("10.5.1.0-24&fc00:0:0:1::-64", OTHER, Some(1))];
+        let a = allocate(&dual_cfg(), &leases, ME, None, now(), &mut rng(9)).unwrap();
+        let Allocation::Random {
+            subnet,
+            ipv6_subnet: Some(v6),
+            candidates,
+            ipv6_candidates,
+        } = a
+        else {
+            panic!("{a:?}")
+        };
+        assert_eq!(candidates, 100);
+        assert_eq!(ipv6_candidates, 100);
+        assert_ne!(subnet, net("10.5.1.0/24"));
+        assert_eq!(v6.prefix_len(), 64);
+        assert!(dual_cfg().is_compatible(subnet, Some(v6)));
+        assert_ne!(v6, "fc00:0:0:1::/64".parse::<Ipv6Net>().unwrap());
+        assert!(a.to_string().contains("100 free IPv6 subnets"), "{a}");
+    }
+
+    #[test]
+    fn exhaustion_and_reservations() {
+        // A /28 network holds three /30 subnets: 10.0.0.4, .8 and .12.
+        let cfg = cfg(r#"{"Network":"10.0.0.0/28","Backend":{"Type":"vxlan"}}"#);
+        let leases = [
+            lease("10.0.0.4-30", OTHER, None),
+            lease("10.0.0.8-30", Ipv4Addr::new(192, 168, 0, 3), None),
+            lease("10.0.0.12-30", Ipv4Addr::new(192, 168, 0, 4), Some(3)),
+            lease("10.0.0.12-30", Ipv4Addr::new(192, 168, 0, 5), Some(-3)),
+        ];
+        let e = allocate(
+            &cfg,
+            &leases,
+            ME,
+            Some((net("10.0.0.4/30"), None)),
+            now(),
+            &mut rng(1),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            AllocError::Exhausted {
+                family: "IPv4",
+                subnet_len: 30,
+                min: "10.0.0.4".into(),
+                max: "10.0.0.12".into(),
+                subnets: 3,
+                live: 3,
+                expired: 1,
+                fields: "Network, SubnetLen, SubnetMin, SubnetMax",
+            }
+        );
+        let msg = e.to_string();
+        assert!(msg.starts_with("network exhausted"), "{msg}");
+        assert!(
+            msg.contains("none of the 3 IPv4 subnets /30 from 10.0.0.4 to 10.0.0.12"),
+            "{msg}"
+        );
+
+        // Once the live lease on 10.0.0.12 expires, that subnet is the only choice; the
+        // reservations are never handed out.
+        let later = now() + Duration::hours(4);
+        for seed in 0..20 {
+            let a = allocate(&cfg, &leases, ME, None, later, &mut rng(seed)).unwrap();
+            assert_eq!(a.subnet(), net("10.0.0.12/30"));
+        }
+    }
+
+    #[test]
+    fn ipv6_exhaustion() {
+        let cfg = cfg(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/124","Backend":{"Type":"vxlan"}}"#,
+        );
+        let leases: Vec<Lease> = [4, 8, 12]
+            .iter()
+            .enumerate()
+            .map(|(i, low)| {
+                lease(
+                    &format!("10.5.{}.0-24&fc00::{low:x}-126", i + 1),
+                    OTHER,
+                    Some(1),
+                )
+            })
+            .collect();
+        let e = allocate(&cfg, &leases, ME, None, now(), &mut rng(1)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AllocError::Exhausted {
+                    family: "IPv6",
+                    subnets: 3,
+                    live: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_lease_wider_than_the_network_is_stepped_over_at_once() {
+        // A bogus /8 lease covers all of a huge IPv6 range's IPv4 side; a bogus /16 IPv6 lease
+        // covers 2^48 IPv6 subnets. Both must be swept in one step, not subnet by subnet.
+        let cfg = cfg(
+            r#"{"Network":"10.0.0.0/8","EnableIPv6":true,"IPv6Network":"fc00::/16","Backend":{"Type":"vxlan"}}"#,
+        );
+        let leases = [lease("10.0.0.0-8&fc00::-16", OTHER, Some(1))];
+        let e = allocate(&cfg, &leases, ME, None, now(), &mut rng(1)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AllocError::Exhausted {
+                    family: "IPv4",
+                    subnets: 65535,
+                    live: 1,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+
+        let leases = [lease("10.1.0.0-16&fc00::-17", OTHER, Some(1))];
+        let a = allocate(&cfg, &leases, ME, None, now(), &mut rng(1)).unwrap();
+        let v6 = a.ipv6_subnet().unwrap();
+        assert!(
+            u128::from(v6.network())
+                >= u128::from("fc00:8000::".parse::<std::net::Ipv6Addr>().unwrap())
+        );
+        assert!(!net("10.1.0.0/16").contains(&a.subnet().network()));
+    }
+
+    #[test]
+    fn candidate_sweep() {
+        // Subnets of 4 addresses from 0 to 60; taken: 4..=11 and 20..=23 (and one inside 40..=43).
+        let taken = [(4, 11), (20, 23), (41, 41), (8, 9)];
+        assert_eq!(
+            free_candidates(0, 60, 2, &taken, 100),
+            vec![0, 12, 16, 24, 28, 32, 36, 44, 48, 52, 56, 60]
+        );
+        assert_eq!(free_candidates(0, 60, 2, &taken, 3), vec![0, 12, 16]);
+        assert_eq!(
+            free_candidates(0, 60, 2, &[(0, 1000)], 3),
+            Vec::<u128>::new()
+        );
+        // The very top of the IPv6 space does not overflow.
+        let top = u128::MAX - 3;
+        assert_eq!(
+            free_candidates(top - 8, top, 2, &[], 100),
+            vec![top - 8, top - 4, top]
+        );
+        assert_eq!(
+            free_candidates(top - 8, top, 2, &[(top, u128::MAX)], 100),
+            vec![top - 8, top - 4]
+        );
+    }
+}
