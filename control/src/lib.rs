@@ -5,5 +5,6 @@
 pub mod config;
 pub mod lease;
 pub mod netlink;
+pub mod store;
 pub mod subnet_alloc;
 pub mod underlay;

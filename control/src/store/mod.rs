@@ -1,0 +1,273 @@
+//! Lease stores: where the network config and every node's lease live.
+//!
+//! Two implementations share one trait: the embedded [`local::LocalStore`] (a directory that
+//! every node on one machine shares, for single-machine and static setups) and etcd v3 (what
+//! flanneld clusters use). The flannel logic on top of them, choosing a subnet, retrying lost
+//! races, turning re-listings into events, is written once here.
+
+pub mod local;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use time::OffsetDateTime;
+
+use crate::config::NetworkConfig;
+use crate::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
+use crate::subnet_alloc::{self, AllocError, Allocation};
+
+/// How many times a lost race for a subnet key is retried (flannel: 10).
+pub const ACQUIRE_ATTEMPTS: usize = 10;
+
+/// A lease store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory of the local store could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store holds no network config.
+    #[error("no network config in {where_}: {hint}")]
+    NoConfig {
+        /// Where it was looked for.
+        where_: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The store could not be reached (etcd down); retried by the caller.
+    #[error("lease store unavailable: {0}")]
+    Unavailable(String),
+    /// Another failure reported by the store.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// All leases at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing {
+    /// The leases that decoded, by key.
+    pub leases: BTreeMap<SubnetKey, Lease>,
+    /// The store revision the listing was taken at (etcd), for watching from there.
+    pub revision: i64,
+}
+
+impl Listing {
+    /// The leases as a vector.
+    pub fn to_vec(&self) -> Vec<Lease> {
+        self.leases.values().cloned().collect()
+    }
+}
+
+/// Where leases live. Methods are async so the etcd store can do network I/O; the local store
+/// runs its file operations on tokio's blocking pool.
+pub trait LeaseStore: Send + Sync + 'static {
+    /// The watcher type.
+    type Watcher: LeaseWatcher;
+
+    /// A short description for logs, e.g. `local store /var/lib/vxdp`.
+    fn describe(&self) -> String;
+
+    /// The network config JSON (flannel's `<prefix>/config`).
+    fn network_config(&self) -> impl Future<Output = Result<String, StoreError>> + Send;
+
+    /// Every lease, and the revision of the listing.
+    fn list(&self) -> impl Future<Output = Result<Listing, StoreError>> + Send;
+
+    /// Writes `lease` if its key is absent (or holds an expired lease); `Ok(false)` when another
+    /// node holds the key. `lease.expiration` is when it lapses (`None`: a reservation).
+    fn create(&self, lease: &Lease) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Overwrites this node's `lease` (renewal or new attrs).
+    fn update(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Removes `lease` if it is still this node's (same PublicIP).
+    fn remove(&self, lease: &Lease) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Starts watching for changes after `listing`.
+    fn watch(
+        &self,
+        listing: &Listing,
+    ) -> impl Future<Output = Result<Self::Watcher, StoreError>> + Send;
+}
+
+/// A stream of lease changes.
+pub trait LeaseWatcher: Send + 'static {
+    /// Waits for the next batch of changes. Errors are transient: the caller logs them and
+    /// calls again (the watcher resynchronises by itself).
+    fn next(&mut self) -> impl Future<Output = Result<Vec<LeaseEvent>, StoreError>> + Send;
+}
+
+/// The events that turn `old` into `new`: `Added` for new keys and keys whose value or
+/// expiration changed, `Removed` for keys that are gone. Expired leases in `new` count as gone.
+pub fn diff(
+    old: &BTreeMap<SubnetKey, Lease>,
+    new: &BTreeMap<SubnetKey, Lease>,
+) -> Vec<LeaseEvent> {
+    let mut events = Vec::new();
+    for (key, lease) in old {
+        if !new.contains_key(key) {
+            events.push(LeaseEvent::Removed(lease.clone()));
+        }
+    }
+    for (key, lease) in new {
+        if old.get(key) != Some(lease) {
+            events.push(LeaseEvent::Added(lease.clone()));
+        }
+    }
+    events
+}
+
+/// Why no lease could be acquired.
+#[derive(Debug, thiserror::Error)]
+pub enum AcquireError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No subnet is free (or the config cannot be allocated from).
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// Other nodes won every race for the chosen subnets.
+    #[error("lost the race for a subnet {0} times in a row: too many nodes are starting at once; vxdp retries")]
+    Contended(usize),
+}
+
+/// What [`acquire`] got.
+#[derive(Debug, Clone)]
+pub struct Acquired {
+    /// The lease as written.
+    pub lease: Lease,
+    /// The rule that chose it (for the log).
+    pub allocation: Allocation,
+    /// Stale leases of this node that were removed first.
+    pub removed_stale: Vec<SubnetKey>,
+}
+
+/// Acquires this node's lease the way flanneld does: reuse its own lease, else the subnet of
+/// the previous run, else a random free one; retry when another node wins the key.
+pub async fn acquire<S: LeaseStore>(
+    store: &S,
+    config: &NetworkConfig,
+    attrs: &LeaseAttrs,
+    previous: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    ttl: Duration,
+) -> Result<Acquired, AcquireError> {
+    let public_ip: Ipv4Addr = attrs.public_ip;
+    for _ in 0..ACQUIRE_ATTEMPTS {
+        let listing = store.list().await?;
+        let leases = listing.to_vec();
+        let now = OffsetDateTime::now_utc();
+        let allocation = {
+            let mut rng = rand::rng();
+            subnet_alloc::allocate(config, &leases, public_ip, previous, now, &mut rng)?
+        };
+        let mut removed_stale = Vec::new();
+        for stale in subnet_alloc::stale_own_leases(&allocation, &leases, public_ip) {
+            if stale.is_reservation() {
+                tracing::warn!(
+                    subnet = %stale.key(),
+                    "removing this node's reservation: it no longer fits the network config"
+                );
+            }
+            store.remove(stale).await?;
+            removed_stale.push(stale.key());
+        }
+        let expiration = |keep_reservation: bool| {
+            if keep_reservation {
+                None
+            } else {
+                Some(now + ttl)
+            }
+        };
+        match &allocation {
+            Allocation::Renew(existing) => {
+                let lease = Lease {
+                    attrs: attrs.clone(),
+                    expiration: expiration(existing.is_reservation()),
+                    ..existing.clone()
+                };
+                store.update(&lease).await?;
+                return Ok(Acquired {
+                    lease,
+                    allocation,
+                    removed_stale,
+                });
+            }
+            Allocation::Previous { .. } | Allocation::Random { .. } => {
+                let lease = Lease::new(allocation.key(), attrs.clone(), expiration(false));
+                if store.create(&lease).await? {
+                    return Ok(Acquired {
+                        lease,
+                        allocation,
+                        removed_stale,
+                    });
+                }
+                tracing::debug!(subnet = %lease.key(), "another node took the subnet first; retrying");
+            }
+        }
+    }
+    Err(AcquireError::Contended(ACQUIRE_ATTEMPTS))
+}
+
+/// Renews `lease` for another `ttl` (reservations stay reservations).
+pub async fn renew<S: LeaseStore>(
+    store: &S,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Lease, StoreError> {
+    let renewed = Lease {
+        expiration: lease
+            .expiration
+            .map(|_| OffsetDateTime::now_utc() + ttl),
+        ..lease.clone()
+    };
+    store.update(&renewed).await?;
+    Ok(renewed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn lease(subnet: &str, ip: [u8; 4], mac_last: u8) -> Lease {
+        let key: SubnetKey = subnet.parse().unwrap();
+        Lease::new(
+            key,
+            LeaseAttrs::vxlan(
+                Ipv4Addr::from(ip),
+                1,
+                dataplane::wire::MacAddr([2, 0, 0, 0, 0, mac_last]),
+            ),
+            None,
+        )
+    }
+
+    #[test]
+    fn diff_reports_adds_changes_and_removals() {
+        let a = lease("10.5.1.0-24", [192, 0, 2, 1], 1);
+        let b = lease("10.5.2.0-24", [192, 0, 2, 2], 2);
+        let b2 = lease("10.5.2.0-24", [192, 0, 2, 2], 9);
+        let c = lease("10.5.3.0-24", [192, 0, 2, 3], 3);
+        let old: BTreeMap<_, _> = [(a.key(), a.clone()), (b.key(), b.clone())].into();
+        let new: BTreeMap<_, _> = [(b.key(), b2.clone()), (c.key(), c.clone())].into();
+        let events = diff(&old, &new);
+        assert_eq!(
+            events,
+            vec![
+                LeaseEvent::Removed(a),
+                LeaseEvent::Added(b2),
+                LeaseEvent::Added(c)
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+}
