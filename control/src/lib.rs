@@ -4,3 +4,4 @@
 pub mod config;
 pub mod lease;
 pub mod subnet_alloc;
+pub mod subnet_file;
