@@ -873,7 +873,12 @@ impl NetworkConfig {
     /// The config as flannel JSON with every default written out; [`parse`] reads it back to an
     /// equal config (less `ignored_fields`). Used for the local store's config and in tests.
     pub fn to_json(&self) -> String {
-        let out = ConfigOut {
+        // Serializing plain strings, numbers and booleans cannot fail.
+        serde_json::to_string(&self.out()).unwrap_or_default()
+    }
+
+    fn out(&self) -> ConfigOut<'_> {
+        ConfigOut {
             network: self.network,
             subnet_len: self.subnet_len,
             subnet_min: self.subnet_min,
@@ -895,9 +900,14 @@ impl NetworkConfig {
                 mtu: self.backend.mtu,
                 mac_prefix: self.backend.mac_prefix.as_deref(),
             },
-        };
-        // Serializing plain strings, numbers and booleans cannot fail.
-        serde_json::to_string(&out).unwrap_or_default()
+        }
+    }
+}
+
+impl Serialize for NetworkConfig {
+    /// The same document as [`NetworkConfig::to_json`].
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.out().serialize(s)
     }
 }
 
@@ -1455,6 +1465,7 @@ mod tests {
             let c = ok(input);
             let text = c.to_string();
             assert_eq!(ok(&text), c, "{text}");
+            assert_eq!(serde_json::to_string(&c).unwrap(), text);
         }
         assert_eq!(
             ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#).to_json(),

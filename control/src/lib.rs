@@ -7,4 +7,5 @@ pub mod lease;
 pub mod netlink;
 pub mod store;
 pub mod subnet_alloc;
+pub mod subnet_file;
 pub mod underlay;
