@@ -27,8 +27,9 @@ impl ControlSocket {
     /// Binds `path`, replacing a stale socket file but refusing to take over a live one.
     pub async fn bind(path: &Path) -> anyhow::Result<ControlSocket> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the control socket directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("creating the control socket directory {}", dir.display())
+            })?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -114,11 +115,13 @@ mod tests {
         let sock = ControlSocket::bind(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let server = tokio::spawn(sock.serve(Arc::new(|req: &str| {
-            serde_json::json!({ "asked": req })
-        })));
+        let server =
+            tokio::spawn(sock.serve(Arc::new(|req: &str| serde_json::json!({ "asked": req }))));
         let p = path.clone();
-        let reply = tokio::task::spawn_blocking(move || query(&p, "status")).await.unwrap().unwrap();
+        let reply = tokio::task::spawn_blocking(move || query(&p, "status"))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(reply["asked"], "status");
         let err = ControlSocket::bind(&path).await.unwrap_err().to_string();
         assert!(err.contains("already answering"), "{err}");

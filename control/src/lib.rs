@@ -2,6 +2,7 @@
 //! programming of the overlay device, routes and the underlay next hops.
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod config;
 pub mod lease;
 pub mod netlink;
@@ -9,3 +10,4 @@ pub mod store;
 pub mod subnet_alloc;
 pub mod subnet_file;
 pub mod underlay;
+pub mod vtep_mac;

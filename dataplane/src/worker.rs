@@ -27,7 +27,7 @@ use crate::tap::TapQueue;
 use crate::tunnel::{decapsulate, encapsulate, Decap, DecapPolicy};
 use crate::wire::ethernet;
 use crate::wire::MacAddr;
-use crate::xsk::XskSocket;
+use crate::xsk::{fill_all, transmit_all, XskSocket};
 
 /// Room left in front of a frame read from the TAP for the outer headers (70 bytes for an IPv6
 /// underlay) and, later, a virtio-net header.
@@ -157,10 +157,8 @@ impl Worker {
 
     /// Lends the RX half of the UMEM to the kernel.
     fn lend_rx_frames(&mut self, count: u32) -> io::Result<()> {
-        let frames = &self.xsk.frames;
-        let mut w = self.xsk.fill.fill(count);
-        let n = w.insert((0..count).map(|i| frames.frame_addr(i)));
-        w.commit();
+        let addrs: Vec<u64> = (0..count).map(|i| self.xsk.frames.frame_addr(i)).collect();
+        let n = fill_all(&mut self.xsk.fill, &addrs) as u32;
         if n != count {
             return Err(io::Error::other(format!(
                 "the fill ring took {n} of {count} receive frames: size the UMEM as twice the ring"
@@ -221,10 +219,10 @@ impl Worker {
             r.release();
         }
         if count > 0 {
-            let mut w = self.xsk.fill.fill(count as u32);
-            // The fill ring is as large as the RX half of the UMEM, so this always fits.
-            w.insert(refill[..count].iter().copied());
-            w.commit();
+            // The fill ring is as large as the RX half of the UMEM, so every frame fits: none
+            // is ever lost here.
+            let refilled = fill_all(&mut self.xsk.fill, &refill[..count]);
+            debug_assert_eq!(refilled, count, "fill ring smaller than the RX frames");
             stats.nic_rx_frames.add(count as u64);
             stats.nic_rx_bytes.add(rx_bytes);
             stats.tap_tx_frames.add(tap_frames);
@@ -328,11 +326,7 @@ impl Worker {
         let descs = &batch.descs[..batch.len];
         let mut queued = 0usize;
         for _attempt in 0..2 {
-            {
-                let mut w = self.xsk.tx.transmit((descs.len() - queued) as u32);
-                queued += w.insert(descs[queued..].iter().copied()) as usize;
-                w.commit();
-            }
+            queued += transmit_all(&mut self.xsk.tx, &descs[queued..]);
             if self.xsk.tx.needs_wakeup() {
                 self.kick();
             }

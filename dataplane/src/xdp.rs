@@ -115,7 +115,7 @@ pub struct SteeringProgram {
     // Field order is drop order: detach (close the link) before the maps and program go.
     link: OwnedFd,
     xsks: MapHandle,
-    counters: MapHandle,
+    counters: XdpCountersReader,
     _prog: OwnedFd,
     mode: XdpMode,
     ifname: String,
@@ -158,7 +158,7 @@ impl SteeringProgram {
                         SteeringProgram {
                             link,
                             xsks,
-                            counters,
+                            counters: XdpCountersReader(std::sync::Arc::new(counters)),
                             _prog: prog,
                             mode,
                             ifname: config.ifname.clone(),
@@ -208,11 +208,25 @@ impl SteeringProgram {
 
     /// Reads the program's counters, summed over CPUs.
     pub fn counters(&self) -> XdpCounters {
+        self.counters.read()
+    }
+
+    /// A handle that reads the counters from any thread. It keeps the counters map alive,
+    /// not the program: after detach the counters simply stop moving.
+    pub fn counters_reader(&self) -> XdpCountersReader {
+        self.counters.clone()
+    }
+}
+
+/// Reads the XDP program's per-CPU counters.
+#[derive(Debug, Clone)]
+pub struct XdpCountersReader(std::sync::Arc<MapHandle>);
+
+impl XdpCountersReader {
+    /// The counters, summed over CPUs.
+    pub fn read(&self) -> XdpCounters {
         let read = |idx: u32| -> u64 {
-            match self
-                .counters
-                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-            {
+            match self.0.lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY) {
                 Ok(Some(per_cpu)) => per_cpu
                     .iter()
                     .filter_map(|v| v.get(..8).and_then(|b| b.try_into().ok()))

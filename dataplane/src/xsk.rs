@@ -8,7 +8,9 @@
 use std::ffi::CString;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use xdpilone::{
     CompletionQueue, FillQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig,
@@ -262,7 +264,7 @@ impl fmt::Debug for XskSocket {
 }
 
 /// Socket statistics kept by the kernel (`XDP_STATISTICS`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XskKernelStats {
     /// Dropped for reasons other than ring space (e.g. frame too large for a UMEM chunk).
     pub rx_dropped: u64,
@@ -434,19 +436,91 @@ impl XskSocket {
         self.queue_id
     }
 
-    /// Kernel-side statistics of this socket.
-    pub fn kernel_stats(&self) -> XskKernelStats {
-        match self.user.statistics_v2() {
-            Ok(s) => XskKernelStats {
-                rx_dropped: s.rx_dropped,
-                rx_ring_full: s.rx_ring_full,
-                rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
-                tx_invalid_descs: s.tx_invalid_descs,
-            },
-            Err(_) => XskKernelStats::default(),
+    /// A reader of this socket's kernel statistics, usable from any thread. It holds a
+    /// duplicate of the descriptor, so it stays valid after the worker drops the socket.
+    pub fn stats_reader(&self) -> std::io::Result<XskStatsReader> {
+        // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the result is checked.
+        let fd = unsafe { libc::fcntl(self.fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fcntl just returned this new descriptor.
+        Ok(XskStatsReader(Arc::new(unsafe {
+            OwnedFd::from_raw_fd(fd)
+        })))
+    }
+}
+
+/// Puts every address of `addrs` on the fill ring; returns how many fit (all of them unless the
+/// ring is really full).
+///
+/// A single reservation can come back short: the ring's producer answers from its cached view
+/// of the consumer whenever that view shows any room at all, and refreshes it only when it
+/// shows none. Asking again after a short answer forces the refresh.
+pub fn fill_all(fill: &mut FillQueue, addrs: &[u64]) -> usize {
+    let mut done = 0;
+    while done < addrs.len() {
+        let mut w = fill.fill((addrs.len() - done) as u32);
+        let n = w.insert(addrs[done..].iter().copied()) as usize;
+        w.commit();
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+/// Puts every descriptor of `descs` on the TX ring; returns how many fit (see [`fill_all`] for
+/// why one reservation is not enough).
+pub fn transmit_all(tx: &mut RingTx, descs: &[xdpilone::xdp::XdpDesc]) -> usize {
+    let mut done = 0;
+    while done < descs.len() {
+        let mut w = tx.transmit((descs.len() - done) as u32);
+        let n = w.insert(descs[done..].iter().copied()) as usize;
+        w.commit();
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    done
+}
+
+/// Reads an AF_XDP socket's `XDP_STATISTICS`.
+#[derive(Debug, Clone)]
+pub struct XskStatsReader(Arc<OwnedFd>);
+
+impl XskStatsReader {
+    /// The kernel's counters for the socket (zeros if the query fails).
+    pub fn read(&self) -> XskKernelStats {
+        let mut raw = xdpilone::xdp::XdpStatisticsV2::default();
+        let mut len = std::mem::size_of_val(&raw) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `raw`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.0.as_raw_fd(),
+                SOL_XDP,
+                XDP_STATISTICS,
+                (&mut raw as *mut xdpilone::xdp::XdpStatisticsV2).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return XskKernelStats::default();
+        }
+        XskKernelStats {
+            rx_dropped: raw.rx_dropped,
+            rx_ring_full: raw.rx_ring_full,
+            rx_fill_ring_empty: raw.rx_fill_ring_empty_descs,
+            tx_invalid_descs: raw.tx_invalid_descs,
         }
     }
 }
+
+/// `SOL_XDP` and `XDP_STATISTICS` from <linux/if_xdp.h>.
+const SOL_XDP: libc::c_int = 283;
+const XDP_STATISTICS: libc::c_int = 7;
 
 #[cfg(test)]
 mod tests {

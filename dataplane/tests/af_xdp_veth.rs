@@ -133,30 +133,32 @@ fn steering_program_and_af_xdp_socket_on_veth() {
         );
         prog.register_socket(0, xsk.fd()).unwrap();
 
-        // Lend frames 0..256 to the kernel for receiving.
-        let addrs: Vec<u64> = (0..256).map(|i| xsk.frames.frame_addr(i)).collect();
-        {
-            let mut w = xsk.fill.fill(256);
-            assert_eq!(w.insert(addrs.into_iter()), 256);
-            w.commit();
-        }
+        // Lend all but one slot's worth of frames 0..255 to the kernel: the producer's cached
+        // view of the fill ring now shows exactly one free slot.
+        let addrs: Vec<u64> = (0..255).map(|i| xsk.frames.frame_addr(i)).collect();
+        assert_eq!(dataplane::xsk::fill_all(&mut xsk.fill, &addrs), 255);
 
-        // From B: VXLAN VNI 1 (ours), VNI 2 (not ours), and plain UDP to another port.
+        // From B: five VXLAN datagrams with VNI 1 (ours), one with VNI 2 (not ours), and plain
+        // UDP to another port.
         b.enter(|| {
             let s = UdpSocket::bind((B_IP, 0)).unwrap();
-            s.send_to(&vxlan_payload(1), (A_IP, 8472)).unwrap();
+            for _ in 0..5 {
+                s.send_to(&vxlan_payload(1), (A_IP, 8472)).unwrap();
+            }
             s.send_to(&vxlan_payload(2), (A_IP, 8472)).unwrap();
             s.send_to(b"not vxlan", (A_IP, 9999)).unwrap();
         });
 
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut got = Vec::new();
-        while Instant::now() < deadline && got.is_empty() {
+        let mut received = Vec::new();
+        while Instant::now() < deadline && got.len() < 5 {
             let mut r = xsk.rx.receive(64);
             while let Some(desc) = r.read() {
                 // SAFETY: the frame came from the RX ring and is ours until refilled.
                 let frame = unsafe { xsk.frames.frame_from(desc.addr) }.unwrap();
                 got.push(frame[..desc.len as usize].to_vec());
+                received.push(xsk.frames.frame_base(desc.addr));
             }
             r.release();
             std::thread::sleep(Duration::from_millis(10));
@@ -169,14 +171,17 @@ fn steering_program_and_af_xdp_socket_on_veth() {
             }
             r.release();
         }
-        assert_eq!(got.len(), 1, "exactly the VNI 1 datagram is redirected");
+        assert_eq!(got.len(), 5, "exactly the VNI 1 datagrams are redirected");
+        // Giving the five frames back must put all five on the ring, although the cached view
+        // still shows one free slot (a single reservation would take one and lose four).
+        assert_eq!(dataplane::xsk::fill_all(&mut xsk.fill, &received), 5);
         let frame = &got[0];
         assert_eq!(&frame[12..14], &[0x08, 0x00]);
         assert_eq!(&frame[30..34], &A_IP.octets(), "destination is our VTEP");
         assert_eq!(&frame[36..38], &8472u16.to_be_bytes());
         assert_eq!(&frame[42..50], &vxlan_payload(1)[..8]);
         let counters = prog.counters();
-        assert_eq!(counters.redirected, 1, "{counters:?}");
+        assert_eq!(counters.redirected, 5, "{counters:?}");
         assert_eq!(counters.other_vni, 1, "{counters:?}");
         assert!(counters.passed >= 1, "{counters:?}");
 

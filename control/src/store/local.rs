@@ -35,7 +35,10 @@ pub struct LocalStore {
     dir: PathBuf,
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
         what,
         path: path.display().to_string(),
@@ -171,7 +174,7 @@ fn decode(key: &SubnetKey, text: &str) -> Result<Lease, String> {
                 .map_err(|e| format!("Expiration {s:?} is not an RFC 3339 time: {e}"))?,
         ),
     };
-    Ok(Lease::new(key.clone(), attrs, expiration))
+    Ok(Lease::new(*key, attrs, expiration))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
@@ -185,7 +188,9 @@ impl LeaseStore for LocalStore {
         format!("local store {}", self.dir.display())
     }
 
-    fn network_config(&self) -> impl std::future::Future<Output = Result<String, StoreError>> + Send {
+    fn network_config(
+        &self,
+    ) -> impl std::future::Future<Output = Result<String, StoreError>> + Send {
         self.run_blocking(|s| {
             let path = s.dir.join("config");
             match fs::read_to_string(&path) {
@@ -208,7 +213,10 @@ impl LeaseStore for LocalStore {
         self.run_blocking(|s| s.scan())
     }
 
-    fn create(&self, lease: &Lease) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send {
+    fn create(
+        &self,
+        lease: &Lease,
+    ) -> impl std::future::Future<Output = Result<bool, StoreError>> + Send {
         let lease = lease.clone();
         self.run_blocking(move |s| {
             let _lock = s.lock()?;
@@ -224,7 +232,10 @@ impl LeaseStore for LocalStore {
         })
     }
 
-    fn update(&self, lease: &Lease) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+    fn update(
+        &self,
+        lease: &Lease,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         let lease = lease.clone();
         self.run_blocking(move |s| {
             let _lock = s.lock()?;
@@ -232,7 +243,10 @@ impl LeaseStore for LocalStore {
         })
     }
 
-    fn remove(&self, lease: &Lease) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+    fn remove(
+        &self,
+        lease: &Lease,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         let lease = lease.clone();
         self.run_blocking(move |s| {
             let _lock = s.lock()?;
@@ -276,7 +290,7 @@ fn live(leases: &BTreeMap<SubnetKey, Lease>, now: OffsetDateTime) -> BTreeMap<Su
     leases
         .iter()
         .filter(|(_, l)| !l.is_expired(now))
-        .map(|(k, l)| (k.clone(), l.clone()))
+        .map(|(k, l)| (*k, l.clone()))
         .collect()
 }
 
@@ -293,24 +307,22 @@ pub struct LocalWatcher {
 }
 
 impl LeaseWatcher for LocalWatcher {
-    fn next(&mut self) -> impl std::future::Future<Output = Result<Vec<LeaseEvent>, StoreError>> + Send {
-        async move {
-            loop {
-                tokio::time::sleep(POLL_INTERVAL).await;
-                let now = OffsetDateTime::now_utc();
-                let mtime = dir_mtime(&self.store.subnets_dir());
-                let lapsed = self.known.values().any(|l| l.is_expired(now));
-                if mtime == self.dir_mtime && !lapsed {
-                    continue;
-                }
-                let listing = self.store.list().await?;
-                self.dir_mtime = mtime;
-                let current = live(&listing.leases, now);
-                let events = diff(&self.known, &current);
-                self.known = current;
-                if !events.is_empty() {
-                    return Ok(events);
-                }
+    async fn next(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let now = OffsetDateTime::now_utc();
+            let mtime = dir_mtime(&self.store.subnets_dir());
+            let lapsed = self.known.values().any(|l| l.is_expired(now));
+            if mtime == self.dir_mtime && !lapsed {
+                continue;
+            }
+            let listing = self.store.list().await?;
+            self.dir_mtime = mtime;
+            let current = live(&listing.leases, now);
+            let events = diff(&self.known, &current);
+            self.known = current;
+            if !events.is_empty() {
+                return Ok(events);
             }
         }
     }
@@ -440,6 +452,10 @@ mod tests {
         store
             .write_network_config(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#)
             .unwrap();
-        assert!(store.network_config().await.unwrap().contains("10.5.0.0/16"));
+        assert!(store
+            .network_config()
+            .await
+            .unwrap()
+            .contains("10.5.0.0/16"));
     }
 }

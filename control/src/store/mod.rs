@@ -108,10 +108,7 @@ pub trait LeaseWatcher: Send + 'static {
 
 /// The events that turn `old` into `new`: `Added` for new keys and keys whose value or
 /// expiration changed, `Removed` for keys that are gone. Expired leases in `new` count as gone.
-pub fn diff(
-    old: &BTreeMap<SubnetKey, Lease>,
-    new: &BTreeMap<SubnetKey, Lease>,
-) -> Vec<LeaseEvent> {
+pub fn diff(old: &BTreeMap<SubnetKey, Lease>, new: &BTreeMap<SubnetKey, Lease>) -> Vec<LeaseEvent> {
     let mut events = Vec::new();
     for (key, lease) in old {
         if !new.contains_key(key) {
@@ -224,9 +221,7 @@ pub async fn renew<S: LeaseStore>(
     ttl: Duration,
 ) -> Result<Lease, StoreError> {
     let renewed = Lease {
-        expiration: lease
-            .expiration
-            .map(|_| OffsetDateTime::now_utc() + ttl),
+        expiration: lease.expiration.map(|_| OffsetDateTime::now_utc() + ttl),
         ..lease.clone()
     };
     store.update(&renewed).await?;

@@ -1,0 +1,343 @@
+//! The daemon's life: network config, external interface, lease, backend, subnet file,
+//! readiness, then the event loop (lease events, upkeep ticks, renewal, signals), then a clean
+//! shutdown that removes what it created.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use control::backend::{Backend, OwnLease, PeerSync};
+use control::config::NetworkConfig;
+use control::lease::{Lease, LeaseAttrs, LeaseEvent};
+use control::netlink::Netlink;
+use control::store::local::LocalStore;
+use control::store::{self, LeaseStore, LeaseWatcher};
+use control::underlay::{find_external_interface, ExternalInterface};
+use control::{subnet_file, vtep_mac};
+use dataplane::stats::WorkerCounters;
+use dataplane::xdp::XdpMode;
+use dataplane::xsk::BindMode;
+use serde_json::json;
+use time::format_description::well_known::Rfc3339;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{BackendChoice, RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
+use crate::control_socket::ControlSocket;
+use crate::xdp_backend::{XdpBackend, XdpBackendConfig, XdpStatusProbe};
+
+/// How often the backend's upkeep runs (next hops, worker health).
+const TICK: Duration = Duration::from_secs(1);
+
+/// What `vxdp status` shows, kept current by the event loop.
+struct View {
+    config: NetworkConfig,
+    external: ExternalInterface,
+    device: String,
+    mtu: u32,
+    lease: Lease,
+    peers: Vec<control::backend::Peer>,
+    summary: String,
+    probe: XdpStatusProbe,
+}
+
+impl View {
+    fn to_json(&self) -> serde_json::Value {
+        let paths = self.probe.paths();
+        let workers = self.probe.workers();
+        let mut totals = WorkerCounters::default();
+        for w in &workers {
+            totals.accumulate(&w.counters);
+        }
+        let vtep_mac = self
+            .lease
+            .attrs
+            .vxlan_data()
+            .map(|d| d.vtep_mac.to_string())
+            .unwrap_or_default();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "backend": "xdp",
+            "summary": self.summary,
+            "xdp_mode": self.probe.xdp_mode(),
+            "iface": {
+                "name": self.external.link.name,
+                "index": self.external.link.index,
+                "public_ip": self.external.public_ip,
+                "mtu": self.external.link.mtu,
+            },
+            "device": { "name": self.device, "mtu": self.mtu, "vtep_mac": vtep_mac },
+            "network": {
+                "network": self.config.network.to_string(),
+                "vni": self.config.backend.vni,
+                "port": self.config.vxlan_port(),
+            },
+            "lease": {
+                "subnet": self.lease.subnet.to_string(),
+                "public_ip": self.lease.attrs.public_ip,
+                "vtep_mac": vtep_mac,
+                "expiration": self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
+            },
+            "peers": self.peers.iter().map(|p| {
+                let path = paths.get(&p.public_ip);
+                json!({
+                    "subnet": p.subnet.to_string(),
+                    "public_ip": p.public_ip,
+                    "vtep_mac": p.vtep_mac.to_string(),
+                    "next_hop_mac": path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
+                    "state": path.map(|x| x.state.clone()).unwrap_or_else(|| "resolving".into()),
+                })
+            }).collect::<Vec<_>>(),
+            "workers": workers,
+            "totals": totals,
+            "xdp_counters": self.probe.xdp_counters(),
+        })
+    }
+}
+
+/// Tells systemd (Type=notify) we are ready; a no-op outside systemd.
+fn sd_notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
+            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
+    } else {
+        sock.send_to(b"READY=1", Path::new(&path))
+    };
+    if let Err(e) = result {
+        tracing::warn!("sd_notify READY=1 failed: {e}");
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM (Ok) or a fatal condition (Err).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    match &args.local_store {
+        Some(dir) => {
+            let store = LocalStore::open(dir)
+                .with_context(|| format!("opening the local store {}", dir.display()))?;
+            run_with_store(args.clone(), store).await
+        }
+        None => bail!(
+            "no lease store given: pass --local-store DIR (etcd support is not built into this \
+             version yet)"
+        ),
+    }
+}
+
+fn renew_delay(lease: &Lease, margin: Duration, ttl: Duration) -> Option<Duration> {
+    let exp = lease.expiration?;
+    let now = time::OffsetDateTime::now_utc();
+    let left = (exp - now).max(time::Duration::ZERO);
+    let left = Duration::try_from(left).unwrap_or_default();
+    // With a TTL shorter than the margin (tests), renew at half the TTL.
+    let margin = if margin >= ttl { ttl / 2 } else { margin };
+    Some(left.saturating_sub(margin))
+}
+
+async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Result<()> {
+    let nl = Netlink::connect()?;
+    let config_json = store
+        .network_config()
+        .await
+        .with_context(|| format!("reading the network config from the {}", store.describe()))?;
+    let config = control::config::parse(&config_json).context("invalid network config")?;
+    if !config.ignored_fields.is_empty() {
+        tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
+    }
+    let external = find_external_interface(&nl, &args.iface, args.public_ip).await?;
+    tracing::info!(
+        iface = %external.link.name,
+        public_ip = %external.public_ip,
+        mtu = external.link.mtu,
+        "using external interface"
+    );
+    let vni = config.backend.vni;
+    let vtep_mac = vtep_mac::stable_vtep_mac(
+        &vtep_mac::machine_id(),
+        std::net::IpAddr::V4(external.public_ip),
+        vni,
+    );
+    let attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
+    let previous = subnet_file::read_previous_subnet(&args.subnet_file).ok();
+    let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
+    let acquired = store::acquire(&store, &config, &attrs, previous, ttl)
+        .await
+        .with_context(|| format!("acquiring a lease from the {}", store.describe()))?;
+    let mut lease = acquired.lease;
+    tracing::info!(
+        subnet = %lease.subnet,
+        vtep_mac = %vtep_mac,
+        "lease acquired ({})",
+        acquired.allocation
+    );
+
+    let mtu = config.mtu_for(external.link.mtu, false);
+    let device = args.device.clone().unwrap_or_else(|| format!("vxdp.{vni}"));
+    let backend = match args.backend {
+        BackendChoice::Kernel => {
+            bail!("--backend kernel is not built into this version yet; use --backend xdp")
+        }
+        BackendChoice::Auto | BackendChoice::Xdp => {
+            let xdp_config = XdpBackendConfig {
+                external: external.clone(),
+                device: device.clone(),
+                vtep_mac,
+                mtu,
+                vni,
+                port: config.vxlan_port(),
+                subnet: lease.subnet,
+                queues: args.queues,
+                worker_cpus: match &args.worker_cpus {
+                    WorkerCpus::Auto => core_affinity::get_core_ids()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|c| c.id)
+                        .collect(),
+                    WorkerCpus::None => Vec::new(),
+                    WorkerCpus::List(l) => l.clone(),
+                },
+                umem_frames: args.umem_frames,
+                xdp_modes: match args.xdp_mode {
+                    XdpModeChoice::Auto => vec![XdpMode::Native, XdpMode::Generic],
+                    XdpModeChoice::Native => vec![XdpMode::Native],
+                    XdpModeChoice::Generic => vec![XdpMode::Generic],
+                },
+                bind_mode: match args.xsk_bind {
+                    XskBindChoice::Auto => BindMode::Auto,
+                    XskBindChoice::ZeroCopy => BindMode::ZeroCopy,
+                    XskBindChoice::Copy => BindMode::Copy,
+                },
+                udp_checksum: args.udp_csum,
+                allow_unknown_peers: args.allow_unknown_peers,
+                direct_routing: config.backend.direct_routing,
+            };
+            match XdpBackend::start(nl.clone(), xdp_config).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // Nothing of ours is left to route to: give the subnet back.
+                    let _ = store.remove(&lease).await;
+                    return Err(e.context("starting the AF_XDP backend"));
+                }
+            }
+        }
+    };
+    let probe = backend.status_probe();
+    let summary = backend.summary().to_string();
+    let mut sync = PeerSync::new(backend, lease.subnet);
+
+    let listing = store.list().await?;
+    sync.apply(
+        listing
+            .leases
+            .values()
+            .cloned()
+            .map(LeaseEvent::Added)
+            .collect(),
+    )
+    .await;
+    let mut watcher = store.watch(&listing).await?;
+
+    let view = Arc::new(Mutex::new(View {
+        config: config.clone(),
+        external: external.clone(),
+        device: device.clone(),
+        mtu,
+        lease: lease.clone(),
+        peers: sync.peers().values().cloned().collect(),
+        summary,
+        probe,
+    }));
+    let control = ControlSocket::bind(&args.control_socket).await?;
+    let handler_view = Arc::clone(&view);
+    let control_task = tokio::spawn(control.serve(Arc::new(move |request: &str| {
+        match request {
+            "status" | "" => handler_view
+                .lock()
+                .map(|v| v.to_json())
+                .unwrap_or_else(|_| json!({"error": "status unavailable"})),
+            other => json!({"error": format!("unknown request {other:?}; try status")}),
+        }
+    })));
+
+    subnet_file::write_subnet_file(&args.subnet_file, &config, lease.subnet, None, mtu, false)
+        .with_context(|| format!("writing {}", args.subnet_file.display()))?;
+    sd_notify_ready();
+    tracing::info!(subnet_file = %args.subnet_file.display(), "ready");
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(TICK);
+    let margin = Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60);
+    let mut renew_in = renew_delay(&lease, margin, ttl);
+    let renew_retry = Duration::from_secs(60)
+        .min(ttl / 4)
+        .max(Duration::from_secs(1));
+    let renew_sleep = tokio::time::sleep(renew_in.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(renew_sleep);
+
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()); }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()); }
+            events = watcher.next() => match events {
+                Ok(events) => {
+                    match sync.apply(events).await {
+                        OwnLease::Removed => {
+                            tracing::error!(subnet = %lease.subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down");
+                            break Err(anyhow::anyhow!("lease {} was revoked", lease.subnet));
+                        }
+                        OwnLease::Written(l) if l.attrs.public_ip != lease.attrs.public_ip => {
+                            tracing::error!(subnet = %lease.subnet, other = %l.attrs.public_ip, "this node's subnet was taken over by another node: shutting down");
+                            break Err(anyhow::anyhow!("lease {} was taken over by {}", lease.subnet, l.attrs.public_ip));
+                        }
+                        _ => {}
+                    }
+                    if let Ok(mut v) = view.lock() {
+                        v.peers = sync.peers().values().cloned().collect();
+                    }
+                }
+                Err(e) => tracing::warn!("watching leases: {e}"),
+            },
+            _ = tick.tick() => {
+                sync.retry_failed().await;
+                sync.backend_mut().tick().await;
+            }
+            _ = &mut renew_sleep, if renew_in.is_some() => {
+                match store::renew(&store, &lease, ttl).await {
+                    Ok(renewed) => {
+                        lease = renewed;
+                        tracing::info!(subnet = %lease.subnet, "lease renewed");
+                        if let Ok(mut v) = view.lock() { v.lease = lease.clone(); }
+                        renew_in = renew_delay(&lease, margin, ttl);
+                    }
+                    Err(e) => {
+                        tracing::warn!(subnet = %lease.subnet, "renewing the lease failed, retrying in {renew_retry:?}: {e}");
+                        renew_in = Some(renew_retry);
+                    }
+                }
+                renew_sleep.as_mut().reset(tokio::time::Instant::now() + renew_in.unwrap_or(Duration::MAX / 4));
+            }
+        }
+    };
+
+    control_task.abort();
+    sync.shutdown().await;
+    if outcome.is_ok() {
+        match store.remove(&lease).await {
+            Ok(()) => tracing::info!(subnet = %lease.subnet, "lease released"),
+            Err(e) => tracing::warn!(subnet = %lease.subnet, "releasing the lease failed: {e}"),
+        }
+    }
+    outcome
+}
