@@ -5,6 +5,7 @@
 //! flanneld clusters use). The flannel logic on top of them, choosing a subnet, retrying lost
 //! races, turning re-listings into events, is written once here.
 
+pub mod etcd;
 pub mod local;
 
 use std::collections::BTreeMap;

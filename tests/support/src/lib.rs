@@ -10,6 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Panics unless the test can create namespaces and load XDP programs (root here). Privileged

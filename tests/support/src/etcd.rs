@@ -1,0 +1,425 @@
+//! A throwaway single-member etcd (`/usr/bin/etcd`, Debian's `etcd-server`) for tests.
+//!
+//! Every [`EtcdServer`] runs on its own free loopback ports with its own data directory, so tests
+//! can run in parallel. It is driven with `etcdctl` (v3 API) so that tests check what is really
+//! stored, independently of vxdp's own etcd client. The process is killed by PID and its
+//! directory removed on drop; its log is kept in `<dir>/etcd.log` and its tail is printed when a
+//! helper fails.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Where Debian's `etcd-server` and `etcd-client` packages put the binaries.
+pub const ETCD: &str = "/usr/bin/etcd";
+/// `etcdctl`, used for every helper here.
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A running etcd member with its own data directory and ports.
+#[derive(Debug)]
+pub struct EtcdServer {
+    name: String,
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    tls: Option<TlsFiles>,
+    child: Option<Child>,
+}
+
+/// The PEM files of a TLS etcd (made with `openssl` for 127.0.0.1, valid for a day).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA that signed both certificates.
+    pub ca: PathBuf,
+    /// A client certificate etcd accepts (`--client-cert-auth`).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+/// A free TCP port on 127.0.0.1 (bound to port 0, then released).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
+    l.local_addr()
+        .expect("local address of a bound socket")
+        .port()
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits (up to 10 s) until it answers. Panics, with etcd's log, when it
+    /// cannot: tests that need etcd fail, they never skip.
+    pub fn start() -> EtcdServer {
+        Self::start_with(false)
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring client certificates signed by
+    /// [`TlsFiles::ca`] (as kubeadm-style etcd clusters do).
+    pub fn start_tls() -> EtcdServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> EtcdServer {
+        assert!(
+            Path::new(ETCD).exists() && Path::new(ETCDCTL).exists(),
+            "{ETCD} and {ETCDCTL} are needed for the etcd tests: apt-get install etcd-server \
+             etcd-client"
+        );
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("vxt{}x{n}x{nanos}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("vxdp-etcd-{name}"));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create etcd test directory {}: {e}", dir.display()));
+        let tls = tls.then(|| make_tls_files(&dir));
+        let mut server = EtcdServer {
+            name,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The TLS files, for a server from [`EtcdServer::start_tls`].
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The directory holding the data directory and `etcd.log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    /// The last `lines` lines of etcd's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
+        let log2 = log.try_clone().expect("duplicate the etcd log file");
+        let mut cmd = Command::new(ETCD);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("{}={peer}", self.name))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--logger")
+            .arg("zap")
+            .arg("--log-outputs")
+            .arg("stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "etcd exited during startup ({status}); its log:\n{}",
+                        self.log_tail(40)
+                    );
+                }
+            }
+            let health = self.etcdctl_output(&["endpoint", "health", "--command-timeout=1s"]);
+            if health.status.success() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "etcd did not answer at {} within 10 s ({}); its log:\n{}",
+                    self.endpoint(),
+                    String::from_utf8_lossy(&health.stderr).trim(),
+                    self.log_tail(40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL after 10 s) and waits for it to exit; the data stays.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill on the PID of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts etcd again on the same ports and data directory (after [`EtcdServer::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Whether etcd is running (not stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn etcdctl_output(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(ETCDCTL);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.client_cert)
+                .arg("--key")
+                .arg(&t.client_key);
+        }
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoint())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {ETCDCTL}: {e}"))
+    }
+
+    /// Runs `etcdctl <args>` against this member and returns its stdout; panics with the output
+    /// and etcd's log when it fails.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = self.etcdctl_output(args);
+        assert!(
+            out.status.success(),
+            "`etcdctl {}` failed ({}): {}{}\netcd log:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(20)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `etcdctl put key value`.
+    pub fn put(&self, key: &str, value: &str) {
+        // `--` so that values starting with '-' are not taken for flags.
+        self.etcdctl(&["put", "--", key, value]);
+    }
+
+    /// `etcdctl put --lease=<lease> key value` (`lease` as [`EtcdServer::grant`] returns it).
+    pub fn put_with_lease(&self, key: &str, value: &str, lease: &str) {
+        self.etcdctl(&["put", &format!("--lease={lease}"), "--", key, value]);
+    }
+
+    /// `etcdctl lease grant <ttl>`: the new lease's ID, in hex as etcdctl prints and takes it.
+    pub fn grant(&self, ttl_s: u64) -> String {
+        let out = self.etcdctl(&["lease", "grant", &ttl_s.to_string()]);
+        // "lease 694d7b3a2e7f1c0a granted with TTL(3600s)"
+        out.split_whitespace()
+            .nth(1)
+            .filter(|id| id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or_else(|| panic!("unexpected `etcdctl lease grant` output: {out:?}"))
+            .to_string()
+    }
+
+    /// The value of `key`, exactly as stored, or `None` when absent.
+    pub fn get(&self, key: &str) -> Option<String> {
+        // `-w json` would base64 the value; `--print-value-only` prints it and a newline.
+        let out = self.etcdctl(&["get", "--print-value-only", "--", key]);
+        if out.is_empty() {
+            // Absent. (An empty value would print a lone newline.)
+            return None;
+        }
+        Some(out.strip_suffix('\n').unwrap_or(&out).to_string())
+    }
+
+    /// `etcdctl del key`.
+    pub fn del(&self, key: &str) {
+        self.etcdctl(&["del", "--", key]);
+    }
+
+    /// The lease `key` is attached to, as `(granted TTL, remaining TTL)` in seconds; `None` for
+    /// a key without a lease (or an absent key).
+    pub fn key_lease(&self, key: &str) -> Option<(i64, i64)> {
+        let fields = self.etcdctl(&["get", "-w", "fields", "--", key]);
+        let lease: i64 = field(&fields, "Lease")?.parse().ok()?;
+        if lease == 0 {
+            return None;
+        }
+        // "lease 694d... granted with TTL(3600s), remaining(3599s)"
+        let out = self.etcdctl(&["lease", "timetolive", &format!("{lease:x}")]);
+        let num_after = |tag: &str| -> Option<i64> {
+            let rest = &out[out.find(tag)? + tag.len()..];
+            rest[..rest.find('s')?].parse().ok()
+        };
+        Some((num_after("TTL(")?, num_after("remaining(")?))
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let fields = self.etcdctl(&["endpoint", "status", "-w", "fields"]);
+        field(&fields, "Revision")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in `etcdctl endpoint status`: {fields}"))
+    }
+
+    /// Compacts the history up to the current revision (physically, so watchers started from
+    /// an older revision are cancelled), like etcd's auto-compaction does on a busy cluster.
+    pub fn compact_to_latest(&self) -> i64 {
+        let rev = self.revision();
+        self.etcdctl(&["compact", "--physical", &rev.to_string()]);
+        rev
+    }
+}
+
+/// Makes a CA and a server (IP 127.0.0.1) and a client certificate signed by it, in `dir`.
+fn make_tls_files(dir: &Path) -> TlsFiles {
+    let p = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (needed for the TLS etcd): {e}"));
+        assert!(
+            out.status.success(),
+            "`openssl {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req", "-x509", "-days", "1", "-subj", "/CN=vxdp test CA"];
+    args.extend(ec);
+    args.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(&args);
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let ext_file = format!("{name}.ext");
+        std::fs::write(p(&ext_file), ext).expect("write an openssl extension file");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN=vxdp test {name}");
+        let mut args = vec!["req", "-subj", &subj];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr]);
+        openssl(&args);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "1",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &pem,
+        ]);
+    }
+    TlsFiles {
+        ca: p("ca.pem"),
+        client_cert: p("client.pem"),
+        client_key: p("client.key"),
+        server_cert: p("server.pem"),
+        server_key: p("server.key"),
+    }
+}
+
+/// The value of `"<name>" : <value>` in `etcdctl -w fields` output.
+fn field(fields: &str, name: &str) -> Option<String> {
+    let tag = format!("\"{name}\" : ");
+    fields
+        .lines()
+        .find_map(|l| l.strip_prefix(&tag))
+        .map(|v| v.trim().to_string())
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
