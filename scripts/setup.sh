@@ -10,7 +10,7 @@ packages=(
   protobuf-compiler
   # tests: namespaces, veth, kernel vxlan peers, a real etcd
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
-  nftables iptables tcpdump
+  nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace
 )
