@@ -27,7 +27,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the running daemon's backend, lease, peers and counters.
     Status(StatusArgs),
 }
@@ -113,8 +113,56 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// Use the embedded lease store in DIR (shared by all nodes on this machine) instead of etcd.
-    #[arg(long, value_name = "DIR", env = "VXDP_LOCAL_STORE")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "VXDP_LOCAL_STORE",
+        conflicts_with = "etcd_endpoints"
+    )]
     pub local_store: Option<PathBuf>,
+
+    /// Comma-separated etcd v3 endpoints (flanneld's default).
+    #[arg(
+        long,
+        value_name = "URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
+        env = "FLANNELD_ETCD_ENDPOINTS"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd prefix holding the network config and the leases.
+    #[arg(long, value_name = "PREFIX", default_value = control::lease::DEFAULT_ETCD_PREFIX, env = "FLANNELD_ETCD_PREFIX")]
+    pub etcd_prefix: String,
+
+    /// TLS key file for etcd.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_KEYFILE")]
+    pub etcd_keyfile: Option<PathBuf>,
+
+    /// TLS certificate file for etcd.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CERTFILE")]
+    pub etcd_certfile: Option<PathBuf>,
+
+    /// TLS CA file for etcd.
+    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+
+    /// etcd user name.
+    #[arg(long, value_name = "USER", env = "FLANNELD_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password.
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FLANNELD_ETCD_PASSWORD",
+        hide_env_values = true
+    )]
+    pub etcd_password: Option<String>,
+
+    /// Read the network config from this file instead of `<etcd-prefix>/config`.
+    #[arg(long, value_name = "PATH", env = "FLANNELD_NET_CONFIG_PATH")]
+    pub net_config_path: Option<PathBuf>,
 
     /// Interface (name or IP address) for inter-host traffic; repeat to give fallbacks. Default:
     /// the interface of the default route.
@@ -125,6 +173,58 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub iface: Vec<String>,
+
+    /// Regex matching the interface (name or IP address) to use; repeatable, tried in order
+    /// after --iface.
+    #[arg(
+        long,
+        value_name = "REGEX",
+        env = "FLANNELD_IFACE_REGEX",
+        value_delimiter = ','
+    )]
+    pub iface_regex: Vec<String>,
+
+    /// Install flanneld's IP masquerade rules for traffic leaving the overlay.
+    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub ip_masq: bool,
+
+    /// With --ip-masq, check the rules every this many seconds and repair them.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 5,
+        env = "FLANNELD_IPTABLES_RESYNC"
+    )]
+    pub iptables_resync: u64,
+
+    /// Add FORWARD accept rules for the overlay network, as flanneld does by default.
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub iptables_forward_rules: bool,
+
+    /// Address of the health endpoint (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        env = "FLANNELD_HEALTHZ_IP"
+    )]
+    pub healthz_ip: IpAddr,
+
+    /// Port of the health endpoint; 0 turns it off.
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        env = "FLANNELD_HEALTHZ_PORT"
+    )]
+    pub healthz_port: u16,
+
+    /// flanneld/klog verbosity: 0-3 info, 4-5 debug, 6+ trace (RUST_LOG overrides).
+    #[arg(long = "v", value_name = "LEVEL", env = "FLANNELD_V")]
+    pub verbosity: Option<u8>,
+
+    #[command(flatten)]
+    pub unsupported: UnsupportedFlanneldFlags,
 
     /// IP accessible by other nodes for inter-host traffic (default: the interface's address).
     #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
@@ -201,6 +301,78 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 }
 
+/// flanneld flags vxdp does not implement. They are accepted by the parser only so that vxdp can
+/// refuse them with a reason instead of a bare "unexpected argument".
+#[derive(Debug, Clone, Default, Args)]
+pub struct UnsupportedFlanneldFlags {
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    kube_subnet_mgr: Option<String>,
+    #[arg(long, hide = true)]
+    kube_api_url: Option<String>,
+    #[arg(long, hide = true)]
+    kubeconfig_file: Option<String>,
+    #[arg(long, hide = true)]
+    kube_annotation_prefix: Option<String>,
+    #[arg(long, hide = true)]
+    iface_can_reach: Option<String>,
+    #[arg(long, hide = true)]
+    public_ipv6: Option<String>,
+    #[arg(long, hide = true)]
+    charon_executable_path: Option<String>,
+    #[arg(long, hide = true)]
+    charon_viciuri: Option<String>,
+    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    set_node_network_unavailable: Option<String>,
+}
+
+impl UnsupportedFlanneldFlags {
+    /// An error naming the first unsupported flag given, and what to do instead.
+    pub fn check(&self) -> Result<(), String> {
+        let given = |v: &Option<String>| v.is_some();
+        let msg = if given(&self.kube_subnet_mgr)
+            || given(&self.kube_api_url)
+            || given(&self.kubeconfig_file)
+            || given(&self.kube_annotation_prefix)
+            || given(&self.set_node_network_unavailable)
+        {
+            "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not              implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory              (--local-store)"
+        } else if given(&self.iface_can_reach) {
+            "--iface-can-reach is not implemented: name the interface with --iface or              --iface-regex"
+        } else if given(&self.public_ipv6) {
+            "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
+        } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
+            "the IPsec backend's --charon-* flags do not apply: vxdp implements the vxlan backend"
+        } else {
+            return Ok(());
+        };
+        Err(format!("unsupported flanneld flag: {msg}"))
+    }
+}
+
+/// Rewrites Go-style single-dash long flags (`-etcd-endpoints=...`, as flanneld's flag package
+/// accepts) into `--etcd-endpoints=...` for the flags vxdp knows, so flanneld command lines
+/// work unchanged.
+pub fn normalize_go_flags(
+    args: Vec<std::ffi::OsString>,
+    known_long: &[String],
+) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            let Some(text) = arg.to_str() else { return arg };
+            if i == 0 || text.starts_with("--") || !text.starts_with('-') || text.len() < 3 {
+                return arg;
+            }
+            let name = text[1..].split('=').next().unwrap_or_default();
+            if known_long.iter().any(|k| k == name) {
+                format!("-{text}").into()
+            } else {
+                arg
+            }
+        })
+        .collect()
+}
+
 /// Flags of `vxdp status`.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
@@ -246,6 +418,72 @@ mod tests {
         assert!(parse_worker_cpus("3-1").is_err());
         assert!(parse_worker_cpus("x").is_err());
         assert!(parse_worker_cpus("").is_err());
+    }
+
+    #[test]
+    fn flanneld_command_lines_parse() {
+        let known: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let argv = normalize_go_flags(
+            [
+                "flanneld",
+                "-etcd-endpoints=http://10.0.0.1:2379",
+                "-iface",
+                "eth1",
+                "-ip-masq",
+                "-v=5",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+            &known,
+        );
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert_eq!(cli.run.etcd_endpoints, vec!["http://10.0.0.1:2379"]);
+        assert_eq!(cli.run.iface, vec!["eth1"]);
+        assert!(cli.run.ip_masq);
+        assert_eq!(cli.run.verbosity, Some(5));
+        assert!(cli.run.iptables_forward_rules, "flanneld's default");
+        let cli =
+            Cli::try_parse_from(["vxdp", "--iptables-forward-rules=false", "--ip-masq=false"])
+                .unwrap();
+        assert!(!cli.run.iptables_forward_rules && !cli.run.ip_masq);
+        // A negative number is not a flag.
+        let argv = normalize_go_flags(vec!["vxdp".into(), "-1".into()], &known);
+        assert_eq!(argv[1], "-1");
+    }
+
+    #[test]
+    fn unsupported_flanneld_flags_are_refused_with_a_reason() {
+        let cli = Cli::try_parse_from(["vxdp", "--kube-subnet-mgr"]).unwrap();
+        let err = cli.run.unsupported.check().unwrap_err();
+        assert!(
+            err.contains("--kube-subnet-mgr") && err.contains("--etcd-endpoints"),
+            "{err}"
+        );
+        let cli = Cli::try_parse_from(["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
+        assert!(cli
+            .run
+            .unsupported
+            .check()
+            .unwrap_err()
+            .contains("IPv4 underlay"));
+        let cli = Cli::try_parse_from(["vxdp"]).unwrap();
+        assert!(cli.run.unsupported.check().is_ok());
+    }
+
+    #[test]
+    fn local_store_and_etcd_endpoints_exclude_each_other() {
+        assert!(Cli::try_parse_from([
+            "vxdp",
+            "--local-store",
+            "/x",
+            "--etcd-endpoints",
+            "http://e:2379"
+        ])
+        .is_err());
     }
 
     #[test]

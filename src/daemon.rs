@@ -11,8 +11,9 @@ use control::backend::{Backend, OwnLease, PeerSync};
 use control::config::NetworkConfig;
 use control::lease::{Lease, LeaseAttrs, LeaseEvent};
 use control::netlink::Netlink;
+use control::store::etcd::{EtcdOptions, EtcdStore};
 use control::store::local::LocalStore;
-use control::store::{self, LeaseStore, LeaseWatcher};
+use control::store::{self, AcquireError, LeaseStore, LeaseWatcher, StoreError};
 use control::underlay::{find_external_interface, ExternalInterface};
 use control::{subnet_file, vtep_mac};
 use dataplane::stats::WorkerCounters;
@@ -24,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{BackendChoice, RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
 use crate::control_socket::ControlSocket;
+use crate::health::{self, Readiness};
 use crate::xdp_backend::{XdpBackend, XdpBackendConfig, XdpStatusProbe};
 
 /// How often the backend's upkeep runs (next hops, worker health).
@@ -39,6 +41,7 @@ struct View {
     peers: Vec<control::backend::Peer>,
     summary: String,
     probe: XdpStatusProbe,
+    last_watch_event: std::time::Instant,
 }
 
 impl View {
@@ -77,7 +80,9 @@ impl View {
                 "public_ip": self.lease.attrs.public_ip,
                 "vtep_mac": vtep_mac,
                 "expiration": self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
+                "expiration_unix": self.lease.expiration.map(|e| e.unix_timestamp()),
             },
+            "last_watch_event_age_seconds": self.last_watch_event.elapsed().as_secs_f64(),
             "peers": self.peers.iter().map(|p| {
                 let path = paths.get(&p.public_ip);
                 json!({
@@ -128,10 +133,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("opening the local store {}", dir.display()))?;
             run_with_store(args.clone(), store).await
         }
-        None => bail!(
-            "no lease store given: pass --local-store DIR (etcd support is not built into this \
-             version yet)"
-        ),
+        None => {
+            let opts = EtcdOptions {
+                endpoints: args.etcd_endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                ca_file: args.etcd_cafile.clone(),
+                cert_file: args.etcd_certfile.clone(),
+                key_file: args.etcd_keyfile.clone(),
+                username: args.etcd_username.clone(),
+                password: args.etcd_password.clone(),
+            };
+            let store =
+                retry_unavailable("connecting to etcd", || EtcdStore::connect(opts.clone()))
+                    .await?
+                    .context("connecting to etcd")?;
+            run_with_store(args.clone(), store).await
+        }
+    }
+}
+
+/// Runs `op` until it succeeds or fails for a reason other than the store being unreachable
+/// (flanneld also waits for etcd at startup instead of exiting). Returns `None` when SIGTERM or
+/// SIGINT arrives meanwhile.
+async fn retry_unavailable<T, F, Fut>(what: &str, mut op: F) -> anyhow::Result<Option<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(Some(v)),
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!("{what}: {e}; retrying in {delay:?}");
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what.to_string())),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = sigterm.recv() => return Ok(None),
+            _ = sigint.recv() => return Ok(None),
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -147,15 +192,23 @@ fn renew_delay(lease: &Lease, margin: Duration, ttl: Duration) -> Option<Duratio
 
 async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Result<()> {
     let nl = Netlink::connect()?;
-    let config_json = store
-        .network_config()
-        .await
-        .with_context(|| format!("reading the network config from the {}", store.describe()))?;
+    let config_json = match &args.net_config_path {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the network config {}", path.display()))?,
+        None => {
+            let what = format!("reading the network config from the {}", store.describe());
+            match retry_unavailable(&what, || store.network_config()).await? {
+                Some(json) => json,
+                None => return Ok(()),
+            }
+        }
+    };
     let config = control::config::parse(&config_json).context("invalid network config")?;
     if !config.ignored_fields.is_empty() {
         tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
     }
-    let external = find_external_interface(&nl, &args.iface, args.public_ip).await?;
+    let external =
+        find_external_interface(&nl, &args.iface, &args.iface_regex, args.public_ip).await?;
     tracing::info!(
         iface = %external.link.name,
         public_ip = %external.public_ip,
@@ -171,9 +224,17 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
     let attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
     let previous = subnet_file::read_previous_subnet(&args.subnet_file).ok();
     let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
-    let acquired = store::acquire(&store, &config, &attrs, previous, ttl)
-        .await
-        .with_context(|| format!("acquiring a lease from the {}", store.describe()))?;
+    let what = format!("acquiring a lease from the {}", store.describe());
+    let acquired = loop {
+        match store::acquire(&store, &config, &attrs, previous, ttl).await {
+            Ok(a) => break a,
+            Err(AcquireError::Store(StoreError::Unavailable(e))) => {
+                tracing::warn!("{what}: {e}; retrying in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(what)),
+        }
+    };
     let mut lease = acquired.lease;
     tracing::info!(
         subnet = %lease.subnet,
@@ -247,6 +308,18 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
     )
     .await;
     let mut watcher = store.watch(&listing).await?;
+    // The watcher runs in its own task: the event loop below selects on a channel, so its
+    // other branches (ticks, renewals) can never cancel a watch half-way (a backoff sleep, a
+    // reconnect) and restart it.
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel(16);
+    let watch_task = tokio::spawn(async move {
+        loop {
+            let batch = watcher.next().await;
+            if events_tx.send(batch).await.is_err() {
+                return;
+            }
+        }
+    });
 
     let view = Arc::new(Mutex::new(View {
         config: config.clone(),
@@ -257,6 +330,7 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         peers: sync.peers().values().cloned().collect(),
         summary,
         probe,
+        last_watch_event: std::time::Instant::now(),
     }));
     let control = ControlSocket::bind(&args.control_socket).await?;
     let handler_view = Arc::clone(&view);
@@ -270,8 +344,39 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         }
     })));
 
-    subnet_file::write_subnet_file(&args.subnet_file, &config, lease.subnet, None, mtu, false)
-        .with_context(|| format!("writing {}", args.subnet_file.display()))?;
+    let readiness = Readiness::default();
+    let health_task = if args.healthz_port != 0 {
+        let listener = health::bind(std::net::SocketAddr::new(
+            args.healthz_ip,
+            args.healthz_port,
+        ))
+        .await?;
+        let metrics_view = Arc::clone(&view);
+        let metrics: health::MetricsSource = Arc::new(move || {
+            metrics_view
+                .lock()
+                .map(|v| crate::metrics::render(&v.to_json()))
+                .unwrap_or_default()
+        });
+        Some(tokio::spawn(health::serve(
+            listener,
+            readiness.clone(),
+            metrics,
+        )))
+    } else {
+        None
+    };
+
+    subnet_file::write_subnet_file(
+        &args.subnet_file,
+        &config,
+        lease.subnet,
+        None,
+        mtu,
+        args.ip_masq,
+    )
+    .with_context(|| format!("writing {}", args.subnet_file.display()))?;
+    readiness.set_ready();
     sd_notify_ready();
     tracing::info!(subnet_file = %args.subnet_file.display(), "ready");
 
@@ -290,7 +395,7 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         tokio::select! {
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()); }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()); }
-            events = watcher.next() => match events {
+            Some(events) = events_rx.recv() => match events {
                 Ok(events) => {
                     match sync.apply(events).await {
                         OwnLease::Removed => {
@@ -305,6 +410,7 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
                     }
                     if let Ok(mut v) = view.lock() {
                         v.peers = sync.peers().values().cloned().collect();
+                        v.last_watch_event = std::time::Instant::now();
                     }
                 }
                 Err(e) => tracing::warn!("watching leases: {e}"),
@@ -332,6 +438,10 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
     };
 
     control_task.abort();
+    watch_task.abort();
+    if let Some(t) = health_task {
+        t.abort();
+    }
     sync.shutdown().await;
     if outcome.is_ok() {
         match store.remove(&lease).await {

@@ -3,16 +3,24 @@
 mod cli;
 mod control_socket;
 mod daemon;
+mod health;
+mod metrics;
 mod status;
 mod xdp_backend;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, LogFormat};
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging(format: LogFormat, verbosity: Option<u8>) {
+    // RUST_LOG wins; else flanneld's -v maps onto levels.
+    let default = match verbosity.unwrap_or(0) {
+        0..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -22,11 +30,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+fn parse_args() -> Cli {
+    let command = Cli::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    let argv = cli::normalize_go_flags(std::env::args_os().collect(), &known);
+    let matches = command.get_matches_from(argv);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = parse_args();
     let result = match cli.command {
         Some(Command::Status(args)) => status::print(&args),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     };
     match result {
@@ -39,7 +59,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: cli::RunArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    args.unsupported.check().map_err(anyhow::Error::msg)?;
+    init_logging(args.log_format, args.verbosity);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("vxdp-control")

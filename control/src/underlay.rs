@@ -104,8 +104,13 @@ pub enum InterfaceError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     /// None of the given interfaces exists.
-    #[error("none of the interfaces given with --iface exists ({0}): check `ip -br addr`")]
+    #[error(
+        "none of the interfaces given with --iface/--iface-regex exists ({0}): check `ip -br addr`"
+    )]
     NotFound(String),
+    /// An --iface-regex is not a valid regular expression.
+    #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
+    BadRegex(String, String),
     /// No interface was given and there is no default route.
     #[error("no --iface given and no IPv4 default route to pick one from: pass --iface NAME")]
     NoDefaultRoute,
@@ -118,13 +123,21 @@ pub enum InterfaceError {
 }
 
 /// Picks the external interface like flanneld: the first `--iface` (a name or one of its IP
-/// addresses) that exists, else the interface of the default route.
+/// addresses) that exists, else the first `--iface-regex` matching an interface's IP address
+/// or, failing that, its name, else the interface of the default route.
 pub async fn find_external_interface(
     nl: &Netlink,
     ifaces: &[String],
+    iface_regexes: &[String],
     public_ip: Option<IpAddr>,
 ) -> Result<ExternalInterface, InterfaceError> {
-    let link = if ifaces.is_empty() {
+    let regexes = iface_regexes
+        .iter()
+        .map(|r| {
+            regex::Regex::new(r).map_err(|e| InterfaceError::BadRegex(r.clone(), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let link = if ifaces.is_empty() && regexes.is_empty() {
         let index = nl
             .default_route_link(false)
             .await?
@@ -152,7 +165,30 @@ pub async fn find_external_interface(
                 break;
             }
         }
-        found.ok_or_else(|| InterfaceError::NotFound(ifaces.join(", ")))?
+        if found.is_none() && !regexes.is_empty() {
+            let links = nl.links().await?;
+            'regex: for re in &regexes {
+                // flanneld tries the addresses first, then the names.
+                for link in &links {
+                    for (ip, _) in nl.addresses(link.index).await? {
+                        if re.is_match(&ip.to_string()) {
+                            found = Some(link.clone());
+                            break 'regex;
+                        }
+                    }
+                }
+                if let Some(link) = links.iter().find(|l| re.is_match(&l.name)) {
+                    found = Some(link.clone());
+                    break;
+                }
+            }
+        }
+        let given: Vec<&str> = ifaces
+            .iter()
+            .chain(iface_regexes.iter())
+            .map(String::as_str)
+            .collect();
+        found.ok_or_else(|| InterfaceError::NotFound(given.join(", ")))?
     };
     let iface_addr = nl
         .addresses(link.index)

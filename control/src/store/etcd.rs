@@ -803,6 +803,8 @@ pub struct EtcdWatcher {
     resync: bool,
     /// Consecutive failures, for the backoff.
     failures: u32,
+    /// When the next attempt may start, after a failure.
+    retry_at: Option<tokio::time::Instant>,
 }
 
 impl fmt::Debug for EtcdWatcher {
@@ -845,6 +847,7 @@ impl EtcdWatcher {
             // A listing without a revision (not from etcd) gives nowhere to watch from.
             resync: listing.revision <= 0,
             failures: 0,
+            retry_at: None,
         }
     }
 
@@ -855,12 +858,11 @@ impl EtcdWatcher {
 
     async fn next_events(&mut self) -> Result<Vec<LeaseEvent>, StoreError> {
         loop {
-            if self.failures > 0 {
-                let exp = (self.failures - 1).min(16);
-                let pause = WATCH_BACKOFF_MIN
-                    .saturating_mul(1 << exp)
-                    .min(WATCH_BACKOFF_MAX);
-                tokio::time::sleep(pause).await;
+            // The retry deadline is kept in `self`, so a caller that drops this future mid-pause
+            // and calls again resumes the same pause instead of starting a new one.
+            if let Some(at) = self.retry_at {
+                tokio::time::sleep_until(at).await;
+                self.retry_at = None;
             }
             match self.step().await {
                 Ok(Step::Events(events)) => {
@@ -872,6 +874,11 @@ impl EtcdWatcher {
                 Ok(Step::Opened) => {}
                 Err(e) => {
                     self.failures = self.failures.saturating_add(1);
+                    let exp = (self.failures - 1).min(16);
+                    let pause = WATCH_BACKOFF_MIN
+                        .saturating_mul(1 << exp)
+                        .min(WATCH_BACKOFF_MAX);
+                    self.retry_at = Some(tokio::time::Instant::now() + pause);
                     return Err(e);
                 }
             }

@@ -23,6 +23,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct EtcdServer {
     name: String,
+    /// Network namespace etcd runs in (`None`: the caller's).
+    netns: Option<String>,
+    /// Address it listens on.
+    host: String,
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
@@ -55,16 +59,23 @@ impl EtcdServer {
     /// Starts etcd and waits (up to 10 s) until it answers. Panics, with etcd's log, when it
     /// cannot: tests that need etcd fail, they never skip.
     pub fn start() -> EtcdServer {
-        Self::start_with(false)
+        Self::start_with(false, None, "127.0.0.1")
     }
 
     /// Starts etcd serving clients over TLS only, requiring client certificates signed by
     /// [`TlsFiles::ca`] (as kubeadm-style etcd clusters do).
     pub fn start_tls() -> EtcdServer {
-        Self::start_with(true)
+        Self::start_with(true, None, "127.0.0.1")
     }
 
-    fn start_with(tls: bool) -> EtcdServer {
+    /// Starts etcd inside network namespace `netns`, listening on `host` (an address of that
+    /// namespace), so that hosts in other namespaces reach it over their underlay. `etcdctl`
+    /// helpers run inside the namespace too.
+    pub fn start_in_netns(netns: &str, host: std::net::Ipv4Addr) -> EtcdServer {
+        Self::start_with(false, Some(netns.to_string()), &host.to_string())
+    }
+
+    fn start_with(tls: bool, netns: Option<String>, host: &str) -> EtcdServer {
         assert!(
             Path::new(ETCD).exists() && Path::new(ETCDCTL).exists(),
             "{ETCD} and {ETCDCTL} are needed for the etcd tests: apt-get install etcd-server \
@@ -81,6 +92,8 @@ impl EtcdServer {
         let tls = tls.then(|| make_tls_files(&dir));
         let mut server = EtcdServer {
             name,
+            netns,
+            host: host.to_string(),
             dir,
             client_port: free_port(),
             peer_port: free_port(),
@@ -94,7 +107,7 @@ impl EtcdServer {
     /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.host, self.client_port)
     }
 
     /// The TLS files, for a server from [`EtcdServer::start_tls`].
@@ -119,7 +132,7 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) {
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let client = self.endpoint();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -127,7 +140,7 @@ impl EtcdServer {
             .open(self.log_path())
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
         let log2 = log.try_clone().expect("duplicate the etcd log file");
-        let mut cmd = Command::new(ETCD);
+        let mut cmd = self.command(ETCD);
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.server_cert)
@@ -224,8 +237,21 @@ impl EtcdServer {
         self.child.is_some()
     }
 
+    /// `program`, run inside the server's namespace if it has one (`ip netns exec` execs it, so
+    /// the child's PID is the program's own).
+    fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, program]);
+                cmd
+            }
+            None => Command::new(program),
+        }
+    }
+
     fn etcdctl_output(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(ETCDCTL);
+        let mut cmd = self.command(ETCDCTL);
         if let Some(t) = &self.tls {
             cmd.arg("--cacert")
                 .arg(&t.ca)
