@@ -204,6 +204,23 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         }
     };
     let config = control::config::parse(&config_json).context("invalid network config")?;
+    if let Some(v6) = &config.ipv6 {
+        // flannel carries the IPv6 overlay over an IPv6 underlay (PublicIPv6, BackendV6Data);
+        // running the IPv4 half alone would leave pods without the IPv6 they were promised.
+        bail!(
+            "the network config enables IPv6 ({}), but vxdp runs over an IPv4 underlay only: set \
+             EnableIPv6 to false, or run flanneld's kernel vxlan on dual-stack nodes",
+            v6.network
+        );
+    }
+    if config.backend.gbp || config.backend.learning {
+        tracing::warn!(
+            gbp = config.backend.gbp,
+            learning = config.backend.learning,
+            "the vxlan GBP and Learning options apply to the kernel backend only; the AF_XDP \
+             backend ignores them"
+        );
+    }
     if !config.ignored_fields.is_empty() {
         tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
     }

@@ -133,3 +133,86 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
         "route to h1 left: {routes}"
     );
 }
+
+#[test]
+fn direct_routing_bypasses_the_tunnel_on_a_shared_l2() {
+    let mut c = Cluster::new(2);
+    let store = c.local_store(
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    );
+    for i in 1..=2 {
+        c.host(i)
+            .start(&["--local-store", s(&store), "--backend", "xdp"]);
+    }
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+    }
+    let ok = testkit::wait_for(Duration::from_secs(10), || {
+        let st = c.hosts[0].try_status()?;
+        (st["peers"][0]["state"] == "direct-routing").then_some(())
+    });
+    assert!(ok.is_some(), "{:#}", c.hosts[0].status());
+    // flanneld's DirectRouting: the peer is on our L2, so its subnet is routed to its PublicIP.
+    let h2_net = c.hosts[1].overlay_ip();
+    let routes = c.hosts[0].ns.run(&["ip", "route"]);
+    assert!(
+        routes.contains(&format!("{h2_net}/24 via 192.0.2.2 dev eth0")),
+        "{routes}"
+    );
+    // The peer's VTEP address lives on its vxdp.1, and it routes our subnet back directly:
+    // traffic flows without VXLAN, so the workers see none of it.
+    assert!(c.hosts[0].ping(h2_net, 3), "direct-routed ping failed");
+    let st = c.hosts[0].status();
+    assert_eq!(totals(&st, "nic_tx_frames"), 0, "{st:#}");
+}
+
+#[test]
+fn readiness_is_signalled_to_systemd_and_the_health_endpoint() {
+    let mut c = Cluster::new(1);
+    let store = c.local_store(CONFIG);
+    let notify = c.dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let notify_env = format!("NOTIFY_SOCKET={}", notify.display());
+    c.host(1).start_with_env(
+        &[notify_env.as_str()],
+        &[
+            "--local-store",
+            s(&store),
+            "--healthz-port",
+            "9101",
+            "--healthz-ip",
+            "127.0.0.1",
+        ],
+    );
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 from vxdp");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        c.hosts[0].subnet_file().exists(),
+        "READY before the subnet file was written"
+    );
+    let health = |path: &str| {
+        c.hosts[0].ns.try_run(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:9101{path}"),
+        ])
+    };
+    let code = |path: &str| String::from_utf8_lossy(&health(path).stdout).to_string();
+    assert_eq!(code("/healthz"), "200");
+    assert_eq!(code("/readyz"), "200");
+    let metrics = c.hosts[0]
+        .ns
+        .run(&["curl", "-s", "http://127.0.0.1:9101/metrics"]);
+    assert!(metrics.contains("vxdp_info{"), "{metrics}");
+    assert!(
+        metrics.contains("vxdp_frames_total{queue=\"0\",path=\"nic_rx\"}"),
+        "{metrics}"
+    );
+}

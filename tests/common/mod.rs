@@ -42,6 +42,11 @@ impl Host {
 
     /// Starts vxdp with `extra` arguments after the per-host defaults.
     pub fn start(&mut self, extra: &[&str]) {
+        self.start_with_env(&[], extra);
+    }
+
+    /// Starts vxdp with extra environment variables (`NAME=value`) and arguments.
+    pub fn start_with_env(&mut self, env: &[&str], extra: &[&str]) {
         assert!(
             self.daemon.is_none(),
             "vxdp already running on host {}",
@@ -49,9 +54,9 @@ impl Host {
         );
         let subnet_file = self.subnet_file();
         let control = self.control_socket();
-        let mut args: Vec<String> = vec![
-            "env".into(),
-            "RUST_LOG=info".into(),
+        let mut args: Vec<String> = vec!["env".into(), "RUST_LOG=info".into()];
+        args.extend(env.iter().map(|e| e.to_string()));
+        args.extend([
             VXDP.into(),
             "run".into(),
             "--iface".into(),
@@ -62,7 +67,7 @@ impl Host {
             control.display().to_string(),
             "--worker-cpus".into(),
             "none".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = self.log();
