@@ -260,6 +260,7 @@ impl XdpBackend {
             mac: config.vtep_mac,
             mtu,
             queues,
+            offload: false,
         })?;
         let tap_link = nl
             .link_by_name(&config.device)

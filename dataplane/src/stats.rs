@@ -104,6 +104,8 @@ pub struct WorkerStats {
     pub tap_tx_bytes: Counter,
     /// ARP requests answered from the ARP table.
     pub arp_replies: Counter,
+    /// Inner checksums a peer left partial, completed before delivery.
+    pub rx_csum_completed: Counter,
     /// Writes to the TAP that failed.
     pub tap_write_errors: Counter,
     /// `sendto` kicks of the TX ring.
@@ -125,6 +127,7 @@ impl Default for WorkerStats {
             tap_tx_frames: Counter::default(),
             tap_tx_bytes: Counter::default(),
             arp_replies: Counter::default(),
+            rx_csum_completed: Counter::default(),
             tap_write_errors: Counter::default(),
             tx_kicks: Counter::default(),
             sleeps: Counter::default(),
@@ -158,6 +161,7 @@ impl WorkerStats {
             tap_tx_frames: self.tap_tx_frames.get(),
             tap_tx_bytes: self.tap_tx_bytes.get(),
             arp_replies: self.arp_replies.get(),
+            rx_csum_completed: self.rx_csum_completed.get(),
             tap_write_errors: self.tap_write_errors.get(),
             tx_kicks: self.tx_kicks.get(),
             sleeps: self.sleeps.get(),
@@ -192,6 +196,8 @@ pub struct WorkerCounters {
     pub tap_tx_bytes: u64,
     /// ARP requests answered.
     pub arp_replies: u64,
+    /// Inner checksums completed.
+    pub rx_csum_completed: u64,
     /// Failed TAP writes.
     pub tap_write_errors: u64,
     /// TX ring kicks.
@@ -215,6 +221,7 @@ impl WorkerCounters {
         self.tap_tx_frames += other.tap_tx_frames;
         self.tap_tx_bytes += other.tap_tx_bytes;
         self.arp_replies += other.arp_replies;
+        self.rx_csum_completed += other.rx_csum_completed;
         self.tap_write_errors += other.tap_write_errors;
         self.tx_kicks += other.tx_kicks;
         self.sleeps += other.sleeps;

@@ -23,6 +23,34 @@ pub struct TapConfig {
     pub mtu: u16,
     /// Number of queues (one per worker).
     pub queues: usize,
+    /// Ask for `IFF_VNET_HDR` and TCP offloads (TSO4/TSO6 with partial checksums).
+    pub offload: bool,
+}
+
+/// The offloads the kernel granted the TAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TapOffloads {
+    /// Frames are prefixed with a 10-byte `virtio_net_hdr` in both directions.
+    pub vnet_hdr: bool,
+    /// The kernel may hand us frames with a partial checksum (`TUN_F_CSUM`).
+    pub csum: bool,
+    /// The kernel may hand us TCP super-frames (`TUN_F_TSO4 | TUN_F_TSO6`).
+    pub tso: bool,
+}
+
+/// `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`) and its flags, from <linux/if_tun.h>.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+
+/// Sets the device-wide offload flags through `fd`.
+fn set_offload(fd: RawFd, flags: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is an open TAP queue.
+    if unsafe { libc::ioctl(fd, TUNSETOFFLOAD as _, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Errors of creating the device.
@@ -64,7 +92,7 @@ impl TapQueue {
         Ok(n as usize)
     }
 
-    /// Writes one frame.
+    /// Writes one frame (with its vnet header when the device has one).
     #[inline]
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
         // SAFETY: `frame` is valid for reads of its length.
@@ -81,6 +109,7 @@ impl TapQueue {
 pub struct TapDevice {
     name: String,
     queues: Vec<TapQueue>,
+    offloads: TapOffloads,
 }
 
 impl TapDevice {
@@ -110,16 +139,27 @@ impl TapDevice {
                 io::Error::other("at least one queue is needed"),
             ));
         }
-        let first = DeviceBuilder::new()
-            .name(&config.name)
-            .layer(Layer::L2)
-            .with(|b| {
-                b.multi_queue(true);
-                // The tun default (500) drops bursts the workers would absorb a moment later.
-                b.tx_queue_len(1000);
-            })
-            .build_sync()
-            .map_err(|e| err("create", e))?;
+        let build = |offload: bool| {
+            DeviceBuilder::new()
+                .name(&config.name)
+                .layer(Layer::L2)
+                .with(|b| {
+                    b.multi_queue(true);
+                    b.offload(offload);
+                    // The tun default (500) drops bursts the workers would absorb a moment later.
+                    b.tx_queue_len(1000);
+                })
+                .build_sync()
+        };
+        let (first, vnet_hdr) = match build(config.offload) {
+            Ok(dev) => (dev, config.offload),
+            // A kernel that refuses IFF_VNET_HDR or the TCP offloads: run without them.
+            Err(e) if config.offload && e.raw_os_error() != Some(libc::EPERM) => {
+                tracing::warn!(device = %config.name, "TAP offloads refused ({e}); running without TSO/GRO");
+                (build(false).map_err(|e| err("create", e))?, false)
+            }
+            Err(e) => return Err(err("create", e)),
+        };
         first
             .set_mac_address(config.mac.octets())
             .map_err(|e| err("set MAC address", e))?;
@@ -134,11 +174,42 @@ impl TapDevice {
             q.set_nonblocking(true)
                 .map_err(|e| err("set non-blocking", e))?;
         }
+        // tun-rs also turns on UDP segmentation offload where the kernel has it; vxdp only
+        // segments TCP, so set exactly the TCP offloads (the mask is device-wide, and every
+        // queue opened above re-applied tun-rs's choice).
+        let mut offloads = TapOffloads {
+            vnet_hdr,
+            csum: false,
+            tso: false,
+        };
+        if vnet_hdr {
+            let fd = queues[0].as_raw_fd();
+            match set_offload(fd, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) {
+                Ok(()) => {
+                    offloads.csum = true;
+                    offloads.tso = true;
+                }
+                Err(e) => {
+                    tracing::warn!(device = %config.name, "TAP TSO refused ({e}); trying checksum offload only");
+                    if set_offload(fd, TUN_F_CSUM).is_ok() {
+                        offloads.csum = true;
+                    } else {
+                        set_offload(fd, 0).map_err(|e| err("clear offloads", e))?;
+                    }
+                }
+            }
+        }
         queues[0].enabled(true).map_err(|e| err("bring up", e))?;
         Ok(TapDevice {
             name: config.name.clone(),
             queues: queues.into_iter().map(|dev| TapQueue { dev }).collect(),
+            offloads,
         })
+    }
+
+    /// The offloads in effect.
+    pub fn offloads(&self) -> TapOffloads {
+        self.offloads
     }
 
     /// The interface name.

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use xdpilone::xdp::XdpDesc;
 
 use crate::arp_responder::{answer_arp_request, ArpAnswer};
+use crate::inner_checksum::{complete_partial_checksum, InnerChecksum};
 use crate::stats::{TxDrop, WorkerStats};
 use crate::tables::PeerReader;
 use crate::tap::TapQueue;
@@ -191,6 +192,7 @@ impl Worker {
         let mut rx_bytes = 0u64;
         let mut tap_frames = 0u64;
         let mut tap_bytes = 0u64;
+        let mut csum_completed = 0u64;
         {
             let mut r = self.xsk.rx.receive(BATCH);
             while let Some(desc) = r.read() {
@@ -202,17 +204,23 @@ impl Worker {
                 let Some(buf) = (unsafe { frames.frame_from(desc.addr) }) else {
                     continue;
                 };
-                let Some(frame) = buf.get(..desc.len as usize) else {
+                let Some(frame) = buf.get_mut(..desc.len as usize) else {
                     continue;
                 };
                 match decapsulate(frame, policy, |ip| snapshot.is_known_vtep(ip)) {
-                    Decap::Deliver { inner, .. } => match tap.write(&frame[inner.clone()]) {
-                        Ok(_) => {
-                            tap_frames += 1;
-                            tap_bytes += inner.len() as u64;
+                    Decap::Deliver { inner, .. } => {
+                        let inner_frame = &mut frame[inner.clone()];
+                        if complete_partial_checksum(inner_frame) == InnerChecksum::Completed {
+                            csum_completed += 1;
                         }
-                        Err(_) => stats.tap_write_errors.add(1),
-                    },
+                        match tap.write(inner_frame) {
+                            Ok(_) => {
+                                tap_frames += 1;
+                                tap_bytes += inner.len() as u64;
+                            }
+                            Err(_) => stats.tap_write_errors.add(1),
+                        }
+                    }
                     Decap::Drop(reason) => stats.rx_drop(reason),
                 }
             }
@@ -227,6 +235,7 @@ impl Worker {
             stats.nic_rx_bytes.add(rx_bytes);
             stats.tap_tx_frames.add(tap_frames);
             stats.tap_tx_bytes.add(tap_bytes);
+            stats.rx_csum_completed.add(csum_completed);
         }
         count as u32
     }

@@ -1,0 +1,222 @@
+//! Inner TCP/UDP checksums a kernel peer left unfinished.
+//!
+//! A Linux sender with checksum offload (CHECKSUM_PARTIAL) writes only the pseudo-header sum
+//! into the transport checksum field and leaves the rest to the NIC. A physical NIC completes
+//! it before the frame reaches the wire; a veth or other virtual NIC never does, and the
+//! receiving kernel trusts the skb's checksum state instead of the bytes. AF_XDP hands vxdp the
+//! bytes alone, so a kernel vxlan peer on the same machine (or behind a virtual switch) would
+//! have every TCP segment dropped by our kernel's checksum check.
+//!
+//! The residue is recognisable: the field equals the pseudo-header sum exactly. Only then is the
+//! full sum computed: if it is already right nothing changes, otherwise the checksum is
+//! completed as the NIC would have. A frame damaged in flight still fails, because its field is
+//! a finished checksum, not the residue (a coincidence has odds of 1 in 65536 per damaged frame,
+//! the same as the checksum's own blind spot). Frames without the residue cost one pseudo-header
+//! sum and are left for the kernel to verify.
+
+use crate::wire::{checksum, ethernet, ipv4, ipv6, EtherType, IpProtocol};
+
+/// What [`complete_partial_checksum`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InnerChecksum {
+    /// Not an unfragmented IPv4/IPv6 TCP or UDP frame with a checksum: left alone.
+    NotApplicable,
+    /// The field was not the partial residue (or already right): left for the kernel to check.
+    Untouched,
+    /// The field held the partial residue and was completed in place.
+    Completed,
+}
+
+/// Completes a partial TCP/UDP checksum in the inner Ethernet `frame`, if it has one.
+#[inline]
+pub fn complete_partial_checksum(frame: &mut [u8]) -> InnerChecksum {
+    let Some((l4_start, l4_len, proto, pseudo)) = locate(frame) else {
+        return InnerChecksum::NotApplicable;
+    };
+    let field_at = l4_start
+        + match proto {
+            IpProtocol::Tcp => 16,
+            _ => 6,
+        };
+    let Some(end) = l4_start.checked_add(l4_len) else {
+        return InnerChecksum::NotApplicable;
+    };
+    if end > frame.len() || field_at + 2 > end {
+        return InnerChecksum::NotApplicable;
+    }
+    let field = u16::from_be_bytes([frame[field_at], frame[field_at + 1]]);
+    if proto == IpProtocol::Udp && field == 0 && !is_v6(frame) {
+        return InnerChecksum::NotApplicable; // IPv4 UDP without a checksum
+    }
+    if !same_ones_complement(field, pseudo) {
+        return InnerChecksum::Untouched;
+    }
+    let segment = &mut frame[l4_start..end];
+    if checksum::combine(&[pseudo, checksum::data(segment)]) == 0xffff {
+        return InnerChecksum::Untouched; // a finished checksum that happens to equal the residue
+    }
+    let off = field_at - l4_start;
+    segment[off..off + 2].copy_from_slice(&[0, 0]);
+    let mut sum = !checksum::combine(&[pseudo, checksum::data(segment)]);
+    if proto == IpProtocol::Udp && sum == 0 {
+        sum = 0xffff; // RFC 768: a computed zero is sent as all ones
+    }
+    segment[off..off + 2].copy_from_slice(&sum.to_be_bytes());
+    InnerChecksum::Completed
+}
+
+/// 0x0000 and 0xffff are both zero in ones' complement arithmetic.
+fn same_ones_complement(a: u16, b: u16) -> bool {
+    a == b || (a | b == 0xffff && (a == 0 || b == 0))
+}
+
+fn is_v6(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x86, 0xdd])
+}
+
+/// Transport offset, length, protocol and pseudo-header sum of an unfragmented TCP/UDP frame.
+fn locate(frame: &[u8]) -> Option<(usize, usize, IpProtocol, u16)> {
+    let eth = ethernet::Frame::new_checked(&*frame).ok()?;
+    let l3 = ethernet::HEADER_LEN;
+    match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = ipv4::Packet::new_checked(&frame[l3..]).ok()?;
+            if ip.is_fragment() {
+                return None;
+            }
+            let proto = ip.next_header();
+            if proto != IpProtocol::Tcp && proto != IpProtocol::Udp {
+                return None;
+            }
+            let hl = ip.header_len();
+            let l4_len = usize::from(ip.total_len()).checked_sub(hl)?;
+            let pseudo = checksum::pseudo_header_v4(
+                &ip.src_addr(),
+                &ip.dst_addr(),
+                proto.into(),
+                u16::try_from(l4_len).ok()?,
+            );
+            Some((l3 + hl, l4_len, proto, pseudo))
+        }
+        EtherType::Ipv6 => {
+            let ip = ipv6::Packet::new_checked(&frame[l3..]).ok()?;
+            let proto = ip.next_header();
+            if proto != IpProtocol::Tcp && proto != IpProtocol::Udp {
+                return None;
+            }
+            let l4_len = usize::from(ip.payload_len());
+            let pseudo = checksum::pseudo_header_v6(
+                &ip.src_addr(),
+                &ip.dst_addr(),
+                proto.into(),
+                u32::try_from(l4_len).ok()?,
+            );
+            Some((l3 + ipv6::HEADER_LEN, l4_len, proto, pseudo))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/TCP frame from 10.244.2.0:5201 to 10.244.1.0:40000 with 100 bytes of
+    /// payload and a correct TCP checksum.
+    fn tcp_frame() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20 + 100];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(140u16).to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = 6;
+        ip[12..16].copy_from_slice(&[10, 244, 2, 0]);
+        ip[16..20].copy_from_slice(&[10, 244, 1, 0]);
+        let c = !checksum::data(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let tcp = &mut f[34..54];
+        tcp[0..2].copy_from_slice(&5201u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x18;
+        for (i, b) in f[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let pseudo = checksum::pseudo_header_v4(
+            &"10.244.2.0".parse().unwrap(),
+            &"10.244.1.0".parse().unwrap(),
+            6,
+            120,
+        );
+        let sum = !checksum::combine(&[pseudo, checksum::data(&f[34..])]);
+        f[50..52].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    fn tcp_valid(f: &[u8]) -> bool {
+        let pseudo = checksum::pseudo_header_v4(
+            &"10.244.2.0".parse().unwrap(),
+            &"10.244.1.0".parse().unwrap(),
+            6,
+            120,
+        );
+        checksum::combine(&[pseudo, checksum::data(&f[34..])]) == 0xffff
+    }
+
+    #[test]
+    fn a_partial_residue_is_completed() {
+        let good = tcp_frame();
+        let mut partial = good.clone();
+        // What Linux leaves with CHECKSUM_PARTIAL: the folded pseudo-header sum.
+        let pseudo = checksum::pseudo_header_v4(
+            &"10.244.2.0".parse().unwrap(),
+            &"10.244.1.0".parse().unwrap(),
+            6,
+            120,
+        );
+        partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        assert!(!tcp_valid(&partial));
+        assert_eq!(complete_partial_checksum(&mut partial), InnerChecksum::Completed);
+        assert_eq!(partial, good);
+        assert!(tcp_valid(&partial));
+    }
+
+    #[test]
+    fn finished_and_damaged_checksums_are_left_alone() {
+        let mut good = tcp_frame();
+        let copy = good.clone();
+        assert_eq!(complete_partial_checksum(&mut good), InnerChecksum::Untouched);
+        assert_eq!(good, copy);
+        let mut damaged = tcp_frame();
+        damaged[100] ^= 0x40; // a bit flipped in flight
+        let before = damaged.clone();
+        assert_eq!(complete_partial_checksum(&mut damaged), InnerChecksum::Untouched);
+        assert_eq!(damaged, before, "a damaged frame must still fail the kernel's check");
+        assert!(!tcp_valid(&damaged));
+    }
+
+    #[test]
+    fn non_transport_frames_and_garbage_are_not_applicable() {
+        let mut f = tcp_frame();
+        f[23] = 1; // ICMP
+        assert_eq!(complete_partial_checksum(&mut f), InnerChecksum::NotApplicable);
+        let mut frag = tcp_frame();
+        frag[20] = 0x20; // MF
+        assert_eq!(complete_partial_checksum(&mut frag), InnerChecksum::NotApplicable);
+        let full = tcp_frame();
+        for len in 0..full.len() {
+            let mut t = full[..len].to_vec();
+            let _ = complete_partial_checksum(&mut t);
+        }
+    }
+
+    #[test]
+    fn ipv4_udp_without_checksum_is_not_touched() {
+        let mut f = tcp_frame();
+        f[23] = 17;
+        f[34 + 6..34 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(complete_partial_checksum(&mut f), InnerChecksum::NotApplicable);
+    }
+}
