@@ -76,7 +76,7 @@ fn is_v6(frame: &[u8]) -> bool {
 
 /// Transport offset, length, protocol and pseudo-header sum of an unfragmented TCP/UDP frame.
 fn locate(frame: &[u8]) -> Option<(usize, usize, IpProtocol, u16)> {
-    let eth = ethernet::Frame::new_checked(&*frame).ok()?;
+    let eth = ethernet::Frame::new_checked(frame).ok()?;
     let l3 = ethernet::HEADER_LEN;
     match eth.ethertype() {
         EtherType::Ipv4 => {
