@@ -234,26 +234,19 @@ impl Masquerade {
     /// was already installed is removed again.
     pub fn install(cfg: MasqConfig) -> Result<Masquerade, MasqError> {
         cfg.validate()?;
-        let tools = Tools::find(cfg.ipv6.is_some());
-        let kind = tools.choose(cfg.prefer_nftables)?;
-        let (backend, random_fully) = match kind {
-            BackendKind::Iptables => {
-                let Some(ipt) = tools.iptables else {
-                    unreachable!("choose() returns Iptables only when the iptables tools exist")
-                };
-                let b = iptables::Iptables::install(ipt, &cfg)?;
-                let rf = b.random_fully();
-                (Backend::Iptables(b), rf)
-            }
-            BackendKind::Nftables => {
-                let Some(nft) = tools.nft else {
-                    unreachable!("choose() returns Nftables only when nft exists")
-                };
-                let b = nftables::Nftables::install(nft, &cfg)?;
-                let rf = b.random_fully();
-                (Backend::Nftables(b), rf)
-            }
-        };
+        let (kind, backend, random_fully) =
+            match Tools::find(cfg.ipv6.is_some()).choose(cfg.prefer_nftables)? {
+                Chosen::Iptables(tools) => {
+                    let b = iptables::Iptables::install(tools, &cfg)?;
+                    let rf = b.random_fully();
+                    (BackendKind::Iptables, Backend::Iptables(b), rf)
+                }
+                Chosen::Nftables(nft) => {
+                    let b = nftables::Nftables::install(nft, &cfg)?;
+                    let rf = b.random_fully();
+                    (BackendKind::Nftables, Backend::Nftables(b), rf)
+                }
+            };
         tracing::info!(
             backend = kind.name(),
             random_fully,
@@ -433,6 +426,23 @@ struct IptablesTools {
     v6: Option<(PathBuf, PathBuf)>,
 }
 
+/// The backend [`Tools::choose`] picked, with its commands.
+#[derive(Debug)]
+enum Chosen {
+    Iptables(IptablesTools),
+    Nftables(PathBuf),
+}
+
+impl Chosen {
+    #[cfg(test)]
+    fn kind(&self) -> BackendKind {
+        match self {
+            Chosen::Iptables(_) => BackendKind::Iptables,
+            Chosen::Nftables(_) => BackendKind::Nftables,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Tools {
     nft: Option<PathBuf>,
@@ -469,29 +479,29 @@ impl Tools {
         }
     }
 
-    fn choose(&self, prefer_nftables: bool) -> Result<BackendKind, MasqError> {
-        let missing = || self.iptables_missing.join(", ");
-        match (prefer_nftables, self.nft.is_some(), self.iptables.is_some()) {
-            (true, true, _) => Ok(BackendKind::Nftables),
-            (false, _, true) => Ok(BackendKind::Iptables),
-            (true, false, true) => {
+    /// flanneld's choice (nftables exactly when `EnableNFTables`), falling back to the other
+    /// tool with a warning when the chosen one is not installed.
+    fn choose(self, prefer_nftables: bool) -> Result<Chosen, MasqError> {
+        let missing = self.iptables_missing.join(", ");
+        match (prefer_nftables, self.nft, self.iptables) {
+            (true, Some(nft), _) => Ok(Chosen::Nftables(nft)),
+            (false, _, Some(ipt)) => Ok(Chosen::Iptables(ipt)),
+            (true, None, Some(ipt)) => {
                 tracing::warn!(
                     "the network config sets EnableNFTables, but `nft` is not installed: using \
                      iptables instead (install the nftables package to follow EnableNFTables)"
                 );
-                Ok(BackendKind::Iptables)
+                Ok(Chosen::Iptables(ipt))
             }
-            (false, true, false) => {
+            (false, Some(nft), None) => {
                 tracing::warn!(
-                    "{} not installed: using nftables (`nft`) instead (install the iptables \
-                     package, or set EnableNFTables in the network config to say so)",
-                    missing()
+                    "{missing} not installed: using nftables (`nft`) instead (install the \
+                     iptables package, or set EnableNFTables in the network config to say so)"
                 );
-                Ok(BackendKind::Nftables)
+                Ok(Chosen::Nftables(nft))
             }
-            (_, false, false) => Err(MasqError::NoTool(format!(
-                "`nft` is not installed and neither is {} (looked in $PATH and {})",
-                missing(),
+            (_, None, None) => Err(MasqError::NoTool(format!(
+                "`nft` is not installed and neither is {missing} (looked in $PATH and {})",
                 EXTRA_DIRS.join(", ")
             ))),
         }
@@ -599,7 +609,10 @@ fn run(tool: &Path, args: &[String], input: Option<&str>) -> Result<Ran, MasqErr
 /// What the operator can do about a failure, from the tool's message.
 fn hint_for(stderr: &str) -> String {
     let s = stderr.to_ascii_lowercase();
-    let hint = if s.contains("permission denied") || s.contains("must be root") {
+    let hint = if s.contains("permission denied")
+        || s.contains("operation not permitted")
+        || s.contains("must be root")
+    {
         "vxdp needs CAP_NET_ADMIN to change firewall rules: run it as root or grant the capability"
     } else if s.contains("xtables lock") {
         "another program held the xtables lock for too long; find it (often a loop of iptables \
@@ -707,10 +720,10 @@ mod tests {
     #[test]
     fn backend_choice_follows_enable_nftables_and_falls_back() {
         use BackendKind::*;
-        assert_eq!(tools(true, true).choose(true).unwrap(), Nftables);
-        assert_eq!(tools(true, true).choose(false).unwrap(), Iptables);
-        assert_eq!(tools(false, true).choose(true).unwrap(), Iptables);
-        assert_eq!(tools(true, false).choose(false).unwrap(), Nftables);
+        assert_eq!(tools(true, true).choose(true).unwrap().kind(), Nftables);
+        assert_eq!(tools(true, true).choose(false).unwrap().kind(), Iptables);
+        assert_eq!(tools(false, true).choose(true).unwrap().kind(), Iptables);
+        assert_eq!(tools(true, false).choose(false).unwrap().kind(), Nftables);
         let e = tools(false, false).choose(true).unwrap_err().to_string();
         assert!(
             e.contains("nft") && e.contains("`iptables` package") && e.contains("`nftables`"),
@@ -748,6 +761,25 @@ mod tests {
         assert!(e.contains("exit status: 4"), "{e}");
         assert!(e.contains("you must be root"), "{e}");
         assert!(e.contains("CAP_NET_ADMIN"), "{e}");
+    }
+
+    #[test]
+    fn hints_for_what_the_tools_print() {
+        // iptables-nft and nft as a user without CAP_NET_ADMIN.
+        for msg in [
+            "iptables v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)",
+            "Operation not permitted\nnetlink: Error: cache initialization failed: Operation not permitted",
+        ] {
+            assert!(hint_for(msg).contains("CAP_NET_ADMIN"), "{msg}");
+        }
+        assert!(hint_for(
+            "iptables: Another app is currently holding the xtables lock. Stopped waiting after 10s."
+        )
+        .contains("xtables lock"));
+        assert!(hint_for(
+            "iptables v1.8.9 (legacy): can't initialize iptables table `nat': Table does not exist"
+        )
+        .contains("modprobe"));
     }
 
     #[test]
