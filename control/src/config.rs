@@ -79,7 +79,8 @@ pub struct NetworkConfig {
     pub subnet_max: Ipv4Addr,
     /// The IPv6 half, present exactly when `EnableIPv6` is true.
     pub ipv6: Option<Ipv6NetworkConfig>,
-    /// `EnableNFTables`: recorded; vxdp does not program masquerading rules itself.
+    /// `EnableNFTables`: program the `--ip-masq` and forward rules with nftables rather than
+    /// iptables (see [`crate::masq`]).
     pub enable_nftables: bool,
     /// The `Backend` object.
     pub backend: VxlanBackendConfig,

@@ -1,10 +1,12 @@
 //! vxdp's control plane: flannel's network config and leases, the lease stores, and netlink
-//! programming of the overlay device, routes and the underlay next hops.
+//! programming of the overlay device, routes and the underlay next hops, and flanneld's
+//! masquerade/forward firewall rules.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod config;
 pub mod lease;
+pub mod masq;
 pub mod netlink;
 pub mod store;
 pub mod subnet_alloc;
