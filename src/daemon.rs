@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use control::backend::{Backend, OwnLease, PeerSync};
 use control::config::NetworkConfig;
 use control::lease::{Lease, LeaseAttrs, LeaseEvent};
+use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
 use control::store::etcd::{EtcdOptions, EtcdStore};
 use control::store::local::LocalStore;
@@ -361,6 +362,40 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         }
     })));
 
+    // flanneld's --ip-masq and --iptables-forward-rules (on by default).
+    let masquerade = if args.ip_masq || args.iptables_forward_rules {
+        let cfg = MasqConfig::for_lease(
+            &config,
+            lease.subnet,
+            None,
+            args.ip_masq,
+            args.iptables_forward_rules,
+        );
+        match tokio::task::spawn_blocking(move || Masquerade::install(cfg)).await? {
+            Ok(m) => {
+                tracing::info!(
+                    backend = m.backend_name(),
+                    ip_masq = args.ip_masq,
+                    forward_rules = args.iptables_forward_rules,
+                    "masquerade/forward rules installed"
+                );
+                Some(Arc::new(m))
+            }
+            Err(e) if args.ip_masq => {
+                sync.shutdown().await;
+                let _ = store.remove(&lease).await;
+                return Err(anyhow::Error::new(e).context("installing the --ip-masq rules"));
+            }
+            Err(e) => {
+                tracing::warn!("installing flanneld's FORWARD accept rules failed (forwarding may be blocked by a DROP policy; pass --iptables-forward-rules=false to skip them): {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut masq_resync = tokio::time::interval(Duration::from_secs(args.iptables_resync.max(1)));
+
     let readiness = Readiness::default();
     let health_task = if args.healthz_port != 0 {
         let listener = health::bind(std::net::SocketAddr::new(
@@ -436,6 +471,16 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
                 sync.retry_failed().await;
                 sync.backend_mut().tick().await;
             }
+            _ = masq_resync.tick(), if masquerade.is_some() => {
+                if let Some(m) = masquerade.clone() {
+                    match tokio::task::spawn_blocking(move || m.ensure()).await {
+                        Ok(Ok(true)) => tracing::warn!("masquerade/forward rules were changed by someone else: repaired"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!("checking the masquerade/forward rules failed: {e}"),
+                        Err(e) => tracing::warn!("masquerade check task failed: {e}"),
+                    }
+                }
+            }
             _ = &mut renew_sleep, if renew_in.is_some() => {
                 match store::renew(&store, &lease, ttl).await {
                     Ok(renewed) => {
@@ -460,6 +505,13 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         t.abort();
     }
     sync.shutdown().await;
+    if let Some(m) = masquerade.and_then(|m| Arc::try_unwrap(m).ok()) {
+        match tokio::task::spawn_blocking(move || m.remove()).await {
+            Ok(Ok(())) => tracing::info!("masquerade/forward rules removed"),
+            Ok(Err(e)) => tracing::warn!("removing the masquerade/forward rules failed: {e}"),
+            Err(e) => tracing::warn!("masquerade removal task failed: {e}"),
+        }
+    }
     if outcome.is_ok() {
         match store.remove(&lease).await {
             Ok(()) => tracing::info!(subnet = %lease.subnet, "lease released"),

@@ -216,3 +216,57 @@ fn readiness_is_signalled_to_systemd_and_the_health_endpoint() {
         "{metrics}"
     );
 }
+
+#[test]
+fn ip_masq_rules_live_and_die_with_the_daemon() {
+    let mut c = Cluster::new(1);
+    let store = c.local_store(CONFIG);
+    c.host(1).start(&["--local-store", s(&store), "--ip-masq"]);
+    c.host(1).wait_ready();
+    let subnet = c.hosts[0].flannel_subnet().replace(".1/", ".0/");
+    let nat = c.hosts[0]
+        .ns
+        .run(&["iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"]);
+    assert!(
+        nat.contains(
+            "-s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE"
+        ),
+        "{nat}"
+    );
+    assert!(
+        nat.contains(&format!("-s {subnet} -d 10.244.0.0/16")),
+        "{nat}"
+    );
+    let fwd = c.hosts[0].ns.run(&["iptables", "-S", "FLANNEL-FWD"]);
+    assert!(
+        fwd.contains("-s 10.244.0.0/16") && fwd.contains("ACCEPT"),
+        "{fwd}"
+    );
+    let env = std::fs::read_to_string(c.hosts[0].subnet_file()).unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+    // Someone deletes our jump: the periodic resync (5 s, flanneld's default) puts it back.
+    c.hosts[0].ns.run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-D",
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        "flanneld masq",
+        "-j",
+        "FLANNEL-POSTRTG",
+    ]);
+    let repaired = testkit::wait_for(Duration::from_secs(8), || {
+        c.hosts[0]
+            .ns
+            .run(&["iptables", "-t", "nat", "-S", "POSTROUTING"])
+            .contains("FLANNEL-POSTRTG")
+            .then_some(())
+    });
+    assert!(repaired.is_some(), "the POSTROUTING jump was not repaired");
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    let after = c.hosts[0].ns.run(&["iptables-save"]);
+    assert!(!after.contains("FLANNEL"), "rules left behind:\n{after}");
+}

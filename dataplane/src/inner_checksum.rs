@@ -178,7 +178,10 @@ mod tests {
         );
         partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
         assert!(!tcp_valid(&partial));
-        assert_eq!(complete_partial_checksum(&mut partial), InnerChecksum::Completed);
+        assert_eq!(
+            complete_partial_checksum(&mut partial),
+            InnerChecksum::Completed
+        );
         assert_eq!(partial, good);
         assert!(tcp_valid(&partial));
     }
@@ -187,13 +190,22 @@ mod tests {
     fn finished_and_damaged_checksums_are_left_alone() {
         let mut good = tcp_frame();
         let copy = good.clone();
-        assert_eq!(complete_partial_checksum(&mut good), InnerChecksum::Untouched);
+        assert_eq!(
+            complete_partial_checksum(&mut good),
+            InnerChecksum::Untouched
+        );
         assert_eq!(good, copy);
         let mut damaged = tcp_frame();
         damaged[100] ^= 0x40; // a bit flipped in flight
         let before = damaged.clone();
-        assert_eq!(complete_partial_checksum(&mut damaged), InnerChecksum::Untouched);
-        assert_eq!(damaged, before, "a damaged frame must still fail the kernel's check");
+        assert_eq!(
+            complete_partial_checksum(&mut damaged),
+            InnerChecksum::Untouched
+        );
+        assert_eq!(
+            damaged, before,
+            "a damaged frame must still fail the kernel's check"
+        );
         assert!(!tcp_valid(&damaged));
     }
 
@@ -201,10 +213,16 @@ mod tests {
     fn non_transport_frames_and_garbage_are_not_applicable() {
         let mut f = tcp_frame();
         f[23] = 1; // ICMP
-        assert_eq!(complete_partial_checksum(&mut f), InnerChecksum::NotApplicable);
+        assert_eq!(
+            complete_partial_checksum(&mut f),
+            InnerChecksum::NotApplicable
+        );
         let mut frag = tcp_frame();
         frag[20] = 0x20; // MF
-        assert_eq!(complete_partial_checksum(&mut frag), InnerChecksum::NotApplicable);
+        assert_eq!(
+            complete_partial_checksum(&mut frag),
+            InnerChecksum::NotApplicable
+        );
         let full = tcp_frame();
         for len in 0..full.len() {
             let mut t = full[..len].to_vec();
@@ -217,6 +235,9 @@ mod tests {
         let mut f = tcp_frame();
         f[23] = 17;
         f[34 + 6..34 + 8].copy_from_slice(&[0, 0]);
-        assert_eq!(complete_partial_checksum(&mut f), InnerChecksum::NotApplicable);
+        assert_eq!(
+            complete_partial_checksum(&mut f),
+            InnerChecksum::NotApplicable
+        );
     }
 }
