@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod kernel_backend;
 pub mod lease;
 pub mod netlink;
 pub mod store;
