@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod kernel_backend;
 pub mod lease;
 pub mod masq;
 pub mod netlink;

@@ -1,4 +1,5 @@
-//! Route-netlink operations vxdp needs (`rtnetlink`): links, addresses, routes, neighbours.
+//! Route-netlink operations vxdp needs (`rtnetlink`): links (vxlan ones included), addresses,
+//! routes, neighbours and bridge FDB entries.
 //!
 //! Every call returns a [`NetlinkError`] that names the operation and object, so a failure reads
 //! like `adding route 10.5.2.0/24 via 10.5.2.0 dev vxdp.1 onlink: File exists`.
@@ -8,14 +9,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use dataplane::wire::MacAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 
 /// A failed netlink operation.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +106,140 @@ impl Link {
         }
         link
     }
+}
+
+/// The vxlan attributes vxdp sets and compares: the `vxlan ...` line of `ip -d link show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    /// VXLAN network identifier (`id`).
+    pub vni: u32,
+    /// Underlay device index (`dev`), if the link is bound to one.
+    pub dev: Option<u32>,
+    /// Outer source address (`local`).
+    pub local: Option<Ipv4Addr>,
+    /// Multicast group or default remote (`group` / `remote`).
+    pub group: Option<Ipv4Addr>,
+    /// UDP destination port (`dstport`).
+    pub port: Option<u16>,
+    /// Learning of remote MACs from received frames (`learning` / `nolearning`).
+    pub learning: bool,
+    /// Netlink notifications on FDB misses (`l2miss`).
+    pub l2miss: bool,
+    /// VXLAN Group Based Policy extension (`gbp`).
+    pub gbp: bool,
+    /// UDP checksums on transmit over IPv4 (`udpcsum` / `noudpcsum`).
+    pub udp_csum: bool,
+    /// Lifetime of learnt FDB entries in seconds (`ageing`).
+    pub ageing: Option<u32>,
+}
+
+impl VxlanAttrs {
+    fn from_infos(infos: &[InfoVxlan]) -> VxlanAttrs {
+        let mut a = VxlanAttrs::default();
+        for info in infos {
+            match info {
+                InfoVxlan::Id(v) => a.vni = *v,
+                InfoVxlan::Link(i) if *i != 0 => a.dev = Some(*i),
+                InfoVxlan::Local(ip) if !ip.is_unspecified() => a.local = Some(*ip),
+                InfoVxlan::Group(ip) if !ip.is_unspecified() => a.group = Some(*ip),
+                InfoVxlan::Port(p) if *p != 0 => a.port = Some(*p),
+                InfoVxlan::Learning(b) => a.learning = *b,
+                InfoVxlan::L2Miss(b) => a.l2miss = *b,
+                InfoVxlan::Gbp => a.gbp = true,
+                InfoVxlan::UDPCsum(b) => a.udp_csum = *b,
+                InfoVxlan::Ageing(s) => a.ageing = Some(*s),
+                _ => {}
+            }
+        }
+        a
+    }
+
+    /// The `IFLA_INFO_DATA` of a new link. Besides what is asked, it carries the attributes
+    /// flanneld's netlink library (vishvananda/netlink `addVxlanAttrs`) always sends with
+    /// their zero values: ttl, tos, proxy, rsc, l3miss, udp6zerocsumtx/rx.
+    fn to_infos(&self) -> Vec<InfoVxlan> {
+        let mut v = vec![InfoVxlan::Id(self.vni)];
+        if let Some(dev) = self.dev {
+            v.push(InfoVxlan::Link(dev));
+        }
+        if let Some(local) = self.local {
+            v.push(InfoVxlan::Local(local));
+        }
+        if let Some(group) = self.group {
+            v.push(InfoVxlan::Group(group));
+        }
+        v.extend([
+            InfoVxlan::Ttl(0),
+            InfoVxlan::Tos(0),
+            InfoVxlan::Learning(self.learning),
+            InfoVxlan::Proxy(false),
+            InfoVxlan::Rsc(false),
+            InfoVxlan::L2Miss(self.l2miss),
+            InfoVxlan::L3Miss(false),
+            InfoVxlan::UDPZeroCsumTX(false),
+            InfoVxlan::UDPZeroCsumRX(false),
+            InfoVxlan::UDPCsum(self.udp_csum),
+        ]);
+        if self.gbp {
+            v.push(InfoVxlan::Gbp);
+        }
+        if let Some(ageing) = self.ageing {
+            v.push(InfoVxlan::Ageing(ageing));
+        }
+        if let Some(port) = self.port {
+            v.push(InfoVxlan::Port(port));
+        }
+        v
+    }
+}
+
+/// A link and, for a vxlan link, its vxlan attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkDetails {
+    /// The generic part.
+    pub link: Link,
+    /// The vxlan attributes, when the link is of kind vxlan.
+    pub vxlan: Option<VxlanAttrs>,
+}
+
+impl LinkDetails {
+    fn from_message(msg: &LinkMessage) -> LinkDetails {
+        let vxlan = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Vxlan(v)) => Some(VxlanAttrs::from_infos(v)),
+                _ => None,
+            }),
+            _ => None,
+        });
+        LinkDetails {
+            link: Link::from_message(msg),
+            vxlan,
+        }
+    }
+}
+
+/// A vxlan link to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLinkSpec {
+    /// Interface name.
+    pub name: String,
+    /// Its MAC address (the VtepMAC).
+    pub mac: MacAddr,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its vxlan attributes.
+    pub attrs: VxlanAttrs,
+}
+
+/// A bridge FDB entry of a vxlan link (`bridge fdb show dev DEV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The remote (or local) MAC.
+    pub mac: MacAddr,
+    /// The remote VTEP, when the entry has one.
+    pub dst: Option<IpAddr>,
+    /// NUD_PERMANENT.
+    pub permanent: bool,
 }
 
 /// The kernel's answer to `ip route get DST`.
@@ -258,6 +397,112 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("deleting link #{index}"), e))
     }
 
+    /// Looks a link up by name with its kind-specific attributes; `Ok(None)` if there is none.
+    pub async fn link_details_by_name(&self, name: &str) -> Result<Option<LinkDetails>> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(LinkDetails::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                Ok(None)
+            }
+            Err(e) => Err(NetlinkError::new(format!("looking up link {name}"), e)),
+        }
+    }
+
+    /// Looks a link up by index with its kind-specific attributes; `Ok(None)` if there is none.
+    pub async fn link_details_by_index(&self, index: u32) -> Result<Option<LinkDetails>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(LinkDetails::from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
+                Ok(None)
+            }
+            Err(e) => Err(NetlinkError::new(format!("looking up link #{index}"), e)),
+        }
+    }
+
+    /// `ip link add NAME address MAC mtu MTU txqueuelen 0 type vxlan id VNI ...`; fails with
+    /// `EEXIST` (see [`NetlinkError::raw_os_error`]) when a link of that name exists.
+    ///
+    /// `txqueuelen 0` is what flanneld's netlink library sends for a zero-valued `LinkAttrs`;
+    /// a vxlan link has no qdisc queue, so it only shows in `ip link`.
+    pub async fn create_vxlan_link(&self, spec: &VxlanLinkSpec) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(&spec.name)
+            .set_info_data(InfoData::Vxlan(spec.attrs.to_infos()))
+            .mtu(spec.mtu)
+            .address(spec.mac.octets().to_vec())
+            .txqueuelen(0)
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            NetlinkError::new(
+                format!(
+                    "creating vxlan link {} (vni {}, dstport {})",
+                    spec.name,
+                    spec.attrs.vni,
+                    spec.attrs.port.unwrap_or(0)
+                ),
+                e,
+            )
+        })
+    }
+
+    /// `ip link set dev #INDEX address MAC`.
+    pub async fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<()> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .address(mac.octets().to_vec())
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("setting address {mac} on link #{index}"), e))
+    }
+
+    /// `ip link set dev #INDEX mtu MTU`.
+    pub async fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let msg = rtnetlink::LinkUnspec::new_with_index(index)
+            .mtu(mtu)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("setting mtu {mtu} on link #{index}"), e))
+    }
+
+    /// `ip addr del IP/PREFIX dev #INDEX`; a missing address is fine.
+    pub async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = if ip.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        msg.header.prefix_len = prefix;
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        match self.handle.address().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EADDRNOTAVAIL => {
+                Ok(())
+            }
+            Err(e) => Err(NetlinkError::new(
+                format!("deleting address {ip}/{prefix} from link #{index}"),
+                e,
+            )),
+        }
+    }
+
     /// The interface carrying the default route of `family`, if any.
     pub async fn default_route_link(&self, v6: bool) -> Result<Option<u32>> {
         let version = if v6 { IpVersion::V6 } else { IpVersion::V4 };
@@ -282,9 +527,28 @@ impl Netlink {
             .find_map(route_oif))
     }
 
-    /// `ip route replace DST via VIA dev OIF onlink`.
+    /// `ip route replace DST via VIA dev OIF onlink` (`proto static`).
     pub async fn replace_onlink_route(&self, dst: IpNet, via: IpAddr, oif: u32) -> Result<()> {
-        let msg = onlink_route(dst, via, oif)
+        self.replace_route(dst, via, Some(oif), true, RouteProtocol::Static)
+            .await
+    }
+
+    /// `ip route replace DST via VIA [dev OIF] [onlink] proto PROTO`. flanneld's routes are
+    /// `proto boot`, the default of its netlink library.
+    pub async fn replace_route(
+        &self,
+        dst: IpNet,
+        via: IpAddr,
+        oif: Option<u32>,
+        onlink: bool,
+        proto: RouteProtocol,
+    ) -> Result<()> {
+        let what = format!(
+            "adding route {dst} via {via}{}{}",
+            oif.map(|i| format!(" dev #{i}")).unwrap_or_default(),
+            if onlink { " onlink" } else { "" }
+        );
+        let msg = route_message(dst, via, oif, onlink, proto)
             .map_err(|m| NetlinkError::other(format!("building route {dst} via {via}"), m))?;
         self.handle
             .route()
@@ -292,7 +556,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| NetlinkError::new(format!("adding route {dst} via {via} onlink"), e))
+            .map_err(|e| NetlinkError::new(what, e))
     }
 
     /// `ip route replace DST via VIA` (an ordinary gateway route, for DirectRouting).
@@ -308,10 +572,13 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("adding route {dst} via {via}"), e))
     }
 
-    /// Deletes the route to `dst` via `via` (on `oif` if given); a missing route is fine.
+    /// Deletes the route to `dst` via `via` (on `oif` if given), whatever its protocol; a
+    /// missing route is fine.
     pub async fn delete_route(&self, dst: IpNet, via: IpAddr, oif: Option<u32>) -> Result<()> {
-        let msg = gateway_route(dst, via, oif)
+        let mut msg = gateway_route(dst, via, oif)
             .map_err(|m| NetlinkError::other(format!("building route {dst} via {via}"), m))?;
+        // The kernel matches the protocol of a deletion only when it is set (fib_table_delete).
+        msg.header.protocol = RouteProtocol::Unspec;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
@@ -438,7 +705,8 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("resolving neighbour {ip} on link #{index}"), e))
     }
 
-    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`.
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent` (type unicast, as flanneld's
+    /// `AddARP` sends it).
     pub async fn replace_permanent_neighbour(
         &self,
         index: u32,
@@ -450,6 +718,7 @@ impl Netlink {
             .add(index, ip)
             .link_layer_address(&mac.octets())
             .state(NeighbourState::Permanent)
+            .kind(RouteType::Unicast)
             .replace()
             .execute()
             .await
@@ -484,6 +753,81 @@ impl Netlink {
             )),
         }
     }
+
+    /// `bridge fdb replace MAC dev #INDEX dst DST self permanent`: frames for `mac` leave the
+    /// vxlan link towards VTEP `dst` (flanneld's `AddFDB`).
+    pub async fn replace_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, &mac.octets())
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .destination(dst)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::new(
+                    format!("adding FDB entry {mac} dst {dst} on link #{index}"),
+                    e,
+                )
+            })
+    }
+
+    /// `bridge fdb del MAC dev #INDEX dst DST self`: removes that remote of `mac` only; a
+    /// missing entry is fine.
+    pub async fn delete_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<()> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(()),
+            Err(e) => Err(NetlinkError::new(
+                format!("deleting FDB entry {mac} dst {dst} on link #{index}"),
+                e,
+            )),
+        }
+    }
+
+    /// The bridge FDB entries of link `index` (`bridge fdb show dev DEV`).
+    pub async fn fdb_entries(&self, index: u32) -> Result<Vec<FdbEntry>> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::new(format!("listing FDB entries of link #{index}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|n| n.header.ifindex == index)
+            .filter_map(|n| {
+                let mac = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(l) => {
+                        <[u8; 6]>::try_from(l.as_slice()).ok().map(MacAddr)
+                    }
+                    _ => None,
+                })?;
+                let dst = n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(d) => neighbour_address(d),
+                    _ => None,
+                });
+                Some(FdbEntry {
+                    mac,
+                    dst,
+                    permanent: n.header.state == NeighbourState::Permanent,
+                })
+            })
+            .collect())
+    }
 }
 
 fn route_oif(r: &RouteMessage) -> Option<u32> {
@@ -511,6 +855,20 @@ fn route_addr(r: &RouteMessage, pick: impl Fn(&RouteAttribute) -> bool) -> Optio
             },
             _ => None,
         })
+}
+
+/// An address from a neighbour message; AF_BRIDGE messages carry `NDA_DST` as raw bytes.
+fn neighbour_address(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn neighbour_destination(n: &NeighbourMessage) -> Option<IpAddr> {
@@ -550,11 +908,20 @@ fn gateway_route(
     Ok(msg)
 }
 
-fn onlink_route(dst: IpNet, via: IpAddr, oif: u32) -> std::result::Result<RouteMessage, String> {
-    let mut msg = gateway_route(dst, via, Some(oif))?;
-    msg.header
-        .flags
-        .insert(netlink_packet_route::route::RouteFlags::Onlink);
+fn route_message(
+    dst: IpNet,
+    via: IpAddr,
+    oif: Option<u32>,
+    onlink: bool,
+    proto: RouteProtocol,
+) -> std::result::Result<RouteMessage, String> {
+    let mut msg = gateway_route(dst, via, oif)?;
+    if onlink {
+        msg.header
+            .flags
+            .insert(netlink_packet_route::route::RouteFlags::Onlink);
+    }
+    msg.header.protocol = proto;
     Ok(msg)
 }
 
@@ -564,12 +931,15 @@ mod tests {
 
     #[test]
     fn onlink_route_message_carries_everything_flannel_programs() {
-        let msg = onlink_route(
+        let msg = route_message(
             "10.5.2.0/24".parse().unwrap(),
             "10.5.2.0".parse().unwrap(),
-            7,
+            Some(7),
+            true,
+            RouteProtocol::Boot,
         )
         .unwrap();
+        assert_eq!(msg.header.protocol, RouteProtocol::Boot);
         assert!(msg
             .header
             .flags
@@ -580,6 +950,52 @@ mod tests {
         assert_eq!(
             route_addr(&msg, |a| matches!(a, RouteAttribute::Gateway(_))),
             Some("10.5.2.0".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn vxlan_attributes_survive_the_trip_to_the_kernel_and_back() {
+        let a = VxlanAttrs {
+            vni: 1,
+            dev: Some(2),
+            local: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            group: None,
+            port: Some(8472),
+            learning: false,
+            l2miss: false,
+            gbp: true,
+            udp_csum: true,
+            ageing: Some(300),
+        };
+        let infos = a.to_infos();
+        assert_eq!(VxlanAttrs::from_infos(&infos), a);
+        // flanneld's library sends these zero values too.
+        for zero in [
+            InfoVxlan::Ttl(0),
+            InfoVxlan::Tos(0),
+            InfoVxlan::L3Miss(false),
+        ] {
+            assert!(infos.contains(&zero), "{zero:?} missing from {infos:?}");
+        }
+        // Unset in the kernel's dump means absent, not zero.
+        let dumped = [
+            InfoVxlan::Id(5),
+            InfoVxlan::Link(0),
+            InfoVxlan::Local(Ipv4Addr::UNSPECIFIED),
+        ];
+        let parsed = VxlanAttrs::from_infos(&dumped);
+        assert_eq!((parsed.vni, parsed.dev, parsed.local), (5, None, None));
+    }
+
+    #[test]
+    fn bridge_fdb_destinations_are_read_from_raw_bytes() {
+        assert_eq!(
+            neighbour_address(&NeighbourAddress::Other(vec![192, 0, 2, 2])),
+            Some("192.0.2.2".parse().unwrap())
+        );
+        assert_eq!(
+            neighbour_address(&NeighbourAddress::Other(vec![1, 2])),
+            None
         );
     }
 
