@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use control::backend::{Backend, OwnLease, PeerSync};
 use control::config::NetworkConfig;
+use control::kernel_backend::KernelBackendConfig;
 use control::lease::{Lease, LeaseAttrs, LeaseEvent};
 use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
@@ -24,10 +25,11 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::{BackendChoice, RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
+use crate::backend::ActiveBackend;
+use crate::cli::{RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
 use crate::control_socket::ControlSocket;
 use crate::health::{self, Readiness};
-use crate::xdp_backend::{XdpBackend, XdpBackendConfig, XdpStatusProbe};
+use crate::xdp_backend::{XdpBackendConfig, XdpStatusProbe};
 
 /// How often the backend's upkeep runs (next hops, worker health).
 const TICK: Duration = Duration::from_secs(1);
@@ -40,15 +42,25 @@ struct View {
     mtu: u32,
     lease: Lease,
     peers: Vec<control::backend::Peer>,
+    backend: &'static str,
     summary: String,
-    probe: XdpStatusProbe,
+    probe: Option<XdpStatusProbe>,
     last_watch_event: std::time::Instant,
+    ready: Readiness,
 }
 
 impl View {
     fn to_json(&self) -> serde_json::Value {
-        let paths = self.probe.paths();
-        let workers = self.probe.workers();
+        let paths = self
+            .probe
+            .as_ref()
+            .map(XdpStatusProbe::paths)
+            .unwrap_or_default();
+        let workers = self
+            .probe
+            .as_ref()
+            .map(XdpStatusProbe::workers)
+            .unwrap_or_default();
         let mut totals = WorkerCounters::default();
         for w in &workers {
             totals.accumulate(&w.counters);
@@ -61,9 +73,10 @@ impl View {
             .unwrap_or_default();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "backend": "xdp",
+            "ready": self.ready.is_ready(),
+            "backend": self.backend,
             "summary": self.summary,
-            "xdp_mode": self.probe.xdp_mode(),
+            "xdp_mode": self.probe.as_ref().map(XdpStatusProbe::xdp_mode),
             "iface": {
                 "name": self.external.link.name,
                 "index": self.external.link.index,
@@ -86,18 +99,45 @@ impl View {
             "last_watch_event_age_seconds": self.last_watch_event.elapsed().as_secs_f64(),
             "peers": self.peers.iter().map(|p| {
                 let path = paths.get(&p.public_ip);
+                // The kernel backend hands the underlay to the kernel: nothing to resolve here.
+                let default_state = if self.probe.is_some() { "resolving" } else { "programmed" };
                 json!({
                     "subnet": p.subnet.to_string(),
                     "public_ip": p.public_ip,
                     "vtep_mac": p.vtep_mac.to_string(),
                     "next_hop_mac": path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
-                    "state": path.map(|x| x.state.clone()).unwrap_or_else(|| "resolving".into()),
+                    "state": path.map(|x| x.state.clone()).unwrap_or_else(|| default_state.into()),
                 })
             }).collect::<Vec<_>>(),
             "workers": workers,
             "totals": totals,
-            "xdp_counters": self.probe.xdp_counters(),
+            "xdp_counters": self.probe.as_ref().map(XdpStatusProbe::xdp_counters),
         })
+    }
+}
+
+/// SIGTERM and SIGINT, listened to from the first moment of `run`: a signal that arrives while
+/// the daemon is still starting must not be lost (once any listener exists, the process no
+/// longer dies of it by default).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 
@@ -128,11 +168,12 @@ fn sd_notify_ready() {
 
 /// Runs the daemon until SIGINT/SIGTERM (Ok) or a fatal condition (Err).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
     match &args.local_store {
         Some(dir) => {
             let store = LocalStore::open(dir)
                 .with_context(|| format!("opening the local store {}", dir.display()))?;
-            run_with_store(args.clone(), store).await
+            run_with_store(args.clone(), store, signals).await
         }
         None => {
             let opts = EtcdOptions {
@@ -144,11 +185,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 username: args.etcd_username.clone(),
                 password: args.etcd_password.clone(),
             };
-            let store =
-                retry_unavailable("connecting to etcd", || EtcdStore::connect(opts.clone()))
-                    .await?
-                    .context("connecting to etcd")?;
-            run_with_store(args.clone(), store).await
+            let store = match retry_unavailable(&mut signals, "connecting to etcd", || {
+                EtcdStore::connect(opts.clone())
+            })
+            .await?
+            {
+                Some(store) => store,
+                None => return Ok(()),
+            };
+            run_with_store(args.clone(), store, signals).await
         }
     }
 }
@@ -156,13 +201,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Runs `op` until it succeeds or fails for a reason other than the store being unreachable
 /// (flanneld also waits for etcd at startup instead of exiting). Returns `None` when SIGTERM or
 /// SIGINT arrives meanwhile.
-async fn retry_unavailable<T, F, Fut>(what: &str, mut op: F) -> anyhow::Result<Option<T>>
+async fn retry_unavailable<T, F, Fut>(
+    signals: &mut Signals,
+    what: &str,
+    mut op: F,
+) -> anyhow::Result<Option<T>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,
 {
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut delay = Duration::from_secs(1);
     loop {
         match op().await {
@@ -174,8 +221,10 @@ where
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = sigterm.recv() => return Ok(None),
-            _ = sigint.recv() => return Ok(None),
+            name = signals.recv() => {
+                tracing::info!("{name} while waiting for the lease store: exiting");
+                return Ok(None);
+            }
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }
@@ -191,14 +240,18 @@ fn renew_delay(lease: &Lease, margin: Duration, ttl: Duration) -> Option<Duratio
     Some(left.saturating_sub(margin))
 }
 
-async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Result<()> {
+async fn run_with_store<S: LeaseStore>(
+    args: RunArgs,
+    store: S,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let nl = Netlink::connect()?;
     let config_json = match &args.net_config_path {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the network config {}", path.display()))?,
         None => {
             let what = format!("reading the network config from the {}", store.describe());
-            match retry_unavailable(&what, || store.network_config()).await? {
+            match retry_unavailable(&mut signals, &what, || store.network_config()).await? {
                 Some(json) => json,
                 None => return Ok(()),
             }
@@ -263,56 +316,64 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
 
     let mtu = config.mtu_for(external.link.mtu, false);
     let device = args.device.clone().unwrap_or_else(|| format!("vxdp.{vni}"));
-    let backend = match args.backend {
-        BackendChoice::Kernel => {
-            bail!("--backend kernel is not built into this version yet; use --backend xdp")
-        }
-        BackendChoice::Auto | BackendChoice::Xdp => {
-            let xdp_config = XdpBackendConfig {
-                external: external.clone(),
-                device: device.clone(),
-                vtep_mac,
-                mtu,
-                vni,
-                port: config.vxlan_port(),
-                subnet: lease.subnet,
-                queues: args.queues,
-                worker_cpus: match &args.worker_cpus {
-                    WorkerCpus::Auto => core_affinity::get_core_ids()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|c| c.id)
-                        .collect(),
-                    WorkerCpus::None => Vec::new(),
-                    WorkerCpus::List(l) => l.clone(),
-                },
-                umem_frames: args.umem_frames,
-                xdp_modes: match args.xdp_mode {
-                    XdpModeChoice::Auto => vec![XdpMode::Native, XdpMode::Generic],
-                    XdpModeChoice::Native => vec![XdpMode::Native],
-                    XdpModeChoice::Generic => vec![XdpMode::Generic],
-                },
-                bind_mode: match args.xsk_bind {
-                    XskBindChoice::Auto => BindMode::Auto,
-                    XskBindChoice::ZeroCopy => BindMode::ZeroCopy,
-                    XskBindChoice::Copy => BindMode::Copy,
-                },
-                udp_checksum: args.udp_csum,
-                allow_unknown_peers: args.allow_unknown_peers,
-                direct_routing: config.backend.direct_routing,
-            };
-            match XdpBackend::start(nl.clone(), xdp_config).await {
-                Ok(b) => b,
-                Err(e) => {
-                    // Nothing of ours is left to route to: give the subnet back.
-                    let _ = store.remove(&lease).await;
-                    return Err(e.context("starting the AF_XDP backend"));
-                }
-            }
-        }
+    let xdp_config = XdpBackendConfig {
+        external: external.clone(),
+        device: device.clone(),
+        vtep_mac,
+        mtu,
+        vni,
+        port: config.vxlan_port(),
+        subnet: lease.subnet,
+        queues: args.queues,
+        worker_cpus: match &args.worker_cpus {
+            WorkerCpus::Auto => core_affinity::get_core_ids()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| c.id)
+                .collect(),
+            WorkerCpus::None => Vec::new(),
+            WorkerCpus::List(l) => l.clone(),
+        },
+        umem_frames: args.umem_frames,
+        xdp_modes: match args.xdp_mode {
+            XdpModeChoice::Auto => vec![XdpMode::Native, XdpMode::Generic],
+            XdpModeChoice::Native => vec![XdpMode::Native],
+            XdpModeChoice::Generic => vec![XdpMode::Generic],
+        },
+        bind_mode: match args.xsk_bind {
+            XskBindChoice::Auto => BindMode::Auto,
+            XskBindChoice::ZeroCopy => BindMode::ZeroCopy,
+            XskBindChoice::Copy => BindMode::Copy,
+        },
+        udp_checksum: args.udp_csum,
+        allow_unknown_peers: args.allow_unknown_peers,
+        direct_routing: config.backend.direct_routing,
     };
-    let probe = backend.status_probe();
-    let summary = backend.summary().to_string();
+    let kernel_config = KernelBackendConfig {
+        device: device.clone(),
+        vni,
+        port: config.vxlan_port(),
+        local_ip: external.public_ip,
+        underlay_ifindex: external.link.index,
+        vtep_mac,
+        mtu,
+        learning: config.backend.learning,
+        gbp: config.backend.gbp,
+        subnet: lease.subnet,
+        direct_routing: config.backend.direct_routing,
+    };
+    let (backend, summary) =
+        match ActiveBackend::start(&nl, args.backend, xdp_config, kernel_config).await {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing of ours is left to route to: give the subnet back.
+                let _ = store.remove(&lease).await;
+                return Err(e);
+            }
+        };
+    tracing::info!("{summary}");
+    let probe = backend.xdp_probe();
+    let backend_name = backend.name();
     let mut sync = PeerSync::new(backend, lease.subnet);
 
     let listing = store.list().await?;
@@ -339,6 +400,7 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         }
     });
 
+    let readiness = Readiness::default();
     let view = Arc::new(Mutex::new(View {
         config: config.clone(),
         external: external.clone(),
@@ -346,9 +408,11 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
         mtu,
         lease: lease.clone(),
         peers: sync.peers().values().cloned().collect(),
+        backend: backend_name,
         summary,
         probe,
         last_watch_event: std::time::Instant::now(),
+        ready: readiness.clone(),
     }));
     let control = ControlSocket::bind(&args.control_socket).await?;
     let handler_view = Arc::clone(&view);
@@ -396,7 +460,6 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
     };
     let mut masq_resync = tokio::time::interval(Duration::from_secs(args.iptables_resync.max(1)));
 
-    let readiness = Readiness::default();
     let health_task = if args.healthz_port != 0 {
         let listener = health::bind(std::net::SocketAddr::new(
             args.healthz_ip,
@@ -432,8 +495,6 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
     sd_notify_ready();
     tracing::info!(subnet_file = %args.subnet_file.display(), "ready");
 
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(TICK);
     let margin = Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60);
     let mut renew_in = renew_delay(&lease, margin, ttl);
@@ -445,8 +506,7 @@ async fn run_with_store<S: LeaseStore>(args: RunArgs, store: S) -> anyhow::Resul
 
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break Ok(()); }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break Ok(()); }
+            name = signals.recv() => { tracing::info!("{name}: shutting down"); break Ok(()); }
             Some(events) = events_rx.recv() => match events {
                 Ok(events) => {
                     match sync.apply(events).await {

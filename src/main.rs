@@ -1,5 +1,6 @@
 //! vxdp: a userspace VXLAN dataplane, a drop-in replacement for flannel's vxlan backend.
 
+mod backend;
 mod cli;
 mod control_socket;
 mod daemon;

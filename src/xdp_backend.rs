@@ -364,8 +364,6 @@ impl XdpBackend {
             config.device,
             config.mtu,
         );
-        tracing::info!("{summary}");
-
         Ok(XdpBackend {
             nl,
             tap_index: tap_link.index,

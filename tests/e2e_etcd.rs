@@ -276,3 +276,41 @@ fn an_invalid_network_config_stops_the_daemon_naming_field_and_rule() {
     assert!(log.contains("SubnetLen") && log.contains("30"), "{log}");
     c.hosts[0].daemon = None;
 }
+
+#[test]
+fn a_signal_while_starting_is_not_lost() {
+    // etcd unreachable: the daemon waits for it, and SIGTERM meanwhile ends it at once.
+    let mut c = Cluster::new(1);
+    c.host(1)
+        .start(&["--etcd-endpoints", "http://192.0.2.254:9"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        c.host(1).stop(libc::SIGTERM),
+        Some(0),
+        "{}",
+        c.hosts[0].log_text()
+    );
+    assert!(c.hosts[0]
+        .log_text()
+        .contains("SIGTERM while waiting for the lease store"));
+    // And a signal that lands in the first milliseconds, before any listener of the event loop
+    // exists, still shuts it down.
+    let (mut c, etcd) = cluster_with_etcd(1);
+    let endpoints = etcd.endpoint();
+    c.host(1).start(&["--etcd-endpoints", endpoints.as_str()]);
+    std::thread::sleep(Duration::from_millis(30));
+    let t0 = Instant::now();
+    // Exit 0, or killed by the default action if it came before the runtime existed (nothing
+    // had been set up yet then); never ignored.
+    let code = c.host(1).stop(libc::SIGTERM);
+    assert!(
+        code.is_none() || code == Some(0),
+        "exit {code:?}: {}",
+        c.hosts[0].log_text()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "slow to stop: {:?}",
+        t0.elapsed()
+    );
+}

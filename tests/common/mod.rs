@@ -47,6 +47,12 @@ impl Host {
 
     /// Starts vxdp with extra environment variables (`NAME=value`) and arguments.
     pub fn start_with_env(&mut self, env: &[&str], extra: &[&str]) {
+        self.start_wrapped(&[], env, extra);
+    }
+
+    /// Starts vxdp through `wrapper` (a command prefix such as `capsh --drop=... --`, which
+    /// must exec what follows), with extra environment and arguments.
+    pub fn start_wrapped(&mut self, wrapper: &[&str], env: &[&str], extra: &[&str]) {
         assert!(
             self.daemon.is_none(),
             "vxdp already running on host {}",
@@ -54,7 +60,8 @@ impl Host {
         );
         let subnet_file = self.subnet_file();
         let control = self.control_socket();
-        let mut args: Vec<String> = vec!["env".into(), "RUST_LOG=info".into()];
+        let mut args: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
+        args.extend(["env".into(), "RUST_LOG=info".into()]);
         args.extend(env.iter().map(|e| e.to_string()));
         args.extend([
             VXDP.into(),
@@ -93,7 +100,9 @@ impl Host {
                     );
                 }
             }
-            (self.subnet_file().exists() && self.try_status().is_some()).then_some(())
+            // `ready` turns true only once this run wrote the subnet file (a restarted node
+            // finds the previous run's file already there).
+            (self.try_status()?["ready"] == true).then_some(())
         });
         assert!(
             ready.is_some(),
