@@ -29,6 +29,7 @@ use crate::backend::ActiveBackend;
 use crate::cli::{RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
 use crate::control_socket::ControlSocket;
 use crate::health::{self, Readiness};
+use crate::privileges;
 use crate::xdp_backend::{XdpBackendConfig, XdpStatusProbe};
 
 /// How often the backend's upkeep runs (next hops, worker health).
@@ -481,6 +482,17 @@ async fn run_with_store<S: LeaseStore>(
     } else {
         None
     };
+
+    // Setup is done: keep only what running needs (see privileges.rs).
+    match privileges::drop_process_wide(privileges::RUNTIME_CAPS) {
+        Ok(threads) => tracing::info!(
+            threads = threads + 1,
+            "capabilities dropped to CAP_NET_ADMIN and CAP_NET_RAW"
+        ),
+        Err(e) => {
+            tracing::warn!("could not drop capabilities (running with what it was given): {e}")
+        }
+    }
 
     subnet_file::write_subnet_file(
         &args.subnet_file,

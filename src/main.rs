@@ -6,6 +6,7 @@ mod control_socket;
 mod daemon;
 mod health;
 mod metrics;
+mod privileges;
 mod status;
 mod xdp_backend;
 

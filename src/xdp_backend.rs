@@ -330,6 +330,10 @@ impl XdpBackend {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
+                    // The socket and TAP queue are open: the worker needs no privilege at all.
+                    if let Err(e) = crate::privileges::drop_all() {
+                        tracing::debug!(queue, "worker could not drop its capabilities: {e}");
+                    }
                     worker.run()
                 })
                 .context("spawning a worker thread")?;

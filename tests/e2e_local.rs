@@ -270,3 +270,129 @@ fn ip_masq_rules_live_and_die_with_the_daemon() {
     let after = c.hosts[0].ns.run(&["iptables-save"]);
     assert!(!after.contains("FLANNEL"), "rules left behind:\n{after}");
 }
+
+/// Capability sets of every thread of `pid`: (thread name, effective, bounding).
+fn thread_caps(pid: u32) -> Vec<(String, u64, u64)> {
+    let field = |status: &str, name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap()
+    };
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let dir = t.unwrap().path();
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap();
+            (
+                comm.trim().to_string(),
+                field(&status, "CapEff:"),
+                field(&status, "CapBnd:"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn after_setup_only_net_admin_and_net_raw_remain_and_workers_have_none() {
+    let mut c = Cluster::new(2);
+    let store = c.local_store(CONFIG);
+    for i in 1..=2 {
+        c.host(i).start(&["--local-store", s(&store), "--ip-masq"]);
+    }
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+    }
+    c.host(1).wait_peers(1);
+    const NET_ADMIN_AND_RAW: u64 = (1 << 12) | (1 << 13);
+    let caps = thread_caps(c.hosts[0].daemon.as_ref().unwrap().pid());
+    assert!(caps.len() >= 2, "{caps:?}");
+    for (name, eff, bnd) in &caps {
+        if name.starts_with("vxdp-worker") {
+            assert_eq!((*eff, *bnd), (0, 0), "{name} kept capabilities");
+        } else {
+            assert_eq!(*eff, NET_ADMIN_AND_RAW, "{name}: effective {eff:#x}");
+            assert_eq!(*bnd, NET_ADMIN_AND_RAW, "{name}: bounding {bnd:#x}");
+        }
+    }
+    // Still does its job with them: forwarding, status with XDP counters, rule resync.
+    let h2 = c.hosts[1].overlay_ip();
+    assert!(c.hosts[0].ping(h2, 3));
+    let st = c.hosts[0].status();
+    assert!(
+        st["xdp_counters"]["redirected"].as_u64().unwrap() >= 3,
+        "{st:#}"
+    );
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    assert!(!c.hosts[0].ns.run(&["iptables-save"]).contains("FLANNEL"));
+}
+
+#[test]
+fn without_cap_ipc_lock_umem_fits_memlock_or_the_error_names_the_limit() {
+    let mut c = Cluster::new(2);
+    let store = c.local_store(CONFIG);
+    // 8 MiB of RLIMIT_MEMLOCK and no CAP_IPC_LOCK: the default 16 MiB UMEM is halved to fit.
+    let wrapper = [
+        "capsh",
+        "--drop=cap_ipc_lock",
+        "--",
+        "-c",
+        "exec \"$@\"",
+        "capsh",
+        "prlimit",
+        "--memlock=8388608:8388608",
+        "--",
+    ];
+    c.host(1).start_wrapped(
+        &wrapper,
+        &[],
+        &["--local-store", s(&store), "--backend", "xdp"],
+    );
+    c.host(2)
+        .start(&["--local-store", s(&store), "--backend", "xdp"]);
+    c.host(1).wait_ready();
+    c.host(2).wait_ready();
+    c.host(1).wait_peers(1);
+    let log = c.hosts[0].log_text();
+    assert!(
+        log.contains("RLIMIT_MEMLOCK") && log.contains("2048 frames per queue"),
+        "{log}"
+    );
+    assert!(c.hosts[0].status()["summary"]
+        .as_str()
+        .unwrap()
+        .contains("2048 UMEM frames"));
+    assert!(c.hosts[0].ping(c.hosts[1].overlay_ip(), 2));
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+
+    // 64 KiB: too small for any ring; the error says which limit and how to fix it.
+    let tiny = [
+        "capsh",
+        "--drop=cap_ipc_lock",
+        "--",
+        "-c",
+        "exec \"$@\"",
+        "capsh",
+        "prlimit",
+        "--memlock=65536:65536",
+        "--",
+    ];
+    c.host(1).start_wrapped(
+        &tiny,
+        &[],
+        &["--local-store", s(&store), "--backend", "xdp"],
+    );
+    let status = testkit::wait_for(Duration::from_secs(10), || {
+        c.hosts[0].daemon.as_mut().and_then(|d| d.exited())
+    })
+    .expect("vxdp should refuse to start");
+    assert!(!status.success());
+    c.hosts[0].daemon = None;
+    let log = c.hosts[0].log_text();
+    assert!(
+        log.contains("RLIMIT_MEMLOCK is 64 KiB") && log.contains("CAP_IPC_LOCK"),
+        "{log}"
+    );
+}
