@@ -30,6 +30,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show the running daemon's backend, lease, peers and counters.
     Status(StatusArgs),
+    /// List the peers the dataplane forwards to (subnet, PublicIP, VtepMAC, next hop, state).
+    Peers(StatusArgs),
+    /// List every lease in the store as the daemon sees it, its own included.
+    Leases(StatusArgs),
 }
 
 /// Which dataplane to run.

@@ -2,6 +2,7 @@
 //! readiness, then the event loop (lease events, upkeep ticks, renewal, signals), then a clean
 //! shutdown that removes what it created.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use anyhow::{bail, Context};
 use control::backend::{Backend, OwnLease, PeerSync};
 use control::config::NetworkConfig;
 use control::kernel_backend::KernelBackendConfig;
-use control::lease::{Lease, LeaseAttrs, LeaseEvent};
+use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
 use control::store::etcd::{EtcdOptions, EtcdStore};
@@ -48,9 +49,49 @@ struct View {
     probe: Option<XdpStatusProbe>,
     last_watch_event: std::time::Instant,
     ready: Readiness,
+    /// Every lease the store reported, by key.
+    leases: BTreeMap<SubnetKey, Lease>,
 }
 
 impl View {
+    fn record(&mut self, events: &[LeaseEvent]) {
+        for e in events {
+            match e {
+                LeaseEvent::Added(l) => {
+                    self.leases.insert(l.key(), l.clone());
+                }
+                LeaseEvent::Removed(l) => {
+                    self.leases.remove(&l.key());
+                }
+            }
+        }
+    }
+
+    fn leases_json(&self) -> Vec<serde_json::Value> {
+        self.leases
+            .values()
+            .map(|l| {
+                let role = if l.subnet == self.lease.subnet {
+                    "this node".to_string()
+                } else {
+                    match control::backend::Peer::from_lease(l) {
+                        Ok(_) => "peer".to_string(),
+                        Err(e) => format!("ignored: {e}"),
+                    }
+                };
+                json!({
+                    "subnet": l.key().to_string(),
+                    "public_ip": l.attrs.public_ip,
+                    "backend_type": l.attrs.backend_type,
+                    "vtep_mac": l.attrs.vxlan_data().ok().map(|d| d.vtep_mac.to_string()),
+                    "expiration": l.expiration.and_then(|e| e.format(&Rfc3339).ok()),
+                    "reservation": l.is_reservation(),
+                    "role": role,
+                })
+            })
+            .collect()
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let paths = self
             .probe
@@ -110,6 +151,7 @@ impl View {
                     "state": path.map(|x| x.state.clone()).unwrap_or_else(|| default_state.into()),
                 })
             }).collect::<Vec<_>>(),
+            "leases": self.leases_json(),
             "workers": workers,
             "totals": totals,
             "xdp_counters": self.probe.as_ref().map(XdpStatusProbe::xdp_counters),
@@ -414,6 +456,7 @@ async fn run_with_store<S: LeaseStore>(
         probe,
         last_watch_event: std::time::Instant::now(),
         ready: readiness.clone(),
+        leases: listing.leases.clone(),
     }));
     let control = ControlSocket::bind(&args.control_socket).await?;
     let handler_view = Arc::clone(&view);
@@ -521,6 +564,9 @@ async fn run_with_store<S: LeaseStore>(
             name = signals.recv() => { tracing::info!("{name}: shutting down"); break Ok(()); }
             Some(events) = events_rx.recv() => match events {
                 Ok(events) => {
+                    if let Ok(mut v) = view.lock() {
+                        v.record(&events);
+                    }
                     match sync.apply(events).await {
                         OwnLease::Removed => {
                             tracing::error!(subnet = %lease.subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down");

@@ -47,7 +47,9 @@ fn parse_args() -> Cli {
 fn main() -> std::process::ExitCode {
     let cli = parse_args();
     let result = match cli.command {
-        Some(Command::Status(args)) => status::print(&args),
+        Some(Command::Status(args)) => status::print(&args, status::View::Status),
+        Some(Command::Peers(args)) => status::print(&args, status::View::Peers),
+        Some(Command::Leases(args)) => status::print(&args, status::View::Leases),
         Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     };

@@ -7,18 +7,83 @@ use serde_json::Value;
 use crate::cli::StatusArgs;
 use crate::control_socket;
 
-/// Queries the daemon and prints its status.
-pub fn print(args: &StatusArgs) -> anyhow::Result<()> {
+/// Which view to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// Everything.
+    Status,
+    /// The peer table.
+    Peers,
+    /// The leases.
+    Leases,
+}
+
+/// Queries the daemon and prints the view.
+pub fn print(args: &StatusArgs, view: View) -> anyhow::Result<()> {
     let doc = control_socket::query(&args.control_socket, "status")?;
     if let Some(err) = doc.get("error").and_then(Value::as_str) {
         anyhow::bail!("the daemon answered: {err}");
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-    } else {
-        print!("{}", render(&doc));
-    }
+    let out = match (view, args.json) {
+        (View::Status, true) => serde_json::to_string_pretty(&doc)? + "\n",
+        (View::Peers, true) => serde_json::to_string_pretty(&doc["peers"])? + "\n",
+        (View::Leases, true) => serde_json::to_string_pretty(&doc["leases"])? + "\n",
+        (View::Status, false) => render(&doc),
+        (View::Peers, false) => render_peers(&doc),
+        (View::Leases, false) => render_leases(&doc),
+    };
+    print!("{out}");
     Ok(())
+}
+
+/// The peer table.
+pub fn render_peers(doc: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<16} {:<18} {:<18} STATE",
+        "PEER SUBNET", "PUBLIC IP", "VTEP MAC", "NEXT-HOP MAC"
+    );
+    for p in doc["peers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<18} {:<18} {}",
+            s(&p["subnet"]),
+            s(&p["public_ip"]),
+            s(&p["vtep_mac"]),
+            s(&p["next_hop_mac"]),
+            s(&p["state"]),
+        );
+    }
+    out
+}
+
+/// The lease table.
+pub fn render_leases(doc: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<16} {:<9} {:<18} {:<31} ROLE",
+        "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"
+    );
+    for l in doc["leases"].as_array().into_iter().flatten() {
+        let expires = if l["reservation"] == true {
+            "never (reservation)".to_string()
+        } else {
+            s(&l["expiration"])
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<16} {:<9} {:<18} {:<31} {}",
+            s(&l["subnet"]),
+            s(&l["public_ip"]),
+            s(&l["backend_type"]),
+            s(&l["vtep_mac"]),
+            expires,
+            s(&l["role"]),
+        );
+    }
+    out
 }
 
 fn s(v: &Value) -> String {
@@ -53,23 +118,7 @@ pub fn render(doc: &Value) -> String {
         s(&doc["lease"]["expiration"]),
     );
     let _ = writeln!(out);
-    let peers = doc["peers"].as_array().cloned().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "{:<20} {:<16} {:<18} {:<18} STATE",
-        "PEER SUBNET", "PUBLIC IP", "VTEP MAC", "NEXT-HOP MAC"
-    );
-    for p in &peers {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<16} {:<18} {:<18} {}",
-            s(&p["subnet"]),
-            s(&p["public_ip"]),
-            s(&p["vtep_mac"]),
-            s(&p["next_hop_mac"]),
-            s(&p["state"]),
-        );
-    }
+    out.push_str(&render_peers(doc));
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -121,6 +170,19 @@ pub fn render(doc: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn renders_leases_with_roles_and_reservations() {
+        let doc = json!({"leases": [
+            {"subnet": "10.244.3.0-24", "public_ip": "192.0.2.1", "backend_type": "vxlan", "vtep_mac": "02:00:00:00:00:01", "expiration": "2026-11-22T00:00:00Z", "reservation": false, "role": "this node"},
+            {"subnet": "10.244.9.0-24", "public_ip": "192.0.2.9", "backend_type": "host-gw", "vtep_mac": null, "expiration": null, "reservation": true, "role": "ignored: not vxlan"},
+        ]});
+        let text = render_leases(&doc);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[1].contains("this node") && lines[1].contains("2026-11-22T00:00:00Z"));
+        assert!(lines[2].contains("never (reservation)") && lines[2].contains("host-gw"));
+    }
 
     #[test]
     fn renders_peers_workers_and_nonzero_drops() {

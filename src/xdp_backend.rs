@@ -99,6 +99,47 @@ pub struct XdpBackend {
     paths: Arc<std::sync::Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
     next_hops: BTreeMap<Ipv4Addr, NextHop>,
     summary: String,
+    drop_alarm: DropAlarm,
+}
+
+/// Turns drop counters into at most one warning a minute when frames are being dropped at a
+/// rate worth an operator's attention (a blast of garbage, a misconfigured peer), naming the
+/// reasons. Per-frame logging would itself be the storm.
+#[derive(Debug, Default)]
+struct DropAlarm {
+    last: BTreeMap<String, u64>,
+    last_warning: Option<std::time::Instant>,
+}
+
+impl DropAlarm {
+    /// Drops per second above which the alarm speaks.
+    const RATE: u64 = 100;
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// `totals` are the current cumulative drops by reason, sampled once a second.
+    fn check(&mut self, totals: BTreeMap<String, u64>) -> Option<String> {
+        let mut delta: Vec<(u64, String)> = totals
+            .iter()
+            .map(|(k, v)| (v.saturating_sub(*self.last.get(k).unwrap_or(&0)), k.clone()))
+            .filter(|(d, _)| *d > 0)
+            .collect();
+        self.last = totals;
+        let sum: u64 = delta.iter().map(|(d, _)| d).sum();
+        if sum < Self::RATE || self.last_warning.is_some_and(|t| t.elapsed() < Self::QUIET) {
+            return None;
+        }
+        self.last_warning = Some(std::time::Instant::now());
+        delta.sort_by(|a, b| b.cmp(a));
+        let top: Vec<String> = delta
+            .iter()
+            .take(4)
+            .map(|(d, k)| format!("{k} {d}/s"))
+            .collect();
+        Some(format!(
+            "dropping {sum} frames/s ({}); see `vxdp status` (further warnings held back for a minute)",
+            top.join(", ")
+        ))
+    }
 }
 
 /// A thread-safe view for `vxdp status`.
@@ -380,6 +421,7 @@ impl XdpBackend {
             paths: Arc::default(),
             next_hops: BTreeMap::new(),
             summary,
+            drop_alarm: DropAlarm::default(),
             config,
         })
     }
@@ -599,6 +641,16 @@ impl Backend for XdpBackend {
     }
 
     async fn tick(&mut self) {
+        let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+        for w in &self.workers {
+            let c = w.stats.snapshot();
+            for (k, v) in c.rx_drops.into_iter().chain(c.tx_drops) {
+                *drops.entry(k).or_default() += v;
+            }
+        }
+        if let Some(warning) = self.drop_alarm.check(drops) {
+            tracing::warn!("{warning}");
+        }
         for w in &mut self.workers {
             if w.thread.as_ref().is_some_and(JoinHandle::is_finished) {
                 let outcome = w.thread.take().map(JoinHandle::join);
@@ -640,6 +692,33 @@ impl Backend for XdpBackend {
             "xdp backend stopped: XDP detached, {} removed",
             self.config.device
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_alarm_speaks_once_a_minute_above_the_rate() {
+        let mut a = DropAlarm::default();
+        let t = |unknown: u64, vni: u64| {
+            BTreeMap::from([
+                ("unknown_peer".to_string(), unknown),
+                ("wrong_vni".to_string(), vni),
+            ])
+        };
+        assert_eq!(a.check(t(10, 0)), None, "a trickle is not a storm");
+        let w = a.check(t(5_010, 300)).expect("a storm is reported");
+        assert!(
+            w.contains("5300 frames/s") && w.starts_with("dropping"),
+            "{w}"
+        );
+        assert!(
+            w.find("unknown_peer").unwrap() < w.find("wrong_vni").unwrap(),
+            "{w}"
+        );
+        assert_eq!(a.check(t(10_010, 600)), None, "held back for a minute");
     }
 }
 
