@@ -121,7 +121,8 @@ pub struct RunArgs {
         long,
         value_name = "DIR",
         env = "VXDP_LOCAL_STORE",
-        conflicts_with = "etcd_endpoints"
+        conflicts_with = "etcd_endpoints",
+        help_heading = "Lease store"
     )]
     pub local_store: Option<PathBuf>,
 
@@ -131,28 +132,49 @@ pub struct RunArgs {
         value_name = "URLS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379",
-        env = "FLANNELD_ETCD_ENDPOINTS"
+        env = "FLANNELD_ETCD_ENDPOINTS",
+        help_heading = "Lease store"
     )]
     pub etcd_endpoints: Vec<String>,
 
     /// etcd prefix holding the network config and the leases.
-    #[arg(long, value_name = "PREFIX", default_value = control::lease::DEFAULT_ETCD_PREFIX, env = "FLANNELD_ETCD_PREFIX")]
+    #[arg(long, value_name = "PREFIX", default_value = control::lease::DEFAULT_ETCD_PREFIX, env = "FLANNELD_ETCD_PREFIX", help_heading = "Lease store")]
     pub etcd_prefix: String,
 
     /// TLS key file for etcd.
-    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_KEYFILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLANNELD_ETCD_KEYFILE",
+        help_heading = "Lease store"
+    )]
     pub etcd_keyfile: Option<PathBuf>,
 
     /// TLS certificate file for etcd.
-    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CERTFILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLANNELD_ETCD_CERTFILE",
+        help_heading = "Lease store"
+    )]
     pub etcd_certfile: Option<PathBuf>,
 
     /// TLS CA file for etcd.
-    #[arg(long, value_name = "FILE", env = "FLANNELD_ETCD_CAFILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLANNELD_ETCD_CAFILE",
+        help_heading = "Lease store"
+    )]
     pub etcd_cafile: Option<PathBuf>,
 
     /// etcd user name.
-    #[arg(long, value_name = "USER", env = "FLANNELD_ETCD_USERNAME")]
+    #[arg(
+        long,
+        value_name = "USER",
+        env = "FLANNELD_ETCD_USERNAME",
+        help_heading = "Lease store"
+    )]
     pub etcd_username: Option<String>,
 
     /// etcd password.
@@ -160,12 +182,18 @@ pub struct RunArgs {
         long,
         value_name = "PASSWORD",
         env = "FLANNELD_ETCD_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Lease store"
     )]
     pub etcd_password: Option<String>,
 
     /// Read the network config from this file instead of `<etcd-prefix>/config`.
-    #[arg(long, value_name = "PATH", env = "FLANNELD_NET_CONFIG_PATH")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FLANNELD_NET_CONFIG_PATH",
+        help_heading = "Lease store"
+    )]
     pub net_config_path: Option<PathBuf>,
 
     /// Interface (name or IP address) for inter-host traffic; repeat to give fallbacks. Default:
@@ -174,7 +202,8 @@ pub struct RunArgs {
         long,
         value_name = "IFACE",
         env = "FLANNELD_IFACE",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Host network (as flanneld)"
     )]
     pub iface: Vec<String>,
 
@@ -184,12 +213,13 @@ pub struct RunArgs {
         long,
         value_name = "REGEX",
         env = "FLANNELD_IFACE_REGEX",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Host network (as flanneld)"
     )]
     pub iface_regex: Vec<String>,
 
     /// Install flanneld's IP masquerade rules for traffic leaving the overlay.
-    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub ip_masq: bool,
 
     /// With --ip-masq, check the rules every this many seconds and repair them.
@@ -197,12 +227,13 @@ pub struct RunArgs {
         long,
         value_name = "SECONDS",
         default_value_t = 5,
-        env = "FLANNELD_IPTABLES_RESYNC"
+        env = "FLANNELD_IPTABLES_RESYNC",
+        help_heading = "Host network (as flanneld)"
     )]
     pub iptables_resync: u64,
 
     /// Add FORWARD accept rules for the overlay network, as flanneld does by default.
-    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "FLANNELD_IPTABLES_FORWARD_RULES", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub iptables_forward_rules: bool,
 
     /// Address of the health endpoint (/healthz, /readyz, /metrics).
@@ -210,7 +241,8 @@ pub struct RunArgs {
         long,
         value_name = "IP",
         default_value = "0.0.0.0",
-        env = "FLANNELD_HEALTHZ_IP"
+        env = "FLANNELD_HEALTHZ_IP",
+        help_heading = "Health, status and logs"
     )]
     pub healthz_ip: IpAddr,
 
@@ -219,23 +251,34 @@ pub struct RunArgs {
         long,
         value_name = "PORT",
         default_value_t = 0,
-        env = "FLANNELD_HEALTHZ_PORT"
+        env = "FLANNELD_HEALTHZ_PORT",
+        help_heading = "Health, status and logs"
     )]
     pub healthz_port: u16,
 
     /// flanneld/klog verbosity: 0-3 info, 4-5 debug, 6+ trace (RUST_LOG overrides).
-    #[arg(long = "v", value_name = "LEVEL", env = "FLANNELD_V")]
+    #[arg(
+        long = "v",
+        value_name = "LEVEL",
+        env = "FLANNELD_V",
+        help_heading = "Health, status and logs"
+    )]
     pub verbosity: Option<u8>,
 
     #[command(flatten)]
     pub unsupported: UnsupportedFlanneldFlags,
 
     /// IP accessible by other nodes for inter-host traffic (default: the interface's address).
-    #[arg(long, value_name = "IP", env = "FLANNELD_PUBLIC_IP")]
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "FLANNELD_PUBLIC_IP",
+        help_heading = "Host network (as flanneld)"
+    )]
     pub public_ip: Option<IpAddr>,
 
     /// Dataplane: AF_XDP (xdp), the kernel vxlan link (kernel), or the best available (auto).
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "VXDP_BACKEND")]
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "VXDP_BACKEND", help_heading = "Dataplane (vxdp)")]
     pub backend: BackendChoice,
 
     /// Where to write the subnet.env file that CNI reads (as flanneld writes it).
@@ -243,51 +286,71 @@ pub struct RunArgs {
         long,
         value_name = "PATH",
         default_value = "/run/flannel/subnet.env",
-        env = "FLANNELD_SUBNET_FILE"
+        env = "FLANNELD_SUBNET_FILE",
+        help_heading = "Host network (as flanneld)"
     )]
     pub subnet_file: PathBuf,
 
     /// Name of the overlay device (default vxdp.<VNI>).
-    #[arg(long, value_name = "NAME", env = "VXDP_DEVICE")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "VXDP_DEVICE",
+        help_heading = "Dataplane (vxdp)"
+    )]
     pub device: Option<String>,
 
     /// Unix socket answering `vxdp status`.
-    #[arg(long, value_name = "PATH", default_value = crate::control_socket::DEFAULT_PATH, env = "VXDP_CONTROL_SOCKET")]
+    #[arg(long, value_name = "PATH", default_value = crate::control_socket::DEFAULT_PATH, env = "VXDP_CONTROL_SOCKET", help_heading = "Health, status and logs")]
     pub control_socket: PathBuf,
 
     /// Worker threads (= NIC queues used = TAP queues). Default: the NIC's RX queues, at most
     /// one per CPU.
-    #[arg(long, value_name = "N", env = "VXDP_QUEUES")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "VXDP_QUEUES",
+        help_heading = "Dataplane (vxdp)"
+    )]
     pub queues: Option<usize>,
 
     /// CPUs to pin workers to: `auto` (worker i on the i-th CPU this process may run on, so
     /// `taskset`/systemd CPUAffinity= apply), `none` (no pinning), or a list like `2,3` or `4-7`.
-    #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_worker_cpus, env = "VXDP_WORKER_CPUS")]
+    #[arg(long, value_name = "auto|none|LIST", default_value = "auto", value_parser = parse_worker_cpus, env = "VXDP_WORKER_CPUS", help_heading = "Dataplane (vxdp)")]
     pub worker_cpus: WorkerCpus,
 
     /// UMEM frames (4 KiB each) per queue; default 4096, lowered to fit RLIMIT_MEMLOCK when
     /// vxdp lacks CAP_IPC_LOCK.
-    #[arg(long, value_name = "N", env = "VXDP_UMEM_FRAMES")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "VXDP_UMEM_FRAMES",
+        help_heading = "Dataplane (vxdp)"
+    )]
     pub umem_frames: Option<u32>,
 
     /// XDP attach mode.
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, env = "VXDP_XDP_MODE")]
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto, env = "VXDP_XDP_MODE", help_heading = "Dataplane (vxdp)")]
     pub xdp_mode: XdpModeChoice,
 
     /// AF_XDP bind mode.
-    #[arg(long, value_enum, default_value_t = XskBindChoice::Auto, env = "VXDP_XSK_BIND")]
+    #[arg(long, value_enum, default_value_t = XskBindChoice::Auto, env = "VXDP_XSK_BIND", help_heading = "Dataplane (vxdp)")]
     pub xsk_bind: XskBindChoice,
 
     /// Compute outer UDP checksums over IPv4 (RFC 7348 allows zero; IPv6 always has them).
-    #[arg(long, env = "VXDP_UDP_CSUM")]
+    #[arg(long, env = "VXDP_UDP_CSUM", help_heading = "Dataplane (vxdp)")]
     pub udp_csum: bool,
 
     /// Accept VXLAN from sources that are not known peer VTEPs (anti-spoofing off).
-    #[arg(long, env = "VXDP_ALLOW_UNKNOWN_PEERS")]
+    #[arg(
+        long,
+        env = "VXDP_ALLOW_UNKNOWN_PEERS",
+        help_heading = "Dataplane (vxdp)"
+    )]
     pub allow_unknown_peers: bool,
 
     /// Minutes before the lease expires at which it is renewed (1..1439).
-    #[arg(long, value_name = "MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..1440), env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN")]
+    #[arg(long, value_name = "MINUTES", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..1440), env = "FLANNELD_SUBNET_LEASE_RENEW_MARGIN", help_heading = "Lease store")]
     pub subnet_lease_renew_margin: u32,
 
     /// Lease TTL in seconds (flannel: 24 h). For tests.
@@ -296,12 +359,13 @@ pub struct RunArgs {
         value_name = "SECONDS",
         default_value_t = 86_400,
         hide = true,
-        env = "VXDP_SUBNET_LEASE_TTL"
+        env = "VXDP_SUBNET_LEASE_TTL",
+        help_heading = "Lease store"
     )]
     pub subnet_lease_ttl: u64,
 
     /// Log format; the level comes from RUST_LOG (default info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "VXDP_LOG_FORMAT")]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "VXDP_LOG_FORMAT", help_heading = "Health, status and logs")]
     pub log_format: LogFormat,
 }
 

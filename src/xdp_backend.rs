@@ -695,6 +695,12 @@ impl Backend for XdpBackend {
     }
 }
 
+impl Drop for XdpBackend {
+    fn drop(&mut self) {
+        self.stop.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,11 +725,5 @@ mod tests {
             "{w}"
         );
         assert_eq!(a.check(t(10_010, 600)), None, "held back for a minute");
-    }
-}
-
-impl Drop for XdpBackend {
-    fn drop(&mut self) {
-        self.stop.stop();
     }
 }
