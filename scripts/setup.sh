@@ -13,6 +13,8 @@ packages=(
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl
+  # the systemd unit is checked with systemd-analyze verify
+  systemd
 )
 
 if [ "$(id -u)" -ne 0 ]; then

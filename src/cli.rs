@@ -555,6 +555,34 @@ mod tests {
     }
 
     #[test]
+    fn the_example_environment_file_sets_only_variables_vxdp_reads() {
+        let known: Vec<String> = Cli::command()
+            .get_subcommands()
+            .find(|c| c.get_name() == "run")
+            .unwrap()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let file = include_str!("../dist/systemd/vxdp.env");
+        let mut seen = 0;
+        for line in file.lines().map(str::trim) {
+            let line = line.trim_start_matches("# ");
+            let Some((name, _)) = line.split_once('=') else {
+                continue;
+            };
+            if name.is_empty() || name.contains(' ') || name == "RUST_LOG" {
+                continue;
+            }
+            assert!(
+                known.iter().any(|k| k == name),
+                "{name} is not read by vxdp run"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 12, "only {seen} variables checked");
+    }
+
+    #[test]
     fn renew_margin_is_bounded_like_flannel() {
         assert!(Cli::try_parse_from(["vxdp", "--subnet-lease-renew-margin", "0"]).is_err());
         assert!(Cli::try_parse_from(["vxdp", "--subnet-lease-renew-margin", "1440"]).is_err());

@@ -213,3 +213,28 @@ fn help_speaks_flanneld() {
         );
     }
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/dist/systemd/vxdp.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("Restart=always"));
+    let path = dir.path().join("vxdp.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/vxdp", VXDP)).unwrap();
+    let out = testkit::try_run(&["systemd-analyze", "verify", s(&path)]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only complaints about units this machine lacks (kubelet, etcd...) are acceptable.
+    let problems: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("vxdp.service") && !l.contains("Cannot add dependency job"))
+        .collect();
+    assert!(out.status.success() && problems.is_empty(), "{text}");
+}
