@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod arp_responder;
+pub mod offload;
 pub mod stats;
 pub mod tables;
 pub mod tap;
