@@ -14,7 +14,9 @@
 //!   header (no extension headers);
 //! - TCP: same ports, acknowledgment number, data offset, reserved bits, window and option bytes
 //!   (Linux compares the whole flags/window word but CWR, FIN and PSH, and every option word);
-//!   its sequence number is the next one expected;
+//!   same urgent pointer too, which Linux does not compare (it means nothing without URG), so
+//!   that cutting the super-frame again gives back exactly the segments that went in; its
+//!   sequence number is the next one expected;
 //! - the pending super-frame is still open: no segment so far had PSH (PSH must be on the last
 //!   segment) or a payload shorter than the first's (all segments but the last are `gso_size`
 //!   long, and a segment longer than `gso_size` cannot follow);
@@ -333,11 +335,11 @@ impl Coalescer {
         };
         ip_ok
             && same(0..ethernet::HEADER_LEN)
-            // Ports; acknowledgment number and data offset; window; options.
+            // Ports; acknowledgment number and data offset; window; urgent pointer; options.
             && same(t..t + tcp::SEQ)
             && same(t + tcp::ACK_NUM..t + tcp::FLAGS)
-            && same(t + 14..t + 16)
-            && same(t + tcp::HEADER_LEN..p.payload_start)
+            && same(t + 14..t + tcp::CHECKSUM)
+            && same(t + 18..p.payload_start)
             && s.seq == p.next_seq
             && payload <= p.gso_size
             && self.len - ethernet::HEADER_LEN + payload <= MAX_IP_LEN

@@ -282,6 +282,7 @@ fn each_mismatch_ends_the_super_frame() {
         ("destination MAC", |o| o.dst_mac.0[5] ^= 1),
         ("acknowledgment", |o| o.ack += 1448),
         ("window", |o| o.window += 1),
+        ("urgent pointer without URG", |o| o.urgent = 0xff),
         ("option bytes", |o| o.options[11] ^= 1),
         ("TOS", |o| o.tos = 0x10),
         ("ECN CE mark", |o| o.tos = 0x03),
