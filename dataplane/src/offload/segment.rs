@@ -1,0 +1,690 @@
+//! TCP segmentation (TSO) in userspace: a super-frame from the TAP cut into MTU-sized segments,
+//! each a complete Ethernet frame with correct lengths and checksums.
+//!
+//! Each segment gets what Linux's `tcp_gso_segment` and `inet_gso_segment` give it
+//! (`net/ipv4/tcp_offload.c`, `net/ipv4/af_inet.c`): the headers of the super-frame, the IPv4
+//! total length, identification + i and header checksum (or the IPv6 payload length), sequence
+//! number + i * MSS, CWR only on the first segment, FIN and PSH only on the last, and a full TCP
+//! checksum. IPv4 options are copied into every segment, as Linux does.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::{be16, be32, put16, put32, tcp, OffloadError, VnetHdr};
+use crate::wire::{checksum, ethernet};
+
+/// A TCP super-frame (TSO/GSO) and the segments it is to be cut into.
+///
+/// Validates the frame once in [`TcpSegments::new`]; [`TcpSegments::write`] then writes any
+/// segment into a caller's buffer with one copy of its payload, summed while it is copied.
+#[derive(Debug, Clone)]
+pub struct TcpSegments<'a> {
+    /// The super-frame, up to the end its IP length gives.
+    frame: &'a [u8],
+    ipv6: bool,
+    tcp_start: usize,
+    /// Where the payload starts: the length of the headers copied into every segment.
+    payload_start: usize,
+    mss: usize,
+    count: usize,
+    seq: u32,
+    ident: u16,
+    /// Pseudo header sum without the length (addresses and protocol).
+    pseudo: u16,
+}
+
+impl<'a> TcpSegments<'a> {
+    /// Checks a super-frame against its vnet header.
+    ///
+    /// `frame` is the Ethernet frame that followed `hdr`, whose `gso_type` must be `GSO_TCPV4`
+    /// or `GSO_TCPV6` (with `GSO_ECN` or not) and `gso_size` non-zero. The EtherType must match
+    /// the GSO type; the IP length must end exactly where the frame ends; no IPv4 fragment;
+    /// IPv6 without extension headers (`Unsupported`); a TCP header that fits; and, when
+    /// `F_NEEDS_CSUM` is set, `csum_start`/`csum_offset` must point at the TCP checksum.
+    /// `hdr_len` is only checked to lie within the frame: the kernel sets it to the length of
+    /// the skb's linear part, not of the headers (`virtio_net_hdr_from_skb`; wireguard-go does
+    /// not trust it either).
+    ///
+    /// A payload of at most `gso_size` bytes gives a single segment (the kernel does not mark
+    /// such frames GSO, but a peer could).
+    pub fn new(frame: &'a [u8], hdr: &VnetHdr) -> Result<Self, OffloadError> {
+        use OffloadError::{Malformed, Truncated, Unsupported};
+
+        let ipv6 = match hdr.gso_type & !VnetHdr::GSO_ECN {
+            VnetHdr::GSO_TCPV4 => false,
+            VnetHdr::GSO_TCPV6 => true,
+            VnetHdr::GSO_NONE => return Err(Malformed("not a GSO frame")),
+            VnetHdr::GSO_UDP => return Err(Unsupported("UDP fragmentation offload")),
+            _ => return Err(Unsupported("GSO type other than TCP")),
+        };
+        if hdr.gso_size == 0 {
+            return Err(Malformed("gso_size 0"));
+        }
+        if frame.len() < ethernet::HEADER_LEN {
+            return Err(Truncated);
+        }
+        let ethertype = be16(frame, 12);
+        if ethertype != if ipv6 { 0x86dd } else { 0x0800 } {
+            return Err(Malformed("EtherType does not match the GSO type"));
+        }
+        let ip_start = ethernet::HEADER_LEN;
+        let ip = &frame[ip_start..];
+        let (ip_header_len, ip_len) = if ipv6 {
+            if ip.len() < 40 {
+                return Err(Truncated);
+            }
+            if ip[0] >> 4 != 6 {
+                return Err(Malformed("IP version is not 6"));
+            }
+            if ip[6] != tcp::PROTOCOL {
+                return Err(Unsupported(
+                    "IPv6 next header is not TCP (extension headers)",
+                ));
+            }
+            (40, 40 + usize::from(be16(ip, 4)))
+        } else {
+            if ip.len() < 20 {
+                return Err(Truncated);
+            }
+            if ip[0] >> 4 != 4 {
+                return Err(Malformed("IP version is not 4"));
+            }
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            if ihl < 20 {
+                return Err(Malformed("IPv4 header length below 20"));
+            }
+            if ip.len() < ihl {
+                return Err(Truncated);
+            }
+            let total = usize::from(be16(ip, 2));
+            if total < ihl {
+                return Err(Malformed("IPv4 total length shorter than its header"));
+            }
+            // MF or a fragment offset: a super-frame is never a fragment.
+            if be16(ip, 6) & 0x3fff != 0 {
+                return Err(Malformed("IPv4 fragment"));
+            }
+            if ip[9] != tcp::PROTOCOL {
+                return Err(Malformed("IPv4 protocol is not TCP"));
+            }
+            (ihl, total)
+        };
+        if ip_len > ip.len() {
+            return Err(Truncated);
+        }
+        if ip_len < ip.len() {
+            return Err(Malformed("IP length shorter than the frame"));
+        }
+        let tcp_start = ip_start + ip_header_len;
+        let end = frame.len();
+        if end < tcp_start + tcp::HEADER_LEN {
+            return Err(Truncated);
+        }
+        let doff = usize::from(frame[tcp_start + tcp::DATA_OFF] >> 4) * 4;
+        if doff < tcp::HEADER_LEN {
+            return Err(Malformed("TCP data offset below 5"));
+        }
+        let payload_start = tcp_start + doff;
+        if payload_start > end {
+            return Err(Truncated);
+        }
+        if hdr.needs_csum()
+            && (usize::from(hdr.csum_start) != tcp_start
+                || usize::from(hdr.csum_offset) != tcp::CHECKSUM)
+        {
+            return Err(Malformed(
+                "csum_start/csum_offset do not point at the TCP checksum",
+            ));
+        }
+        if usize::from(hdr.hdr_len) > end {
+            return Err(Malformed("hdr_len past the end of the frame"));
+        }
+        let payload = end - payload_start;
+        if payload == 0 {
+            return Err(Malformed("GSO frame without payload"));
+        }
+        let mss = usize::from(hdr.gso_size);
+
+        let pseudo = if ipv6 {
+            let src = Ipv6Addr::from(addr16(frame, ip_start + 8));
+            let dst = Ipv6Addr::from(addr16(frame, ip_start + 24));
+            checksum::pseudo_header_v6(&src, &dst, tcp::PROTOCOL, 0)
+        } else {
+            let src = Ipv4Addr::from(be32(frame, ip_start + 12));
+            let dst = Ipv4Addr::from(be32(frame, ip_start + 16));
+            checksum::pseudo_header_v4(&src, &dst, tcp::PROTOCOL, 0)
+        };
+        Ok(TcpSegments {
+            frame,
+            ipv6,
+            tcp_start,
+            payload_start,
+            mss,
+            count: payload.div_ceil(mss),
+            seq: be32(frame, tcp_start + tcp::SEQ),
+            ident: if ipv6 { 0 } else { be16(frame, ip_start + 4) },
+            pseudo,
+        })
+    }
+
+    /// The number of segments; at least 1.
+    #[inline]
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The length of the longest segment (the first): headers plus `gso_size`, or plus the
+    /// whole payload when that is shorter. A buffer this long fits any segment.
+    #[inline]
+    pub fn max_segment_len(&self) -> usize {
+        self.payload_start + self.mss.min(self.frame.len() - self.payload_start)
+    }
+
+    /// Whether the super-frame is IPv6.
+    #[inline]
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// Writes segment `i` (a complete Ethernet frame) into the start of `out` and returns its
+    /// length. `NoSuchSegment` if `i >= len()`, `BufferTooSmall` if `out` is shorter than the
+    /// segment; nothing is written then.
+    pub fn write(&self, i: usize, out: &mut [u8]) -> Result<usize, OffloadError> {
+        if i >= self.count {
+            return Err(OffloadError::NoSuchSegment);
+        }
+        let hl = self.payload_start;
+        let offset = i * self.mss;
+        let payload = self.mss.min(self.frame.len() - hl - offset);
+        let len = hl + payload;
+        let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
+        let (head, body) = out.split_at_mut(hl);
+        head.copy_from_slice(&self.frame[..hl]);
+        let src = hl + offset;
+        let payload_sum = checksum::copy_data(body, &self.frame[src..src + payload]);
+
+        let ip = ethernet::HEADER_LEN;
+        let t = self.tcp_start;
+        // Lengths fit 16 bits: a segment is never longer than the super-frame, whose IP length
+        // field held its length.
+        let tcp_len = (len - t) as u16;
+        if self.ipv6 {
+            put16(head, ip + 4, tcp_len);
+        } else {
+            put16(head, ip + 2, (len - ip) as u16);
+            put16(head, ip + 4, self.ident.wrapping_add(i as u16));
+            put16(head, ip + 10, 0);
+            let c = !checksum::data(&head[ip..t]);
+            put16(head, ip + 10, c);
+        }
+
+        put32(head, t + tcp::SEQ, self.seq.wrapping_add(offset as u32));
+        let mut flags = head[t + tcp::FLAGS];
+        if i > 0 {
+            flags &= !tcp::CWR;
+        }
+        if i + 1 < self.count {
+            flags &= !(tcp::FIN | tcp::PSH);
+        }
+        head[t + tcp::FLAGS] = flags;
+        put16(head, t + tcp::CHECKSUM, 0);
+        // The payload starts a multiple of 4 bytes into the TCP header, so its sum adds in
+        // word-aligned.
+        let sum = checksum::combine(&[
+            self.pseudo,
+            tcp_len,
+            checksum::data(&head[t..]),
+            payload_sum,
+        ]);
+        put16(head, t + tcp::CHECKSUM, !sum);
+        Ok(len)
+    }
+}
+
+#[inline]
+fn addr16(d: &[u8], at: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&d[at..at + 16]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::offload::testutil::*;
+    use crate::offload::VNET_HDR_LEN;
+
+    /// Segments `frame` and checks every segment against the original: independent checksums,
+    /// lengths, ident and sequence progression, flag distribution, and that the payloads
+    /// concatenate to the super-frame's.
+    fn segment_and_check(frame: &[u8], hdr: &VnetHdr) -> Vec<Vec<u8>> {
+        let segs = TcpSegments::new(frame, hdr).unwrap();
+        let v6 = frame[12] == 0x86;
+        let t = tcp_start(frame);
+        let doff = usize::from(frame[t + 12] >> 4) * 4;
+        let hl = t + doff;
+        let payload = &frame[hl..];
+        let mss = usize::from(hdr.gso_size);
+        assert_eq!(segs.len(), payload.len().div_ceil(mss));
+        assert_eq!(segs.max_segment_len(), hl + mss.min(payload.len()));
+        let seq0 = u32::from_be_bytes(frame[t + 4..t + 8].try_into().unwrap());
+        let ident0 = u16::from_be_bytes([frame[18], frame[19]]);
+        let flags0 = frame[t + 13];
+
+        let mut out = vec![0u8; segs.max_segment_len()];
+        let mut joined = Vec::new();
+        let mut result = Vec::new();
+        for i in 0..segs.len() {
+            out.fill(0xee);
+            let n = segs.write(i, &mut out).unwrap();
+            let s = &out[..n];
+            let last = i + 1 == segs.len();
+            let want = if last { payload.len() - i * mss } else { mss };
+            assert_eq!(n, hl + want, "segment {i} length");
+            assert!(tcp_checksum_ok(s), "segment {i} TCP checksum");
+            if v6 {
+                assert_eq!(usize::from(u16::from_be_bytes([s[18], s[19]])), n - 54);
+                assert_eq!(
+                    s[..18],
+                    frame[..18],
+                    "segment {i} headers before the length"
+                );
+                assert_eq!(s[20..t], frame[20..t]);
+            } else {
+                assert!(ipv4_checksum_ok(s), "segment {i} IPv4 checksum");
+                assert_eq!(usize::from(u16::from_be_bytes([s[16], s[17]])), n - 14);
+                assert_eq!(
+                    u16::from_be_bytes([s[18], s[19]]),
+                    ident0.wrapping_add(i as u16)
+                );
+                assert_eq!(s[..16], frame[..16]);
+                assert_eq!(s[20..24], frame[20..24]);
+                assert_eq!(s[26..t], frame[26..t]);
+            }
+            let seq = u32::from_be_bytes(s[t + 4..t + 8].try_into().unwrap());
+            assert_eq!(seq, seq0.wrapping_add((i * mss) as u32), "segment {i} seq");
+            let mut flags = flags0;
+            if i > 0 {
+                flags &= !CWR;
+            }
+            if !last {
+                flags &= !(FIN | PSH);
+            }
+            assert_eq!(s[t + 13], flags, "segment {i} flags");
+            assert_eq!(s[t..t + 4], frame[t..t + 4]);
+            assert_eq!(s[t + 8..t + 13], frame[t + 8..t + 13]);
+            assert_eq!(s[t + 14..t + 16], frame[t + 14..t + 16]);
+            assert_eq!(
+                s[t + 18..hl],
+                frame[t + 18..hl],
+                "urgent pointer and options"
+            );
+            joined.extend_from_slice(&s[hl..]);
+            result.push(s.to_vec());
+        }
+        assert_eq!(joined, payload);
+        result
+    }
+
+    #[test]
+    fn segments_real_kernel_super_frames() {
+        for (raw, v6, mss) in [(KERNEL_TSO_V4, false, 1460), (KERNEL_TSO_V6, true, 1440)] {
+            let hdr = VnetHdr::parse(raw).unwrap();
+            assert_eq!(hdr.flags, VnetHdr::F_NEEDS_CSUM);
+            assert_eq!(hdr.gso_size, mss);
+            assert_eq!(
+                hdr.gso_type,
+                if v6 {
+                    VnetHdr::GSO_TCPV6
+                } else {
+                    VnetHdr::GSO_TCPV4
+                }
+            );
+            let frame = &raw[VNET_HDR_LEN..];
+            let segs = segment_and_check(frame, &hdr);
+            assert_eq!(segs.len(), 5);
+            // The kernel's partial checksum covers the whole super-frame: completed as a
+            // non-GSO frame, it verifies.
+            let mut whole = frame.to_vec();
+            crate::offload::complete_checksum(
+                &mut whole,
+                usize::from(hdr.csum_start),
+                usize::from(hdr.csum_offset),
+            )
+            .unwrap();
+            assert!(tcp_checksum_ok(&whole));
+        }
+    }
+
+    #[test]
+    fn segments_v4_super_frame() {
+        let o = TcpOpts {
+            payload_len: 64000,
+            flags: ACK | PSH,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, false, 1448);
+        let segs = segment_and_check(&frame, &hdr);
+        assert_eq!(segs.len(), 45);
+        assert_eq!(segs[44].len(), 66 + 64000 - 44 * 1448, "last short segment");
+        // Each segment is exactly what the sender would have sent without TSO.
+        for (i, s) in segs.iter().enumerate() {
+            let want = TcpOpts {
+                seq: o.seq.wrapping_add((i * 1448) as u32),
+                ident: o.ident + i as u16,
+                payload_len: (64000 - i * 1448).min(1448),
+                flags: if i == 44 { ACK | PSH } else { ACK },
+                ..o.clone()
+            };
+            assert_eq!(*s, tcp_v4_segment(&want), "segment {i}");
+        }
+    }
+
+    #[test]
+    fn segments_v6_super_frame() {
+        let o = TcpOpts {
+            payload_len: 65535 - 40 - 32,
+            flags: ACK | PSH | FIN,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, true, 1428);
+        let segs = segment_and_check(&frame, &hdr);
+        assert_eq!(segs.len(), (65535 - 72usize).div_ceil(1428));
+        for (i, s) in segs.iter().enumerate() {
+            let last = i + 1 == segs.len();
+            let want = TcpOpts {
+                seq: o.seq.wrapping_add((i * 1428) as u32),
+                payload_len: (o.payload_len - i * 1428).min(1428),
+                flags: if last { ACK | PSH | FIN } else { ACK },
+                ..o.clone()
+            };
+            assert_eq!(*s, tcp_v6_segment(&want), "segment {i}");
+        }
+    }
+
+    #[test]
+    fn cwr_only_on_first_and_ecn_flag_accepted() {
+        let o = TcpOpts {
+            payload_len: 5000,
+            flags: ACK | CWR | PSH,
+            ..TcpOpts::default()
+        };
+        for v6 in [false, true] {
+            let (frame, mut hdr) = super_frame(&o, v6, 1000);
+            hdr.gso_type |= VnetHdr::GSO_ECN;
+            let segs = segment_and_check(&frame, &hdr);
+            let t = tcp_start(&frame);
+            let flags: Vec<u8> = segs.iter().map(|s| s[t + 13]).collect();
+            assert_eq!(flags, [ACK | CWR, ACK, ACK, ACK, ACK | PSH]);
+        }
+    }
+
+    #[test]
+    fn sequence_and_ident_wrap() {
+        let o = TcpOpts {
+            seq: u32::MAX - 1000,
+            ident: u16::MAX - 1,
+            payload_len: 4000,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, false, 1000);
+        let segs = segment_and_check(&frame, &hdr);
+        assert_eq!(u16::from_be_bytes([segs[3][18], segs[3][19]]), 1);
+    }
+
+    #[test]
+    fn exact_multiple_and_single_segment() {
+        let o = TcpOpts {
+            payload_len: 3 * 1448,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, false, 1448);
+        let segs = segment_and_check(&frame, &hdr);
+        assert!(segs.iter().all(|s| s.len() == 66 + 1448));
+
+        // No more payload than one MSS: one segment, the frame with its checksum completed.
+        let o = TcpOpts {
+            payload_len: 100,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, true, 1448);
+        let segs = segment_and_check(&frame, &hdr);
+        assert_eq!(segs, [tcp_v6_segment(&o)]);
+    }
+
+    #[test]
+    fn ipv4_options_are_copied_into_every_segment() {
+        let o = TcpOpts {
+            payload_len: 3000,
+            ..TcpOpts::default()
+        };
+        let (plain, mut hdr) = super_frame(&o, false, 1400);
+        // Insert 4 option bytes (NOP, NOP, NOP, EOL) after the fixed IPv4 header.
+        let mut frame = plain[..34].to_vec();
+        frame.extend_from_slice(&[1, 1, 1, 0]);
+        frame.extend_from_slice(&plain[34..]);
+        frame[14] = 0x46;
+        let total = u16::from_be_bytes([frame[16], frame[17]]) + 4;
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        hdr.csum_start += 4;
+        hdr.hdr_len += 4;
+        let segs = segment_and_check(&frame, &hdr);
+        assert!(segs.iter().all(|s| s[34..38] == [1, 1, 1, 0]));
+    }
+
+    #[test]
+    fn trusts_headers_not_hdr_len() {
+        // The kernel reports the skb's linear length, here the whole first segment.
+        let o = TcpOpts {
+            payload_len: 5000,
+            ..TcpOpts::default()
+        };
+        let (frame, mut hdr) = super_frame(&o, false, 1448);
+        for hdr_len in [0, 14, 66 + 1448, frame.len() as u16] {
+            hdr.hdr_len = hdr_len;
+            segment_and_check(&frame, &hdr);
+        }
+        hdr.hdr_len = frame.len() as u16 + 1;
+        assert!(matches!(
+            TcpSegments::new(&frame, &hdr),
+            Err(OffloadError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn without_needs_csum_offsets_are_not_checked() {
+        let o = TcpOpts {
+            payload_len: 3000,
+            ..TcpOpts::default()
+        };
+        let (frame, mut hdr) = super_frame(&o, false, 1448);
+        hdr.flags = 0;
+        hdr.csum_start = 0;
+        hdr.csum_offset = 0;
+        segment_and_check(&frame, &hdr);
+    }
+
+    #[test]
+    fn write_checks_index_and_buffer() {
+        let o = TcpOpts {
+            payload_len: 3000,
+            ..TcpOpts::default()
+        };
+        let (frame, hdr) = super_frame(&o, false, 1448);
+        let segs = TcpSegments::new(&frame, &hdr).unwrap();
+        let mut out = vec![0u8; segs.max_segment_len()];
+        assert_eq!(segs.write(3, &mut out), Err(OffloadError::NoSuchSegment));
+        assert_eq!(
+            segs.write(usize::MAX, &mut out),
+            Err(OffloadError::NoSuchSegment)
+        );
+        assert_eq!(
+            segs.write(0, &mut out[..segs.max_segment_len() - 1]),
+            Err(OffloadError::BufferTooSmall)
+        );
+        // The short last segment fits a buffer too small for the others.
+        let last_len = 66 + 3000 - 2 * 1448;
+        assert_eq!(segs.write(2, &mut out[..last_len]), Ok(last_len));
+    }
+
+    #[test]
+    fn rejects_inconsistent_frames() {
+        use OffloadError::*;
+        let o = TcpOpts {
+            payload_len: 3000,
+            ..TcpOpts::default()
+        };
+        let (v4, h4) = super_frame(&o, false, 1448);
+        let (v6, h6) = super_frame(&o, true, 1448);
+        let check = |frame: &[u8], hdr: &VnetHdr, want: fn(&OffloadError) -> bool, what: &str| {
+            let r = TcpSegments::new(frame, hdr);
+            assert!(
+                r.as_ref().is_err_and(want),
+                "{what}: got {:?}",
+                r.map(|s| s.len())
+            );
+        };
+        let malformed = |e: &OffloadError| matches!(e, Malformed(_));
+        let unsupported = |e: &OffloadError| matches!(e, Unsupported(_));
+
+        let with = |hdr: &VnetHdr, f: fn(&mut VnetHdr)| {
+            let mut h = *hdr;
+            f(&mut h);
+            h
+        };
+        check(
+            &v4,
+            &with(&h4, |h| h.gso_type = VnetHdr::GSO_NONE),
+            malformed,
+            "GSO_NONE",
+        );
+        check(
+            &v4,
+            &with(&h4, |h| h.gso_type = VnetHdr::GSO_UDP),
+            unsupported,
+            "UFO",
+        );
+        check(&v4, &with(&h4, |h| h.gso_type = 5), unsupported, "USO");
+        check(&v4, &with(&h4, |h| h.gso_size = 0), malformed, "gso_size 0");
+        check(
+            &v4,
+            &with(&h4, |h| h.gso_type = VnetHdr::GSO_TCPV6),
+            malformed,
+            "v4 as v6",
+        );
+        check(&v6, &h4, malformed, "v6 as v4");
+        check(
+            &v4,
+            &with(&h4, |h| h.csum_start = 30),
+            malformed,
+            "csum_start",
+        );
+        check(
+            &v4,
+            &with(&h4, |h| h.csum_offset = 6),
+            malformed,
+            "csum_offset",
+        );
+
+        let edit = |frame: &[u8], f: &dyn Fn(&mut Vec<u8>)| {
+            let mut v = frame.to_vec();
+            f(&mut v);
+            v
+        };
+        check(&edit(&v4, &|f| f[14] = 0x65), &h4, malformed, "version");
+        check(&edit(&v4, &|f| f[14] = 0x44), &h4, malformed, "IHL 4");
+        check(&edit(&v4, &|f| f[20] |= 0x20), &h4, malformed, "MF");
+        check(
+            &edit(&v4, &|f| f[21] = 1),
+            &h4,
+            malformed,
+            "fragment offset",
+        );
+        check(
+            &edit(&v4, &|f| f[23] = 17),
+            &h4,
+            malformed,
+            "UDP in a TCP GSO frame",
+        );
+        check(&edit(&v4, &|f| f[46] = 0x40), &h4, malformed, "TCP doff 4");
+        check(
+            &edit(&v4, &|f| f.push(0)),
+            &h4,
+            malformed,
+            "padding after the IP length",
+        );
+        check(
+            &edit(&v4, &|f| f[16..18].copy_from_slice(&[0, 19])),
+            &h4,
+            malformed,
+            "total < IHL",
+        );
+        check(
+            &edit(&v4, &|f| f.truncate(66)),
+            &h4,
+            |e| *e == Truncated,
+            "cut at headers",
+        );
+        check(
+            &edit(&v6, &|f| f[20] = 0),
+            &h6,
+            unsupported,
+            "hop-by-hop header",
+        );
+        check(
+            &edit(&v6, &|f| f[20] = 44),
+            &h6,
+            unsupported,
+            "fragment header",
+        );
+        check(&edit(&v6, &|f| f[14] = 0x45), &h6, malformed, "v6 version");
+        check(
+            &edit(&v6, &|f| f.truncate(86)),
+            &h6,
+            |e| *e == Truncated,
+            "v6 truncated",
+        );
+
+        // Headers only: a GSO frame without payload.
+        let mut bare = v4[..66].to_vec();
+        bare[16..18].copy_from_slice(&52u16.to_be_bytes());
+        check(&bare, &h4, malformed, "no payload");
+    }
+
+    #[test]
+    fn every_truncation_and_random_bytes_never_panic() {
+        let o = TcpOpts {
+            payload_len: 700,
+            ..TcpOpts::default()
+        };
+        let mut out = vec![0u8; 2000];
+        for v6 in [false, true] {
+            let (frame, hdr) = super_frame(&o, v6, 256);
+            for len in 0..frame.len() {
+                assert!(TcpSegments::new(&frame[..len], &hdr).is_err(), "len {len}");
+            }
+            for seed in 0..3000u64 {
+                let mut f = frame.clone();
+                // Scribble over the headers; the payload does not matter to parsing.
+                let n = noise(seed, 8);
+                for k in 0..4 {
+                    let at = usize::from(n[2 * k]) % 90;
+                    f[at] = n[2 * k + 1];
+                }
+                let mut h = hdr;
+                h.gso_size = u16::from(n[0] % 8) * 100;
+                if let Ok(segs) = TcpSegments::new(&f, &h) {
+                    for i in 0..segs.len() {
+                        let len = segs.write(i, &mut out).unwrap();
+                        assert!(tcp_checksum_ok(&out[..len]));
+                    }
+                }
+                let garbage = noise(seed ^ 0x5555, usize::from(n[1]) * 3);
+                let vh = VnetHdr::parse(&noise(seed, 10)).unwrap();
+                if let Ok(segs) = TcpSegments::new(&garbage, &vh) {
+                    let _ = segs.write(0, &mut out);
+                }
+            }
+        }
+    }
+}

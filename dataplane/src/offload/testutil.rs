@@ -1,0 +1,345 @@
+//! Test frames and an independent checksum for the offload tests.
+//!
+//! Frames are built with the `wire` views where they exist (Ethernet, IPv4, IPv6) and by hand
+//! for TCP; checksums are verified with [`reference_sum`], a byte-at-a-time RFC 1071 sum that
+//! shares no code with `wire::checksum`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::VnetHdr;
+use crate::wire::{
+    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr, MacAddr,
+};
+
+pub(crate) const ACK: u8 = 0x10;
+pub(crate) const PSH: u8 = 0x08;
+pub(crate) const FIN: u8 = 0x01;
+pub(crate) const CWR: u8 = 0x80;
+
+/// Super-frames as a real kernel (Linux 6.18.44, x86-64) hands them to the reader of a TAP with
+/// `IFF_VNET_HDR` and TSO on: vnet header + frame, captured by `tests/offload_tap.rs` with
+/// `VXDP_OFFLOAD_CAPTURE` set. IPv4: 5 segments of 1460 (hdr_len 54, csum_start 34); IPv6:
+/// flow label set, 5 segments of 1440 (hdr_len 74, csum_start 54); both with PSH.
+pub(crate) const KERNEL_TSO_V4: &[u8] = include_bytes!("testdata/tso-v4.bin");
+pub(crate) const KERNEL_TSO_V6: &[u8] = include_bytes!("testdata/tso-v6.bin");
+
+/// RFC 1071 as written, over the concatenation of `parts`: big-endian 16-bit words, end-around
+/// carry, an odd last byte padded with zero.
+pub(crate) fn reference_sum(parts: &[&[u8]]) -> u16 {
+    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    let mut sum: u32 = 0;
+    for pair in bytes.chunks(2) {
+        let hi = u32::from(pair[0]) << 8;
+        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+        sum += hi | lo;
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+    }
+    sum as u16
+}
+
+/// Byte `p` of the test TCP stream: each sequence number has its own byte, so misplaced payload
+/// shows.
+pub(crate) fn stream_byte(p: u32) -> u8 {
+    (p.wrapping_mul(31).wrapping_add(7) ^ (p >> 8) ^ (p >> 16)) as u8
+}
+
+/// The stream bytes from sequence number `seq` on.
+pub(crate) fn stream(seq: u32, len: usize) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| stream_byte(seq.wrapping_add(i)))
+        .collect()
+}
+
+/// What a test segment holds. `Default` is a plain ACK of 1448 bytes of a 10.1.1.2 -> 10.1.2.3
+/// (fd01::2 -> fd02::3) flow with timestamps, DF set and ident 0x1000.
+#[derive(Debug, Clone)]
+pub(crate) struct TcpOpts {
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    pub src4: Ipv4Addr,
+    pub dst4: Ipv4Addr,
+    pub src6: Ipv6Addr,
+    pub dst6: Ipv6Addr,
+    pub tos: u8,
+    pub ttl: u8,
+    pub ident: u16,
+    pub df: bool,
+    pub flow_label: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub urgent: u16,
+    /// TCP options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+    pub payload_len: usize,
+}
+
+impl Default for TcpOpts {
+    fn default() -> Self {
+        TcpOpts {
+            src_mac: MacAddr([0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44]),
+            dst_mac: MacAddr([0x9a, 0x3b, 0x5c, 0x7d, 0x1e, 0x02]),
+            src4: Ipv4Addr::new(10, 1, 1, 2),
+            dst4: Ipv4Addr::new(10, 1, 2, 3),
+            src6: "fd01::2".parse().unwrap(),
+            dst6: "fd02::3".parse().unwrap(),
+            tos: 0,
+            ttl: 64,
+            ident: 0x1000,
+            df: true,
+            flow_label: 0x12345,
+            src_port: 40000,
+            dst_port: 5201,
+            seq: 0xfff0_0000,
+            ack: 0x1234_5678,
+            flags: ACK,
+            window: 502,
+            urgent: 0,
+            // NOP, NOP, timestamps: what Linux puts on every data segment.
+            options: vec![1, 1, 8, 10, 0, 1, 0x86, 0xa0, 0x7d, 0x6b, 0x20, 0xa2],
+            payload_len: 1448,
+        }
+    }
+}
+
+impl TcpOpts {
+    /// The next segment of the stream: sequence number advanced by this payload, ident + 1.
+    pub fn next(&self) -> TcpOpts {
+        TcpOpts {
+            seq: self.seq.wrapping_add(self.payload_len as u32),
+            ident: self.ident.wrapping_add(1),
+            ..self.clone()
+        }
+    }
+}
+
+/// A TCP header with options and payload, checksum field zero.
+fn tcp_bytes(o: &TcpOpts, payload: &[u8]) -> Vec<u8> {
+    assert_eq!(o.options.len() % 4, 0);
+    let mut t = Vec::with_capacity(20 + o.options.len() + payload.len());
+    t.extend_from_slice(&o.src_port.to_be_bytes());
+    t.extend_from_slice(&o.dst_port.to_be_bytes());
+    t.extend_from_slice(&o.seq.to_be_bytes());
+    t.extend_from_slice(&o.ack.to_be_bytes());
+    t.push((((20 + o.options.len()) / 4) << 4) as u8);
+    t.push(o.flags);
+    t.extend_from_slice(&o.window.to_be_bytes());
+    t.extend_from_slice(&[0, 0]);
+    t.extend_from_slice(&o.urgent.to_be_bytes());
+    t.extend_from_slice(&o.options);
+    t.extend_from_slice(payload);
+    t
+}
+
+fn ethernet(o: &TcpOpts, ethertype: EtherType) -> Vec<u8> {
+    let mut e = vec![0u8; 14];
+    EthernetRepr {
+        src_addr: o.src_mac,
+        dst_addr: o.dst_mac,
+        ethertype,
+    }
+    .emit(&mut EthernetFrame::new_unchecked(&mut e[..]));
+    e
+}
+
+fn ipv4_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    let mut ip = Ipv4Packet::new_unchecked(&mut h[..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_dscp_ecn(o.tos);
+    ip.set_total_len((20 + tcp_len) as u16);
+    ip.set_ident(o.ident);
+    ip.clear_flags();
+    ip.set_dont_frag(o.df);
+    ip.set_hop_limit(o.ttl);
+    ip.set_next_header(IpProtocol::Tcp);
+    ip.set_src_addr(o.src4);
+    ip.set_dst_addr(o.dst4);
+    let c = !reference_sum(&[&h]);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
+fn ipv6_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
+    let mut h = vec![0u8; 40];
+    let mut ip = Ipv6Packet::new_unchecked(&mut h[..]);
+    Ipv6Repr {
+        src_addr: o.src6,
+        dst_addr: o.dst6,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp_len,
+        hop_limit: o.ttl,
+    }
+    .emit(&mut ip);
+    ip.set_traffic_class(o.tos);
+    ip.set_flow_label(o.flow_label);
+    h
+}
+
+fn pseudo_v4(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&o.src4.octets());
+    p.extend_from_slice(&o.dst4.octets());
+    p.extend_from_slice(&[0, 6]);
+    p.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    p
+}
+
+fn pseudo_v6(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&o.src6.octets());
+    p.extend_from_slice(&o.dst6.octets());
+    p.extend_from_slice(&(tcp_len as u32).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 6]);
+    p
+}
+
+fn assemble(o: &TcpOpts, v6: bool, payload: &[u8], partial: bool) -> Vec<u8> {
+    let mut tcp = tcp_bytes(o, payload);
+    let pseudo = if v6 {
+        pseudo_v6(o, tcp.len())
+    } else {
+        pseudo_v4(o, tcp.len())
+    };
+    let c = if partial {
+        reference_sum(&[&pseudo])
+    } else {
+        !reference_sum(&[&pseudo, &tcp])
+    };
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let (ethertype, ip) = if v6 {
+        (EtherType::Ipv6, ipv6_header(o, tcp.len()))
+    } else {
+        (EtherType::Ipv4, ipv4_header(o, tcp.len()))
+    };
+    let mut f = ethernet(o, ethertype);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+/// A complete Ethernet/IPv4/TCP segment with correct checksums; the payload is the stream from
+/// `o.seq`.
+pub(crate) fn tcp_v4_segment(o: &TcpOpts) -> Vec<u8> {
+    assemble(o, false, &stream(o.seq, o.payload_len), false)
+}
+
+/// A complete Ethernet/IPv6/TCP segment with a correct checksum.
+pub(crate) fn tcp_v6_segment(o: &TcpOpts) -> Vec<u8> {
+    assemble(o, true, &stream(o.seq, o.payload_len), false)
+}
+
+/// A super-frame as tun hands it over with TSO: `o.payload_len` bytes of stream in one frame,
+/// the TCP checksum field holding the pseudo header sum, and its vnet header (hdr_len = the
+/// headers, as for a locally generated skb).
+pub(crate) fn super_frame(o: &TcpOpts, v6: bool, mss: u16) -> (Vec<u8>, VnetHdr) {
+    let frame = assemble(o, v6, &stream(o.seq, o.payload_len), true);
+    let tcp_start = if v6 { 54 } else { 34 };
+    let hdr = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: if v6 {
+            VnetHdr::GSO_TCPV6
+        } else {
+            VnetHdr::GSO_TCPV4
+        },
+        hdr_len: (tcp_start + 20 + o.options.len()) as u16,
+        gso_size: mss,
+        csum_start: tcp_start as u16,
+        csum_offset: 16,
+    };
+    (frame, hdr)
+}
+
+/// Where the TCP header of an Ethernet/IPv4-or-IPv6/TCP frame starts, read without the code
+/// under test.
+pub(crate) fn tcp_start(frame: &[u8]) -> usize {
+    match u16::from_be_bytes([frame[12], frame[13]]) {
+        0x0800 => 14 + usize::from(frame[14] & 0x0f) * 4,
+        0x86dd => 54,
+        t => panic!("not IP: {t:#06x}"),
+    }
+}
+
+/// Whether the frame's TCP checksum verifies (independently of `wire::checksum`). The IP
+/// length fields decide where the segment ends.
+pub(crate) fn tcp_checksum_ok(frame: &[u8]) -> bool {
+    let t = tcp_start(frame);
+    if frame[12] == 0x08 {
+        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        let end = 14 + total;
+        let tcp_len = (end - t) as u16;
+        reference_sum(&[
+            &frame[26..34],
+            &[0, 6],
+            &tcp_len.to_be_bytes(),
+            &frame[t..end],
+        ]) == 0xffff
+    } else {
+        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+        let end = 54 + plen;
+        let tcp_len = plen as u32;
+        reference_sum(&[
+            &frame[22..54],
+            &tcp_len.to_be_bytes(),
+            &[0, 0, 0, 6],
+            &frame[t..end],
+        ]) == 0xffff
+    }
+}
+
+/// Whether an IPv4 frame's header checksum verifies.
+pub(crate) fn ipv4_checksum_ok(frame: &[u8]) -> bool {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    reference_sum(&[&frame[14..14 + ihl]]) == 0xffff
+}
+
+/// Fixes the IPv4 header checksum (if IPv4) and the TCP checksum of a hand-edited frame.
+pub(crate) fn refresh_checksums(frame: &mut [u8]) {
+    let t = tcp_start(frame);
+    if frame[12] == 0x08 {
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        frame[24..26].fill(0);
+        let c = !reference_sum(&[&frame[14..14 + ihl]]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+        let end = 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+        let tcp_len = (end - t) as u16;
+        frame[t + 16..t + 18].fill(0);
+        let c = !reference_sum(&[
+            &frame[26..34],
+            &[0, 6],
+            &tcp_len.to_be_bytes(),
+            &frame[t..end],
+        ]);
+        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+        let end = 54 + plen;
+        frame[t + 16..t + 18].fill(0);
+        let c = !reference_sum(&[
+            &frame[22..54],
+            &(plen as u32).to_be_bytes(),
+            &[0, 0, 0, 6],
+            &frame[t..end],
+        ]);
+        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// A small deterministic byte generator (xorshift), so the tests need no rand crate.
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
