@@ -337,6 +337,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = XskBindChoice::Auto, env = "VXDP_XSK_BIND", help_heading = "Dataplane (vxdp)")]
     pub xsk_bind: XskBindChoice,
 
+    /// TAP offloads: TCP segmentation of the kernel's super-frames and coalescing of received
+    /// segments in userspace (`on`), or one frame per read and write (`off`).
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), env = "VXDP_TAP_OFFLOADS", help_heading = "Dataplane (vxdp)")]
+    pub tap_offloads: bool,
+
     /// Compute outer UDP checksums over IPv4 (RFC 7348 allows zero; IPv6 always has them).
     #[arg(long, env = "VXDP_UDP_CSUM", help_heading = "Dataplane (vxdp)")]
     pub udp_csum: bool,

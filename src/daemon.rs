@@ -391,6 +391,7 @@ async fn run_with_store<S: LeaseStore>(
         udp_checksum: args.udp_csum,
         allow_unknown_peers: args.allow_unknown_peers,
         direct_routing: config.backend.direct_routing,
+        tap_offloads: args.tap_offloads,
     };
     let kernel_config = KernelBackendConfig {
         device: device.clone(),

@@ -19,7 +19,9 @@ use dataplane::tunnel::{DecapPolicy, OuterHeader, OuterParams};
 use dataplane::wire::{MacAddr, Vni};
 use dataplane::worker::{StopSignal, Worker};
 use dataplane::xdp::{SteeringConfig, SteeringProgram, XdpCounters, XdpMode};
-use dataplane::xsk::{BindMode, SocketMode, XskConfig, XskKernelStats, XskSocket, XskStatsReader};
+use dataplane::xsk::{
+    BindMode, SocketMode, XskConfig, XskError, XskKernelStats, XskSocket, XskStatsReader,
+};
 use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 
@@ -63,6 +65,8 @@ pub struct XdpBackendConfig {
     pub allow_unknown_peers: bool,
     /// DirectRouting: peers on the same L2 get a plain route to their PublicIP.
     pub direct_routing: bool,
+    /// Ask the TAP for vnet headers and TCP offloads (TSO in, GRO out).
+    pub tap_offloads: bool,
 }
 
 struct WorkerHandle {
@@ -282,6 +286,26 @@ fn umem_frames_per_queue(requested: Option<u32>, queues: usize) -> anyhow::Resul
     Ok(fitted)
 }
 
+fn open_sockets(
+    ifname: &str,
+    queues: usize,
+    frames: u32,
+    bind_mode: BindMode,
+) -> Result<Vec<XskSocket>, XskError> {
+    (0..queues as u32)
+        .map(|queue| {
+            XskSocket::open(&XskConfig {
+                ifname: ifname.to_string(),
+                queue_id: queue,
+                frame_size: FRAME_SIZE,
+                frame_count: frames,
+                ring_size: frames / 2,
+                bind_mode,
+            })
+        })
+        .collect()
+}
+
 impl XdpBackend {
     /// Creates the TAP, loads and attaches the XDP program, binds the sockets and starts the
     /// workers. On failure everything already created is undone (by drop).
@@ -301,8 +325,9 @@ impl XdpBackend {
             mac: config.vtep_mac,
             mtu,
             queues,
-            offload: false,
+            offload: config.tap_offloads,
         })?;
+        let offloads = tap.offloads();
         let tap_link = nl
             .link_by_name(&config.device)
             .await?
@@ -322,18 +347,25 @@ impl XdpBackend {
         };
         let (program, failures) = SteeringProgram::load_and_attach(&steering, &modes)?;
 
-        let mut sockets = Vec::with_capacity(queues);
-        for queue in 0..queues as u32 {
-            let xsk = XskSocket::open(&XskConfig {
-                ifname: ifname.clone(),
-                queue_id: queue,
-                frame_size: FRAME_SIZE,
-                frame_count: frames,
-                ring_size: frames / 2,
-                bind_mode: config.bind_mode,
-            })?;
-            sockets.push(xsk);
-        }
+        // Without CAP_IPC_LOCK the kernel charges UMEM to this user's locked memory, which
+        // other processes of the same user may already use: when it refuses, halve and retry.
+        let mut frames = frames;
+        let sockets = loop {
+            match open_sockets(&ifname, queues, frames, config.bind_mode) {
+                Ok(s) => break s,
+                Err(XskError::Umem { errno, .. })
+                    if frames / 2 >= MIN_UMEM_FRAMES && !has_cap_ipc_lock() =>
+                {
+                    tracing::warn!(
+                        "the kernel refused {frames} UMEM frames per queue ({errno}): this user's \
+                         locked memory is partly in use elsewhere; retrying with {}",
+                        frames / 2
+                    );
+                    frames /= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let socket_mode = sockets[0].mode();
         let vni = Vni::new(config.vni).context("VNI does not fit 24 bits")?;
         let policy = DecapPolicy {
@@ -364,6 +396,7 @@ impl XdpBackend {
                 local_mac: config.vtep_mac,
                 stats: Arc::clone(&stats),
                 stop: Arc::clone(&stop),
+                offloads,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("vxdp-worker-{queue}"))
@@ -395,17 +428,27 @@ impl XdpBackend {
             .map(|f| format!("{} refused: {}", f.mode, f.error))
             .collect::<Vec<_>>()
             .join("; ");
-        let summary =
-            format!(
-            "backend xdp: XDP {} on {ifname}{}, AF_XDP {socket_mode} mode{}, {queues} queue(s), \
-             {frames} UMEM frames each, TAP {} mtu {}",
-            program.mode(),
-            if why.is_empty() { String::new() } else { format!(" ({why})") },
+        let offload_note = match (offloads.tso, offloads.vnet_hdr, config.tap_offloads) {
+            (true, _, _) => "with TSO/GRO",
+            (false, true, _) => "with checksum offload only (TSO refused)",
+            (false, false, true) => "without offloads (the kernel refused them)",
+            (false, false, false) => "without offloads (--tap-offloads off)",
+        };
+        let zero_copy_note =
             if socket_mode == SocketMode::Copy && config.bind_mode == BindMode::Auto {
                 " (the driver offers no zero-copy)"
             } else {
                 ""
-            },
+            };
+        let attach_note = if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({why})")
+        };
+        let summary = format!(
+            "backend xdp: XDP {} on {ifname}{attach_note}, AF_XDP {socket_mode} mode{zero_copy_note}, \
+             {queues} queue(s), {frames} UMEM frames each, TAP {} mtu {} {offload_note}",
+            program.mode(),
             config.device,
             config.mtu,
         );

@@ -39,6 +39,10 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
     assert_eq!(st["device"]["name"], "vxdp.1");
     assert_eq!(st["device"]["mtu"], 1450);
     assert_eq!(st["workers"][0]["socket_mode"], "copy");
+    assert!(
+        st["summary"].as_str().unwrap().contains("with TSO/GRO"),
+        "{st:#}"
+    );
     let link = c.hosts[0].ns.run(&["ip", "-d", "link", "show", "vxdp.1"]);
     assert!(link.contains("tun type tap"), "{link}");
     assert!(link.contains("mtu 1450"), "{link}");
@@ -106,6 +110,16 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
             "{name}: XDP redirected {redirected}, workers received {received}"
         );
         assert_eq!(a["workers"][0]["socket"]["rx_dropped"], 0, "{name}: {a:#}");
+        // The TAP offloads did their part: the kernel handed over TCP super-frames that the
+        // worker cut into segments, and received segments were merged before delivery.
+        let tso = totals(a, "tso_super_frames") - totals(b, "tso_super_frames");
+        let segs = totals(a, "tso_segments") - totals(b, "tso_segments");
+        let gro = totals(a, "gro_super_frames") - totals(b, "gro_super_frames");
+        assert!(
+            tso > 0 && segs > 2 * tso,
+            "{name}: TSO {tso} super-frames, {segs} segments"
+        );
+        assert!(gro > 0, "{name}: no GRO super-frames written");
     }
 
     // Clean shutdown: exit 0, XDP detached, TAP and routes gone, lease released.
@@ -131,6 +145,52 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
     assert!(
         !routes.contains(&h1_ip.to_string()),
         "route to h1 left: {routes}"
+    );
+}
+
+#[test]
+fn without_tap_offloads_frames_cross_one_by_one() {
+    let mut c = Cluster::new(2);
+    let store = c.local_store(CONFIG);
+    for i in 1..=2 {
+        c.host(i)
+            .start(&["--local-store", s(&store), "--tap-offloads", "off"]);
+    }
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+    }
+    c.host(1).wait_peers(1);
+    let st = c.hosts[0].status();
+    assert!(
+        st["summary"]
+            .as_str()
+            .unwrap()
+            .contains("without offloads (--tap-offloads off)"),
+        "{st:#}"
+    );
+    let features = c.hosts[0].ns.run(&["ethtool", "-k", "vxdp.1"]);
+    assert!(
+        features.contains("tcp-segmentation-offload: off"),
+        "{features}"
+    );
+    let h2 = c.hosts[1].overlay_ip();
+    assert!(tcp_transfer(&c.hosts[0], &c.hosts[1], h2, 7005, 4 << 20));
+    let after = c.hosts[0].status();
+    assert_eq!(totals(&after, "tso_super_frames"), 0);
+    assert!(totals(&after, "nic_tx_bytes") > 4 << 20);
+    // With offloads on, the TAP offers TSO to the kernel.
+    let mut c2 = Cluster::new(1);
+    let store2 = c2.local_store(CONFIG);
+    c2.host(1).start(&["--local-store", s(&store2)]);
+    c2.host(1).wait_ready();
+    let features = c2.hosts[0].ns.run(&["ethtool", "-k", "vxdp.1"]);
+    assert!(
+        features.contains("tcp-segmentation-offload: on"),
+        "{features}"
+    );
+    assert!(
+        features.contains("tx-udp-segmentation: off"),
+        "vxdp cuts TCP only: {features}"
     );
 }
 

@@ -106,6 +106,12 @@ pub struct WorkerStats {
     pub arp_replies: Counter,
     /// Inner checksums a peer left partial, completed before delivery.
     pub rx_csum_completed: Counter,
+    /// TCP super-frames read from the TAP (TSO) and cut into segments.
+    pub tso_super_frames: Counter,
+    /// Segments cut from them.
+    pub tso_segments: Counter,
+    /// Super-frames of coalesced segments written to the TAP (GRO).
+    pub gro_super_frames: Counter,
     /// Writes to the TAP that failed.
     pub tap_write_errors: Counter,
     /// `sendto` kicks of the TX ring.
@@ -128,6 +134,9 @@ impl Default for WorkerStats {
             tap_tx_bytes: Counter::default(),
             arp_replies: Counter::default(),
             rx_csum_completed: Counter::default(),
+            tso_super_frames: Counter::default(),
+            tso_segments: Counter::default(),
+            gro_super_frames: Counter::default(),
             tap_write_errors: Counter::default(),
             tx_kicks: Counter::default(),
             sleeps: Counter::default(),
@@ -162,6 +171,9 @@ impl WorkerStats {
             tap_tx_bytes: self.tap_tx_bytes.get(),
             arp_replies: self.arp_replies.get(),
             rx_csum_completed: self.rx_csum_completed.get(),
+            tso_super_frames: self.tso_super_frames.get(),
+            tso_segments: self.tso_segments.get(),
+            gro_super_frames: self.gro_super_frames.get(),
             tap_write_errors: self.tap_write_errors.get(),
             tx_kicks: self.tx_kicks.get(),
             sleeps: self.sleeps.get(),
@@ -198,6 +210,12 @@ pub struct WorkerCounters {
     pub arp_replies: u64,
     /// Inner checksums completed.
     pub rx_csum_completed: u64,
+    /// TSO super-frames read from the TAP.
+    pub tso_super_frames: u64,
+    /// Segments cut from them.
+    pub tso_segments: u64,
+    /// GRO super-frames written to the TAP.
+    pub gro_super_frames: u64,
     /// Failed TAP writes.
     pub tap_write_errors: u64,
     /// TX ring kicks.
@@ -222,6 +240,9 @@ impl WorkerCounters {
         self.tap_tx_bytes += other.tap_tx_bytes;
         self.arp_replies += other.arp_replies;
         self.rx_csum_completed += other.rx_csum_completed;
+        self.tso_super_frames += other.tso_super_frames;
+        self.tso_segments += other.tso_segments;
+        self.gro_super_frames += other.gro_super_frames;
         self.tap_write_errors += other.tap_write_errors;
         self.tx_kicks += other.tx_kicks;
         self.sleeps += other.sleeps;
