@@ -492,6 +492,136 @@ fn backend_object(backend: Option<&GoValue>) -> Result<GoObject, ConfigError> {
     }
 }
 
+/// What differs between the IPv4 and IPv6 halves of `CheckNetworkConfig`: the width of the
+/// address space and flannel's constants and field names. The rules themselves are one.
+struct Family {
+    bits: u32,
+    len_field: &'static str,
+    min_field: &'static str,
+    max_field: &'static str,
+    network_field: &'static str,
+    /// SubnetLen when unset: this...
+    default_len: u8,
+    /// ...for networks up to this prefix, else prefix + 2.
+    default_len_up_to: u8,
+    /// The longest SubnetLen.
+    max_len: u8,
+}
+
+const IPV4: Family = Family {
+    bits: 32,
+    len_field: "SubnetLen",
+    min_field: "SubnetMin",
+    max_field: "SubnetMax",
+    network_field: "Network",
+    default_len: 24,
+    default_len_up_to: 22,
+    max_len: 30,
+};
+
+const IPV6: Family = Family {
+    bits: 128,
+    len_field: "IPv6SubnetLen",
+    min_field: "IPv6SubnetMin",
+    max_field: "IPv6SubnetMax",
+    network_field: "IPv6Network",
+    default_len: 64,
+    default_len_up_to: 62,
+    max_len: 126,
+};
+
+impl Family {
+    /// The subnet length: the configured one checked, or flannel's default. `None` when unset
+    /// and the network is too small to split (the caller names the network in its error).
+    fn subnet_len(
+        &self,
+        configured: u64,
+        prefix: u8,
+        network: &str,
+    ) -> Result<Option<u8>, ConfigError> {
+        Ok(Some(match configured {
+            0 if prefix > self.max_len - 2 => return Ok(None),
+            0 if prefix <= self.default_len_up_to => self.default_len,
+            0 => prefix + 2,
+            n if n > u64::from(self.max_len) => {
+                return Err(ConfigError::SubnetLenTooLong {
+                    field: self.len_field,
+                    subnet_len: n,
+                    limit: self.max_len + 1,
+                    max: self.max_len,
+                })
+            }
+            n if n < u64::from(prefix) + 2 => {
+                return Err(ConfigError::TooFewSubnets {
+                    field: self.len_field,
+                    subnet_len: n,
+                    network: network.to_string(),
+                    min: prefix + 2,
+                })
+            }
+            // n <= max_len here.
+            n => n as u8,
+        }))
+    }
+
+    /// SubnetMin and SubnetMax: defaults (the second subnet and the last one), inside the
+    /// network, aligned, in order. Addresses are widened to u128; arithmetic wraps at the
+    /// family's width, as Go's does (255.255.0.0/16's "next" network is 0.0.0.0).
+    #[allow(clippy::too_many_arguments)]
+    fn subnet_range(
+        &self,
+        base: u128,
+        prefix: u8,
+        subnet_len: u8,
+        configured_min: Option<u128>,
+        configured_max: Option<u128>,
+        contains: impl Fn(u128) -> bool,
+        show: impl Fn(u128) -> String,
+        network: &str,
+    ) -> Result<(u128, u128), ConfigError> {
+        let width = if self.bits == 128 {
+            u128::MAX
+        } else {
+            (1u128 << self.bits) - 1
+        };
+        let size = 1u128 << (self.bits - u32::from(subnet_len));
+        // prefix >= 1 for IPv6 (::/0 is refused), so the shift stays below 128.
+        let network_size = 1u128 << (self.bits - u32::from(prefix));
+        let pick = |configured: Option<u128>, default: u128, field| match configured {
+            // Unset, or the unspecified address: flannel's default.
+            None | Some(0) => Ok(default & width),
+            Some(a) if !contains(a) => Err(outside(field, show(a), self.network_field, network)),
+            Some(a) => Ok(a),
+        };
+        let min = pick(configured_min, base.wrapping_add(size), self.min_field)?;
+        let max = pick(
+            configured_max,
+            base.wrapping_add(network_size).wrapping_sub(size),
+            self.max_field,
+        )?;
+        let mask = (u128::MAX << (self.bits - u32::from(subnet_len))) & width;
+        for (field, a) in [(self.min_field, min), (self.max_field, max)] {
+            if a & mask != a {
+                return Err(ConfigError::NotAligned {
+                    field,
+                    value: show(a),
+                    subnet_len,
+                    aligned: show(a & mask),
+                });
+            }
+        }
+        if min > max {
+            return Err(ConfigError::MinAboveMax {
+                min_field: self.min_field,
+                min: show(min),
+                max_field: self.max_field,
+                max: show(max),
+            });
+        }
+        Ok((min, max))
+    }
+}
+
 /// `CheckNetworkConfig`, IPv4 half.
 fn check_ipv4(raw: &RawConfig<'_>) -> Result<(Ipv4Net, u8, Ipv4Addr, Ipv4Addr), ConfigError> {
     let network = raw
@@ -499,72 +629,21 @@ fn check_ipv4(raw: &RawConfig<'_>) -> Result<(Ipv4Net, u8, Ipv4Addr, Ipv4Addr), 
         .filter(|n| !(n.addr().is_unspecified() && n.prefix_len() == 0))
         .ok_or(ConfigError::NetworkMissing)?;
     let prefix = network.prefix_len();
-    let subnet_len = match raw.subnet_len {
-        0 if prefix > 28 => return Err(ConfigError::NetworkTooSmall { network }),
-        0 if prefix <= 22 => 24,
-        0 => prefix + 2,
-        n if n > 30 => {
-            return Err(ConfigError::SubnetLenTooLong {
-                field: "SubnetLen",
-                subnet_len: n,
-                limit: 31,
-                max: 30,
-            })
-        }
-        n if n < u64::from(prefix) + 2 => {
-            return Err(ConfigError::TooFewSubnets {
-                field: "SubnetLen",
-                subnet_len: n,
-                network: network.to_string(),
-                min: prefix + 2,
-            })
-        }
-        // n <= 30 here.
-        n => n as u8,
-    };
-    let size = 1u32 << (32 - subnet_len);
-    let base = u32::from(network.addr());
-    // Go computes with uint32 and wraps; so does this (255.255.0.0/16's "next" is 0.0.0.0).
-    let network_size = (1u64 << (32 - prefix)) as u32;
-
-    let min = match raw.subnet_min {
-        None => Ipv4Addr::from(base.wrapping_add(size)),
-        Some(a) if a.is_unspecified() => Ipv4Addr::from(base.wrapping_add(size)),
-        Some(a) if !network.contains(&a) => {
-            return Err(outside("SubnetMin", a, "Network", network))
-        }
-        Some(a) => a,
-    };
-    let max = match raw.subnet_max {
-        None => Ipv4Addr::from(base.wrapping_add(network_size).wrapping_sub(size)),
-        Some(a) if a.is_unspecified() => {
-            Ipv4Addr::from(base.wrapping_add(network_size).wrapping_sub(size))
-        }
-        Some(a) if !network.contains(&a) => {
-            return Err(outside("SubnetMax", a, "Network", network))
-        }
-        Some(a) => a,
-    };
-    let mask = u32::MAX << (32 - subnet_len);
-    for (field, a) in [("SubnetMin", min), ("SubnetMax", max)] {
-        if u32::from(a) & mask != u32::from(a) {
-            return Err(ConfigError::NotAligned {
-                field,
-                value: a.to_string(),
-                subnet_len,
-                aligned: Ipv4Addr::from(u32::from(a) & mask).to_string(),
-            });
-        }
-    }
-    if min > max {
-        return Err(ConfigError::MinAboveMax {
-            min_field: "SubnetMin",
-            min: min.to_string(),
-            max_field: "SubnetMax",
-            max: max.to_string(),
-        });
-    }
-    Ok((network, subnet_len, min, max))
+    let subnet_len = IPV4
+        .subnet_len(raw.subnet_len, prefix, &network.to_string())?
+        .ok_or(ConfigError::NetworkTooSmall { network })?;
+    let v4 = |a: u128| Ipv4Addr::from(a as u32);
+    let (min, max) = IPV4.subnet_range(
+        u128::from(u32::from(network.addr())),
+        prefix,
+        subnet_len,
+        raw.subnet_min.map(|a| u128::from(u32::from(a))),
+        raw.subnet_max.map(|a| u128::from(u32::from(a))),
+        |a| network.contains(&v4(a)),
+        |a| v4(a).to_string(),
+        &network.to_string(),
+    )?;
+    Ok((network, subnet_len, v4(min), v4(max)))
 }
 
 /// `CheckNetworkConfig`, IPv6 half.
@@ -574,76 +653,24 @@ fn check_ipv6(raw: &RawConfig<'_>) -> Result<Ipv6NetworkConfig, ConfigError> {
         .filter(|n| !(n.addr().is_unspecified() && n.prefix_len() == 0))
         .ok_or(ConfigError::Ipv6NetworkMissing)?;
     let prefix = network.prefix_len();
-    let subnet_len = match raw.ipv6_subnet_len {
-        0 if prefix > 124 => return Err(ConfigError::Ipv6NetworkTooSmall { network }),
-        0 if prefix <= 62 => 64,
-        0 => prefix + 2,
-        n if n > 126 => {
-            return Err(ConfigError::SubnetLenTooLong {
-                field: "IPv6SubnetLen",
-                subnet_len: n,
-                limit: 127,
-                max: 126,
-            })
-        }
-        n if n < u64::from(prefix) + 2 => {
-            return Err(ConfigError::TooFewSubnets {
-                field: "IPv6SubnetLen",
-                subnet_len: n,
-                network: network.to_string(),
-                min: prefix + 2,
-            })
-        }
-        // n <= 126 here.
-        n => n as u8,
-    };
-    // prefix >= 1 (::/0 was refused) and subnet_len >= 3, so neither shift overflows.
-    let size = 1u128 << (128 - subnet_len);
-    let base = u128::from(network.addr());
-    let network_size = 1u128 << (128 - prefix);
-
-    let min = match raw.ipv6_subnet_min {
-        None => Ipv6Addr::from(base.wrapping_add(size)),
-        Some(a) if a.is_unspecified() => Ipv6Addr::from(base.wrapping_add(size)),
-        Some(a) if !network.contains(&a) => {
-            return Err(outside("IPv6SubnetMin", a, "IPv6Network", network))
-        }
-        Some(a) => a,
-    };
-    let max = match raw.ipv6_subnet_max {
-        None => Ipv6Addr::from(base.wrapping_add(network_size).wrapping_sub(size)),
-        Some(a) if a.is_unspecified() => {
-            Ipv6Addr::from(base.wrapping_add(network_size).wrapping_sub(size))
-        }
-        Some(a) if !network.contains(&a) => {
-            return Err(outside("IPv6SubnetMax", a, "IPv6Network", network))
-        }
-        Some(a) => a,
-    };
-    let mask = u128::MAX << (128 - subnet_len);
-    for (field, a) in [("IPv6SubnetMin", min), ("IPv6SubnetMax", max)] {
-        if u128::from(a) & mask != u128::from(a) {
-            return Err(ConfigError::NotAligned {
-                field,
-                value: a.to_string(),
-                subnet_len,
-                aligned: Ipv6Addr::from(u128::from(a) & mask).to_string(),
-            });
-        }
-    }
-    if min > max {
-        return Err(ConfigError::MinAboveMax {
-            min_field: "IPv6SubnetMin",
-            min: min.to_string(),
-            max_field: "IPv6SubnetMax",
-            max: max.to_string(),
-        });
-    }
+    let subnet_len = IPV6
+        .subnet_len(raw.ipv6_subnet_len, prefix, &network.to_string())?
+        .ok_or(ConfigError::Ipv6NetworkTooSmall { network })?;
+    let (min, max) = IPV6.subnet_range(
+        u128::from(network.addr()),
+        prefix,
+        subnet_len,
+        raw.ipv6_subnet_min.map(u128::from),
+        raw.ipv6_subnet_max.map(u128::from),
+        |a| network.contains(&Ipv6Addr::from(a)),
+        |a| Ipv6Addr::from(a).to_string(),
+        &network.to_string(),
+    )?;
     Ok(Ipv6NetworkConfig {
         network,
         subnet_len,
-        subnet_min: min,
-        subnet_max: max,
+        subnet_min: Ipv6Addr::from(min),
+        subnet_max: Ipv6Addr::from(max),
     })
 }
 

@@ -634,23 +634,29 @@ fn hint_for(stderr: &str) -> String {
     hint.to_owned()
 }
 
+/// The config the unit tests of this module and its backends share.
+#[cfg(test)]
+pub(crate) fn example_config(prefer_nftables: bool) -> MasqConfig {
+    MasqConfig {
+        network: "10.5.0.0/16".parse().unwrap(),
+        subnet: "10.5.1.0/24".parse().unwrap(),
+        ipv6: Some((
+            "fc00::/48".parse().unwrap(),
+            "fc00:0:0:1::/64".parse().unwrap(),
+        )),
+        ip_masq: true,
+        random_fully: true,
+        forward_rules: true,
+        prefer_nftables,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cfg() -> MasqConfig {
-        MasqConfig {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.1.0/24".parse().unwrap(),
-            ipv6: Some((
-                "fc00::/48".parse().unwrap(),
-                "fc00:0:0:1::/64".parse().unwrap(),
-            )),
-            ip_masq: true,
-            random_fully: true,
-            forward_rules: true,
-            prefer_nftables: false,
-        }
+        example_config(false)
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Every call returns a [`NetlinkError`] that names the operation and object, so a failure reads
 //! like `adding route 10.5.2.0/24 via 10.5.2.0 dev vxdp.1 onlink: File exists`.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use dataplane::wire::MacAddr;
@@ -262,6 +263,22 @@ pub struct Neighbour {
     pub usable: bool,
 }
 
+/// How a link is named in a lookup.
+#[derive(Debug, Clone, Copy)]
+enum LinkKey<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
+impl fmt::Display for LinkKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkKey::Name(n) => f.write_str(n),
+            LinkKey::Index(i) => write!(f, "#{i}"),
+        }
+    }
+}
+
 /// A route-netlink connection. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Netlink {
@@ -286,32 +303,32 @@ impl Netlink {
 
     /// Looks a link up by name; `Ok(None)` if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-                Ok(None)
-            }
-            Err(e) => Err(NetlinkError::new(format!("looking up link {name}"), e)),
-        }
+        self.find_link(LinkKey::Name(name))
+            .await
+            .map(|m| m.as_ref().map(Link::from_message))
     }
 
     /// Looks a link up by index; `Ok(None)` if there is none.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
+        self.find_link(LinkKey::Index(index))
+            .await
+            .map(|m| m.as_ref().map(Link::from_message))
+    }
+
+    /// The kernel's message for one link; `Ok(None)` if there is none.
+    async fn find_link(&self, key: LinkKey<'_>) -> Result<Option<LinkMessage>> {
+        let request = self.handle.link().get();
+        let mut links = match key {
+            LinkKey::Name(name) => request.match_name(name.to_string()),
+            LinkKey::Index(index) => request.match_index(index),
+        }
+        .execute();
         match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(Link::from_message(&msg))),
-            Ok(None) => Ok(None),
+            Ok(found) => Ok(found),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
                 Ok(None)
             }
-            Err(e) => Err(NetlinkError::new(format!("looking up link #{index}"), e)),
+            Err(e) => Err(NetlinkError::new(format!("looking up link {key}"), e)),
         }
     }
 
@@ -399,33 +416,16 @@ impl Netlink {
 
     /// Looks a link up by name with its kind-specific attributes; `Ok(None)` if there is none.
     pub async fn link_details_by_name(&self, name: &str) -> Result<Option<LinkDetails>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(LinkDetails::from_message(&msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-                Ok(None)
-            }
-            Err(e) => Err(NetlinkError::new(format!("looking up link {name}"), e)),
-        }
+        self.find_link(LinkKey::Name(name))
+            .await
+            .map(|m| m.as_ref().map(LinkDetails::from_message))
     }
 
     /// Looks a link up by index with its kind-specific attributes; `Ok(None)` if there is none.
     pub async fn link_details_by_index(&self, index: u32) -> Result<Option<LinkDetails>> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(LinkDetails::from_message(&msg))),
-            Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-                Ok(None)
-            }
-            Err(e) => Err(NetlinkError::new(format!("looking up link #{index}"), e)),
-        }
+        self.find_link(LinkKey::Index(index))
+            .await
+            .map(|m| m.as_ref().map(LinkDetails::from_message))
     }
 
     /// `ip link add NAME address MAC mtu MTU txqueuelen 0 type vxlan id VNI ...`; fails with

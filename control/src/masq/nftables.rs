@@ -264,18 +264,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> MasqConfig {
-        MasqConfig {
-            network: "10.5.0.0/16".parse().unwrap(),
-            subnet: "10.5.1.0/24".parse().unwrap(),
-            ipv6: Some((
-                "fc00::/48".parse().unwrap(),
-                "fc00:0:0:1::/64".parse().unwrap(),
-            )),
-            ip_masq: true,
-            random_fully: true,
-            forward_rules: true,
-            prefer_nftables: true,
-        }
+        crate::masq::example_config(true)
     }
 
     #[test]
