@@ -768,6 +768,16 @@ fn cpustat(a: &CpustatArgs) -> anyhow::Result<serde_json::Value> {
         .iter()
         .filter(|p| !p.kernel_thread && !ours.contains(&p.pid))
         .collect();
+    // /proc/net/softnet_stat, one line of hex per CPU: processed, dropped (the backlog queue
+    // was full: netdev_max_backlog), time_squeeze (net_rx_action ran out of budget or time).
+    let softnet = std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default();
+    let softnet_col = |i: usize| -> u64 {
+        softnet
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(i))
+            .filter_map(|v| u64::from_str_radix(v, 16).ok())
+            .sum()
+    };
     // SAFETY: sysconf has no preconditions.
     let clk_tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let mut ts: libc::timespec = libc::timespec {
@@ -785,5 +795,8 @@ fn cpustat(a: &CpustatArgs) -> anyhow::Result<serde_json::Value> {
         "foreign_ticks": foreign.iter().map(|p| p.ticks).sum::<u64>(),
         "foreign_processes": foreign.len(),
         "our_processes": ours.len(),
+        "softnet_processed": softnet_col(0),
+        "softnet_dropped": softnet_col(1),
+        "softnet_time_squeeze": softnet_col(2),
     }))
 }
