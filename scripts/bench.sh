@@ -287,9 +287,17 @@ main() {
       FAIL_REASON="vxdp wrote no subnet file within 10 s: $(tail -1 "$WORK/$T-h1.log")"
       return 1
     fi
-    local subnet
+    local subnet dev
     subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$T-h2.env" | cut -d/ -f1)
     DST="${subnet%.*}.0"
+    # The kernel backend's vxlan link gets the untuned-host treatment flannel.1 gets.
+    if [ "$OFFLOADS" = off ] && [ "$backend" = kernel ]; then
+      for h in 1 2; do
+        for dev in $(ip -n "$T-h$h" -o link show type vxlan | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
+          offloads_off "$T-h$h" "$dev"
+        done
+      done
+    fi
   }
 
   # Sets up contender $1 on a fresh topology; returns 1 with FAIL_REASON on failure.
