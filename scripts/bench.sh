@@ -5,6 +5,7 @@
 #   scripts/bench.sh --quick           1 round, short tests, ~3 min (development)
 #   scripts/bench.sh --offloads off    the untuned host: veth (and flannel.1) offloads off
 #   scripts/bench.sh --micro [ARGS]    the criterion micro-benchmarks (cargo bench --bench dataplane)
+#   BENCH_KEEP_RAW=1 scripts/bench.sh  also keep the raw outputs (iperf3 JSON, ...) under /tmp
 #
 # Contenders, each on a fresh pair of hosts (network namespaces h1, h2 with veth eth0,
 # 192.0.2.1/2 on a bridge in an underlay namespace, as in scripts/demo.sh):
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 usage() {
-  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 
 Options:
@@ -127,7 +128,11 @@ main() {
     for n in $(ip netns list | awk -v p="$P-" 'index($1, p) == 1 {print $1}'); do
       ip netns del "$n"
     done
-    rm -rf "$WORK"
+    if [ -n "${BENCH_KEEP_RAW:-}" ]; then
+      log "raw outputs kept in $WORK (BENCH_KEEP_RAW)"
+    else
+      rm -rf "$WORK"
+    fi
   }
   trap cleanup EXIT
   trap 'log "interrupted"; exit 130' INT TERM

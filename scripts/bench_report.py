@@ -472,12 +472,20 @@ def cmd_report(a):
             v = rs.get(k)
             if k == "udp64_delivered_pct":
                 cells.append("")
-            elif c in unavailable or not v:
+                continue
+            if c in unavailable or not v:
                 cells.append("n/a")
-            elif v["per_round"] and v["per_round"]["n"] > 1:
-                cells.append("%.2f× (%.2f–%.2f)" % (v["ratio_of_medians"], v["per_round"]["min"], v["per_round"]["max"]))
+                continue
+            # A figure marked ≥ is a lower bound: so is a ratio over it, or an upper one.
+            bound = ""
+            if k == "udp64_kpps":
+                up_c, up_b = kept_up(summary[c]), kept_up(summary[BASELINE])
+                bound = {(False, True): "≤ ", (True, False): "≥ ", (True, True): "~ "}.get((up_c, up_b), "")
+            if v["per_round"] and v["per_round"]["n"] > 1:
+                cells.append("%s%.2f× (%.2f–%.2f)" % (bound, v["ratio_of_medians"], v["per_round"]["min"],
+                                                      v["per_round"]["max"]))
             else:
-                cells.append("%.2f×" % v["ratio_of_medians"])
+                cells.append("%s%.2f×" % (bound, v["ratio_of_medians"]))
         lines.append("| **%s** | " % name + " | ".join(cells) + " |")
     table = "\n".join(lines)
 
