@@ -184,21 +184,27 @@ main() {
   # a shared host's other work lands in every figure otherwise. Prints the CPUs they used.
   SETTLE_SPENT=0
   settle() {
-    local waited=0 a b busy
+    local start=$SECONDS waited=0 announced=0 a b busy
     while :; do
       a=$(cpustat); sleep 1; b=$(cpustat)
       busy=$(python3 "$REPORT" foreign-cpus "$a" "$b")
+      waited=$((SECONDS - start))
       if awk -v b="$busy" 'BEGIN { exit !(b < 0.33) }' || [ "$waited" -ge "$SETTLE_MAX" ] ||
-        [ "$SETTLE_SPENT" -ge "$SETTLE_BUDGET" ]; then
-        [ "$waited" -gt 0 ] && log "  host: other processes now use $busy CPUs (waited ${waited}s)"
+        [ $((SETTLE_SPENT + waited)) -ge "$SETTLE_BUDGET" ]; then
+        SETTLE_SPENT=$((SETTLE_SPENT + waited))
+        [ "$announced" = 1 ] && log "  host: other processes now use $busy CPUs (waited ${waited}s)"
         echo "$busy"
         return
       fi
-      [ "$waited" = 0 ] && log "  host busy: other processes use $busy CPUs; waiting up to ${SETTLE_MAX}s"
-      waited=$((waited + 1))
-      SETTLE_SPENT=$((SETTLE_SPENT + 1))
+      if [ "$announced" = 0 ]; then
+        log "  host busy: other processes use $busy CPUs; waiting up to ${SETTLE_MAX}s" \
+          "($((SETTLE_BUDGET - SETTLE_SPENT))s of waiting left in this run)"
+        announced=1
+      fi
     done
   }
+
+
 
   # ---- topology ------------------------------------------------------------------------------
   TOPO_N=0
