@@ -12,7 +12,7 @@ packages=(
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
   nftables iptables tcpdump openssl
   # demo and benchmarks
-  iperf3 strace curl
+  iperf3 strace curl python3
   # the systemd unit is checked with systemd-analyze verify
   systemd
 )

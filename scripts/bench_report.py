@@ -1,0 +1,583 @@
+#!/usr/bin/env python3
+"""Figures and the final report of scripts/bench.sh.
+
+bench.sh leaves raw outputs (iperf3 -J, vxdp-bench JSON, /proc snapshots) in a directory tree:
+
+    generator/                      flood.json sink.json pps-cpu{0,1}.json settle.txt
+    idle/<contender>/               h{1,2}-{0,1}.txt cpu{0,1}.json settle.txt | failed.txt
+    rounds/<n>/order.txt
+    rounds/<n>/<contender>/         tcp1.json tcp1-cpu{0,1}.json tcp4... sink.json flood.json
+                                    rtt.json status-h{1,2}.json settle.txt | failed.txt
+    vxdp-kernel-unavailable.txt
+
+`figure` prints one figure for a progress line; `report` turns the tree into the JSON document
+and the markdown table. Only the standard library: it runs on a fresh host.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+CONTENDERS = ["underlay", "kernel-vxlan", "vxdp-xdp", "vxdp-kernel"]
+BASELINE = "kernel-vxlan"
+VXDP = ["vxdp-xdp", "vxdp-kernel"]
+
+# (key, column title, format, lower is better)
+METRICS = [
+    ("tcp1_gbps", "TCP 1 stream Gbit/s", "{:.2f}", False),
+    ("tcp4_gbps", "TCP 4 streams Gbit/s", "{:.2f}", False),
+    ("udp64_kpps", "64 B UDP kpps rx", "{:.0f}", False),
+    ("udp64_delivered_pct", "64 B UDP % delivered", "{:.0f}", False),
+    ("rtt_p50_us", "RTT p50 us", "{:.0f}", True),
+    ("rtt_p99_us", "RTT p99 us", "{:.0f}", True),
+    ("cpu_s_per_gb", "CPU s/GB (machine)", "{:.2f}", True),
+    ("cpu_s_per_gb_ours", "CPU s/GB (w/o other procs)", "{:.2f}", True),
+]
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cpu_delta(c0, c1):
+    """CPU use between two `vxdp-bench cpustat` snapshots, in CPU seconds and CPUs."""
+    if not c0 or not c1:
+        return None
+    tck = c0["clk_tck"]
+    wall = c1["monotonic_s"] - c0["monotonic_s"]
+    busy = (c1["busy_ticks"] - c0["busy_ticks"]) / tck
+    foreign = max(0, c1["foreign_ticks"] - c0["foreign_ticks"]) / tck
+    # Other processes' time cannot exceed what the machine spent: tick sampling of the two
+    # counters differs a little.
+    foreign = min(foreign, busy)
+    return {
+        "wall_s": wall,
+        "cpus": c0["cpus"],
+        "busy_cpu_s": busy,
+        "foreign_cpu_s": foreign,
+        "ours_cpu_s": busy - foreign,
+        "busy_cpus": busy / wall if wall > 0 else None,
+        "foreign_cpus": foreign / wall if wall > 0 else None,
+    }
+
+
+def tcp_result(d, name):
+    doc = load(os.path.join(d, name + ".json"))
+    cpu = cpu_delta(load(os.path.join(d, name + "-cpu0.json")), load(os.path.join(d, name + "-cpu1.json")))
+    if not doc or doc.get("error") or "sum_received" not in doc.get("end", {}):
+        err = (doc or {}).get("error") or read_text(os.path.join(d, name + ".err")) or "no result"
+        return {"error": err, "cpu": cpu}
+    end = doc["end"]
+    rx = end["sum_received"]
+    tx = end.get("sum_sent", {})
+    intervals = [i["sum"]["bits_per_second"] / 1e9 for i in doc.get("intervals", []) if "sum" in i]
+    gb = rx["bytes"] / 1e9
+    r = {
+        "gbps": rx["bits_per_second"] / 1e9,
+        "bytes": rx["bytes"],
+        "seconds": rx.get("seconds"),
+        "sender_gbps": tx.get("bits_per_second", 0) / 1e9,
+        "retransmits": tx.get("retransmits"),
+        "interval_gbps": [round(x, 3) for x in intervals],
+        "iperf3_cpu_pct": end.get("cpu_utilization_percent"),
+        "cpu": cpu,
+    }
+    if cpu and gb > 0:
+        r["cpu_s_per_gb"] = cpu["busy_cpu_s"] / gb
+        r["cpu_s_per_gb_ours"] = cpu["ours_cpu_s"] / gb
+    return r
+
+
+def drops(d, c0, c1):
+    """Where datagrams were dropped during the small-packet test: non-zero deltas of device,
+    qdisc and backlog (softnet) drop counters."""
+    out = {}
+    for h in ("h1", "h2"):
+        before = {l["ifname"]: l.get("stats64", {}) for l in load(os.path.join(d, "links-%s-0.json" % h)) or []}
+        after = {l["ifname"]: l.get("stats64", {}) for l in load(os.path.join(d, "links-%s-1.json" % h)) or []}
+        for dev, st in after.items():
+            for way in ("rx", "tx"):
+                n = st.get(way, {}).get("dropped", 0) - before.get(dev, {}).get(way, {}).get("dropped", 0)
+                if n:
+                    out["%s %s %s_dropped" % (h, dev, way)] = n
+        q0 = load(os.path.join(d, "qdisc-%s-0.json" % h)) or []
+        q1 = load(os.path.join(d, "qdisc-%s-1.json" % h)) or []
+        key = lambda q: (q.get("dev"), q.get("handle"), q.get("parent"), q.get("kind"))
+        b = {key(q): q.get("drops", 0) for q in q0}
+        for q in q1:
+            n = q.get("drops", 0) - b.get(key(q), 0)
+            if n:
+                out["%s %s qdisc %s drops" % (h, q.get("dev"), q.get("kind"))] = n
+    if c0 and c1 and "softnet_dropped" in c0:
+        n = c1["softnet_dropped"] - c0["softnet_dropped"]
+        if n:
+            out["backlog (softnet) drops, machine-wide"] = n
+    return out
+
+
+def pps_result(d):
+    sink = load(os.path.join(d, "sink.json"))
+    flood = load(os.path.join(d, "flood.json"))
+    c0, c1 = load(os.path.join(d, "pps-cpu0.json")), load(os.path.join(d, "pps-cpu1.json"))
+    cpu = cpu_delta(c0, c1)
+    if not sink:
+        err = read_text(os.path.join(d, "sink.err")) or read_text(os.path.join(d, "flood.err")) or "no result"
+        return {"error": err, "flood": flood, "cpu": cpu}
+    where = drops(d, c0, c1)
+    if sink.get("socket_drops"):
+        where["h2 sink socket drops (receive buffer full)"] = sink["socket_drops"]
+    return {
+        "rx_pps": sink["pps"],
+        "offered_pps": sink.get("offered_pps"),
+        "delivered_ratio": sink.get("delivered_ratio"),
+        "tx_pps": flood["pps"] if flood else None,
+        "flood_cpu_cores": flood.get("cpu_cores") if flood else None,
+        "drops_during_test": where,
+        "sink": sink,
+        "flood": flood,
+        "cpu": cpu,
+    }
+
+
+def rtt_result(d):
+    doc = load(os.path.join(d, "rtt.json"))
+    cpu = cpu_delta(load(os.path.join(d, "rtt-cpu0.json")), load(os.path.join(d, "rtt-cpu1.json")))
+    if not doc:
+        return {"error": read_text(os.path.join(d, "rtt.err")) or "no result", "cpu": cpu}
+    doc["cpu"] = cpu
+    return doc
+
+
+def settle_value(d):
+    v = read_text(os.path.join(d, "settle.txt"))
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def contender_round(d):
+    failed = read_text(os.path.join(d, "failed.txt"))
+    if failed is not None:
+        return {"failed": failed}
+    r = {
+        "foreign_cpus_before": settle_value(d),
+        "tcp1": tcp_result(d, "tcp1"),
+        "tcp4": tcp_result(d, "tcp4"),
+        "udp64": pps_result(d),
+        "rtt": rtt_result(d),
+    }
+    for h in (1, 2):
+        st = load(os.path.join(d, "status-h%d.json" % h))
+        if st is not None:
+            r.setdefault("vxdp_status", {})["h%d" % h] = st
+    return r
+
+
+def figures(r):
+    """The table's figures of one contender in one round (None where missing)."""
+    if not r or "failed" in r:
+        return {}
+    f = {
+        "tcp1_gbps": r["tcp1"].get("gbps"),
+        "tcp4_gbps": r["tcp4"].get("gbps"),
+        "udp64_kpps": r["udp64"]["rx_pps"] / 1e3 if "rx_pps" in r["udp64"] else None,
+        "udp64_delivered_pct": 100 * r["udp64"]["delivered_ratio"]
+        if r["udp64"].get("delivered_ratio") is not None else None,
+        "rtt_p50_us": r["rtt"].get("p50_us"),
+        "rtt_p99_us": r["rtt"].get("p99_us"),
+        "cpu_s_per_gb": r["tcp1"].get("cpu_s_per_gb"),
+        "cpu_s_per_gb_ours": r["tcp1"].get("cpu_s_per_gb_ours"),
+    }
+    return {k: v for k, v in f.items() if v is not None}
+
+
+def idle_result(d):
+    failed = read_text(os.path.join(d, "failed.txt"))
+    if failed is not None:
+        return {"failed": failed}
+    nodes = {}
+    for h in (1, 2):
+        a = read_text(os.path.join(d, "h%d-0.txt" % h))
+        b = read_text(os.path.join(d, "h%d-1.txt" % h))
+        if not a or not b:
+            continue
+        t0, s0, w0 = a.split()
+        t1, s1, w1 = b.split()
+        wall = float(w1) - float(w0)
+        tck = os.sysconf("SC_CLK_TCK")
+        cpu_s = (int(t1) - int(t0)) / tck
+        nodes["h%d" % h] = {
+            "seconds": wall,
+            "cpu_s": cpu_s,
+            "cpu_pct_of_one_core": 100 * cpu_s / wall,
+            "context_switches_per_s": (int(s1) - int(s0)) / wall,
+        }
+    return {
+        "nodes": nodes,
+        "machine": cpu_delta(load(os.path.join(d, "cpu0.json")), load(os.path.join(d, "cpu1.json"))),
+        "foreign_cpus_before": settle_value(d),
+    }
+
+
+def kept_up(summary_of_contender):
+    """Whether a contender delivered (nearly) everything the generator offered."""
+    d = summary_of_contender.get("udp64_delivered_pct")
+    return bool(d) and d["median"] >= 95
+
+
+def spread(values):
+    if not values:
+        return None
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+        "values": values,
+    }
+
+
+def fmt_spread(s, fmt, suffix=""):
+    if not s:
+        return "n/a"
+    med = fmt.format(s["median"]) + suffix
+    if s["n"] == 1:
+        return med
+    return "%s (%s–%s)" % (med, fmt.format(s["min"]), fmt.format(s["max"]))
+
+
+def cmd_figure(a):
+    d = a.dir
+    if a.kind in ("generator", "pps"):
+        p = pps_result(d)
+        if "error" in p:
+            return "FAILED: " + p["error"]
+        where = ", ".join("%s %d" % kv for kv in p["drops_during_test"].items()) or "none counted"
+        return "received %.0f kpps of %.0f kpps offered (%.1f%% delivered; sender %.2f cores; " \
+               "drops: %s)" % (
+                   p["rx_pps"] / 1e3, (p["offered_pps"] or 0) / 1e3, 100 * (p["delivered_ratio"] or 0),
+                   p["flood_cpu_cores"] or 0, where)
+    if a.kind == "tcp":
+        r = tcp_result(d, a.name)
+        if "error" in r:
+            return "FAILED: " + r["error"]
+        extra = ""
+        if "cpu_s_per_gb" in r:
+            extra = ", %.2f CPU s/GB (%.2f w/o other procs)" % (r["cpu_s_per_gb"], r["cpu_s_per_gb_ours"])
+        return "%.2f Gbit/s (retransmits %s%s)" % (r["gbps"], r["retransmits"], extra)
+    if a.kind == "rtt":
+        r = rtt_result(d)
+        if "error" in r:
+            return "FAILED: " + r["error"]
+        return "p50 %.0f us, p99 %.0f us (%d samples, %d lost)" % (
+            r["p50_us"], r["p99_us"], r["samples"], r["lost"])
+    if a.kind == "idle":
+        r = idle_result(d)
+        return ", ".join("%s %.3f%% of a core, %.1f context switches/s" % (
+            h, n["cpu_pct_of_one_core"], n["context_switches_per_s"]) for h, n in sorted(r["nodes"].items()))
+    raise SystemExit("unknown figure " + a.kind)
+
+
+def cmd_foreign_cpus(a):
+    d = cpu_delta(json.loads(a.before), json.loads(a.after))
+    return "%.2f" % (d["foreign_cpus"] or 0)
+
+
+def run(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return None
+
+
+def cmd_env(a):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    dirty = run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"])
+    env = {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        "vxdp_git_revision": run(["git", "-C", root, "rev-parse", "HEAD"]),
+        "vxdp_git_dirty": bool(dirty),
+        "rustc": run(["rustc", "--version"]),
+        "iperf3": (run(["iperf3", "--version"]) or "").splitlines()[0:1],
+        "offloads": a.offloads,
+        "options": {
+            "rounds": a.rounds,
+            "quick": bool(a.quick),
+            "contenders": a.contenders.split(","),
+            "tcp_seconds": a.tcp_s,
+            "udp_payload_bytes": a.pps_size,
+            "udp_window_seconds": a.pps_s,
+            "udp_warmup_seconds": a.pps_warmup,
+            "flood_threads": a.flood_threads,
+            "nice": a.nice,
+            "rtt_samples": a.rtt_count,
+            "rtt_interval_us": a.rtt_interval_us,
+            "idle_seconds": a.idle_s,
+        },
+        "method": {
+            "topology": "h1, h2: network namespaces, veth eth0 192.0.2.1/2 on a bridge in an underlay "
+                        "namespace (bridge-nf-call-* off); a fresh topology per contender and round; "
+                        "h1 sends, h2 receives",
+            "tcp": "iperf3 -J, h1 client -> h2 server, receiver throughput",
+            "udp64": "vxdp-bench flood (sendmmsg, 64-byte payloads) h1 -> vxdp-bench sink (recvmmsg) "
+                     "on h2: datagrams received per second over a window after a warm-up",
+            "rtt": "vxdp-bench rtt: UDP ping-pong h1 -> h2, one datagram in flight, percentiles of "
+                   "per-datagram round trips after warm-up samples",
+            "cpu_s_per_gb": "non-idle jiffies of all CPUs (/proc/stat) during the 1-stream TCP "
+                            "test / GB received; _ours subtracts the CPU time of processes outside "
+                            "the benchmark (utime+stime+cutime+cstime of non-kernel processes that "
+                            "are not bench.sh or its descendants)",
+            "idle": "utime+stime of each vxdp process (/proc/PID/stat) over the idle window, as % "
+                    "of one core",
+        },
+    }
+    return json.dumps(env, indent=1)
+
+
+def cmd_report(a):
+    env = load(a.env) or {}
+    raw = a.raw
+    doc = {"environment": env}
+    env["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    env["total_seconds"] = a.seconds
+
+    gen = pps_result(os.path.join(raw, "generator"))
+    gen["foreign_cpus_before"] = settle_value(os.path.join(raw, "generator"))
+    doc["generator"] = gen
+
+    unavailable = {}
+    reason = read_text(os.path.join(raw, "vxdp-kernel-unavailable.txt"))
+    if reason is not None:
+        unavailable["vxdp-kernel"] = reason
+    doc["unavailable"] = unavailable
+
+    idle = {}
+    idle_dir = os.path.join(raw, "idle")
+    if os.path.isdir(idle_dir):
+        for c in sorted(os.listdir(idle_dir)):
+            idle[c] = idle_result(os.path.join(idle_dir, c))
+    doc["idle"] = idle
+
+    rounds = []
+    rounds_dir = os.path.join(raw, "rounds")
+    nums = sorted(int(n) for n in os.listdir(rounds_dir)) if os.path.isdir(rounds_dir) else []
+    for n in nums:
+        d = os.path.join(rounds_dir, str(n))
+        order = (read_text(os.path.join(d, "order.txt")) or "").split()
+        rounds.append({
+            "round": n,
+            "order": order,
+            "contenders": {c: contender_round(os.path.join(d, c)) for c in order if os.path.isdir(os.path.join(d, c))},
+        })
+    doc["rounds"] = rounds
+
+    contenders = [c for c in env.get("options", {}).get("contenders", CONTENDERS)]
+    summary = {}
+    for c in contenders:
+        per_round = [figures(r["contenders"].get(c)) for r in rounds]
+        summary[c] = {k: spread([f[k] for f in per_round if k in f]) for k, _, _, _ in METRICS}
+        failed = [r["round"] for r in rounds if "failed" in r["contenders"].get(c, {})]
+        if failed:
+            summary[c]["failed_rounds"] = failed
+    doc["summary"] = summary
+
+    ratios = {}
+    if BASELINE in contenders:
+        for c in VXDP:
+            if c not in contenders:
+                continue
+            name = "%s/%s" % (c, BASELINE)
+            ratios[name] = {}
+            for k, _, _, _ in METRICS:
+                s_c, s_b = summary[c].get(k), summary[BASELINE].get(k)
+                per = []
+                for r in rounds:
+                    fc = figures(r["contenders"].get(c))
+                    fb = figures(r["contenders"].get(BASELINE))
+                    if k in fc and fb.get(k):
+                        per.append(fc[k] / fb[k])
+                if s_c and s_b and s_b["median"]:
+                    ratios[name][k] = {
+                        "ratio_of_medians": s_c["median"] / s_b["median"],
+                        "per_round": spread(per),
+                    }
+                else:
+                    ratios[name][k] = None
+    doc["ratios"] = ratios
+
+    # Samples disturbed by other work on the host (other users of a shared machine).
+    foreign = []
+    for r in rounds:
+        for c, cr in r["contenders"].items():
+            for t in ("tcp1", "tcp4", "udp64", "rtt"):
+                cpu = (cr.get(t) or {}).get("cpu") if "failed" not in cr else None
+                if cpu and cpu.get("foreign_cpus") is not None:
+                    foreign.append(cpu["foreign_cpus"])
+    doc["foreign_cpus_during_tests"] = spread(foreign)
+
+    lines = []
+    head = ["contender"] + [t for _, t, _, _ in METRICS]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * len(METRICS)) + "|")
+    for c in contenders:
+        if c in unavailable:
+            lines.append("| %s | " % c + " | ".join(["n/a"] * len(METRICS)) + " |")
+            continue
+        cells = []
+        for k, _, f, _ in METRICS:
+            cell = fmt_spread(summary[c].get(k), f)
+            if k == "udp64_kpps" and kept_up(summary[c]):
+                cell = "≥ " + cell
+            cells.append(cell)
+        label = c
+        if summary[c].get("failed_rounds"):
+            label += " (failed in rounds %s)" % ",".join(map(str, summary[c]["failed_rounds"]))
+        lines.append("| %s | " % label + " | ".join(cells) + " |")
+    for name, rs in ratios.items():
+        c = name.split("/")[0]
+        cells = []
+        for k, _, _, _ in METRICS:
+            v = rs.get(k)
+            if k == "udp64_delivered_pct":
+                cells.append("")
+                continue
+            if c in unavailable or not v:
+                cells.append("n/a")
+                continue
+            # A figure marked ≥ is a lower bound: so is a ratio over it, or an upper one.
+            bound = ""
+            if k == "udp64_kpps":
+                up_c, up_b = kept_up(summary[c]), kept_up(summary[BASELINE])
+                bound = {(False, True): "≤ ", (True, False): "≥ ", (True, True): "~ "}.get((up_c, up_b), "")
+            if v["per_round"] and v["per_round"]["n"] > 1:
+                cells.append("%s%.2f× (%.2f–%.2f)" % (bound, v["ratio_of_medians"], v["per_round"]["min"],
+                                                      v["per_round"]["max"]))
+            else:
+                cells.append("%s%.2f×" % (bound, v["ratio_of_medians"]))
+        lines.append("| **%s** | " % name + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+
+    notes = []
+    n_rounds = len(rounds)
+    nice = env.get("options", {}).get("nice")
+    notes.append("Medians of %d round%s, (min–max) across rounds; ratios are of the medians, "
+                 "(min–max) of the per-round ratios. Offloads: %s%s. %s, %s CPUs, vxdp %s%s." % (
+                     n_rounds, "" if n_rounds == 1 else "s", env.get("offloads"),
+                     ", niceness %s" % nice if nice else "", env.get("kernel"),
+                     env.get("cpus"), (env.get("vxdp_git_revision") or "?")[:12],
+                     " (dirty)" if env.get("vxdp_git_dirty") else ""))
+    if "rx_pps" in gen:
+        notes.append("Generator (vxdp-bench flood, sendmmsg, %s thread(s)) over the raw underlay, "
+                     "measured first: %.0f kpps received of %.0f kpps offered, sender at %.2f cores." % (
+                         env.get("options", {}).get("flood_threads"), gen["rx_pps"] / 1e3,
+                         (gen.get("offered_pps") or 0) / 1e3, gen.get("flood_cpu_cores") or 0))
+    for c in contenders:
+        s_rx = summary.get(c, {}).get("udp64_kpps")
+        s_off = [r["contenders"][c]["udp64"].get("offered_pps") for r in rounds
+                 if "udp64" in r["contenders"].get(c, {})]
+        s_off = [x / 1e3 for x in s_off if x]
+        if not s_rx or not s_off:
+            continue
+        if kept_up(summary[c]):
+            notes.append("%s: delivered ≥95%% of the %.0f kpps the generator offered (median): its "
+                         "64 B figure is the generator's rate, a lower bound of the path's (≥)." % (
+                             c, statistics.median(s_off)))
+        else:
+            notes.append("%s: received %.0f of %.0f kpps offered (median): the path dropped the "
+                         "rest, so it, not the generator, set the 64 B figure." % (
+                             c, s_rx["median"], statistics.median(s_off)))
+    for c, r in idle.items():
+        if "failed" in r:
+            notes.append("Idle %s: failed to start (%s)." % (c, r["failed"]))
+            continue
+        parts = ["%s %.3f%% of one core (%.1f context switches/s)" % (h, n["cpu_pct_of_one_core"],
+                                                                        n["context_switches_per_s"])
+                 for h, n in sorted(r["nodes"].items())]
+        secs = next(iter(r["nodes"].values()))["seconds"] if r["nodes"] else 0
+        notes.append("Idle %s node over %.0f s without traffic: %s." % (c, secs, ", ".join(parts)))
+    for c, why in unavailable.items():
+        notes.append("%s: not available in this build (%s)." % (c, why))
+    fs = doc["foreign_cpus_during_tests"]
+    if fs:
+        notes.append("Other processes on the host during the tests: median %.2f, max %.2f of %s CPUs%s." % (
+            fs["median"], fs["max"], env.get("cpus"),
+            " (a shared host: expect noise)" if fs["max"] > 0.25 else ""))
+    doc["table_markdown"] = table
+    doc["notes"] = notes
+
+    os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    out = [table, ""] + ["- " + n for n in notes]
+    return "\n".join(out)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("figure")
+    f.add_argument("kind", choices=["generator", "tcp", "pps", "rtt", "idle"])
+    f.add_argument("dir")
+    f.add_argument("name", nargs="?")
+    fc = sub.add_parser("foreign-cpus")
+    fc.add_argument("before")
+    fc.add_argument("after")
+    e = sub.add_parser("env")
+    e.add_argument("--offloads", required=True)
+    e.add_argument("--rounds", type=int, required=True)
+    e.add_argument("--quick", type=int, required=True)
+    e.add_argument("--tcp-s", type=float, required=True)
+    e.add_argument("--pps-s", type=float, required=True)
+    e.add_argument("--pps-warmup", type=float, required=True)
+    e.add_argument("--pps-size", type=int, required=True)
+    e.add_argument("--flood-threads", type=int, required=True)
+    e.add_argument("--nice", type=int, required=True)
+    e.add_argument("--rtt-count", type=int, required=True)
+    e.add_argument("--rtt-interval-us", type=int, required=True)
+    e.add_argument("--idle-s", type=float, required=True)
+    e.add_argument("--contenders", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--raw", required=True)
+    r.add_argument("--env", required=True)
+    r.add_argument("--json", required=True)
+    r.add_argument("--seconds", type=int, required=True)
+    a = p.parse_args()
+    handler = {"figure": cmd_figure, "foreign-cpus": cmd_foreign_cpus, "env": cmd_env, "report": cmd_report}[a.cmd]
+    print(handler(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
