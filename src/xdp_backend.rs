@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use anyhow::{bail, Context};
 use control::backend::{Backend, BackendError, Peer};
 use control::netlink::Netlink;
-use control::underlay::{self, ExternalInterface, NextHop};
+use control::underlay::{ExternalInterface, NextHop, PathStatus, PathTracker};
 use dataplane::stats::{WorkerCounters, WorkerStats};
 use dataplane::tables::{PeerEntry, PeerTables};
 use dataplane::tap::{TapConfig, TapDevice};
@@ -101,7 +101,7 @@ pub struct XdpBackend {
     peers: BTreeMap<Ipv4Net, Peer>,
     direct: BTreeMap<Ipv4Net, Ipv4Addr>,
     paths: Arc<std::sync::Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
-    next_hops: BTreeMap<Ipv4Addr, NextHop>,
+    tracker: PathTracker,
     summary: String,
     drop_alarm: DropAlarm,
 }
@@ -452,6 +452,7 @@ impl XdpBackend {
             config.device,
             config.mtu,
         );
+        let tracker_nl = nl.clone();
         Ok(XdpBackend {
             nl,
             tap_index: tap_link.index,
@@ -462,7 +463,11 @@ impl XdpBackend {
             peers: BTreeMap::new(),
             direct: BTreeMap::new(),
             paths: Arc::default(),
-            next_hops: BTreeMap::new(),
+            tracker: PathTracker::new(
+                tracker_nl,
+                config.external.link.index,
+                &config.external.link.name,
+            ),
             summary,
             drop_alarm: DropAlarm::default(),
             config,
@@ -503,10 +508,9 @@ impl XdpBackend {
     }
 
     fn outer_for(&self, peer_ip: Ipv4Addr, hop: &NextHop) -> Option<OuterHeader> {
-        let dst_mac = hop.dst_mac?;
         let params = OuterParams {
             src_mac: hop.src_mac,
-            dst_mac,
+            dst_mac: hop.dst_mac,
             src_ip: IpAddr::V4(self.config.external.public_ip),
             dst_ip: IpAddr::V4(peer_ip),
             dst_port: self.config.port,
@@ -524,58 +528,43 @@ impl XdpBackend {
         }
     }
 
-    /// Resolves (or re-resolves) the underlay next hop to `peer_ip` and updates the tables
-    /// when it changed.
-    async fn refresh_next_hop(&mut self, peer_ip: Ipv4Addr) {
-        let ext = &self.config.external;
-        match underlay::resolve(
-            &self.nl,
-            IpAddr::V4(peer_ip),
-            ext.link.index,
-            &ext.link.name,
-        )
-        .await
-        {
-            Ok(hop) => {
-                let changed = self.next_hops.get(&peer_ip) != Some(&hop);
-                if changed {
-                    let outer = self.outer_for(peer_ip, &hop);
-                    self.tables
-                        .update(|w| w.set_outer(IpAddr::V4(peer_ip), outer));
-                    if hop.dst_mac.is_some() {
-                        tracing::info!(peer = %peer_ip, via = %hop.via, mac = ?hop.dst_mac, "underlay next hop resolved");
-                    }
-                    self.next_hops.insert(peer_ip, hop);
+    /// Refreshes the underlay paths to `peers` and puts every changed next hop into the tables
+    /// (one snapshot for all of them).
+    async fn refresh_paths(&mut self, peers: Vec<Ipv4Addr>) {
+        let changed = self
+            .tracker
+            .refresh(peers.iter().copied(), std::time::Instant::now())
+            .await;
+        if !changed.is_empty() {
+            let outers: Vec<(Ipv4Addr, Option<OuterHeader>)> = changed
+                .iter()
+                .map(|(ip, hop)| (*ip, hop.and_then(|h| self.outer_for(*ip, &h))))
+                .collect();
+            self.tables.update(|w| {
+                for (ip, outer) in outers {
+                    w.set_outer(IpAddr::V4(ip), outer);
                 }
-                self.set_path(
-                    peer_ip,
-                    PeerPath {
-                        next_hop_mac: hop.dst_mac,
-                        via: Some(hop.via),
-                        state: if hop.dst_mac.is_some() {
-                            "resolved"
-                        } else {
-                            "resolving"
-                        }
-                        .into(),
-                    },
-                );
-            }
-            Err(e) => {
-                if self.next_hops.remove(&peer_ip).is_some() {
-                    self.tables
-                        .update(|w| w.set_outer(IpAddr::V4(peer_ip), None));
-                }
-                tracing::warn!(peer = %peer_ip, "underlay path: {e}");
-                self.set_path(
-                    peer_ip,
-                    PeerPath {
-                        next_hop_mac: None,
-                        via: None,
-                        state: e.to_string(),
-                    },
-                );
-            }
+            });
+        }
+        for ip in peers {
+            let path = match self.tracker.status(ip) {
+                PathStatus::Resolved { via, mac } => PeerPath {
+                    next_hop_mac: Some(mac),
+                    via: Some(via),
+                    state: "resolved".into(),
+                },
+                PathStatus::Resolving { via } => PeerPath {
+                    next_hop_mac: None,
+                    via: Some(via),
+                    state: "resolving".into(),
+                },
+                PathStatus::Unreachable(why) => PeerPath {
+                    next_hop_mac: None,
+                    via: None,
+                    state: why,
+                },
+            };
+            self.set_path(ip, path);
         }
     }
 
@@ -620,9 +609,9 @@ impl Backend for XdpBackend {
         }
         self.direct.remove(&peer.subnet);
         let outer = self
-            .next_hops
-            .get(&peer.public_ip)
-            .and_then(|hop| self.outer_for(peer.public_ip, hop));
+            .tracker
+            .next_hop(peer.public_ip)
+            .and_then(|hop| self.outer_for(peer.public_ip, &hop));
         self.tables.update(|w| {
             w.upsert(
                 peer.subnet,
@@ -647,8 +636,8 @@ impl Backend for XdpBackend {
                 .await;
         }
         self.peers.insert(peer.subnet, peer.clone());
-        if !self.next_hops.contains_key(&peer.public_ip) {
-            self.refresh_next_hop(peer.public_ip).await;
+        if self.tracker.next_hop(peer.public_ip).is_none() {
+            self.refresh_paths(vec![peer.public_ip]).await;
         }
         Ok(())
     }
@@ -675,7 +664,7 @@ impl Backend for XdpBackend {
             .values()
             .any(|p| p.public_ip == previous.public_ip)
         {
-            self.next_hops.remove(&previous.public_ip);
+            self.tracker.forget(previous.public_ip);
             if let Ok(mut p) = self.paths.lock() {
                 p.remove(&previous.public_ip);
             }
@@ -706,9 +695,7 @@ impl Backend for XdpBackend {
             .filter(|(s, _)| !self.direct.contains_key(s))
             .map(|(_, p)| p.public_ip)
             .collect();
-        for ip in ips {
-            self.refresh_next_hop(ip).await;
-        }
+        self.refresh_paths(ips.into_iter().collect()).await;
     }
 
     async fn shutdown(mut self) {

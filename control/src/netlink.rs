@@ -650,18 +650,26 @@ impl Netlink {
 
     /// The neighbour entry for `ip` on link `index`, if the kernel has one.
     pub async fn neighbour(&self, index: u32, ip: IpAddr) -> Result<Option<Neighbour>> {
-        let version = if ip.is_ipv6() {
-            IpVersion::V6
-        } else {
-            IpVersion::V4
-        };
+        Ok(self
+            .neighbours(index, ip.is_ipv6())
+            .await?
+            .remove(&ip))
+    }
+
+    /// Every IPv4 (or IPv6) neighbour entry on link `index`, in one dump.
+    pub async fn neighbours(
+        &self,
+        index: u32,
+        v6: bool,
+    ) -> Result<std::collections::HashMap<IpAddr, Neighbour>> {
         let msgs: Vec<NeighbourMessage> = self
             .handle
             .neighbours()
             .get()
-            .set_address_family(match version {
-                IpVersion::V4 => AddressFamily::Inet,
-                IpVersion::V6 => AddressFamily::Inet6,
+            .set_address_family(if v6 {
+                AddressFamily::Inet6
+            } else {
+                AddressFamily::Inet
             })
             .execute()
             .try_collect()
@@ -669,17 +677,18 @@ impl Netlink {
             .map_err(|e| NetlinkError::new("listing neighbours", e))?;
         Ok(msgs
             .iter()
-            .filter(|n| n.header.ifindex == index && neighbour_destination(n) == Some(ip))
-            .map(|n| Neighbour {
-                mac: n.attributes.iter().find_map(|a| match a {
+            .filter(|n| n.header.ifindex == index)
+            .filter_map(|n| {
+                let ip = neighbour_destination(n)?;
+                let mac = n.attributes.iter().find_map(|a| match a {
                     NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
                         let mut b = [0u8; 6];
                         b.copy_from_slice(l);
                         Some(MacAddr(b))
                     }
                     _ => None,
-                }),
-                usable: matches!(
+                });
+                let usable = matches!(
                     n.header.state,
                     NeighbourState::Reachable
                         | NeighbourState::Stale
@@ -687,9 +696,10 @@ impl Netlink {
                         | NeighbourState::Probe
                         | NeighbourState::Permanent
                         | NeighbourState::Noarp
-                ),
+                );
+                Some((ip, Neighbour { mac, usable }))
             })
-            .next())
+            .collect())
     }
 
     /// Asks the kernel to resolve `ip` on link `index` (`ip neigh replace IP dev DEV use`).

@@ -2,14 +2,29 @@
 //!
 //! AF_XDP transmits bypass the kernel's routing and ARP, so vxdp asks the kernel what it would
 //! do (`ip route get PEER`, then the neighbour table for the gateway or the peer itself) and
-//! writes the answer into the prebuilt outer headers. When the neighbour is unknown it asks the
-//! kernel to resolve it (`ip neigh replace ... use`) and tries again on the next refresh.
+//! writes the answer into the prebuilt outer headers. [`PathTracker`] keeps those answers
+//! current at a cost that stays flat as peers grow:
+//! - one link query and one neighbour dump per refresh, whatever the number of peers;
+//! - each peer's route re-checked only every [`ROUTE_RECHECK`] (routes rarely move), a new
+//!   peer's at once;
+//! - a neighbour entry the kernel garbage-collects or is re-validating does not take the peer
+//!   down: the MAC in use stays until the kernel learns a different one, and the kernel is asked
+//!   to resolve again (`ip neigh replace ... use`) at most every [`PROBE_EVERY`];
+//! - a problem (no route, wrong interface) is logged when it appears or changes, not every time
+//!   it is seen.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use dataplane::wire::MacAddr;
 
 use crate::netlink::{Netlink, NetlinkError};
+
+/// How often each peer's route is asked for again.
+pub const ROUTE_RECHECK: Duration = Duration::from_secs(10);
+/// How often the kernel is asked again to resolve a next hop it has no entry for.
+pub const PROBE_EVERY: Duration = Duration::from_secs(5);
 
 /// How to reach one peer VTEP on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,10 +33,10 @@ pub struct NextHop {
     pub ifindex: u32,
     /// Our MAC on that interface (outer source).
     pub src_mac: MacAddr,
-    /// The address whose MAC we need: the gateway, or the peer when it is on-link.
+    /// The address whose MAC is the destination: the gateway, or the peer when on-link.
     pub via: IpAddr,
-    /// The next hop's MAC (outer destination), once known.
-    pub dst_mac: Option<MacAddr>,
+    /// The next hop's MAC (outer destination).
+    pub dst_mac: MacAddr,
 }
 
 /// Why a peer cannot be reached through vxdp's NIC.
@@ -47,43 +62,174 @@ pub enum UnderlayError {
     NoMac(u32),
 }
 
-/// Resolves the next hop to `peer`, which must leave through interface `ifindex` (`iface`).
-/// When the next hop's MAC is unknown, asks the kernel to resolve it and returns
-/// `dst_mac: None`; call again later.
-pub async fn resolve(
-    nl: &Netlink,
-    peer: IpAddr,
+/// The state of one peer's path, for `vxdp status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathStatus {
+    /// A next hop MAC is in use.
+    Resolved {
+        /// The address it belongs to.
+        via: IpAddr,
+        /// The MAC.
+        mac: MacAddr,
+    },
+    /// The kernel is being asked to resolve `via`.
+    Resolving {
+        /// The address whose MAC is missing.
+        via: IpAddr,
+    },
+    /// No usable route (the reason).
+    Unreachable(String),
+}
+
+#[derive(Debug, Default)]
+struct PathState {
+    via: Option<IpAddr>,
+    mac: Option<MacAddr>,
+    route_checked: Option<Instant>,
+    probed: Option<Instant>,
+    problem: Option<String>,
+    in_use: Option<NextHop>,
+}
+
+/// Keeps the next hops to every peer VTEP current (see the module docs).
+#[derive(Debug)]
+pub struct PathTracker {
+    nl: Netlink,
     ifindex: u32,
-    iface: &str,
-) -> Result<NextHop, UnderlayError> {
-    let route = nl.route_to(peer).await?;
-    if route.oif != ifindex {
-        return Err(UnderlayError::WrongInterface {
-            peer,
-            oif: route.oif,
-            iface: iface.to_string(),
+    iface: String,
+    src_mac: Option<MacAddr>,
+    paths: BTreeMap<Ipv4Addr, PathState>,
+}
+
+impl PathTracker {
+    /// Tracks paths leaving through interface `ifindex` (`iface`).
+    pub fn new(nl: Netlink, ifindex: u32, iface: &str) -> PathTracker {
+        PathTracker {
+            nl,
             ifindex,
-        });
+            iface: iface.to_string(),
+            src_mac: None,
+            paths: BTreeMap::new(),
+        }
     }
-    let link = nl
-        .link_by_index(ifindex)
-        .await?
-        .ok_or(UnderlayError::NoMac(ifindex))?;
-    let src_mac = link.mac.ok_or(UnderlayError::NoMac(ifindex))?;
-    let via = route.gateway.unwrap_or(peer);
-    let dst_mac = match nl.neighbour(ifindex, via).await? {
-        Some(n) if n.usable => n.mac,
-        _ => None,
-    };
-    if dst_mac.is_none() {
-        nl.probe_neighbour(ifindex, via).await?;
+
+    /// Stops tracking `peer`.
+    pub fn forget(&mut self, peer: Ipv4Addr) {
+        self.paths.remove(&peer);
     }
-    Ok(NextHop {
-        ifindex,
-        src_mac,
-        via,
-        dst_mac,
-    })
+
+    /// The next hop in use towards `peer`, if any.
+    pub fn next_hop(&self, peer: Ipv4Addr) -> Option<NextHop> {
+        self.paths.get(&peer).and_then(|p| p.in_use)
+    }
+
+    /// The state of the path to `peer`.
+    pub fn status(&self, peer: Ipv4Addr) -> PathStatus {
+        match self.paths.get(&peer) {
+            Some(PathState {
+                in_use: Some(hop), ..
+            }) => PathStatus::Resolved {
+                via: hop.via,
+                mac: hop.dst_mac,
+            },
+            Some(PathState {
+                problem: Some(p), ..
+            }) => PathStatus::Unreachable(p.clone()),
+            Some(PathState { via: Some(via), .. }) => PathStatus::Resolving { via: *via },
+            _ => PathStatus::Unreachable("not resolved yet".into()),
+        }
+    }
+
+    /// Re-checks the paths to `peers` (routes only when due), and returns the peers whose next
+    /// hop changed, with the new one (`None`: no usable path any more).
+    pub async fn refresh(
+        &mut self,
+        peers: impl IntoIterator<Item = Ipv4Addr>,
+        now: Instant,
+    ) -> Vec<(Ipv4Addr, Option<NextHop>)> {
+        match self.nl.link_by_index(self.ifindex).await {
+            Ok(Some(link)) => self.src_mac = link.mac,
+            Ok(None) => self.src_mac = None,
+            Err(e) => tracing::debug!("reading {}: {e}", self.iface),
+        }
+        let neighbours = match self.nl.neighbours(self.ifindex, false).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Keep using what is known: a failed dump is not a changed network.
+                tracing::debug!("listing neighbours on {}: {e}", self.iface);
+                Default::default()
+            }
+        };
+        let mut changed = Vec::new();
+        for peer in peers {
+            let state = self.paths.entry(peer).or_default();
+            if state.route_checked.is_none_or(|t| now.duration_since(t) >= ROUTE_RECHECK) {
+                state.route_checked = Some(now);
+                let problem = match self.nl.route_to(IpAddr::V4(peer)).await {
+                    Ok(r) if r.oif == self.ifindex => {
+                        state.via = Some(r.gateway.unwrap_or(IpAddr::V4(peer)));
+                        None
+                    }
+                    Ok(r) => Some(
+                        UnderlayError::WrongInterface {
+                            peer: IpAddr::V4(peer),
+                            oif: r.oif,
+                            iface: self.iface.clone(),
+                            ifindex: self.ifindex,
+                        }
+                        .to_string(),
+                    ),
+                    Err(e) => Some(e.to_string()),
+                };
+                if problem.is_some() {
+                    state.via = None;
+                    state.mac = None;
+                }
+                if problem != state.problem {
+                    match &problem {
+                        Some(p) => tracing::warn!(peer = %peer, "underlay path: {p}"),
+                        None if state.problem.is_some() => {
+                            tracing::info!(peer = %peer, "underlay path back")
+                        }
+                        None => {}
+                    }
+                    state.problem = problem;
+                }
+            }
+            if let Some(via) = state.via {
+                match neighbours.get(&via) {
+                    Some(n) if n.usable && n.mac.is_some() => state.mac = n.mac,
+                    _ => {
+                        // Expired, being re-validated, or never learnt: ask the kernel (not too
+                        // often) and keep the MAC in use meanwhile.
+                        if state.probed.is_none_or(|t| now.duration_since(t) >= PROBE_EVERY) {
+                            state.probed = Some(now);
+                            if let Err(e) = self.nl.probe_neighbour(self.ifindex, via).await {
+                                tracing::debug!(peer = %peer, "resolving {via}: {e}");
+                            }
+                        }
+                    }
+                }
+            }
+            let hop = match (state.via, state.mac, self.src_mac) {
+                (Some(via), Some(dst_mac), Some(src_mac)) => Some(NextHop {
+                    ifindex: self.ifindex,
+                    src_mac,
+                    via,
+                    dst_mac,
+                }),
+                _ => None,
+            };
+            if hop != state.in_use {
+                if let Some(h) = hop {
+                    tracing::info!(peer = %peer, via = %h.via, mac = %h.dst_mac, "underlay next hop");
+                }
+                state.in_use = hop;
+                changed.push((peer, hop));
+            }
+        }
+        changed
+    }
 }
 
 /// The interface vxdp sends and receives VXLAN on (flannel's "external interface").
