@@ -9,7 +9,8 @@
 //!   peer's at once;
 //! - a neighbour entry the kernel garbage-collects or is re-validating does not take the peer
 //!   down: the MAC in use stays until the kernel learns a different one, and the kernel is asked
-//!   to resolve again (`ip neigh replace ... use`) at most every [`PROBE_EVERY`];
+//!   to resolve again (`ip neigh replace ... use`) with a per-peer backoff from [`PROBE_FIRST`]
+//!   doubling to [`PROBE_MAX`], so dead peers on a flat L2 cost a trickle of ARP, not a storm;
 //! - a problem (no route, wrong interface) is logged when it appears or changes, not every time
 //!   it is seen.
 
@@ -23,8 +24,10 @@ use crate::netlink::{Netlink, NetlinkError};
 
 /// How often each peer's route is asked for again.
 pub const ROUTE_RECHECK: Duration = Duration::from_secs(10);
-/// How often the kernel is asked again to resolve a next hop it has no entry for.
-pub const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// The first wait before asking the kernel again to resolve a next hop it has no entry for.
+pub const PROBE_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between such requests.
+pub const PROBE_MAX: Duration = Duration::from_secs(60);
 
 /// How to reach one peer VTEP on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +90,8 @@ struct PathState {
     mac: Option<MacAddr>,
     route_checked: Option<Instant>,
     probed: Option<Instant>,
+    /// The wait before the next probe; doubles while the next hop stays unknown.
+    probe_backoff: Duration,
     problem: Option<String>,
     in_use: Option<NextHop>,
 }
@@ -198,12 +203,20 @@ impl PathTracker {
             }
             if let Some(via) = state.via {
                 match neighbours.get(&via) {
-                    Some(n) if n.usable && n.mac.is_some() => state.mac = n.mac,
+                    Some(n) if n.usable && n.mac.is_some() => {
+                        state.mac = n.mac;
+                        state.probe_backoff = Duration::ZERO;
+                    }
                     _ => {
-                        // Expired, being re-validated, or never learnt: ask the kernel (not too
-                        // often) and keep the MAC in use meanwhile.
-                        if state.probed.is_none_or(|t| now.duration_since(t) >= PROBE_EVERY) {
+                        // Expired, being re-validated, or never learnt: ask the kernel, less and
+                        // less often while it gets no answer, and keep the MAC in use meanwhile.
+                        if state
+                            .probed
+                            .is_none_or(|t| now.duration_since(t) >= state.probe_backoff)
+                        {
                             state.probed = Some(now);
+                            state.probe_backoff = (state.probe_backoff * 2)
+                                .clamp(PROBE_FIRST, PROBE_MAX);
                             if let Err(e) = self.nl.probe_neighbour(self.ifindex, via).await {
                                 tracing::debug!(peer = %peer, "resolving {via}: {e}");
                             }
