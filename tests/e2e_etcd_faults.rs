@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{proc_rss_kib, Cluster, Host};
+use common::{proc_cpu_secs as cpu_secs, proc_rss_kib, Cluster, Host};
 use etcd_client::{Client, GetOptions, PutOptions};
 use testkit::etcd::{EtcdCluster, EtcdServer};
 use testkit::wait_for;
@@ -541,18 +541,6 @@ fn status_peers(h: &Host) -> Option<BTreeMap<String, (String, String)>> {
             })
             .collect(),
     )
-}
-
-/// CPU seconds (user + system) `pid` has used.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 #[test]
