@@ -909,8 +909,10 @@ fn five_hundred_idle_on_link_peers_cost_little_cpu() {
         program_time.as_secs_f64(),
         t_stop.elapsed().as_secs_f64()
     );
+    // The bound leaves room for a debug build doing one route lookup per peer per second
+    // (about 9% here for 500); today it is several times that.
     assert!(
-        cpu <= 10.0,
+        cpu <= 15.0,
         "idle with {ALIVE} on-link peers vxdp uses {cpu:.0}% of a CPU: every second its upkeep \
          tick asks the kernel, for each peer PublicIP, the route, the link and a dump of the \
          whole neighbour table (O(peers x neighbours) netlink work per second)"
@@ -933,10 +935,11 @@ fn unreachable_peers_cause_neither_arp_storms_nor_log_floods() {
         unroutable: UNROUTABLE,
     };
     let (c, _) = cluster_with_population(1, &pop);
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the first attempts (a backoff may start at a second), then 10 s of steady state.
+    std::thread::sleep(Duration::from_secs(15));
     let h1 = &c.hosts[0];
     let log_before = h1.log_text().lines().count();
-    let window = Duration::from_secs(5);
+    let window = Duration::from_secs(10);
     let (_, frames) = idle_cost(h1, window);
     let log = h1.log_text();
     let new_lines: Vec<&str> = log.lines().skip(log_before).collect();
@@ -960,14 +963,16 @@ fn unreachable_peers_cause_neither_arp_storms_nor_log_floods() {
         new_lines.first().copied().unwrap_or_default()
     );
     let mut bugs = Vec::new();
-    if frames as f64 > f64::from(DEAD) * secs / 10.0 {
+    // One resolution attempt (the kernel sends up to mcast_solicit = 3 requests) per dead
+    // peer per 10 s at most.
+    if frames as f64 > 3.0 * f64::from(DEAD) * secs / 10.0 {
         bugs.push(format!(
             "{frames} ARP requests in {secs:.0} s for {DEAD} dead peers no packet goes to (more \
-             than one per peer per 10 s): the upkeep tick re-probes every unresolved next hop \
-             every second, forever"
+             than one resolution attempt per peer per 10 s): the upkeep tick re-probes every \
+             unresolved next hop every second, forever"
         ));
     }
-    if new_lines.len() > usize::from(UNROUTABLE) {
+    if new_lines.len() as f64 > f64::from(UNROUTABLE) * secs / 10.0 {
         bugs.push(format!(
             "{} log lines in {secs:.0} s for {UNROUTABLE} peers without a route: a warning per \
              peer per second, forever",
