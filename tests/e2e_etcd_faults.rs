@@ -23,6 +23,14 @@ const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
+/// The busy tests (leader changes with 2 s deadlines, the 1000-peer churn) take turns; the
+/// minute-long outage test, idle most of the time, runs beside them.
+static BUSY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn busy() -> std::sync::MutexGuard<'static, ()> {
+    BUSY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cluster_with_bridge_ip(hosts: u8) -> Cluster {
     let c = Cluster::new(hosts);
     c.underlay
@@ -251,6 +259,7 @@ fn change_arrives(c: &Cluster, etcd: &EtcdServer, n: u8, what: &str) -> Duration
 
 #[test]
 fn a_three_member_etcd_survives_compaction_and_leader_changes_without_losing_the_watch() {
+    let _busy = busy();
     let mut c = cluster_with_bridge_ip(2);
     let mut etcd = EtcdCluster::start_in_netns(c.underlay.name(), ETCD_IP, 3);
     etcd.any().put(&format!("{PREFIX}/config"), CONFIG);
@@ -545,6 +554,7 @@ fn status_peers(h: &Host) -> Option<BTreeMap<String, (String, String)>> {
 
 #[test]
 fn a_thousand_peers_with_churn_converge_to_etcd_and_memory_stays_bounded() {
+    let _busy = busy();
     const PEERS: usize = 1000;
     const CHURN: Duration = Duration::from_secs(20);
     const CHURN_RATE: u32 = 200;
