@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use testkit::{require_root, run, unique_prefix, wait_for, ChildGuard, Netns};
@@ -210,6 +210,238 @@ impl Host {
     }
 }
 
+impl Host {
+    /// The daemon's PID (`ip netns exec` and `env` exec, so it is vxdp's own).
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(ChildGuard::pid)
+    }
+
+    /// The daemon's resident set (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_rss_kib(self.pid()?)
+    }
+
+    /// `eth0`'s MAC address.
+    pub fn eth0_mac(&self) -> [u8; 6] {
+        let text = self.ns.run(&["cat", "/sys/class/net/eth0/address"]);
+        testkit::packet::parse_mac(&text).expect("eth0 MAC")
+    }
+
+    /// The VtepMAC the daemon reports for its lease.
+    pub fn vtep_mac(&self) -> String {
+        self.status()["lease"]["vtep_mac"]
+            .as_str()
+            .expect("lease.vtep_mac in the status")
+            .to_string()
+    }
+
+    /// `ip route show` lines (main table) that mention `needle`.
+    pub fn routes_matching(&self, needle: &str) -> Vec<String> {
+        self.ns
+            .run(&["ip", "route", "show"])
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A counter of the namespace's `/proc/net/snmp`, e.g. `("Udp", "NoPorts")`.
+    pub fn snmp(&self, proto: &str, field: &str) -> u64 {
+        let text = self.ns.run(&["cat", "/proc/net/snmp"]);
+        snmp_field(&text, proto, field)
+            .unwrap_or_else(|| panic!("no {proto} {field} in /proc/net/snmp:\n{text}"))
+    }
+}
+
+/// VmRSS of `pid` in KiB.
+pub fn proc_rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU seconds (user + system) `pid` has used.
+pub fn proc_cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// `field` of the `proto:` lines of `/proc/net/snmp` text (a header line, then a value line).
+pub fn snmp_field(text: &str, proto: &str, field: &str) -> Option<u64> {
+    let tag = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&tag));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let i = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// A counter of a `vxdp status --json` document by path, e.g. `["totals", "rx_drops",
+/// "unknown_peer"]`; 0 when absent.
+pub fn counter(status: &Value, path: &[&str]) -> u64 {
+    let mut v = status;
+    for p in path {
+        v = &v[*p];
+    }
+    v.as_u64().unwrap_or(0)
+}
+
+/// An endless stream of pattern bytes (xorshift), so a receiver can check a stream of any
+/// length as it arrives.
+pub struct PatternStream {
+    x: u64,
+    carry: [u8; 8],
+    carry_len: usize,
+}
+
+impl PatternStream {
+    pub fn new(seed: u64) -> Self {
+        PatternStream {
+            x: seed | 1,
+            carry: [0; 8],
+            carry_len: 0,
+        }
+    }
+
+    /// Fills `buf` with the next bytes of the stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut i = 0;
+        while i < buf.len() {
+            if self.carry_len == 0 {
+                self.x ^= self.x << 13;
+                self.x ^= self.x >> 7;
+                self.x ^= self.x << 17;
+                self.carry = self.x.to_le_bytes();
+                self.carry_len = 8;
+            }
+            let start = 8 - self.carry_len;
+            let n = self.carry_len.min(buf.len() - i);
+            buf[i..i + n].copy_from_slice(&self.carry[start..start + n]);
+            self.carry_len -= n;
+            i += n;
+        }
+    }
+}
+
+/// What a [`tcp_stream`] moved.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamResult {
+    /// Bytes the receiver got.
+    pub bytes: u64,
+    /// Seconds from the connection to the end of the stream at the receiver.
+    pub secs: f64,
+    /// Every byte sent arrived, in order, unchanged.
+    pub intact: bool,
+    /// Longest wait for data at the receiver (a stall), in seconds.
+    pub longest_stall: f64,
+}
+
+impl StreamResult {
+    pub fn mbit_s(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e6
+    }
+}
+
+/// Streams pattern bytes over TCP from `from` to `to` (listening on `to_ip:port`) until `done()`
+/// says so, at most `pace` bytes per second when given; the receiver checks every byte. A
+/// stream that outlives an outage of a few seconds (a daemon restart) survives, as TCP does.
+pub fn tcp_stream(
+    from: &Host,
+    to: &Host,
+    to_ip: Ipv4Addr,
+    port: u16,
+    pace: Option<u64>,
+    done: &(dyn Fn() -> bool + Sync),
+) -> StreamResult {
+    tcp_stream_between(from.ns.name(), to.ns.name(), to_ip, port, pace, done)
+}
+
+/// [`tcp_stream`] between namespaces given by name (while the hosts are borrowed elsewhere,
+/// e.g. to restart a daemon mid-stream).
+pub fn tcp_stream_between(
+    from_ns: &str,
+    to_ns: &str,
+    to_ip: Ipv4Addr,
+    port: u16,
+    pace: Option<u64>,
+    done: &(dyn Fn() -> bool + Sync),
+) -> StreamResult {
+    let seed = u64::from(port) * 104_729;
+    let listener = testkit::enter_netns(to_ns, || TcpListener::bind((to_ip, port)).expect("bind"));
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            let (mut conn, _) = listener.accept().expect("accept");
+            conn.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let start = Instant::now();
+            let mut expect = PatternStream::new(seed);
+            let mut buf = vec![0u8; 256 << 10];
+            let mut want = vec![0u8; 256 << 10];
+            let (mut bytes, mut intact, mut longest_stall) = (0u64, true, 0f64);
+            let mut last = Instant::now();
+            loop {
+                let n = match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        eprintln!("tcp_stream receiver: {e}");
+                        intact = false;
+                        break;
+                    }
+                };
+                longest_stall = longest_stall.max(last.elapsed().as_secs_f64());
+                last = Instant::now();
+                expect.fill(&mut want[..n]);
+                if intact && buf[..n] != want[..n] {
+                    intact = false;
+                }
+                bytes += n as u64;
+            }
+            (bytes, start.elapsed().as_secs_f64(), intact, longest_stall)
+        });
+        let sent = testkit::enter_netns(from_ns, || {
+            let addr = SocketAddr::from((to_ip, port));
+            let mut conn =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+            conn.set_write_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            let mut src = PatternStream::new(seed);
+            let chunk = 64 << 10;
+            let mut buf = vec![0u8; chunk];
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while !done() {
+                if let Some(rate) = pace {
+                    let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait.min(Duration::from_millis(20)));
+                        continue;
+                    }
+                }
+                src.fill(&mut buf);
+                conn.write_all(&buf).expect("send");
+                sent += chunk as u64;
+            }
+            sent
+        });
+        let (bytes, secs, intact, longest_stall) = receiver.join().expect("receiver thread");
+        StreamResult {
+            bytes,
+            secs,
+            intact: intact && bytes == sent,
+            longest_stall,
+        }
+    })
+}
+
 /// Deterministic pseudo-random bytes (xorshift), so both ends can check every byte.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
@@ -272,41 +504,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut hosts = Vec::new();
         for i in 1..=n {
-            let ns = Netns::new(&prefix, &format!("h{i}"));
-            let port = format!("h{i}");
-            run(&[
-                "ip",
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                underlay.name(),
-            ]);
-            underlay.run(&["ip", "link", "set", &port, "master", "br0", "up"]);
-            ns.run(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("192.0.2.{i}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ns.run(&["ip", "link", "set", "eth0", "up"]);
-            let hdir = dir.path().join(format!("h{i}"));
-            std::fs::create_dir_all(&hdir).unwrap();
-            hosts.push(Host {
-                ns,
-                index: i,
-                dir: hdir,
-                daemon: None,
-            });
+            hosts.push(plug_host(&prefix, &underlay, dir.path(), i));
         }
         Cluster {
             hosts,
@@ -326,6 +524,65 @@ impl Cluster {
 
     pub fn host(&mut self, i: u8) -> &mut Host {
         &mut self.hosts[usize::from(i) - 1]
+    }
+
+    /// Makes the underlay bridge a plain switch: no br_netfilter (`bridge-nf-call-*`), which
+    /// on hosts that load it validates and drops malformed IPv4 and holds fragments for
+    /// reassembly before they reach any host. A physical switch forwards such frames.
+    pub fn plain_switch(&self) {
+        for t in ["iptables", "ip6tables", "arptables"] {
+            let knob = format!("/proc/sys/net/bridge/bridge-nf-call-{t}");
+            if std::path::Path::new(&knob).exists() {
+                self.underlay
+                    .run(&["sh", "-c", &format!("echo 0 > {knob}")]);
+            }
+        }
+    }
+
+    /// One more host on the bridge (192.0.2.<index>/24), not in `hosts`: for a namespace that
+    /// runs no vxdp (an attacker, a client).
+    pub fn add_bare_host(&self, index: u8) -> Host {
+        plug_host(&self.prefix, &self.underlay, self.dir.path(), index)
+    }
+}
+
+/// Creates host `i`: namespace `<prefix>-h<i>` with `eth0` at 192.0.2.<i>/24, plugged into the
+/// underlay's `br0`, and its scratch directory.
+fn plug_host(prefix: &str, underlay: &Netns, dir: &Path, i: u8) -> Host {
+    let ns = Netns::new(prefix, &format!("h{i}"));
+    let port = format!("h{i}");
+    run(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        ns.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &port,
+        "netns",
+        underlay.name(),
+    ]);
+    underlay.run(&["ip", "link", "set", &port, "master", "br0", "up"]);
+    ns.run(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("192.0.2.{i}/24"),
+        "dev",
+        "eth0",
+    ]);
+    ns.run(&["ip", "link", "set", "eth0", "up"]);
+    let hdir = dir.join(format!("h{i}"));
+    std::fs::create_dir_all(&hdir).unwrap();
+    Host {
+        ns,
+        index: i,
+        dir: hdir,
+        daemon: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! A throwaway single-member etcd (`/usr/bin/etcd`, Debian's `etcd-server`) for tests.
+//! A throwaway single-member etcd (`/usr/bin/etcd`, Debian's `etcd-server`) for tests, and a
+//! three-member cluster of them ([`EtcdCluster`]) for leader changes and member failures.
 //!
 //! Every [`EtcdServer`] runs on its own free loopback ports with its own data directory, so tests
 //! can run in parallel. It is driven with `etcdctl` (v3 API) so that tests check what is really
@@ -31,6 +32,8 @@ pub struct EtcdServer {
     client_port: u16,
     peer_port: u16,
     tls: Option<TlsFiles>,
+    /// `--initial-cluster` when this is a member of an [`EtcdCluster`] (`None`: alone).
+    initial_cluster: Option<String>,
     child: Option<Child>,
 }
 
@@ -76,6 +79,13 @@ impl EtcdServer {
     }
 
     fn start_with(tls: bool, netns: Option<String>, host: &str) -> EtcdServer {
+        let mut server = Self::prepare(tls, netns, host);
+        server.spawn();
+        server
+    }
+
+    /// A member with its own name, directory and ports, not started yet.
+    fn prepare(tls: bool, netns: Option<String>, host: &str) -> EtcdServer {
         assert!(
             Path::new(ETCD).exists() && Path::new(ETCDCTL).exists(),
             "{ETCD} and {ETCDCTL} are needed for the etcd tests: apt-get install etcd-server \
@@ -90,7 +100,7 @@ impl EtcdServer {
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("create etcd test directory {}: {e}", dir.display()));
         let tls = tls.then(|| make_tls_files(&dir));
-        let mut server = EtcdServer {
+        EtcdServer {
             name,
             netns,
             host: host.to_string(),
@@ -98,10 +108,14 @@ impl EtcdServer {
             client_port: free_port(),
             peer_port: free_port(),
             tls,
+            initial_cluster: None,
             child: None,
-        };
-        server.spawn();
-        server
+        }
+    }
+
+    /// The peer URL, e.g. `http://127.0.0.1:40124`.
+    fn peer_url(&self) -> String {
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
@@ -132,7 +146,14 @@ impl EtcdServer {
     }
 
     fn spawn(&mut self) {
-        let peer = format!("http://{}:{}", self.host, self.peer_port);
+        self.spawn_process();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to answer (a cluster member answers only once
+    /// a quorum is up).
+    fn spawn_process(&mut self) {
+        let peer = self.peer_url();
         let client = self.endpoint();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -164,7 +185,17 @@ impl EtcdServer {
             .arg("--initial-advertise-peer-urls")
             .arg(&peer)
             .arg("--initial-cluster")
-            .arg(format!("{}={peer}", self.name))
+            .arg(
+                self.initial_cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={peer}", self.name)),
+            )
+            .arg("--initial-cluster-token")
+            .arg(
+                self.initial_cluster
+                    .as_ref()
+                    .map_or(self.name.as_str(), |_| "vxdp-test"),
+            )
             .arg("--initial-cluster-state")
             .arg("new")
             .arg("--logger")
@@ -177,11 +208,10 @@ impl EtcdServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -198,7 +228,7 @@ impl EtcdServer {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "etcd did not answer at {} within 10 s ({}); its log:\n{}",
+                    "etcd did not answer at {} within 15 s ({}); its log:\n{}",
                     self.endpoint(),
                     String::from_utf8_lossy(&health.stderr).trim(),
                     self.log_tail(40)
@@ -224,6 +254,31 @@ impl EtcdServer {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Kills etcd (SIGKILL: a crash, no leadership hand-over) and waits for it; the data stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes etcd (SIGSTOP): it keeps its connections and accepts new ones but answers
+    /// nothing, like a hung or partitioned member. [`EtcdServer::resume`] thaws it.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill on the PID of a child we spawned and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// Thaws etcd after [`EtcdServer::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: as in pause.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
     }
 
     /// Starts etcd again on the same ports and data directory (after [`EtcdServer::stop`]).
@@ -354,6 +409,129 @@ impl EtcdServer {
         let rev = self.revision();
         self.etcdctl(&["compact", "--physical", &rev.to_string()]);
         rev
+    }
+
+    /// The process ID (of etcd itself: `ip netns exec` execs it), while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// This member's ID and the ID of the leader it knows (`etcdctl endpoint status`); `None`
+    /// when it does not answer.
+    pub fn member_and_leader(&self) -> Option<(u64, u64)> {
+        let out =
+            self.etcdctl_output(&["endpoint", "status", "-w", "fields", "--command-timeout=1s"]);
+        if !out.status.success() {
+            return None;
+        }
+        let fields = String::from_utf8_lossy(&out.stdout);
+        let id = field(&fields, "MemberID")?.parse().ok()?;
+        let leader = field(&fields, "Leader")?.parse().ok()?;
+        Some((id, leader))
+    }
+}
+
+/// A three-member (or n-member) etcd cluster on one address, each member on its own ports and
+/// data directory, for leader changes and member failures. Members are killed by PID on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<EtcdServer>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members in namespace `netns` on `host` and waits until each answers (which
+    /// needs a leader).
+    pub fn start_in_netns(netns: &str, host: std::net::Ipv4Addr, n: usize) -> EtcdCluster {
+        let mut members: Vec<EtcdServer> = (0..n)
+            .map(|_| EtcdServer::prepare(false, Some(netns.to_string()), &host.to_string()))
+            .collect();
+        let initial: Vec<String> = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect();
+        let initial = initial.join(",");
+        for m in &mut members {
+            m.initial_cluster = Some(initial.clone());
+            m.spawn_process();
+        }
+        for m in &mut members {
+            m.wait_ready();
+        }
+        EtcdCluster { members }
+    }
+
+    /// Every member's client URL, comma-separated (for `--etcd-endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(EtcdServer::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Member `i`.
+    pub fn member(&self, i: usize) -> &EtcdServer {
+        &self.members[i]
+    }
+
+    /// Member `i`, to stop or restart it.
+    pub fn member_mut(&mut self, i: usize) -> &mut EtcdServer {
+        &mut self.members[i]
+    }
+
+    /// A running member that answers, for reads and writes (etcd forwards to the leader).
+    pub fn any(&self) -> &EtcdServer {
+        self.members
+            .iter()
+            .find(|m| m.is_running() && m.member_and_leader().is_some())
+            .unwrap_or_else(|| panic!("no etcd member answers"))
+    }
+
+    /// The index of the leader, once the running members agree on one (up to `timeout`).
+    pub fn wait_leader(&self, timeout: Duration) -> Option<usize> {
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.wait_leader_among(&all, timeout)
+    }
+
+    /// The index of the leader, once the running members among `members` agree on one that is
+    /// also among them (up to `timeout`).
+    pub fn wait_leader_among(&self, members: &[usize], timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let views: Vec<(usize, u64, u64)> = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| members.contains(i) && m.is_running())
+                .filter_map(|(i, m)| m.member_and_leader().map(|(id, l)| (i, id, l)))
+                .collect();
+            let leader = views.first().map(|v| v.2).filter(|l| *l != 0);
+            if let Some(leader) = leader {
+                if views.iter().all(|v| v.2 == leader) {
+                    if let Some(v) = views.iter().find(|v| v.1 == leader) {
+                        return Some(v.0);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Transfers leadership to member `to` (`etcdctl move-leader`, sent to the current leader)
+    /// and waits until every running member follows it.
+    pub fn move_leader(&self, to: usize) {
+        let leader = self
+            .wait_leader(Duration::from_secs(10))
+            .expect("a leader to move leadership from");
+        let (to_id, _) = self.members[to]
+            .member_and_leader()
+            .unwrap_or_else(|| panic!("etcd member {to} does not answer"));
+        self.members[leader].etcdctl(&["move-leader", &format!("{to_id:x}")]);
+        let now = self.wait_leader(Duration::from_secs(10));
+        assert_eq!(now, Some(to), "leadership did not move to member {to}");
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod packet;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -116,19 +117,29 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a valid namespace fd affects only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
+        enter_netns(&self.name, f)
     }
+}
+
+/// Runs `f` on a thread that has entered the namespace called `name` (as [`Netns::enter`], for
+/// code that holds only the name while the [`Netns`] is borrowed elsewhere).
+pub fn enter_netns<F, R>(name: &str, f: F) -> R
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = format!("/var/run/netns/{name}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 impl Drop for Netns {
