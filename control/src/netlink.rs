@@ -650,10 +650,7 @@ impl Netlink {
 
     /// The neighbour entry for `ip` on link `index`, if the kernel has one.
     pub async fn neighbour(&self, index: u32, ip: IpAddr) -> Result<Option<Neighbour>> {
-        Ok(self
-            .neighbours(index, ip.is_ipv6())
-            .await?
-            .remove(&ip))
+        Ok(self.neighbours(index, ip.is_ipv6()).await?.remove(&ip))
     }
 
     /// Every IPv4 (or IPv6) neighbour entry on link `index`, in one dump.

@@ -25,7 +25,7 @@ use crate::netlink::{Netlink, NetlinkError};
 /// How often each peer's route is asked for again.
 pub const ROUTE_RECHECK: Duration = Duration::from_secs(10);
 /// The first wait before asking the kernel again to resolve a next hop it has no entry for.
-pub const PROBE_FIRST: Duration = Duration::from_secs(1);
+pub const PROBE_FIRST: Duration = Duration::from_secs(2);
 /// The longest wait between such requests.
 pub const PROBE_MAX: Duration = Duration::from_secs(60);
 
@@ -168,7 +168,10 @@ impl PathTracker {
         let mut changed = Vec::new();
         for peer in peers {
             let state = self.paths.entry(peer).or_default();
-            if state.route_checked.is_none_or(|t| now.duration_since(t) >= ROUTE_RECHECK) {
+            if state
+                .route_checked
+                .is_none_or(|t| now.duration_since(t) >= ROUTE_RECHECK)
+            {
                 state.route_checked = Some(now);
                 let problem = match self.nl.route_to(IpAddr::V4(peer)).await {
                     Ok(r) if r.oif == self.ifindex => {
@@ -215,8 +218,8 @@ impl PathTracker {
                             .is_none_or(|t| now.duration_since(t) >= state.probe_backoff)
                         {
                             state.probed = Some(now);
-                            state.probe_backoff = (state.probe_backoff * 2)
-                                .clamp(PROBE_FIRST, PROBE_MAX);
+                            state.probe_backoff =
+                                (state.probe_backoff * 2).clamp(PROBE_FIRST, PROBE_MAX);
                             if let Err(e) = self.nl.probe_neighbour(self.ifindex, via).await {
                                 tracing::debug!(peer = %peer, "resolving {via}: {e}");
                             }
