@@ -305,48 +305,30 @@ impl XskSocket {
                 2 * config.ring_size
             )));
         }
-        match config.bind_mode {
-            BindMode::Copy => Self::open_with(config, SocketMode::Copy),
-            BindMode::ZeroCopy => Self::open_with(config, SocketMode::ZeroCopy),
-            BindMode::Auto => match Self::open_with(config, SocketMode::ZeroCopy) {
-                Ok(sock) => Ok(sock),
-                // Drivers without zero-copy support refuse the bind; everything else is real.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPROTONOSUPPORT)
-                    ) =>
-                {
-                    tracing::debug!(queue = config.queue_id, "zero-copy bind refused: {e}");
-                    Self::open_with(config, SocketMode::Copy)
-                }
-                Err(e) => Err(e),
-            },
-        }
+        Self::open_with(config)
     }
 
-    fn open_with(config: &XskConfig, mode: SocketMode) -> Result<XskSocket, XskError> {
-        let sock_err = |step: &'static str, errno: xdpilone::Errno| {
-            let raw = errno.get_raw().abs();
-            XskError::Socket {
-                step,
-                ifname: config.ifname.clone(),
-                queue: config.queue_id,
-                errno: std::io::Error::from_raw_os_error(raw).to_string(),
-                raw,
-                hint: match raw {
-                    libc::EPERM => {
-                        ". AF_XDP needs CAP_NET_RAW and CAP_NET_ADMIN (or root); \
+    fn open_with(config: &XskConfig) -> Result<XskSocket, XskError> {
+        let sock_err_raw = |step: &'static str, raw: i32| XskError::Socket {
+            step,
+            ifname: config.ifname.clone(),
+            queue: config.queue_id,
+            errno: std::io::Error::from_raw_os_error(raw).to_string(),
+            raw,
+            hint: match raw {
+                libc::EPERM => {
+                    ". AF_XDP needs CAP_NET_RAW and CAP_NET_ADMIN (or root); \
                          use --backend kernel otherwise"
-                    }
-                    libc::EBUSY => ". Another AF_XDP socket is bound to this queue",
-                    libc::EINVAL if step == "bind" => {
-                        ". The queue may not exist: check `ethtool -l IFACE`"
-                    }
-                    _ => "",
-                },
-            }
+                }
+                libc::EBUSY => ". Another AF_XDP socket is bound to this queue",
+                libc::EINVAL if step == "bind" => {
+                    ". The queue may not exist: check `ethtool -l IFACE`"
+                }
+                _ => "",
+            },
         };
+        let sock_err =
+            |step: &'static str, errno: xdpilone::Errno| sock_err_raw(step, errno.get_raw().abs());
         let area = UmemArea::new(config.umem_bytes()).map_err(|e| XskError::Umem {
             ifname: config.ifname.clone(),
             queue: config.queue_id,
@@ -382,24 +364,45 @@ impl XskSocket {
             .fq_cq(&sock)
             .map_err(|e| sock_err("fill/completion ring setup", e))?;
         let ring = NonZeroU32::new(config.ring_size);
-        let bind_flags = SocketConfig::XDP_BIND_NEED_WAKEUP
-            | match mode {
-                SocketMode::ZeroCopy => SocketConfig::XDP_BIND_ZEROCOPY,
-                SocketMode::Copy => SocketConfig::XDP_BIND_COPY,
-            };
         let user = umem
             .rx_tx(
                 &sock,
                 &SocketConfig {
                     rx_size: ring,
                     tx_size: ring,
-                    bind_flags,
+                    // Unused: the bind below is ours, to retry it with other flags.
+                    bind_flags: 0,
                 },
             )
             .map_err(|e| sock_err("rx/tx ring setup", e))?;
         let rx = user.map_rx().map_err(|e| sock_err("rx ring mmap", e))?;
         let tx = user.map_tx().map_err(|e| sock_err("tx ring mmap", e))?;
-        umem.bind(&user).map_err(|e| sock_err("bind", e))?;
+        let ifindex = info.ifindex();
+        let bind = |mode: SocketMode| bind_xsk(user.as_raw_fd(), ifindex, config.queue_id, mode);
+        // The UMEM is registered once: a failed bind leaves the socket ready to bind again
+        // (the kernel drops the pool it tried to attach), so the copy-mode fallback needs no
+        // second registration; a second one would be charged to RLIMIT_MEMLOCK before the
+        // first is released (asynchronously) and could exhaust it.
+        let mode = match config.bind_mode {
+            BindMode::Copy => bind(SocketMode::Copy).map(|()| SocketMode::Copy),
+            BindMode::ZeroCopy => bind(SocketMode::ZeroCopy).map(|()| SocketMode::ZeroCopy),
+            BindMode::Auto => match bind(SocketMode::ZeroCopy) {
+                Ok(()) => Ok(SocketMode::ZeroCopy),
+                // Drivers without zero-copy support refuse the bind; anything else is real.
+                Err(raw)
+                    if matches!(raw, libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT) =>
+                {
+                    tracing::debug!(
+                        queue = config.queue_id,
+                        "zero-copy bind refused ({}); binding in copy mode",
+                        std::io::Error::from_raw_os_error(raw)
+                    );
+                    bind(SocketMode::Copy).map(|()| SocketMode::Copy)
+                }
+                Err(raw) => Err(raw),
+            },
+        }
+        .map_err(|raw| sock_err_raw("bind", raw))?;
         let (fill, completion) = device.into_parts();
 
         Ok(XskSocket {
@@ -449,6 +452,47 @@ impl XskSocket {
             OwnedFd::from_raw_fd(fd)
         })))
     }
+}
+
+/// Binds an AF_XDP socket with its own UMEM to (`ifindex`, `queue`) in `mode`, with
+/// need-wakeup; the raw errno on failure.
+fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i32> {
+    const XDP_COPY: u16 = 1 << 1;
+    const XDP_ZEROCOPY: u16 = 1 << 2;
+    const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
+    #[repr(C)]
+    struct SockaddrXdp {
+        family: u16,
+        flags: u16,
+        ifindex: u32,
+        queue_id: u32,
+        shared_umem_fd: u32,
+    }
+    let addr = SockaddrXdp {
+        family: libc::AF_XDP as u16,
+        flags: XDP_USE_NEED_WAKEUP
+            | match mode {
+                SocketMode::ZeroCopy => XDP_ZEROCOPY,
+                SocketMode::Copy => XDP_COPY,
+            },
+        ifindex,
+        queue_id: queue,
+        shared_umem_fd: 0,
+    };
+    // SAFETY: bind with a sockaddr_xdp of the size the kernel expects.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const SockaddrXdp).cast(),
+            std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    Ok(())
 }
 
 /// Puts every address of `addrs` on the fill ring; returns how many fit (all of them unless the
