@@ -884,6 +884,30 @@ mod tests {
         }
     }
 
+    /// Found by the `lease_file` and `lease_json` fuzz targets (minimized): numbers in data kept
+    /// raw changed when re-encoded, because serde_json's default float parsing is not correctly
+    /// rounded (Go's `strconv.ParseFloat` is); `float_roundtrip` makes it so.
+    #[test]
+    fn raw_numbers_survive_re_encoding() {
+        let long = format!("1{}", "3".repeat(128)); // beyond u64: a float, as in Go
+        for (text, number) in [
+            (r#"{"BackendData":{"":66600e60}}"#.to_string(), 6.66e64),
+            (
+                format!(r#"{{"BackendType":"vxlan","BackendData":{{"VNI":{long}}}}}"#),
+                1.3333333333333332e128,
+            ),
+        ] {
+            let attrs = LeaseAttrs::from_json(&text).unwrap();
+            let Some(BackendData::Raw(data)) = &attrs.backend_data else {
+                panic!("{text}: {attrs:?}");
+            };
+            let value = data.as_object().unwrap().values().next().unwrap();
+            assert_eq!(value.as_f64(), Some(number), "{text}");
+            let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+            assert_eq!(again, attrs, "{text}");
+        }
+    }
+
     #[test]
     fn bad_values_are_refused() {
         for (text, needle) in [
