@@ -322,7 +322,10 @@ pub enum BackendData {
     /// The data of a `vxlan` lease.
     Vxlan(VxlanBackendData),
     /// Anything else, kept as found: another backend's data, or vxlan data that does not decode
-    /// ([`LeaseAttrs::vxlan_data`] says why). Re-encoding sorts object keys.
+    /// ([`LeaseAttrs::vxlan_data`] says why). Re-encoding sorts object keys and keeps only the
+    /// last of duplicate keys, so vxlan data refused because of an earlier duplicate (Go's
+    /// decoder reports the first bad value, `{"VNI":-1,"VNI":1,...}`) decodes once re-encoded.
+    /// vxdp re-encodes only its own leases, which never hold such data.
     Raw(serde_json::Value),
 }
 
@@ -882,6 +885,26 @@ mod tests {
             );
             assert!(e.to_string().contains(reason), "{text}: {e}");
         }
+    }
+
+    /// The documented limit of `BackendData::Raw` (the lease fuzz targets allow for it).
+    #[test]
+    fn raw_data_re_encodes_without_duplicate_keys() {
+        let text = r#"{"PublicIP":"10.0.0.9","BackendType":"vxlan","BackendData":{"VNI":-1,"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#;
+        let attrs = LeaseAttrs::from_json(text).unwrap();
+        assert!(matches!(
+            attrs.vxlan_data(),
+            Err(LeaseError::BadVxlanData { .. })
+        ));
+        let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+        assert_eq!(
+            again.vxlan_data().unwrap(),
+            VxlanBackendData {
+                vni: 1,
+                vtep_mac: mac("02:00:00:00:00:01")
+            }
+        );
+        assert_eq!(again.to_json(), attrs.to_json());
     }
 
     /// Found by the `lease_file` and `lease_json` fuzz targets (minimized): numbers in data kept

@@ -1,7 +1,8 @@
 //! Arbitrary file contents through the two file parsers: neither panics.
 //!
 //! - The local store's lease files (`store::local::decode`): a file that decodes re-encodes
-//!   (`encode`) to text that decodes to an equal lease and re-encodes to the same bytes.
+//!   (`encode`) to text that decodes to an equal lease and re-encodes to the same bytes (but for
+//!   the one documented exception, see `lease_round_trip.rs`).
 //! - The subnet file as `subnet_file::read_previous_subnet` reads it (the bytes made UTF-8
 //!   lossily, then `parse_previous_subnet`; going through a real file per input ran at a few
 //!   hundred inputs a second): the subnets it returns have no host bits, and the subnet file
@@ -18,6 +19,9 @@ use control::store::local::{decode, encode};
 use control::subnet_file::{parse_previous_subnet, render};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "lease_round_trip.rs"]
+mod lease_round_trip;
+
 fn check_lease_file(text: &str) {
     let key: SubnetKey = "10.5.52.0-24&fc00:0:0:34::-64".parse().unwrap();
     let Ok(lease) = decode(&key, text) else {
@@ -26,8 +30,12 @@ fn check_lease_file(text: &str) {
     assert_eq!(lease.key(), key);
     let encoded = encode(&lease);
     let again = decode(&key, &encoded).unwrap_or_else(|e| panic!("{encoded}: {e}"));
-    assert_eq!(again, lease, "{encoded}");
-    assert_eq!(encode(&again), encoded);
+    assert_eq!(again.key(), key);
+    assert_eq!(again.expiration, lease.expiration, "{encoded}");
+    lease_round_trip::check(text, &lease.attrs, &again.attrs);
+    if again == lease {
+        assert_eq!(encode(&again), encoded);
+    }
 }
 
 fn check_subnet_file(data: &[u8]) {

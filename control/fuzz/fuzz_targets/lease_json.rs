@@ -1,7 +1,8 @@
 //! Arbitrary bytes as a lease value and as a subnet key: neither parser panics.
 //!
 //! - `LeaseAttrs::from_json`: an accepted value re-encodes (`to_json`) to text that decodes to
-//!   an equal value and re-encodes to the same bytes; serde's `Deserialize` agrees with it.
+//!   an equal value and re-encodes to the same bytes (but for the one documented exception, see
+//!   `lease_round_trip.rs`); serde's `Deserialize` agrees with it.
 //! - `SubnetKey`: a key that parses is in flannel's canonical form (it displays as the text it
 //!   came from), and so does one reached through `from_etcd_key`.
 //! - The other way round, a key built from the first 22 bytes (IPv4 address and length, IPv6
@@ -15,6 +16,9 @@ use control::lease::{LeaseAttrs, SubnetKey, DEFAULT_ETCD_PREFIX};
 use ipnet::{Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "lease_round_trip.rs"]
+mod lease_round_trip;
+
 fn check_attrs(text: &str) {
     let decoded = LeaseAttrs::from_json(text);
     let via_serde = serde_json::from_str::<LeaseAttrs>(text);
@@ -24,8 +28,7 @@ fn check_attrs(text: &str) {
     };
     let json = attrs.to_json();
     let again = LeaseAttrs::from_json(&json).unwrap_or_else(|e| panic!("{json}: {e}"));
-    assert_eq!(again, attrs, "{json}");
-    assert_eq!(again.to_json(), json);
+    lease_round_trip::check(text, &attrs, &again);
     // Whatever the data, asking for it never panics.
     let _ = (attrs.vxlan_data(), attrs.vxlan_v6_data());
 }
