@@ -322,7 +322,10 @@ pub enum BackendData {
     /// The data of a `vxlan` lease.
     Vxlan(VxlanBackendData),
     /// Anything else, kept as found: another backend's data, or vxlan data that does not decode
-    /// ([`LeaseAttrs::vxlan_data`] says why). Re-encoding sorts object keys.
+    /// ([`LeaseAttrs::vxlan_data`] says why). Re-encoding sorts object keys and keeps only the
+    /// last of duplicate keys, so vxlan data refused because of an earlier duplicate (Go's
+    /// decoder reports the first bad value, `{"VNI":-1,"VNI":1,...}`) decodes once re-encoded.
+    /// vxdp re-encodes only its own leases, which never hold such data.
     Raw(serde_json::Value),
 }
 
@@ -881,6 +884,50 @@ mod tests {
                 "{text}: {e:?}"
             );
             assert!(e.to_string().contains(reason), "{text}: {e}");
+        }
+    }
+
+    /// The documented limit of `BackendData::Raw` (the lease fuzz targets allow for it).
+    #[test]
+    fn raw_data_re_encodes_without_duplicate_keys() {
+        let text = r#"{"PublicIP":"10.0.0.9","BackendType":"vxlan","BackendData":{"VNI":-1,"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}"#;
+        let attrs = LeaseAttrs::from_json(text).unwrap();
+        assert!(matches!(
+            attrs.vxlan_data(),
+            Err(LeaseError::BadVxlanData { .. })
+        ));
+        let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+        assert_eq!(
+            again.vxlan_data().unwrap(),
+            VxlanBackendData {
+                vni: 1,
+                vtep_mac: mac("02:00:00:00:00:01")
+            }
+        );
+        assert_eq!(again.to_json(), attrs.to_json());
+    }
+
+    /// Found by the `lease_file` and `lease_json` fuzz targets (minimized): numbers in data kept
+    /// raw changed when re-encoded, because serde_json's default float parsing is not correctly
+    /// rounded (Go's `strconv.ParseFloat` is); `float_roundtrip` makes it so.
+    #[test]
+    fn raw_numbers_survive_re_encoding() {
+        let long = format!("1{}", "3".repeat(128)); // beyond u64: a float, as in Go
+        for (text, number) in [
+            (r#"{"BackendData":{"":66600e60}}"#.to_string(), 6.66e64),
+            (
+                format!(r#"{{"BackendType":"vxlan","BackendData":{{"VNI":{long}}}}}"#),
+                1.3333333333333332e128,
+            ),
+        ] {
+            let attrs = LeaseAttrs::from_json(&text).unwrap();
+            let Some(BackendData::Raw(data)) = &attrs.backend_data else {
+                panic!("{text}: {attrs:?}");
+            };
+            let value = data.as_object().unwrap().values().next().unwrap();
+            assert_eq!(value.as_f64(), Some(number), "{text}");
+            let again = LeaseAttrs::from_json(&attrs.to_json()).unwrap();
+            assert_eq!(again, attrs, "{text}");
         }
     }
 

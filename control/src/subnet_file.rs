@@ -279,7 +279,9 @@ pub fn read_previous_subnet(path: &Path) -> Result<(Ipv4Net, Option<Ipv6Net>), N
     parse_previous_subnet(&text, path)
 }
 
-fn parse_previous_subnet(
+/// [`read_previous_subnet`] on the file's text; `path` is for the messages.
+#[doc(hidden)] // public for the fuzz targets in control/fuzz
+pub fn parse_previous_subnet(
     text: &str,
     path: &Path,
 ) -> Result<(Ipv4Net, Option<Ipv6Net>), NoPreviousSubnet> {

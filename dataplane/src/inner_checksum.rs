@@ -89,7 +89,8 @@ fn locate(frame: &[u8]) -> Option<(usize, usize, IpProtocol, u16)> {
                 return None;
             }
             let hl = ip.header_len();
-            let l4_len = usize::from(ip.total_len()).checked_sub(hl)?;
+            let ip_payload_len = usize::from(ip.total_len()).checked_sub(hl)?;
+            let l4_len = covered_len(frame, l3 + hl, ip_payload_len, proto)?;
             let pseudo = checksum::pseudo_header_v4(
                 &ip.src_addr(),
                 &ip.dst_addr(),
@@ -104,7 +105,12 @@ fn locate(frame: &[u8]) -> Option<(usize, usize, IpProtocol, u16)> {
             if proto != IpProtocol::Tcp && proto != IpProtocol::Udp {
                 return None;
             }
-            let l4_len = usize::from(ip.payload_len());
+            let l4_len = covered_len(
+                frame,
+                l3 + ipv6::HEADER_LEN,
+                usize::from(ip.payload_len()),
+                proto,
+            )?;
             let pseudo = checksum::pseudo_header_v6(
                 &ip.src_addr(),
                 &ip.dst_addr(),
@@ -115,6 +121,25 @@ fn locate(frame: &[u8]) -> Option<(usize, usize, IpProtocol, u16)> {
         }
         _ => None,
     }
+}
+
+/// The bytes the transport checksum covers, also the pseudo header's length: the IP payload for
+/// TCP; for UDP its own length field (RFC 768), which is what a sender puts in the residue and
+/// what a receiver checks (Linux `udp_rcv` drops a datagram longer than the IP payload and trims
+/// the payload to a shorter one).
+fn covered_len(
+    frame: &[u8],
+    l4_start: usize,
+    ip_payload_len: usize,
+    proto: IpProtocol,
+) -> Option<usize> {
+    if proto != IpProtocol::Udp {
+        return Some(ip_payload_len);
+    }
+    let at = l4_start.checked_add(4)?;
+    let len = frame.get(at..at + 2)?;
+    let udp_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    (8..=ip_payload_len).contains(&udp_len).then_some(udp_len)
 }
 
 #[cfg(test)]
@@ -239,5 +264,101 @@ mod tests {
             complete_partial_checksum(&mut f),
             InnerChecksum::NotApplicable
         );
+    }
+
+    fn pseudo_udp(len: u16) -> u16 {
+        checksum::pseudo_header_v4(
+            &"10.244.2.0".parse().unwrap(),
+            &"10.244.1.0".parse().unwrap(),
+            17,
+            len,
+        )
+    }
+
+    /// `tcp_frame` turned into UDP with `udp_len` in the UDP header (the IP payload stays 120
+    /// bytes) and a checksum right over those `udp_len` bytes.
+    fn udp_frame(udp_len: u16) -> Vec<u8> {
+        let mut f = tcp_frame();
+        f[23] = 17;
+        f[24..26].copy_from_slice(&[0, 0]);
+        let c = !checksum::data(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        f[40..42].copy_from_slice(&[0, 0]);
+        let end = 34 + usize::from(udp_len).min(120);
+        let sum = !checksum::combine(&[pseudo_udp(udp_len), checksum::data(&f[34..end])]);
+        f[40..42].copy_from_slice(&sum.to_be_bytes());
+        f
+    }
+
+    fn udp_valid(f: &[u8], udp_len: u16) -> bool {
+        let end = 34 + usize::from(udp_len);
+        checksum::combine(&[pseudo_udp(udp_len), checksum::data(&f[34..end])]) == 0xffff
+    }
+
+    #[test]
+    fn udp_checksums_cover_the_udp_length() {
+        // A whole datagram: the residue is completed.
+        let good = udp_frame(120);
+        let mut partial = good.clone();
+        partial[40..42].copy_from_slice(&pseudo_udp(120).to_be_bytes());
+        assert_eq!(
+            complete_partial_checksum(&mut partial),
+            InnerChecksum::Completed
+        );
+        assert_eq!(partial, good);
+
+        // Bytes after the datagram in the IP payload: the residue and the sum are over the UDP
+        // length, as the sender computed and the receiver checks them; the rest is not covered.
+        let good = udp_frame(100);
+        assert!(udp_valid(&good, 100));
+        let mut partial = good.clone();
+        partial[40..42].copy_from_slice(&pseudo_udp(100).to_be_bytes());
+        assert_eq!(
+            complete_partial_checksum(&mut partial),
+            InnerChecksum::Completed
+        );
+        assert_eq!(partial, good);
+        let mut ip_len_residue = good.clone();
+        ip_len_residue[40..42].copy_from_slice(&pseudo_udp(120).to_be_bytes());
+        let before = ip_len_residue.clone();
+        assert_ne!(
+            complete_partial_checksum(&mut ip_len_residue),
+            InnerChecksum::Completed
+        );
+        assert_eq!(ip_len_residue, before);
+
+        // A UDP length beyond the IP payload, or shorter than the UDP header: the receiver drops
+        // the datagram, so there is nothing to complete.
+        for udp_len in [121, 0xffff, 7, 0] {
+            let mut f = udp_frame(udp_len);
+            f[40..42].copy_from_slice(&pseudo_udp(120).to_be_bytes());
+            let before = f.clone();
+            assert_eq!(
+                complete_partial_checksum(&mut f),
+                InnerChecksum::NotApplicable,
+                "UDP length {udp_len}"
+            );
+            assert_eq!(f, before);
+        }
+    }
+
+    /// Found by the `inner_checksum` fuzz target (minimized): UDP length 0xff0a in a 22-byte IP
+    /// payload, with the checksum field equal to the residue over the IP payload length. It used
+    /// to be "completed" over the IP payload, a sum no receiver checks.
+    #[test]
+    fn fuzz_udp_length_beyond_the_ip_payload() {
+        let mut frame = [
+            0x9a, 0x3b, 0x5c, 0x7d, 0x1e, 0x02, 0xc6, 0xd2, 0x32, 0x6f, 0x8f, 0x44, 0x08, 0x00,
+            0x45, 0x00, 0x00, 0x2a, 0x20, 0xd5, 0x40, 0x00, 0x40, 0x11, 0x02, 0xed, 0x0a, 0x01,
+            0x01, 0x00, 0x0a, 0x01, 0x02, 0x00, 0xd6, 0x52, 0x9d, 0xff, 0xff, 0x0a, 0x17, 0x29,
+            0xb7, 0x70, 0x69, 0x6e, 0x67, 0x20, 0x6f, 0x76, 0x65, 0x72, 0x75, 0x64, 0x70, 0x0a,
+        ];
+        let before = frame;
+        assert_eq!(
+            complete_partial_checksum(&mut frame),
+            InnerChecksum::NotApplicable
+        );
+        assert_eq!(frame, before);
     }
 }

@@ -146,7 +146,8 @@ impl LocalStore {
 }
 
 /// A lease file's text: flannel's JSON with `"Expiration"` appended.
-fn encode(lease: &Lease) -> String {
+#[doc(hidden)] // public for the fuzz targets in control/fuzz
+pub fn encode(lease: &Lease) -> String {
     let json = lease.attrs.to_json();
     match lease.expiration {
         None => json,
@@ -159,7 +160,9 @@ fn encode(lease: &Lease) -> String {
     }
 }
 
-fn decode(key: &SubnetKey, text: &str) -> Result<Lease, String> {
+/// The lease `key` names, from its file's text ([`encode`]), or why it does not decode.
+#[doc(hidden)] // public for the fuzz targets in control/fuzz
+pub fn decode(key: &SubnetKey, text: &str) -> Result<Lease, String> {
     #[derive(serde::Deserialize)]
     struct Expiry {
         #[serde(rename = "Expiration", default)]
