@@ -118,6 +118,8 @@ pub struct WorkerStats {
     pub tx_kicks: Counter,
     /// Times the worker blocked in poll because there was nothing to do.
     pub sleeps: Counter,
+    /// Received frames the fill ring could not take back at once (returned on a later round).
+    pub fill_ring_deferred: Counter,
     rx_drops: [Counter; DropReason::COUNT],
     tx_drops: [Counter; TxDrop::ALL.len()],
 }
@@ -140,6 +142,7 @@ impl Default for WorkerStats {
             tap_write_errors: Counter::default(),
             tx_kicks: Counter::default(),
             sleeps: Counter::default(),
+            fill_ring_deferred: Counter::default(),
             rx_drops: std::array::from_fn(|_| Counter::default()),
             tx_drops: std::array::from_fn(|_| Counter::default()),
         }
@@ -177,6 +180,7 @@ impl WorkerStats {
             tap_write_errors: self.tap_write_errors.get(),
             tx_kicks: self.tx_kicks.get(),
             sleeps: self.sleeps.get(),
+            fill_ring_deferred: self.fill_ring_deferred.get(),
             rx_drops: DropReason::ALL
                 .iter()
                 .map(|r| (r.as_str().to_string(), self.rx_drops[r.index()].get()))
@@ -222,6 +226,9 @@ pub struct WorkerCounters {
     pub tx_kicks: u64,
     /// Times the worker slept in poll.
     pub sleeps: u64,
+    /// Received frames returned to the fill ring a round late.
+    #[serde(default)]
+    pub fill_ring_deferred: u64,
     /// Decapsulation drops by reason.
     pub rx_drops: BTreeMap<String, u64>,
     /// Encapsulation-side drops by reason.
@@ -246,6 +253,7 @@ impl WorkerCounters {
         self.tap_write_errors += other.tap_write_errors;
         self.tx_kicks += other.tx_kicks;
         self.sleeps += other.sleeps;
+        self.fill_ring_deferred += other.fill_ring_deferred;
         for (k, v) in &other.rx_drops {
             *self.rx_drops.entry(k.clone()).or_default() += v;
         }

@@ -65,7 +65,8 @@ pub struct XskConfig {
     pub frame_size: u32,
     /// Number of UMEM frames (half receive, half transmit).
     pub frame_count: u32,
-    /// Entries in each of the four rings (power of two).
+    /// Entries in the RX, TX and completion rings (power of two); the fill ring gets
+    /// [`XskConfig::fill_ring_size`].
     pub ring_size: u32,
     /// Zero-copy, copy, or auto-detect.
     pub bind_mode: BindMode,
@@ -75,6 +76,11 @@ impl XskConfig {
     /// Bytes of UMEM this socket locks.
     pub fn umem_bytes(&self) -> usize {
         self.frame_size as usize * self.frame_count as usize
+    }
+
+    /// Entries in the fill ring: twice the receive half of the UMEM (see [`XskSocket::open`]).
+    pub fn fill_ring_size(&self) -> u32 {
+        (self.frame_count / 2 * 2).next_power_of_two()
     }
 }
 
@@ -336,7 +342,11 @@ impl XskSocket {
             errno: e.to_string(),
         })?;
         let umem_config = UmemConfig {
-            fill_size: config.ring_size,
+            // Twice the receive half of the UMEM: the kernel publishes how far it has consumed
+            // the fill ring only when it flushes, after it has published the RX descriptors, so
+            // for a moment user space holds frames the ring still counts as queued. A ring of
+            // exactly the receive frames would then refuse them.
+            fill_size: config.fill_ring_size(),
             complete_size: config.ring_size,
             frame_size: config.frame_size,
             headroom: 0,
@@ -590,6 +600,16 @@ mod tests {
         c.frame_count = 100;
         let err = XskSocket::open(&c).unwrap_err().to_string();
         assert!(err.contains("--umem-frames"), "{err}");
+    }
+
+    #[test]
+    fn fill_ring_holds_twice_the_receive_frames() {
+        let mut c = config();
+        assert_eq!(c.fill_ring_size(), 256); // 128 receive frames
+        c.frame_count = 4096;
+        assert_eq!(c.fill_ring_size(), 4096);
+        c.frame_count = 3000; // 1500 receive frames: rounded up to a power of two
+        assert_eq!(c.fill_ring_size(), 4096);
     }
 
     #[test]
