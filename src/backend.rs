@@ -88,7 +88,7 @@ impl Backend for ActiveBackend {
         }
     }
 
-    async fn tick(&mut self) {
+    async fn tick(&mut self) -> Result<(), BackendError> {
         match self {
             ActiveBackend::Xdp(b) => b.tick().await,
             ActiveBackend::Kernel(b) => b.tick().await,

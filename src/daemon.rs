@@ -588,7 +588,10 @@ async fn run_with_store<S: LeaseStore>(
             },
             _ = tick.tick() => {
                 sync.retry_failed().await;
-                sync.backend_mut().tick().await;
+                if let Err(e) = sync.backend_mut().tick().await {
+                    tracing::error!("the dataplane failed, shutting down so that the service manager restarts vxdp: {e}");
+                    break Err(anyhow::anyhow!("dataplane failed: {e}"));
+                }
             }
             _ = masq_resync.tick(), if masquerade.is_some() => {
                 if let Some(m) = masquerade.clone() {

@@ -672,7 +672,7 @@ impl Backend for XdpBackend {
         result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))
     }
 
-    async fn tick(&mut self) {
+    async fn tick(&mut self) -> Result<(), BackendError> {
         let mut drops: BTreeMap<String, u64> = BTreeMap::new();
         for w in &self.workers {
             let c = w.stats.snapshot();
@@ -683,10 +683,27 @@ impl Backend for XdpBackend {
         if let Some(warning) = self.drop_alarm.check(drops) {
             tracing::warn!("{warning}");
         }
+        // A dead worker leaves its queue's socket in the XSKMAP: the XDP program would keep
+        // steering VXLAN into a ring nobody reads. Nothing here can restart it (the TAP
+        // queue went with it), so the whole daemon stops.
         for w in &mut self.workers {
             if w.thread.as_ref().is_some_and(JoinHandle::is_finished) {
-                let outcome = w.thread.take().map(JoinHandle::join);
-                tracing::error!(queue = w.queue, "worker stopped unexpectedly: {outcome:?}");
+                let why = match w.thread.take().map(JoinHandle::join) {
+                    Some(Ok(Ok(()))) | None => "returned".to_string(),
+                    Some(Ok(Err(e))) => format!("failed: {e}"),
+                    Some(Err(panic)) => format!(
+                        "panicked: {}",
+                        panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default()
+                    ),
+                };
+                return Err(BackendError(format!(
+                    "the worker of queue {} stopped unexpectedly ({why})",
+                    w.queue
+                )));
             }
         }
         let ips: std::collections::BTreeSet<Ipv4Addr> = self
@@ -696,6 +713,7 @@ impl Backend for XdpBackend {
             .map(|(_, p)| p.public_ip)
             .collect();
         self.refresh_paths(ips.into_iter().collect()).await;
+        Ok(())
     }
 
     async fn shutdown(mut self) {

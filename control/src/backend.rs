@@ -130,7 +130,9 @@ pub trait Backend: Send {
     ) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Periodic upkeep (about once a second): underlay next hops, a deleted link, ...
-    fn tick(&mut self) -> impl Future<Output = ()> + Send;
+    /// An error means the backend can no longer forward and cannot repair itself (a worker
+    /// died): the daemon stops and exits non-zero, so that the service manager restarts it.
+    fn tick(&mut self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
     /// Undoes everything the backend created on this host.
     fn shutdown(self) -> impl Future<Output = ()> + Send;
@@ -302,7 +304,9 @@ mod tests {
                 .push(format!("remove {}", previous.subnet));
             Ok(())
         }
-        async fn tick(&mut self) {}
+        async fn tick(&mut self) -> Result<(), BackendError> {
+            Ok(())
+        }
         async fn shutdown(self) {}
     }
 

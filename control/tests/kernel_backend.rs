@@ -453,7 +453,8 @@ fn a_deleted_or_downed_link_comes_back_with_its_address_and_every_peer() {
 
         // A network restart deletes the link; the next tick recreates it.
         h.a.run(&["ip", "link", "del", DEV]);
-        rt.block_on(backend.tick());
+        rt.block_on(backend.tick())
+            .expect("kernel backend upkeep never fails");
         let second = ifindex(&h.a, DEV).expect("vxdp.1 recreated by the first tick");
         assert_ne!(first, second);
         assert_eq!(backend.link_index(), Some(second));
@@ -478,7 +479,8 @@ fn a_deleted_or_downed_link_comes_back_with_its_address_and_every_peer() {
         let d = peer("10.5.4.0/24", "192.0.2.4", "02:dd:00:00:00:04");
         rt.block_on(backend.add_peer(&d))
             .expect("add D while the link is missing");
-        rt.block_on(backend.tick());
+        rt.block_on(backend.tick())
+            .expect("kernel backend upkeep never fails");
         assert!(link_exists(&h.a, DEV), "vxdp.1 not recreated");
         assert_vxlan_entries(
             &h,
@@ -493,7 +495,8 @@ fn a_deleted_or_downed_link_comes_back_with_its_address_and_every_peer() {
         // Set down, the kernel drops its routes and neighbours; the tick restores them.
         h.a.run(&["ip", "link", "set", DEV, "down"]);
         assert!(routes(&h.a).iter().all(|r| !r.contains(DEV)));
-        rt.block_on(backend.tick());
+        rt.block_on(backend.tick())
+            .expect("kernel backend upkeep never fails");
         assert!(h
             .a
             .run(&["ip", "link", "show", "dev", DEV])
@@ -503,7 +506,8 @@ fn a_deleted_or_downed_link_comes_back_with_its_address_and_every_peer() {
 
         // A healthy link is left alone.
         let index = ifindex(&h.a, DEV);
-        rt.block_on(backend.tick());
+        rt.block_on(backend.tick())
+            .expect("kernel backend upkeep never fails");
         assert_eq!(ifindex(&h.a, DEV), index);
 
         rt.block_on(backend.shutdown());
