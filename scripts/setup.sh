@@ -13,6 +13,8 @@ packages=(
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl python3
+  # scripts/soak.sh reads vxdp status and iperf3 JSON
+  jq util-linux
   # the systemd unit is checked with systemd-analyze verify
   systemd
 )
