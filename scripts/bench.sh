@@ -344,6 +344,26 @@ main() {
   PORT=5200
   next_port() { PORT=$((PORT + 1)); }
 
+  # The system calls h1's vxdp makes during the single-stream test (all its threads, counted by
+  # the raw_syscalls tracepoint, which does not slow the traced process the way strace does),
+  # and its frame counters around it: syscalls per 1000 frames shows the hot path's batching.
+  syscalls_start() {
+    SYSCALL_PERF=
+    [ ${#VX_PIDS[@]} -gt 0 ] || return 0
+    "$VXDP" status --json --control-socket "$WORK/$T-h1.sock" > "$OUT/tcp1-status0.json" 2>/dev/null || true
+    perf stat -e raw_syscalls:sys_enter -x, -p "${VX_PIDS[0]}" -o "$OUT/tcp1-syscalls.txt" 2> "$OUT/tcp1-syscalls.err" &
+    SYSCALL_PERF=$!
+    PIDS+=("$SYSCALL_PERF")
+    sleep 0.2 # perf attaches to every thread before the test starts
+  }
+  syscalls_stop() {
+    [ -n "$SYSCALL_PERF" ] || return 0
+    kill -INT "$SYSCALL_PERF" 2>/dev/null || true
+    wait "$SYSCALL_PERF" 2>/dev/null || true
+    forget_pid "$SYSCALL_PERF"
+    "$VXDP" status --json --control-socket "$WORK/$T-h1.sock" > "$OUT/tcp1-status1.json" 2>/dev/null || true
+  }
+
   tcp_test() { # name, parallel streams
     local name=$1 streams=$2 server
     next_port
@@ -351,10 +371,12 @@ main() {
     server=$!
     PIDS+=("$server")
     wait_port "$T-h2" tcp "$PORT" || true
+    [ "$name" = tcp1 ] && syscalls_start
     cpustat > "$OUT/$name-cpu0.json"
     run_fg ip netns exec "$T-h1" "${NICE_CMD[@]}" timeout $((TCP_S + 30)) iperf3 -c "$DST" -p "$PORT" -t "$TCP_S" \
       -P "$streams" -J > "$OUT/$name.json" 2> "$OUT/$name.err" || true
     cpustat > "$OUT/$name-cpu1.json"
+    [ "$name" = tcp1 ] && syscalls_stop
     reap_pid "$server" 5
   }
 

@@ -8,6 +8,7 @@ bench.sh leaves raw outputs (iperf3 -J, vxdp-bench JSON, /proc snapshots) in a d
     rounds/<n>/order.txt
     rounds/<n>/<contender>/         tcp1.json tcp1-cpu{0,1}.json tcp4... sink.json flood.json
                                     rtt.json status-h{1,2}.json settle.txt | failed.txt
+                                    tcp1-syscalls.txt tcp1-status{0,1}.json (vxdp only)
     vxdp-kernel-unavailable.txt
 
 `figure` prints one figure for a progress line; `report` turns the tree into the JSON document
@@ -37,6 +38,7 @@ METRICS = [
     ("rtt_p99_us", "RTT p99 us", "{:.0f}", True),
     ("cpu_s_per_gb", "CPU s/GB (machine)", "{:.2f}", True),
     ("cpu_s_per_gb_ours", "CPU s/GB (w/o other procs)", "{:.2f}", True),
+    ("syscalls_per_1k_frames", "vxdp syscalls / 1000 frames", "{:.0f}", True),
 ]
 
 
@@ -102,6 +104,31 @@ def tcp_result(d, name):
     if cpu and gb > 0:
         r["cpu_s_per_gb"] = cpu["busy_cpu_s"] / gb
         r["cpu_s_per_gb_ours"] = cpu["ours_cpu_s"] / gb
+    return r
+
+
+def syscall_result(d):
+    """h1's vxdp during the single-stream test: system calls (perf's raw_syscalls:sys_enter,
+    all threads) per 1000 frames its workers moved (underlay frames sent and received, TAP
+    reads and writes)."""
+    text = read_text(os.path.join(d, "tcp1-syscalls.txt"))
+    s0, s1 = load(os.path.join(d, "tcp1-status0.json")), load(os.path.join(d, "tcp1-status1.json"))
+    if text is None or not s0 or not s1:
+        return {}
+    calls = None
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter" and fields[0].isdigit():
+            calls = int(fields[0])
+    if calls is None:
+        return {"error": (read_text(os.path.join(d, "tcp1-syscalls.err")) or text).strip()[:300]}
+    keys = ("nic_rx_frames", "nic_tx_frames", "tap_rx_frames", "tap_tx_frames")
+    t0, t1 = s0.get("totals") or {}, s1.get("totals") or {}
+    moved = {k: t1.get(k, 0) - t0.get(k, 0) for k in keys}
+    nic = moved["nic_rx_frames"] + moved["nic_tx_frames"]
+    r = {"syscalls": calls, "frames": moved}
+    if nic > 0:
+        r["per_1000_nic_frames"] = 1000.0 * calls / nic
     return r
 
 
@@ -183,6 +210,7 @@ def contender_round(d):
         "tcp4": tcp_result(d, "tcp4"),
         "udp64": pps_result(d),
         "rtt": rtt_result(d),
+        "syscalls": syscall_result(d),
     }
     for h in (1, 2):
         st = load(os.path.join(d, "status-h%d.json" % h))
@@ -205,6 +233,7 @@ def figures(r):
         "rtt_p99_us": r["rtt"].get("p99_us"),
         "cpu_s_per_gb": r["tcp1"].get("cpu_s_per_gb"),
         "cpu_s_per_gb_ours": r["tcp1"].get("cpu_s_per_gb_ours"),
+        "syscalls_per_1k_frames": (r.get("syscalls") or {}).get("per_1000_nic_frames"),
     }
     return {k: v for k, v in f.items() if v is not None}
 

@@ -13,6 +13,8 @@ packages=(
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl python3
+  # bench.sh counts vxdp's system calls per frame with perf (raw_syscalls tracepoint)
+  linux-perf
   # scripts/soak.sh reads vxdp status and iperf3 JSON
   jq util-linux
   # the systemd unit is checked with systemd-analyze verify

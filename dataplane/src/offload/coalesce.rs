@@ -182,7 +182,7 @@ impl Segment<'_> {
 /// Holds at most one pending super-frame, in one buffer of [`COALESCE_BUF_LEN`] bytes allocated
 /// by [`Coalescer::new`]; no other allocation. Per received frame the caller does:
 ///
-/// ```ignore
+/// ```text
 /// if coalescer.is_pending() && !coalescer.can_append(frame) {
 ///     tap.write(coalescer.flush());
 /// }
