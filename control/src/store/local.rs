@@ -13,6 +13,10 @@
 //! check-and-write, which makes "create if absent or expired" atomic between nodes. Watchers poll
 //! the directory (a `stat` every 200 ms, a re-read only when it changed or a lease lapsed):
 //! cheap for the tens of nodes such a store serves, and robust on any filesystem.
+//!
+//! A directory's mtime is coarse (a timer tick on Linux, seconds elsewhere): two writes in one
+//! tick leave the same mtime, so an unchanged mtime proves nothing while it is younger than
+//! [`MTIME_SETTLE`]; until then the watcher re-reads on every poll.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +32,9 @@ use crate::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 
 /// How often watchers look at the directory.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How old the directory's mtime must be before an unchanged mtime means an unchanged
+/// directory (longer than any mtime granularity of a local filesystem but FAT's).
+pub const MTIME_SETTLE: Duration = Duration::from_secs(2);
 
 /// A lease store in a local directory.
 #[derive(Debug, Clone)]
@@ -281,7 +288,9 @@ impl LeaseStore for LocalStore {
         let store = self.clone();
         async move {
             Ok(LocalWatcher {
-                dir_mtime: dir_mtime(&store.subnets_dir()),
+                // Unknown: a lease written between the listing and now would otherwise be
+                // part of the baseline and never reported. The first poll reads again.
+                dir_mtime: None,
                 store,
                 known,
             })
@@ -301,6 +310,13 @@ fn dir_mtime(dir: &Path) -> Option<SystemTime> {
     fs::metadata(dir).and_then(|m| m.modified()).ok()
 }
 
+/// Whether `mtime` is old enough that a later write would have changed it.
+fn mtime_settled(mtime: Option<SystemTime>) -> bool {
+    mtime
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age >= MTIME_SETTLE)
+}
+
 /// Watches a [`LocalStore`] by polling.
 #[derive(Debug)]
 pub struct LocalWatcher {
@@ -314,9 +330,10 @@ impl LeaseWatcher for LocalWatcher {
         loop {
             tokio::time::sleep(POLL_INTERVAL).await;
             let now = OffsetDateTime::now_utc();
+            // Taken before the read: a write after it changes the mtime again.
             let mtime = dir_mtime(&self.store.subnets_dir());
             let lapsed = self.known.values().any(|l| l.is_expired(now));
-            if mtime == self.dir_mtime && !lapsed {
+            if mtime.is_some() && mtime == self.dir_mtime && mtime_settled(mtime) && !lapsed {
                 continue;
             }
             let listing = self.store.list().await?;
@@ -424,6 +441,68 @@ mod tests {
         fs::write(store.subnets_dir().join("10.5.9.0-24"), "{garbage").unwrap();
         fs::write(store.subnets_dir().join("README"), "not a lease").unwrap();
         assert_eq!(store.list().await.unwrap().leases.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lease_written_between_listing_and_watch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let listing = store.list().await.unwrap();
+        let b = lease("10.5.2.0-24", [192, 0, 2, 2], 2, Some(3600));
+        store.create(&b).await.unwrap();
+        let mut watcher = store.watch(&listing).await.unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+            .await
+            .expect("the lease written after the listing, within 1 s")
+            .unwrap();
+        assert_eq!(events, vec![LeaseEvent::Added(b)]);
+    }
+
+    /// Sets the mtime of `dir` (what a second write in the same timer tick leaves behind).
+    fn set_mtime(dir: &Path, to: SystemTime) {
+        let since = to.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        let ts = libc::timespec {
+            tv_sec: since.as_secs() as libc::time_t,
+            tv_nsec: since.subsec_nanos() as libc::c_long,
+        };
+        let times = [ts, ts];
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C path and two timespecs.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    #[tokio::test]
+    async fn a_write_that_leaves_the_mtime_unchanged_is_still_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let a = lease("10.5.1.0-24", [192, 0, 2, 1], 1, Some(3600));
+        store.create(&a).await.unwrap();
+        let listing = store.list().await.unwrap();
+        let mut watcher = store.watch(&listing).await.unwrap();
+        // Let the watcher take the mtime of a's write as its baseline.
+        let first = tokio::time::timeout(Duration::from_millis(500), watcher.next()).await;
+        assert!(first.is_err(), "no change yet: {first:?}");
+        let tick = dir_mtime(&store.subnets_dir()).unwrap();
+
+        let b = lease("10.5.2.0-24", [192, 0, 2, 2], 2, Some(3600));
+        store.create(&b).await.unwrap();
+        set_mtime(&store.subnets_dir(), tick);
+        let events = tokio::time::timeout(Duration::from_secs(1), watcher.next())
+            .await
+            .expect("b's write within 1 s although the mtime did not move")
+            .unwrap();
+        assert_eq!(events, vec![LeaseEvent::Added(b)]);
+    }
+
+    #[test]
+    fn an_mtime_settles_after_a_while() {
+        let now = SystemTime::now();
+        assert!(!mtime_settled(None));
+        assert!(!mtime_settled(Some(now)));
+        assert!(mtime_settled(Some(
+            now - MTIME_SETTLE - Duration::from_millis(1)
+        )));
     }
 
     #[tokio::test]
