@@ -408,9 +408,12 @@ impl UnsupportedFlanneldFlags {
             || given(&self.kube_annotation_prefix)
             || given(&self.set_node_network_unavailable)
         {
-            "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not              implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory              (--local-store)"
+            "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not \
+             implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory \
+             (--local-store)"
         } else if given(&self.iface_can_reach) {
-            "--iface-can-reach is not implemented: name the interface with --iface or              --iface-regex"
+            "--iface-can-reach is not implemented: name the interface with --iface or \
+             --iface-regex"
         } else if given(&self.public_ipv6) {
             "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
         } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
@@ -534,6 +537,13 @@ mod tests {
         let err = cli.run.unsupported.check().unwrap_err();
         assert!(
             err.contains("--kube-subnet-mgr") && err.contains("--etcd-endpoints"),
+            "{err}"
+        );
+        assert!(!err.contains("  "), "one sentence, no gaps: {err}");
+        let cli = Cli::try_parse_from(["vxdp", "--iface-can-reach", "192.0.2.9"]).unwrap();
+        let err = cli.run.unsupported.check().unwrap_err();
+        assert!(
+            err.contains("--iface-regex") && !err.contains("  "),
             "{err}"
         );
         let cli = Cli::try_parse_from(["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
