@@ -72,9 +72,11 @@ impl Host {
             subnet_file.display().to_string(),
             "--control-socket".into(),
             control.display().to_string(),
-            "--worker-cpus".into(),
-            "none".into(),
         ]);
+        // Several nodes share this machine's CPUs: workers unpinned unless a test says.
+        if !extra.contains(&"--worker-cpus") {
+            args.extend(["--worker-cpus".into(), "none".into()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = self.log();
@@ -496,6 +498,12 @@ pub struct Cluster {
 impl Cluster {
     /// Creates `n` hosts (192.0.2.1..n) on a bridge in their own underlay namespace.
     pub fn new(n: u8) -> Cluster {
+        Cluster::with_queues(n, 1)
+    }
+
+    /// Like [`Cluster::new`], with `queues` RX and TX queues on both ends of every host's veth
+    /// (a multi-queue NIC).
+    pub fn with_queues(n: u8, queues: u32) -> Cluster {
         require_root();
         let prefix = unique_prefix();
         let underlay = Netns::new(&prefix, "ul");
@@ -504,7 +512,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut hosts = Vec::new();
         for i in 1..=n {
-            hosts.push(plug_host(&prefix, &underlay, dir.path(), i));
+            hosts.push(plug_host(&prefix, &underlay, dir.path(), i, queues));
         }
         Cluster {
             hosts,
@@ -542,22 +550,20 @@ impl Cluster {
     /// One more host on the bridge (192.0.2.<index>/24), not in `hosts`: for a namespace that
     /// runs no vxdp (an attacker, a client).
     pub fn add_bare_host(&self, index: u8) -> Host {
-        plug_host(&self.prefix, &self.underlay, self.dir.path(), index)
+        plug_host(&self.prefix, &self.underlay, self.dir.path(), index, 1)
     }
 }
 
-/// Creates host `i`: namespace `<prefix>-h<i>` with `eth0` at 192.0.2.<i>/24, plugged into the
-/// underlay's `br0`, and its scratch directory.
-fn plug_host(prefix: &str, underlay: &Netns, dir: &Path, i: u8) -> Host {
+/// Creates host `i`: namespace `<prefix>-h<i>` with `eth0` at 192.0.2.<i>/24 (`queues` RX and
+/// TX queues on both ends), plugged into the underlay's `br0`, and its scratch directory.
+fn plug_host(prefix: &str, underlay: &Netns, dir: &Path, i: u8, queues: u32) -> Host {
     let ns = Netns::new(prefix, &format!("h{i}"));
     let port = format!("h{i}");
-    run(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        ns.name(),
+    let q = queues.to_string();
+    let q = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
+    let mut cmd = vec!["ip", "link", "add", "eth0", "netns", ns.name()];
+    cmd.extend(q);
+    cmd.extend([
         "type",
         "veth",
         "peer",
@@ -566,6 +572,8 @@ fn plug_host(prefix: &str, underlay: &Netns, dir: &Path, i: u8) -> Host {
         "netns",
         underlay.name(),
     ]);
+    cmd.extend(q);
+    run(&cmd);
     underlay.run(&["ip", "link", "set", &port, "master", "br0", "up"]);
     ns.run(&[
         "ip",
