@@ -59,6 +59,20 @@ impl NetlinkError {
 
 type Result<T> = std::result::Result<T, NetlinkError>;
 
+/// The outcome of a request for which the kernel's `tolerated` errno means the host is
+/// already as asked (an address already there, an entry already gone).
+fn tolerate(
+    result: std::result::Result<(), rtnetlink::Error>,
+    tolerated: i32,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == tolerated => Ok(()),
+        Err(e) => Err(NetlinkError::new(what(), e)),
+    }
+}
+
 /// What vxdp needs to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -383,14 +397,11 @@ impl Netlink {
 
     /// Adds `ip/prefix` to link `index`; an address that is already there is fine.
     pub async fn ensure_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
-        match self.handle.address().add(index, ip, prefix).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
-            Err(e) => Err(NetlinkError::new(
-                format!("adding address {ip}/{prefix} to link #{index}"),
-                e,
-            )),
-        }
+        tolerate(
+            self.handle.address().add(index, ip, prefix).execute().await,
+            libc::EEXIST,
+            || format!("adding address {ip}/{prefix} to link #{index}"),
+        )
     }
 
     /// Sets link `index` up.
@@ -491,16 +502,11 @@ impl Netlink {
         msg.header.index = index;
         msg.attributes.push(AddressAttribute::Local(ip));
         msg.attributes.push(AddressAttribute::Address(ip));
-        match self.handle.address().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EADDRNOTAVAIL => {
-                Ok(())
-            }
-            Err(e) => Err(NetlinkError::new(
-                format!("deleting address {ip}/{prefix} from link #{index}"),
-                e,
-            )),
-        }
+        tolerate(
+            self.handle.address().del(msg).execute().await,
+            libc::EADDRNOTAVAIL,
+            || format!("deleting address {ip}/{prefix} from link #{index}"),
+        )
     }
 
     /// The interface carrying the default route of `family`, if any.
@@ -579,14 +585,11 @@ impl Netlink {
             .map_err(|m| NetlinkError::other(format!("building route {dst} via {via}"), m))?;
         // The kernel matches the protocol of a deletion only when it is set (fib_table_delete).
         msg.header.protocol = RouteProtocol::Unspec;
-        match self.handle.route().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ESRCH => Ok(()),
-            Err(e) => Err(NetlinkError::new(
-                format!("deleting route {dst} via {via}"),
-                e,
-            )),
-        }
+        tolerate(
+            self.handle.route().del(msg).execute().await,
+            libc::ESRCH,
+            || format!("deleting route {dst} via {via}"),
+        )
     }
 
     /// All main-table routes whose destination is `dst` exactly.
@@ -751,14 +754,11 @@ impl Netlink {
                 IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
                 IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
             }));
-        match self.handle.neighbours().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(()),
-            Err(e) => Err(NetlinkError::new(
-                format!("deleting neighbour {ip} on link #{index}"),
-                e,
-            )),
-        }
+        tolerate(
+            self.handle.neighbours().del(msg).execute().await,
+            libc::ENOENT,
+            || format!("deleting neighbour {ip} on link #{index}"),
+        )
     }
 
     /// `bridge fdb replace MAC dev #INDEX dst DST self permanent`: frames for `mac` leave the
@@ -792,14 +792,11 @@ impl Netlink {
             .push(NeighbourAttribute::LinkLayerAddress(mac.octets().to_vec()));
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::from(dst)));
-        match self.handle.neighbours().del(msg).execute().await {
-            Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENOENT => Ok(()),
-            Err(e) => Err(NetlinkError::new(
-                format!("deleting FDB entry {mac} dst {dst} on link #{index}"),
-                e,
-            )),
-        }
+        tolerate(
+            self.handle.neighbours().del(msg).execute().await,
+            libc::ENOENT,
+            || format!("deleting FDB entry {mac} dst {dst} on link #{index}"),
+        )
     }
 
     /// The bridge FDB entries of link `index` (`bridge fdb show dev DEV`).
