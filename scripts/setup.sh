@@ -6,8 +6,9 @@ set -euo pipefail
 packages=(
   # build: libbpf-cargo compiles bpf/*.bpf.c with clang; libbpf-sys links libelf and zlib
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make
-  # etcd-client (etcd v3 API) generates its protobuf code with protoc
-  protobuf-compiler
+  # etcd-client (etcd v3 API) generates its protobuf code with protoc; its google/protobuf/*.proto
+  # include files come with libprotobuf-dev, which --no-install-recommends does not pull in
+  protobuf-compiler libprotobuf-dev
   # tests: namespaces, veth, kernel vxlan peers, a real etcd
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
   nftables iptables tcpdump openssl
