@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::tables::{PeerEntry, PeerTables};
-use dataplane::tunnel::{
+use ipnet::Ipv4Net;
+use packet::tunnel::{
     decapsulate, encapsulate, flow_hash, Decap, DecapPolicy, OuterHeader, OuterParams,
 };
-use dataplane::wire::{MacAddr, Vni};
-use ipnet::Ipv4Net;
+use packet::wire::{MacAddr, Vni};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);

@@ -15,14 +15,14 @@ use control::underlay::{ExternalInterface, NextHop, PathStatus, PathTracker};
 use dataplane::stats::{WorkerCounters, WorkerStats};
 use dataplane::tables::{PeerEntry, PeerTables};
 use dataplane::tap::{TapConfig, TapDevice};
-use dataplane::tunnel::{DecapPolicy, OuterHeader, OuterParams};
-use dataplane::wire::{MacAddr, Vni};
 use dataplane::worker::{StopSignal, Worker};
 use dataplane::xdp::{SteeringConfig, SteeringProgram, XdpCounters, XdpMode};
 use dataplane::xsk::{
     BindMode, SocketMode, XskConfig, XskError, XskKernelStats, XskSocket, XskStatsReader,
 };
 use ipnet::{IpNet, Ipv4Net};
+use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
+use packet::wire::{MacAddr, Vni};
 use serde::Serialize;
 
 /// Bytes per UMEM frame (one page).

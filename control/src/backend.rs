@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use dataplane::wire::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
+use packet::wire::MacAddr;
 
 use crate::lease::{Lease, LeaseEvent};
 

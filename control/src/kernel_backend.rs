@@ -40,9 +40,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use dataplane::wire::MacAddr;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::RouteProtocol;
+use packet::wire::MacAddr;
 
 use crate::backend::{Backend, BackendError, Peer};
 use crate::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};

@@ -15,8 +15,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use dataplane::wire::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
+use packet::wire::MacAddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 

@@ -7,7 +7,6 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane::wire::MacAddr;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -21,6 +20,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
 };
 use netlink_packet_route::AddressFamily;
+use packet::wire::MacAddr;
 use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkVxlan, RouteMessageBuilder};
 
 /// A failed netlink operation.

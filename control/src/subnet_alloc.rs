@@ -399,7 +399,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::lease::LeaseAttrs;
-    use dataplane::wire::MacAddr;
+    use packet::wire::MacAddr;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use time::Duration;

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use dataplane::wire::MacAddr;
+use packet::wire::MacAddr;
 
 use crate::netlink::{Netlink, NetlinkError};
 

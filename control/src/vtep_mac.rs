@@ -8,7 +8,7 @@
 
 use std::net::IpAddr;
 
-use dataplane::wire::MacAddr;
+use packet::wire::MacAddr;
 
 /// The machine id (`/etc/machine-id`, else D-Bus's copy, else the host name).
 pub fn machine_id() -> String {

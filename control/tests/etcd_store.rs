@@ -9,7 +9,7 @@ use control::config;
 use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey, DEFAULT_ETCD_PREFIX};
 use control::store::etcd::{EtcdOptions, EtcdStore, EtcdWatcher};
 use control::store::{acquire, renew, LeaseStore, LeaseWatcher, StoreError};
-use dataplane::wire::MacAddr;
+use packet::wire::MacAddr;
 use testkit::etcd::EtcdServer;
 use time::OffsetDateTime;
 

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use control::backend::{Backend, Peer};
 use control::kernel_backend::{KernelBackend, KernelBackendConfig};
 use control::netlink::{FdbEntry, Netlink};
-use dataplane::wire::MacAddr;
+use packet::wire::MacAddr;
 use testkit::{require_root, unique_prefix, veth, Netns};
 
 const DEV: &str = "vxdp.1";

@@ -18,8 +18,8 @@ use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
 use ipnet::Ipv4Net;
 
-use crate::tunnel::OuterHeader;
-use crate::wire::MacAddr;
+use packet::tunnel::OuterHeader;
+use packet::wire::MacAddr;
 
 /// Where frames for one peer VtepMAC go.
 #[derive(Debug, Clone)]
@@ -207,8 +207,8 @@ impl PeerReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tunnel::{OuterHeader, OuterParams};
-    use crate::wire::vxlan::Vni;
+    use packet::tunnel::{OuterHeader, OuterParams};
+    use packet::wire::vxlan::Vni;
 
     fn mac(last: u8) -> MacAddr {
         MacAddr([0x02, 0, 0, 0, 0, last])

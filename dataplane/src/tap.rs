@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
-use crate::wire::MacAddr;
+use packet::wire::MacAddr;
 
 /// What the TAP device should look like.
 #[derive(Debug, Clone)]

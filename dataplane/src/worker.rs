@@ -20,16 +20,16 @@ use std::sync::Arc;
 
 use xdpilone::xdp::XdpDesc;
 
-use crate::arp_responder::{answer_arp_request, ArpAnswer};
-use crate::inner_checksum::{complete_partial_checksum, InnerChecksum};
-use crate::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
 use crate::stats::{TxDrop, WorkerStats};
 use crate::tables::{PeerReader, PeerSnapshot};
 use crate::tap::{TapOffloads, TapQueue};
-use crate::tunnel::{decapsulate, encapsulate, Decap, DecapPolicy, OuterHeader};
-use crate::wire::ethernet;
-use crate::wire::MacAddr;
 use crate::xsk::{fill_all, transmit_all, XskSocket};
+use packet::arp_responder::{answer_arp_request, ArpAnswer};
+use packet::inner_checksum::{complete_partial_checksum, InnerChecksum};
+use packet::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
+use packet::tunnel::{decapsulate, encapsulate, Decap, DecapPolicy, OuterHeader};
+use packet::wire::ethernet;
+use packet::wire::MacAddr;
 
 /// Room left in front of a frame read from the TAP for the outer headers (70 bytes for an IPv6
 /// underlay) and, later, a virtio-net header.

@@ -1154,7 +1154,7 @@ mod tests {
         let attrs = LeaseAttrs::vxlan(
             "192.0.2.1".parse().unwrap(),
             1,
-            dataplane::wire::MacAddr([2, 0, 0, 0, 0, 1]),
+            packet::wire::MacAddr([2, 0, 0, 0, 0, 1]),
         );
         let t = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
         let at = |s: i64| Lease::new(key, attrs.clone(), Some(t + time::Duration::seconds(s)));

@@ -351,7 +351,7 @@ impl LeaseWatcher for LocalWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane::wire::MacAddr;
+    use packet::wire::MacAddr;
     use std::net::Ipv4Addr;
 
     fn attrs(ip: [u8; 4], mac_last: u8) -> LeaseAttrs {

@@ -241,7 +241,7 @@ mod tests {
             LeaseAttrs::vxlan(
                 Ipv4Addr::from(ip),
                 1,
-                dataplane::wire::MacAddr([2, 0, 0, 0, 0, mac_last]),
+                packet::wire::MacAddr([2, 0, 0, 0, 0, mac_last]),
             ),
             None,
         )

@@ -4,8 +4,8 @@
 
 use std::net::Ipv4Addr;
 
-use dataplane::arp_responder::{answer_arp_request, ArpAnswer, REPLY_LEN};
-use dataplane::wire::MacAddr;
+use packet::arp_responder::{answer_arp_request, ArpAnswer, REPLY_LEN};
+use packet::wire::MacAddr;
 use libfuzzer_sys::fuzz_target;
 
 /// Knows every address with an even last octet.

@@ -13,7 +13,7 @@
 //!               checksums afterwards
 #![no_main]
 
-use dataplane::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
+use packet::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
 use libfuzzer_sys::fuzz_target;
 
 /// RFC 1071 over the concatenation of `parts`, a byte at a time.

@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane::tunnel::{decapsulate, Decap, DecapPolicy, DropReason};
-use dataplane::wire::{Ipv4Packet, MacAddr, Vni};
+use packet::tunnel::{decapsulate, Decap, DecapPolicy, DropReason};
+use packet::wire::{Ipv4Packet, MacAddr, Vni};
 use libfuzzer_sys::fuzz_target;
 
 const LOCAL_MAC: MacAddr = MacAddr([0x9a, 0x3b, 0x5c, 0x7d, 0x1e, 0x02]);

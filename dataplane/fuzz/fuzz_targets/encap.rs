@@ -9,11 +9,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use dataplane::tunnel::{
+use packet::tunnel::{
     decapsulate, encapsulate, Decap, DecapPolicy, EncapError, OuterHeader, OuterParams,
     MAX_OUTER_LEN,
 };
-use dataplane::wire::{Ipv4Packet, MacAddr, UdpPacket, Vni};
+use packet::wire::{Ipv4Packet, MacAddr, UdpPacket, Vni};
 use libfuzzer_sys::fuzz_target;
 
 const CONTROL_LEN: usize = 14;

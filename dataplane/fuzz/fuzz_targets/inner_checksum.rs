@@ -5,7 +5,7 @@
 //! must fit in the IP payload (RFC 768; Linux `udp_rcv` drops a longer one and trims to it).
 #![no_main]
 
-use dataplane::inner_checksum::{complete_partial_checksum, InnerChecksum};
+use packet::inner_checksum::{complete_partial_checksum, InnerChecksum};
 use libfuzzer_sys::fuzz_target;
 
 /// RFC 1071 ones'-complement sum of big-endian 16-bit words, folded; bytes at odd offsets are

@@ -10,7 +10,7 @@
 //!   bit 3: gso_size = gso_size % 1500 + 1 (many segments)
 #![no_main]
 
-use dataplane::offload::{OffloadError, TcpSegments, VnetHdr, VNET_HDR_LEN};
+use packet::offload::{OffloadError, TcpSegments, VnetHdr, VNET_HDR_LEN};
 use libfuzzer_sys::fuzz_target;
 
 /// RFC 1071 over the concatenation of `parts`, a byte at a time.
