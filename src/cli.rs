@@ -39,12 +39,27 @@ pub enum Command {
 /// Which dataplane to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
-    /// AF_XDP if this host allows it, else the kernel vxlan link.
+    /// AF_XDP where the NIC offers zero-copy, else UDP sockets with GSO/GRO, else the kernel
+    /// vxlan link.
     Auto,
     /// AF_XDP only: fail if XDP cannot be used.
     Xdp,
+    /// UDP sockets with GSO/GRO only (needs only CAP_NET_ADMIN).
+    Udp,
     /// The kernel vxlan link, programmed as flanneld does.
     Kernel,
+}
+
+/// Whether workers spin instead of sleeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BusyPollChoice {
+    /// Sleep in poll when idle (an idle node costs no CPU).
+    Off,
+    /// Spin while traffic flows (and up to a second of silence): for dedicated cores.
+    On,
+    /// On only when every worker has a core to itself: its CPU is isolated from the
+    /// scheduler (isolcpus= or nohz_full=).
+    Auto,
 }
 
 /// How to attach the XDP program.
@@ -80,7 +95,7 @@ pub enum WorkerCpus {
     List(Vec<usize>),
 }
 
-fn parse_worker_cpus(s: &str) -> Result<WorkerCpus, String> {
+pub fn parse_worker_cpus(s: &str) -> Result<WorkerCpus, String> {
     match s {
         "auto" => return Ok(WorkerCpus::Auto),
         "none" => return Ok(WorkerCpus::None),
@@ -277,9 +292,29 @@ pub struct RunArgs {
     )]
     pub public_ip: Option<IpAddr>,
 
-    /// Dataplane: AF_XDP (xdp), the kernel vxlan link (kernel), or the best available (auto).
+    /// Dataplane: AF_XDP (xdp), UDP sockets with GSO/GRO (udp), the kernel vxlan link
+    /// (kernel), or the best available (auto: xdp where the NIC has zero-copy AF_XDP, else
+    /// udp, else kernel).
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "VXDP_BACKEND", help_heading = "Dataplane (vxdp)")]
     pub backend: BackendChoice,
+
+    /// Busy polling: workers spin instead of sleeping (AF_XDP also asks the kernel to busy
+    /// poll the NIC queue). The way to kernel-level round trips from userspace, at the price of
+    /// a core per worker: `auto` turns it on only where every worker has a dedicated core.
+    #[arg(long, value_enum, default_value_t = BusyPollChoice::Off, env = "VXDP_BUSY_POLL", help_heading = "Dataplane (vxdp)")]
+    pub busy_poll: BusyPollChoice,
+
+    /// UDP backend: outer source ports (sockets) per worker that flows are spread over.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64), env = "VXDP_UDP_SOURCE_PORTS", help_heading = "Dataplane (vxdp)")]
+    pub udp_source_ports: u16,
+
+    /// UDP backend: send a TCP super-frame's segments in one sendmsg (UDP_SEGMENT).
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), env = "VXDP_UDP_GSO", help_heading = "Dataplane (vxdp)")]
+    pub udp_gso: bool,
+
+    /// UDP backend: receive a flow's datagrams coalesced by the kernel (UDP_GRO).
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), env = "VXDP_UDP_GRO", help_heading = "Dataplane (vxdp)")]
+    pub udp_gro: bool,
 
     /// Where to write the subnet.env file that CNI reads (as flanneld writes it).
     #[arg(

@@ -10,28 +10,30 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use control::backend::{Backend, OwnLease, PeerSync};
 use control::config::NetworkConfig;
-use control::kernel_backend::KernelBackendConfig;
+use control::interface::{find_external_interface, ExternalInterface};
 use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
 use control::store::etcd::{EtcdOptions, EtcdStore};
 use control::store::local::LocalStore;
 use control::store::{self, AcquireError, LeaseStore, LeaseWatcher, StoreError};
-use control::underlay::{find_external_interface, ExternalInterface};
 use control::{subnet_file, vtep_mac};
+use dataplane::backend::kernel::KernelBackendConfig;
+use dataplane::backend::userspace::{
+    AfXdpOptions, UdpOptions, UnderlayKind, UserspaceConfig, UserspaceStatusProbe,
+};
+use dataplane::backend::{ActiveBackend, BackendChoice};
+use dataplane::privileges;
 use dataplane::stats::WorkerCounters;
-use dataplane::xdp::XdpMode;
+use dataplane::steering::XdpMode;
 use dataplane::xsk::BindMode;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::backend::ActiveBackend;
-use crate::cli::{RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
+use crate::cli::{BusyPollChoice, RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
 use crate::control_socket::ControlSocket;
 use crate::health::{self, Readiness};
-use crate::privileges;
-use crate::xdp_backend::{XdpBackendConfig, XdpStatusProbe};
 
 /// How often the backend's upkeep runs (next hops, worker health).
 const TICK: Duration = Duration::from_secs(1);
@@ -46,7 +48,7 @@ struct View {
     peers: Vec<control::backend::Peer>,
     backend: &'static str,
     summary: String,
-    probe: Option<XdpStatusProbe>,
+    probe: Option<UserspaceStatusProbe>,
     last_watch_event: std::time::Instant,
     ready: Readiness,
     /// Every lease the store reported, by key.
@@ -96,12 +98,12 @@ impl View {
         let paths = self
             .probe
             .as_ref()
-            .map(XdpStatusProbe::paths)
+            .map(UserspaceStatusProbe::paths)
             .unwrap_or_default();
         let workers = self
             .probe
             .as_ref()
-            .map(XdpStatusProbe::workers)
+            .map(UserspaceStatusProbe::workers)
             .unwrap_or_default();
         let mut totals = WorkerCounters::default();
         for w in &workers {
@@ -118,7 +120,7 @@ impl View {
             "ready": self.ready.is_ready(),
             "backend": self.backend,
             "summary": self.summary,
-            "xdp_mode": self.probe.as_ref().map(XdpStatusProbe::xdp_mode),
+            "xdp_mode": self.probe.as_ref().and_then(UserspaceStatusProbe::xdp_mode),
             "iface": {
                 "name": self.external.link.name,
                 "index": self.external.link.index,
@@ -154,7 +156,7 @@ impl View {
             "leases": self.leases_json(),
             "workers": workers,
             "totals": totals,
-            "xdp_counters": self.probe.as_ref().map(XdpStatusProbe::xdp_counters),
+            "xdp_counters": self.probe.as_ref().and_then(UserspaceStatusProbe::xdp_counters),
         })
     }
 }
@@ -359,7 +361,32 @@ async fn run_with_store<S: LeaseStore>(
 
     let mtu = config.mtu_for(external.link.mtu, false);
     let device = args.device.clone().unwrap_or_else(|| format!("vxdp.{vni}"));
-    let xdp_config = XdpBackendConfig {
+    let worker_cpus = match &args.worker_cpus {
+        WorkerCpus::Auto => core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+        WorkerCpus::None => Vec::new(),
+        WorkerCpus::List(l) => l.clone(),
+    };
+    let busy_poll = match args.busy_poll {
+        BusyPollChoice::Off => false,
+        BusyPollChoice::On => true,
+        BusyPollChoice::Auto => {
+            let dedicated = cpus_are_dedicated(&worker_cpus);
+            tracing::info!(
+                "--busy-poll auto: {}",
+                if dedicated {
+                    "the worker CPUs are isolated from the scheduler: busy polling on"
+                } else {
+                    "the workers share their CPUs (none isolated with isolcpus= or nohz_full=): busy polling off"
+                }
+            );
+            dedicated
+        }
+    };
+    let userspace_config = UserspaceConfig {
         external: external.clone(),
         device: device.clone(),
         vtep_mac,
@@ -368,16 +395,19 @@ async fn run_with_store<S: LeaseStore>(
         port: config.vxlan_port(),
         subnet: lease.subnet,
         queues: args.queues,
-        worker_cpus: match &args.worker_cpus {
-            WorkerCpus::Auto => core_affinity::get_core_ids()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|c| c.id)
-                .collect(),
-            WorkerCpus::None => Vec::new(),
-            WorkerCpus::List(l) => l.clone(),
-        },
-        umem_frames: args.umem_frames,
+        worker_cpus,
+        allow_unknown_peers: args.allow_unknown_peers,
+        direct_routing: config.backend.direct_routing,
+        tap_offloads: args.tap_offloads,
+        busy_poll,
+        // Replaced by the backend choice with one of the two below.
+        underlay: UnderlayKind::Udp(UdpOptions {
+            source_ports: usize::from(args.udp_source_ports),
+            gso: args.udp_gso,
+            gro: args.udp_gro,
+        }),
+    };
+    let af_xdp_options = AfXdpOptions {
         xdp_modes: match args.xdp_mode {
             XdpModeChoice::Auto => vec![XdpMode::Native, XdpMode::Generic],
             XdpModeChoice::Native => vec![XdpMode::Native],
@@ -388,10 +418,13 @@ async fn run_with_store<S: LeaseStore>(
             XskBindChoice::ZeroCopy => BindMode::ZeroCopy,
             XskBindChoice::Copy => BindMode::Copy,
         },
+        umem_frames: args.umem_frames,
         udp_checksum: args.udp_csum,
-        allow_unknown_peers: args.allow_unknown_peers,
-        direct_routing: config.backend.direct_routing,
-        tap_offloads: args.tap_offloads,
+    };
+    let udp_options = UdpOptions {
+        source_ports: usize::from(args.udp_source_ports),
+        gso: args.udp_gso,
+        gro: args.udp_gro,
     };
     let kernel_config = KernelBackendConfig {
         device: device.clone(),
@@ -406,17 +439,32 @@ async fn run_with_store<S: LeaseStore>(
         subnet: lease.subnet,
         direct_routing: config.backend.direct_routing,
     };
-    let (backend, summary) =
-        match ActiveBackend::start(&nl, args.backend, xdp_config, kernel_config).await {
-            Ok(b) => b,
-            Err(e) => {
-                // Nothing of ours is left to route to: give the subnet back.
-                let _ = store.remove(&lease).await;
-                return Err(e);
-            }
-        };
+    let (backend, summary) = match ActiveBackend::start(
+        &nl,
+        match args.backend {
+            crate::cli::BackendChoice::Auto => BackendChoice::Auto,
+            crate::cli::BackendChoice::Xdp => BackendChoice::Xdp,
+            crate::cli::BackendChoice::Udp => BackendChoice::Udp,
+            crate::cli::BackendChoice::Kernel => BackendChoice::Kernel,
+        },
+        userspace_config,
+        af_xdp_options,
+        udp_options,
+        kernel_config,
+    )
+    .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            // Nothing of ours is left to route to: give the subnet back.
+            let _ = store.remove(&lease).await;
+            return Err(anyhow::Error::new(e).context(
+                    "starting the dataplane (see --backend: auto falls back from AF_XDP to UDP sockets to the kernel vxlan link)",
+                ));
+        }
+    };
     tracing::info!("{summary}");
-    let probe = backend.xdp_probe();
+    let probe = backend.userspace_probe();
     let backend_name = backend.name();
     let mut sync = PeerSync::new(backend, lease.subnet);
 
@@ -641,4 +689,26 @@ async fn run_with_store<S: LeaseStore>(
         }
     }
     outcome
+}
+
+/// Whether every CPU in `cpus` is kept from the scheduler's general use (the kernel's
+/// `isolcpus=` or `nohz_full=` lists), so a worker pinned there has the core to itself.
+/// Without pinning (`cpus` empty) no worker has a dedicated core.
+fn cpus_are_dedicated(cpus: &[usize]) -> bool {
+    if cpus.is_empty() {
+        return false;
+    }
+    let mut isolated = std::collections::BTreeSet::new();
+    for file in [
+        "/sys/devices/system/cpu/isolated",
+        "/sys/devices/system/cpu/nohz_full",
+    ] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            if let Ok(crate::cli::WorkerCpus::List(l)) = crate::cli::parse_worker_cpus(text.trim())
+            {
+                isolated.extend(l);
+            }
+        }
+    }
+    cpus.iter().all(|c| isolated.contains(c))
 }

@@ -1,14 +1,11 @@
 //! vxdp: a userspace VXLAN dataplane, a drop-in replacement for flannel's vxlan backend.
 
-mod backend;
 mod cli;
 mod control_socket;
 mod daemon;
 mod health;
 mod metrics;
-mod privileges;
 mod status;
-mod xdp_backend;
 
 use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;

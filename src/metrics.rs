@@ -101,7 +101,7 @@ pub fn render(doc: &Value) -> String {
     for (name, unit, help) in counters {
         o.family(name, "counter", help);
         for w in &workers {
-            for path in ["nic_rx", "nic_tx", "tap_rx", "tap_tx"] {
+            for path in ["underlay_rx", "underlay_tx", "tap_rx", "tap_tx"] {
                 if let Some(v) = w["counters"][format!("{path}_{unit}")].as_u64() {
                     o.sample(
                         name,
@@ -152,7 +152,7 @@ pub fn render(doc: &Value) -> String {
         "Frames the kernel dropped at an AF_XDP socket, by reason.",
     );
     for w in &workers {
-        if let Some(m) = w["socket"].as_object() {
+        if let Some(m) = w["underlay"]["socket"].as_object() {
             for (reason, v) in m {
                 o.sample(
                     "vxdp_xsk_kernel_drops_total",
@@ -192,16 +192,16 @@ mod tests {
             "lease": {"subnet": "10.244.3.0/24", "expiration_unix": 1_800_000_000},
             "last_watch_event_age_seconds": 1.5,
             "peers": [{}, {}],
-            "workers": [{"queue": 0, "counters": {"nic_rx_frames": 5, "nic_rx_bytes": 700,
+            "workers": [{"queue": 0, "counters": {"underlay_rx_frames": 5, "underlay_rx_bytes": 700,
                 "rx_drops": {"wrong_vni": 2}, "tx_drops": {"no_fdb_entry": 1}, "arp_replies": 3},
-                "socket": {"rx_ring_full": 4}}],
+                "underlay": {"socket": {"rx_ring_full": 4}}}],
             "xdp_counters": {"redirected": 9, "passed": 1},
         });
         let text = render(&doc);
         for line in [
             "vxdp_peers 2",
-            "vxdp_frames_total{queue=\"0\",path=\"nic_rx\"} 5",
-            "vxdp_bytes_total{queue=\"0\",path=\"nic_rx\"} 700",
+            "vxdp_frames_total{queue=\"0\",path=\"underlay_rx\"} 5",
+            "vxdp_bytes_total{queue=\"0\",path=\"underlay_rx\"} 700",
             "vxdp_drops_total{queue=\"0\",direction=\"rx\",reason=\"wrong_vni\"} 2",
             "vxdp_drops_total{queue=\"0\",direction=\"tx\",reason=\"no_fdb_entry\"} 1",
             "vxdp_xsk_kernel_drops_total{queue=\"0\",reason=\"rx_ring_full\"} 4",

@@ -139,11 +139,11 @@ pub fn render(doc: &Value) -> String {
             "{:<6} {:<5} {:<10} {:>12} {:>14} {:>12} {:>14} {:>10}",
             s(&w["queue"]),
             s(&w["core"]),
-            s(&w["socket_mode"]),
-            s(&c["nic_rx_frames"]),
-            s(&c["nic_rx_bytes"]),
-            s(&c["nic_tx_frames"]),
-            s(&c["nic_tx_bytes"]),
+            s(&w["underlay"]["socket_mode"]),
+            s(&c["underlay_rx_frames"]),
+            s(&c["underlay_rx_bytes"]),
+            s(&c["underlay_tx_frames"]),
+            s(&c["underlay_tx_bytes"]),
             drops(c),
         );
     }
@@ -193,7 +193,7 @@ mod tests {
             "device": {"name": "vxdp.1", "mtu": 1450},
             "lease": {"subnet": "10.244.3.0/24", "public_ip": "192.0.2.1", "vtep_mac": "02:00:00:00:00:01", "expiration": null},
             "peers": [{"subnet": "10.244.7.0/24", "public_ip": "192.0.2.2", "vtep_mac": "02:00:00:00:00:02", "next_hop_mac": "aa:bb:cc:dd:ee:ff", "state": "resolved"}],
-            "workers": [{"queue": 0, "core": 1, "socket_mode": "copy", "counters": {"nic_rx_frames": 10, "nic_rx_bytes": 1000, "nic_tx_frames": 5, "nic_tx_bytes": 500, "rx_drops": {"wrong_vni": 2}, "tx_drops": {"no_fdb_entry": 1}}}],
+            "workers": [{"queue": 0, "core": 1, "underlay": {"kind": "af-xdp", "socket_mode": "copy"}, "counters": {"underlay_rx_frames": 10, "underlay_rx_bytes": 1000, "underlay_tx_frames": 5, "underlay_tx_bytes": 500, "rx_drops": {"wrong_vni": 2}, "tx_drops": {"no_fdb_entry": 1}}}],
             "totals": {"rx_drops": {"wrong_vni": 2, "unknown_peer": 0}, "tx_drops": {"no_fdb_entry": 1}},
         });
         let text = render(&doc);

@@ -168,11 +168,11 @@ fn af_xdp_node_and_flanneld_kernel_node_exchange_traffic() {
         let delta =
             |k: &str| after["totals"][k].as_u64().unwrap() - before["totals"][k].as_u64().unwrap();
         assert!(
-            delta("nic_rx_bytes") > 4 << 20,
+            delta("underlay_rx_bytes") > 4 << 20,
             "{what}: not received through AF_XDP: {after:#}"
         );
         assert!(
-            delta("nic_tx_bytes") > 4 << 20,
+            delta("underlay_tx_bytes") > 4 << 20,
             "{what}: not sent through AF_XDP: {after:#}"
         );
         // The kernel peer's VXLAN really used this port and VNI.

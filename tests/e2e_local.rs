@@ -38,7 +38,7 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
     assert_eq!(st["backend"], "xdp");
     assert_eq!(st["device"]["name"], "vxdp.1");
     assert_eq!(st["device"]["mtu"], 1450);
-    assert_eq!(st["workers"][0]["socket_mode"], "copy");
+    assert_eq!(st["workers"][0]["underlay"]["socket_mode"], "copy");
     assert!(
         st["summary"].as_str().unwrap().contains("with TSO/GRO"),
         "{st:#}"
@@ -88,8 +88,8 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
     // on the TX ring and took it off the RX ring, and the XDP program redirected as many frames
     // as the workers received.
     for (name, b, a) in [("h1", &before.0, &after.0), ("h2", &before.1, &after.1)] {
-        let tx = totals(a, "nic_tx_bytes") - totals(b, "nic_tx_bytes");
-        let rx = totals(a, "nic_rx_bytes") - totals(b, "nic_rx_bytes");
+        let tx = totals(a, "underlay_tx_bytes") - totals(b, "underlay_tx_bytes");
+        let rx = totals(a, "underlay_rx_bytes") - totals(b, "underlay_rx_bytes");
         let tap_in = totals(a, "tap_tx_bytes") - totals(b, "tap_tx_bytes");
         assert!(
             tx > TRANSFER as u64,
@@ -104,12 +104,15 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
             "{name} delivered only {tap_in} bytes to its TAP"
         );
         let redirected = a["xdp_counters"]["redirected"].as_u64().unwrap();
-        let received = totals(a, "nic_rx_frames");
+        let received = totals(a, "underlay_rx_frames");
         assert!(
             redirected >= received && received > 0,
             "{name}: XDP redirected {redirected}, workers received {received}"
         );
-        assert_eq!(a["workers"][0]["socket"]["rx_dropped"], 0, "{name}: {a:#}");
+        assert_eq!(
+            a["workers"][0]["underlay"]["socket"]["rx_dropped"], 0,
+            "{name}: {a:#}"
+        );
         // The TAP offloads did their part: the kernel handed over TCP super-frames that the
         // worker cut into segments, and received segments were merged before delivery.
         let tso = totals(a, "tso_super_frames") - totals(b, "tso_super_frames");
@@ -194,8 +197,8 @@ fn flows_spread_over_nic_queues_each_with_its_own_pinned_worker() {
             .map(|w| w["counters"][key].as_u64().unwrap_or(0))
             .collect()
     };
-    let sent = per_worker(&c.hosts[0], "nic_tx_frames");
-    let received = per_worker(&c.hosts[1], "nic_rx_frames");
+    let sent = per_worker(&c.hosts[0], "underlay_tx_frames");
+    let received = per_worker(&c.hosts[1], "underlay_rx_frames");
     eprintln!("frames per worker: h1 sent {sent:?}, h2 received {received:?}");
     assert!(
         sent.iter().all(|&n| n > 0),
@@ -236,7 +239,7 @@ fn without_tap_offloads_frames_cross_one_by_one() {
     assert!(tcp_transfer(&c.hosts[0], &c.hosts[1], h2, 7005, 4 << 20));
     let after = c.hosts[0].status();
     assert_eq!(totals(&after, "tso_super_frames"), 0);
-    assert!(totals(&after, "nic_tx_bytes") > 4 << 20);
+    assert!(totals(&after, "underlay_tx_bytes") > 4 << 20);
     // With offloads on, the TAP offers TSO to the kernel.
     let mut c2 = Cluster::new(1);
     let store2 = c2.local_store(CONFIG);
@@ -282,7 +285,7 @@ fn direct_routing_bypasses_the_tunnel_on_a_shared_l2() {
     // traffic flows without VXLAN, so the workers see none of it.
     assert!(c.hosts[0].ping(h2_net, 3), "direct-routed ping failed");
     let st = c.hosts[0].status();
-    assert_eq!(totals(&st, "nic_tx_frames"), 0, "{st:#}");
+    assert_eq!(totals(&st, "underlay_tx_frames"), 0, "{st:#}");
 }
 
 #[test]
@@ -331,7 +334,7 @@ fn readiness_is_signalled_to_systemd_and_the_health_endpoint() {
         .run(&["curl", "-s", "http://127.0.0.1:9101/metrics"]);
     assert!(metrics.contains("vxdp_info{"), "{metrics}");
     assert!(
-        metrics.contains("vxdp_frames_total{queue=\"0\",path=\"nic_rx\"}"),
+        metrics.contains("vxdp_frames_total{queue=\"0\",path=\"underlay_rx\"}"),
         "{metrics}"
     );
 }

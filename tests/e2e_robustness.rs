@@ -303,7 +303,8 @@ fn xsk_dropped(st: &Value) -> u64 {
         .map(|ws| {
             ws.iter()
                 .map(|w| {
-                    counter(w, &["socket", "rx_dropped"]) + counter(w, &["socket", "rx_ring_full"])
+                    counter(w, &["underlay", "socket", "rx_dropped"])
+                        + counter(w, &["underlay", "socket", "rx_ring_full"])
                 })
                 .sum()
         })
@@ -379,8 +380,8 @@ fn malformed_and_spoofed_vxlan_is_counted_and_real_traffic_survives_it() {
     // after it redirected them (AF_XDP ring full); the allowance is an upper bound of both.
     let total_sent: u64 = sent.iter().sum();
     let xdp_seen = xdp_total(&after.0) - xdp_total(&before.0);
-    let legit_max = counter(&after.1, &["totals", "nic_tx_frames"])
-        - counter(&before.1, &["totals", "nic_tx_frames"])
+    let legit_max = counter(&after.1, &["totals", "underlay_tx_frames"])
+        - counter(&before.1, &["totals", "underlay_tx_frames"])
         + 200; // plus the underlay's own chatter: ARP, IPv6 ND/MLD
     let lost_before_xdp = total_sent.saturating_sub(xdp_seen.saturating_sub(legit_max));
     let ring_drops = xsk_dropped(&after.0) - xsk_dropped(&before.0);

@@ -141,7 +141,7 @@ fn status_peers_leases_metrics_and_logs_describe_the_running_node() {
     );
     let frames = metrics
         .lines()
-        .find(|l| l.starts_with("vxdp_frames_total{queue=\"0\",path=\"nic_rx\"}"))
+        .find(|l| l.starts_with("vxdp_frames_total{queue=\"0\",path=\"underlay_rx\"}"))
         .unwrap();
     assert!(
         frames.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 5,

@@ -1,16 +1,16 @@
-//! vxdp's control plane: flannel's network config and leases, the lease stores, and netlink
-//! programming of the overlay device, routes and the underlay next hops, and flanneld's
-//! masquerade/forward firewall rules.
+//! vxdp's control plane: flannel's network config and leases, the lease stores, the choice of
+//! the external interface, the interface a dataplane backend implements ([`backend`]), netlink,
+//! and flanneld's masquerade/forward firewall rules. It does no packet I/O: it depends on the
+//! packet crate alone.
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod config;
-pub mod kernel_backend;
+pub mod interface;
 pub mod lease;
 pub mod masq;
 pub mod netlink;
 pub mod store;
 pub mod subnet_alloc;
 pub mod subnet_file;
-pub mod underlay;
 pub mod vtep_mac;

@@ -490,6 +490,17 @@ impl Netlink {
             .map_err(|e| NetlinkError::new(format!("setting mtu {mtu} on link #{index}"), e))
     }
 
+    /// `ip link set dev #INDEX gso_max_segs SEGS`: the most segments the kernel puts in one
+    /// super-frame it hands this device.
+    pub async fn set_gso_max_segs(&self, index: u32, segs: u32) -> Result<()> {
+        let mut msg = rtnetlink::LinkUnspec::new_with_index(index).build();
+        msg.attributes
+            .push(netlink_packet_route::link::LinkAttribute::GsoMaxSegs(segs));
+        self.handle.link().set(msg).execute().await.map_err(|e| {
+            NetlinkError::new(format!("setting gso_max_segs {segs} on link #{index}"), e)
+        })
+    }
+
     /// `ip addr del IP/PREFIX dev #INDEX`; a missing address is fine.
     pub async fn delete_address(&self, index: u32, ip: IpAddr, prefix: u8) -> Result<()> {
         let mut msg = AddressMessage::default();

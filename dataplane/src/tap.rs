@@ -5,7 +5,7 @@
 //! dies, the kernel deletes it together with its address and routes, so nothing stale is left
 //! routing into a dead process.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
@@ -101,6 +101,38 @@ impl TapQueue {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+
+    /// Writes one frame gathered from `parts`: tun takes a frame per `writev`, and copies the
+    /// pieces straight into the skb, so a frame assembled from a header here and payloads
+    /// elsewhere costs no copy in userspace.
+    #[inline]
+    pub fn write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: IoSlice is ABI-compatible with iovec on Unix; writev only reads the buffers,
+        // which live for the call. At most UIO_MAXIOV parts: callers gather at most 66.
+        let n = unsafe {
+            libc::writev(
+                self.fd(),
+                parts.as_ptr().cast::<libc::iovec>(),
+                parts.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl crate::pipeline::Tap for TapQueue {
+    #[inline]
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TapQueue::read(self, buf)
+    }
+
+    #[inline]
+    fn write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        TapQueue::write_vectored(self, parts)
     }
 }
 

@@ -10,6 +10,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use xdpilone::{
@@ -180,58 +181,62 @@ impl Drop for UmemArea {
     }
 }
 
-/// The UMEM's frames: addressing and access. Kept apart from the rings so a worker can hold a
-/// ring reader and frame slices at the same time.
+/// Tells UMEMs apart, so a frame token is never used on another socket's UMEM.
+static NEXT_UMEM_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A UMEM frame that userspace owns at this moment: taken from the RX or completion ring, or
+/// one of the frames never lent to the kernel ([`XskSocket::take_free_frames`]). It is not
+/// `Copy` or `Clone`, and putting it on the fill or TX ring consumes it, so no code can touch a
+/// frame while the kernel owns it, and its bytes are reached only through
+/// [`XskSocket::frame_mut`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame's first byte in the UMEM.
+    addr: u64,
+    umem: u32,
+}
+
+/// A frame that came from the RX ring: the packet is `len` bytes at `offset` in it.
 #[derive(Debug)]
-pub struct UmemFrames {
+pub struct RxFrame {
+    /// The frame.
+    pub frame: Frame,
+    /// Where the packet starts in it.
+    pub offset: usize,
+    /// The packet's length.
+    pub len: usize,
+}
+
+/// A frame to transmit: `len` bytes at `offset` in it.
+#[derive(Debug)]
+pub struct TxFrame {
+    /// The frame.
+    pub frame: Frame,
+    /// Where the packet starts in it.
+    pub offset: usize,
+    /// The packet's length.
+    pub len: usize,
+}
+
+/// The UMEM's geometry and base address.
+#[derive(Debug)]
+struct UmemFrames {
     base: NonNull<u8>,
     len: usize,
     frame_size: u32,
     frame_count: u32,
+    id: u32,
 }
 
 impl UmemFrames {
-    /// Bytes per UMEM frame.
-    pub fn frame_size(&self) -> u32 {
-        self.frame_size
-    }
-
-    /// Number of UMEM frames.
-    pub fn frame_count(&self) -> u32 {
-        self.frame_count
-    }
-
-    /// UMEM address of frame `index` (its first byte).
+    /// The token of the frame that contains UMEM address `addr` (from a ring). `None` if
+    /// `addr` lies outside the UMEM, which a correct kernel never hands out.
     #[inline]
-    pub fn frame_addr(&self, index: u32) -> u64 {
-        u64::from(index) * u64::from(self.frame_size)
-    }
-
-    /// Base address of the frame that contains UMEM address `addr`.
-    #[inline]
-    pub fn frame_base(&self, addr: u64) -> u64 {
-        addr - addr % u64::from(self.frame_size)
-    }
-
-    /// The bytes of the frame containing `addr`, from `addr` to the end of that frame; `None` if
-    /// `addr` lies outside the UMEM (a descriptor the kernel never hands out).
-    ///
-    /// # Safety
-    /// The frame must be owned by userspace at this moment: taken from the RX or completion
-    /// ring and not yet given back through the fill or TX ring, or never lent to the kernel.
-    /// The caller must not hold two overlapping slices at once.
-    #[inline]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn frame_from(&self, addr: u64) -> Option<&mut [u8]> {
-        let total = self.len as u64;
-        if addr >= total {
-            return None;
-        }
-        let end = self.frame_base(addr) + u64::from(self.frame_size);
-        let len = (end.min(total) - addr) as usize;
-        // SAFETY: addr..addr+len lies inside the mapping (checked above); exclusivity is the
-        // caller's promise.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(addr as usize), len) })
+    fn token(&self, addr: u64) -> Option<Frame> {
+        (addr < self.len as u64).then(|| Frame {
+            addr: addr - addr % u64::from(self.frame_size),
+            umem: self.id,
+        })
     }
 }
 
@@ -239,15 +244,16 @@ impl UmemFrames {
 pub struct XskSocket {
     // Field order is drop order: rings and sockets first, the memory they point into last.
     /// Receive ring: frames the XDP program redirected to us.
-    pub rx: RingRx,
+    rx: RingRx,
     /// Transmit ring: frames we hand to the NIC.
-    pub tx: RingTx,
+    tx: RingTx,
     /// Fill ring: empty frames we lend the kernel for receiving.
-    pub fill: FillQueue,
+    fill: FillQueue,
     /// Completion ring: transmitted frames the kernel gives back.
-    pub completion: CompletionQueue,
-    /// The UMEM's frames.
-    pub frames: UmemFrames,
+    completion: CompletionQueue,
+    frames: UmemFrames,
+    /// Whether the frames were handed out yet (once).
+    frames_taken: bool,
     user: User,
     _umem: Umem,
     _area: UmemArea,
@@ -425,13 +431,168 @@ impl XskSocket {
                 len: area.len,
                 frame_size: config.frame_size,
                 frame_count: config.frame_count,
+                id: NEXT_UMEM_ID.fetch_add(1, Ordering::Relaxed),
             },
+            frames_taken: false,
             user,
             _umem: umem,
             _area: area,
             mode,
             queue_id: config.queue_id,
         })
+    }
+
+    /// Every frame of the UMEM, the first time it is asked; none after that. Frames come back
+    /// only through the rings.
+    pub fn take_free_frames(&mut self) -> Vec<Frame> {
+        if std::mem::replace(&mut self.frames_taken, true) {
+            return Vec::new();
+        }
+        let size = u64::from(self.frames.frame_size);
+        (0..u64::from(self.frames.frame_count))
+            .map(|i| Frame {
+                addr: i * size,
+                umem: self.frames.id,
+            })
+            .collect()
+    }
+
+    /// Bytes per UMEM frame.
+    pub fn frame_size(&self) -> u32 {
+        self.frames.frame_size
+    }
+
+    /// Number of UMEM frames.
+    pub fn frame_count(&self) -> u32 {
+        self.frames.frame_count
+    }
+
+    /// The bytes of a frame userspace owns. Several frames can be borrowed at once: each
+    /// token is unique.
+    ///
+    /// Panics if `frame` belongs to another socket's UMEM (a bug in the caller).
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub fn frame_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
+        assert_eq!(frame.umem, self.frames.id, "a frame of another UMEM");
+        let size = self.frames.frame_size as usize;
+        // SAFETY: the token proves the frame is owned by userspace and lent nowhere (tokens are
+        // made only for frames taken from a ring or never lent, and consumed when given back),
+        // and `&'a mut Frame` makes this the only live slice of it. `addr` is frame aligned and
+        // below the mapping's length, which is a multiple of the frame size, and the mapping
+        // outlives `&'a self`.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.frames.base.as_ptr().add(frame.addr as usize), size)
+        }
+    }
+
+    /// Lends frames to the kernel for receiving; returns how many the fill ring took (from the
+    /// front of `frames`, which are removed). All of them unless the ring is really full.
+    ///
+    /// A single reservation can come back short: the ring's producer answers from its cached
+    /// view of the consumer whenever that view shows any room at all, and refreshes it only
+    /// when it shows none. Asking again after a short answer forces the refresh.
+    pub fn fill(&mut self, frames: &mut Vec<Frame>) -> usize {
+        let mut done = 0;
+        while done < frames.len() {
+            let mut w = self.fill.fill((frames.len() - done) as u32);
+            let n = w.insert(frames[done..].iter().map(|f| f.addr)) as usize;
+            w.commit();
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        frames.drain(..done);
+        done
+    }
+
+    /// Takes up to `max` received frames off the RX ring into `out`; returns how many.
+    pub fn receive(&mut self, max: u32, out: &mut Vec<RxFrame>) -> usize {
+        let mut r = self.rx.receive(max);
+        let mut n = 0;
+        while let Some(desc) = r.read() {
+            // A descriptor outside the UMEM never comes from a correct kernel; skipping it
+            // loses nothing of ours.
+            if let Some(frame) = self.frames.token(desc.addr) {
+                let offset = (desc.addr - frame.addr) as usize;
+                let len = (desc.len as usize).min(self.frames.frame_size as usize - offset);
+                out.push(RxFrame { frame, offset, len });
+                n += 1;
+            }
+        }
+        r.release();
+        n
+    }
+
+    /// Puts frames on the TX ring (from the front of `frames`, which are removed); returns
+    /// how many fit (see [`XskSocket::fill`] for why one reservation is not enough).
+    pub fn transmit(&mut self, frames: &mut Vec<TxFrame>) -> usize {
+        let mut done = 0;
+        while done < frames.len() {
+            let mut w = self.tx.transmit((frames.len() - done) as u32);
+            let n = w.insert(frames[done..].iter().map(|f| xdpilone::xdp::XdpDesc {
+                addr: f.frame.addr + f.offset as u64,
+                len: f.len as u32,
+                options: 0,
+            })) as usize;
+            w.commit();
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        frames.drain(..done);
+        done
+    }
+
+    /// Takes up to `max` transmitted frames off the completion ring into `out`; returns how
+    /// many.
+    pub fn complete(&mut self, max: u32, out: &mut Vec<Frame>) -> usize {
+        let mut c = self.completion.complete(max);
+        let mut n = 0;
+        while let Some(addr) = c.read() {
+            if let Some(frame) = self.frames.token(addr) {
+                out.push(frame);
+                n += 1;
+            }
+        }
+        c.release();
+        n
+    }
+
+    /// Whether the kernel must be kicked (`sendto`) to transmit what is on the TX ring.
+    pub fn tx_needs_wakeup(&self) -> bool {
+        self.tx.needs_wakeup()
+    }
+
+    /// Descriptors on the TX ring the kernel has not consumed yet.
+    pub fn tx_pending(&self) -> u32 {
+        self.tx.pending()
+    }
+
+    /// Whether the driver of `ifname` binds AF_XDP sockets in zero-copy mode: `Ok(false)` when
+    /// it refuses (it would only copy), an error when AF_XDP cannot be used at all (no
+    /// CAP_NET_RAW, no such queue). Binds a small throwaway socket to `queue`; no XDP program
+    /// is needed for that.
+    pub fn probe_zero_copy(ifname: &str, queue: u32) -> Result<bool, XskError> {
+        let config = XskConfig {
+            ifname: ifname.to_string(),
+            queue_id: queue,
+            frame_size: 4096,
+            frame_count: 128,
+            ring_size: 64,
+            bind_mode: BindMode::ZeroCopy,
+        };
+        match Self::open(&config) {
+            Ok(_) => Ok(true),
+            Err(XskError::Socket {
+                step: "bind",
+                raw: libc::EOPNOTSUPP | libc::EINVAL | libc::EPROTONOSUPPORT,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The socket's file descriptor (for the XSKMAP and for poll).
@@ -503,42 +664,6 @@ fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i
             .unwrap_or(libc::EIO));
     }
     Ok(())
-}
-
-/// Puts every address of `addrs` on the fill ring; returns how many fit (all of them unless the
-/// ring is really full).
-///
-/// A single reservation can come back short: the ring's producer answers from its cached view
-/// of the consumer whenever that view shows any room at all, and refreshes it only when it
-/// shows none. Asking again after a short answer forces the refresh.
-pub fn fill_all(fill: &mut FillQueue, addrs: &[u64]) -> usize {
-    let mut done = 0;
-    while done < addrs.len() {
-        let mut w = fill.fill((addrs.len() - done) as u32);
-        let n = w.insert(addrs[done..].iter().copied()) as usize;
-        w.commit();
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    done
-}
-
-/// Puts every descriptor of `descs` on the TX ring; returns how many fit (see [`fill_all`] for
-/// why one reservation is not enough).
-pub fn transmit_all(tx: &mut RingTx, descs: &[xdpilone::xdp::XdpDesc]) -> usize {
-    let mut done = 0;
-    while done < descs.len() {
-        let mut w = tx.transmit((descs.len() - done) as u32);
-        let n = w.insert(descs[done..].iter().copied()) as usize;
-        w.commit();
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    done
 }
 
 /// Reads an AF_XDP socket's `XDP_STATISTICS`.

@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use dataplane::xdp::{SteeringConfig, SteeringProgram, XdpMode};
-use dataplane::xsk::{BindMode, SocketMode, XskConfig, XskSocket};
+use dataplane::steering::{SteeringConfig, SteeringProgram, XdpMode};
+use dataplane::xsk::{BindMode, SocketMode, TxFrame, XskConfig, XskSocket};
 use testkit::{require_root, unique_prefix, veth, Netns};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -133,10 +133,17 @@ fn steering_program_and_af_xdp_socket_on_veth() {
         );
         prog.register_socket(0, xsk.fd()).unwrap();
 
-        // Lend all but one slot's worth of frames 0..255 to the kernel: the producer's cached
-        // view of the fill ring now shows exactly one free slot.
-        let addrs: Vec<u64> = (0..255).map(|i| xsk.frames.frame_addr(i)).collect();
-        assert_eq!(dataplane::xsk::fill_all(&mut xsk.fill, &addrs), 255);
+        // Lend all but one slot's worth of frames (255 of the 512) to the kernel: the
+        // producer's cached view of the fill ring now shows exactly one free slot.
+        let mut frames = xsk.take_free_frames();
+        assert_eq!(frames.len(), 512);
+        assert!(
+            xsk.take_free_frames().is_empty(),
+            "frames are handed out once"
+        );
+        let mut spare = frames.split_off(255);
+        assert_eq!(xsk.fill(&mut frames), 255);
+        assert!(frames.is_empty(), "lent frames leave the caller");
 
         // From B: five VXLAN datagrams with VNI 1 (ours), one with VNI 2 (not ours), and plain
         // UDP to another port.
@@ -150,71 +157,69 @@ fn steering_program_and_af_xdp_socket_on_veth() {
         });
 
         let deadline = Instant::now() + Duration::from_secs(3);
-        let mut got = Vec::new();
         let mut received = Vec::new();
-        while Instant::now() < deadline && got.len() < 5 {
-            let mut r = xsk.rx.receive(64);
-            while let Some(desc) = r.read() {
-                // SAFETY: the frame came from the RX ring and is ours until refilled.
-                let frame = unsafe { xsk.frames.frame_from(desc.addr) }.unwrap();
-                got.push(frame[..desc.len as usize].to_vec());
-                received.push(xsk.frames.frame_base(desc.addr));
-            }
-            r.release();
+        while Instant::now() < deadline && received.len() < 5 {
+            xsk.receive(64, &mut received);
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(200));
-        {
-            let mut r = xsk.rx.receive(64);
-            while r.read().is_some() {
-                got.push(Vec::new());
-            }
-            r.release();
-        }
-        assert_eq!(got.len(), 5, "exactly the VNI 1 datagrams are redirected");
-        // Giving the five frames back must put all five on the ring, although the cached view
-        // still shows one free slot (a single reservation would take one and lose four).
-        assert_eq!(dataplane::xsk::fill_all(&mut xsk.fill, &received), 5);
-        let frame = &got[0];
+        xsk.receive(64, &mut received);
+        assert_eq!(
+            received.len(),
+            5,
+            "exactly the VNI 1 datagrams are redirected"
+        );
+        let mut rx = received.remove(0);
+        let bytes = xsk.frame_mut(&mut rx.frame);
+        let frame = bytes[rx.offset..rx.offset + rx.len].to_vec();
         assert_eq!(&frame[12..14], &[0x08, 0x00]);
         assert_eq!(&frame[30..34], &A_IP.octets(), "destination is our VTEP");
         assert_eq!(&frame[36..38], &8472u16.to_be_bytes());
         assert_eq!(&frame[42..50], &vxlan_payload(1)[..8]);
+        // Giving the five frames back must put all five on the ring, although the cached view
+        // still shows one free slot (a single reservation would take one and lose four).
+        let mut back: Vec<_> = std::iter::once(rx.frame)
+            .chain(received.into_iter().map(|r| r.frame))
+            .collect();
+        assert_eq!(xsk.fill(&mut back), 5);
         let counters = prog.counters();
         assert_eq!(counters.redirected, 5, "{counters:?}");
         assert_eq!(counters.other_vni, 1, "{counters:?}");
         assert!(counters.passed >= 1, "{counters:?}");
 
-        // TX: one UDP datagram from A to B:9000 through the AF_XDP TX ring.
+        // TX: one UDP datagram from A to B:9000 through the AF_XDP TX ring, from a frame never
+        // lent to the kernel.
         let pkt = udp_frame(a_mac, b_mac, 9000, b"hello from af_xdp");
-        let tx_addr = xsk.frames.frame_addr(300);
-        // SAFETY: frame 300 was never lent to the kernel.
-        unsafe { xsk.frames.frame_from(tx_addr) }.unwrap()[..pkt.len()].copy_from_slice(&pkt);
-        {
-            let mut w = xsk.tx.transmit(1);
-            assert!(w.insert_once(xdpilone::xdp::XdpDesc {
-                addr: tx_addr,
-                len: pkt.len() as u32,
-                options: 0,
-            }));
-            w.commit();
-        }
+        let mut tx = spare.pop().unwrap();
+        xsk.frame_mut(&mut tx)[..pkt.len()].copy_from_slice(&pkt);
+        let mut queue = vec![TxFrame {
+            frame: tx,
+            offset: 0,
+            len: pkt.len(),
+        }];
+        assert_eq!(xsk.transmit(&mut queue), 1);
+        assert!(queue.is_empty(), "queued frames leave the caller");
         assert!(
-            xsk.tx.needs_wakeup(),
+            xsk.tx_needs_wakeup(),
             "copy mode transmits only when kicked"
         );
-        xsk.tx.wake();
+        // SAFETY: a zero-length sendto on our own AF_XDP socket is the kick.
+        unsafe {
+            libc::sendto(
+                xsk.fd(),
+                std::ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null(),
+                0,
+            )
+        };
         let deadline = Instant::now() + Duration::from_secs(3);
-        let mut completed = 0;
-        while Instant::now() < deadline && completed == 0 {
-            let mut c = xsk.completion.complete(8);
-            while let Some(addr) = c.read() {
-                assert_eq!(addr, tx_addr);
-                completed += 1;
-            }
-            c.release();
+        let mut completed = Vec::new();
+        while Instant::now() < deadline && completed.is_empty() {
+            xsk.complete(8, &mut completed);
         }
-        assert_eq!(completed, 1, "the transmitted frame is completed");
+        assert_eq!(completed.len(), 1, "the transmitted frame is completed");
         prog.unregister_socket(0);
     });
 

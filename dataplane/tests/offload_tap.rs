@@ -103,6 +103,28 @@ fn write_frame(fd: &OwnedFd, bytes: &[u8]) {
     );
 }
 
+/// One frame gathered from a header and payload slices with a single `writev`, as a worker
+/// writes a coalesced super-frame.
+fn write_gathered(fd: &OwnedFd, head: &[u8], payloads: &[&[u8]]) {
+    let mut iov = vec![libc::iovec {
+        iov_base: head.as_ptr() as *mut libc::c_void,
+        iov_len: head.len(),
+    }];
+    iov.extend(payloads.iter().map(|p| libc::iovec {
+        iov_base: p.as_ptr() as *mut libc::c_void,
+        iov_len: p.len(),
+    }));
+    let total: usize = iov.iter().map(|v| v.iov_len).sum();
+    // SAFETY: every iovec points at a live slice of its length.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    assert_eq!(
+        n,
+        total as isize,
+        "TAP writev of {total} bytes: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
 /// RFC 1071, a byte at a time: independent of `wire::checksum`.
 fn sum(parts: &[&[u8]]) -> u16 {
     let mut s: u32 = 0;
@@ -460,44 +482,48 @@ fn peer_sends(fd: &OwnedFd, flow: Flow, data: &[u8], mss: usize) -> TxStats {
         &with_zero_vnet(&flow.segment(isn + 1, rcv, ACK, ident, &[])),
     );
 
-    let mut c = Coalescer::new();
     let mut stats = TxStats::default();
-    let write_out = |c: &mut Coalescer, stats: &mut TxStats| {
-        let n = c.pending_segments();
-        let out = c.flush();
-        if n > 1 {
-            stats.super_frames += 1;
-            stats.segments_in_super_frames += n;
-        } else {
-            stats.alone += 1;
-        }
-        write_frame(fd, out);
-    };
     let base = isn.wrapping_add(1);
     let mut acked = 0usize;
     let mut sent = 0usize;
     // Never more in flight than the kernel's window: nothing here retransmits.
     let mut window = 14 * 1024;
     while acked < data.len() {
+        // One batch of segments, as a worker receives them; the coalescer borrows them until
+        // the batch is written.
+        let mut batch = Vec::new();
         while sent < data.len() && (sent + mss).min(data.len()) <= acked + window {
             let end = (sent + mss).min(data.len());
             let flags = if end == data.len() { ACK | PSH } else { ACK };
             ident = ident.wrapping_add(1);
-            let seg = flow.segment(
+            batch.push(flow.segment(
                 base.wrapping_add(sent as u32),
                 rcv,
                 flags,
                 ident,
                 &data[sent..end],
-            );
-            if c.is_pending() && !c.can_append(&seg) {
+            ));
+            sent = end;
+        }
+        let mut c = Coalescer::new();
+        let write_out = |c: &mut Coalescer<'_>, stats: &mut TxStats| {
+            let out = c.flush();
+            if out.segments() > 1 {
+                stats.super_frames += 1;
+                stats.segments_in_super_frames += out.segments();
+            } else {
+                stats.alone += 1;
+            }
+            write_gathered(fd, out.head(), out.payloads());
+        };
+        for seg in &batch {
+            if c.is_pending() && !c.can_append(seg) {
                 write_out(&mut c, &mut stats);
             }
-            if c.push(&seg) == Push::NotEligible {
+            if c.push(seg) == Push::NotEligible {
                 stats.alone += 1;
-                write_frame(fd, &with_zero_vnet(&seg));
+                write_frame(fd, &with_zero_vnet(seg));
             }
-            sent = end;
         }
         // End of a batch: nothing waits.
         if c.is_pending() {

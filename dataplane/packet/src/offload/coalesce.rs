@@ -1,6 +1,12 @@
 //! Receive coalescing (GRO) in userspace: consecutive TCP segments of one flow, decapsulated from
 //! the underlay, merged into one super-frame for a single TAP write.
 //!
+//! Nothing is copied but headers: the coalescer keeps the first segment's headers and borrows
+//! every segment's payload where it was received, and [`Flushed`] hands the pieces to a gather
+//! write (`writev`), so the kernel makes the only copy. The received buffers must therefore
+//! outlive the coalescer (`'f`), which a receive batch gives: flush before its frames are
+//! reused.
+//!
 //! The rules are Linux's (`tcp_gro_receive` in `net/ipv4/tcp_offload.c`, `inet_gro_flush` and
 //! `ipv6_gro_flush` in `include/net/gro.h`, `dev_gro_receive` in `net/core/gro.c`), as
 //! wireguard-go applies them on TUN (`tun/offload_linux.go`), with the eligibility of
@@ -21,9 +27,12 @@
 //!   segment) or a payload shorter than the first's (all segments but the last are `gso_size`
 //!   long, and a segment longer than `gso_size` cannot follow);
 //! - the IP packet stays within 65535 bytes (Linux's `gro_max_size` default);
-//! - its TCP checksum verifies, summed while its payload is copied into the buffer: the
-//!   super-frame goes to the kernel with a partial checksum the kernel will trust, so a corrupt
-//!   segment must not be merged (Linux verifies in `tcp4_gro_receive`/`tcp6_gro_receive`).
+//! - its TCP checksum verifies: the super-frame goes to the kernel with a partial checksum the
+//!   kernel will trust, so a corrupt segment must not be merged (Linux verifies in
+//!   `tcp4_gro_receive`/`tcp6_gro_receive`). A segment whose checksum field holds exactly the
+//!   partial residue (the pseudo header sum a kernel sender with checksum offload leaves on a
+//!   virtual NIC, see `inner_checksum`) was never finished, so there is nothing to verify: it
+//!   is merged as partial, which is what the super-frame is anyway.
 //!
 //! The IPv4 header checksum is verified too (`inet_gro_receive`), since it is recomputed on
 //! flush. A fixed-ID flow comes out of the kernel's segmentation with incrementing IDs, because
@@ -32,17 +41,28 @@
 
 use core::fmt;
 
-use super::{be16, be32, put16, tcp, VnetHdr, VNET_HDR_LEN};
-use crate::wire::{checksum, ethernet};
+use super::{VnetHdr, VNET_HDR_LEN};
+use crate::wire::{
+    checksum, ethernet, ipv4, ipv6, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    TcpFlags, TcpPacket,
+};
 
 /// Largest IP packet (header included) a super-frame may hold: Linux's default `gro_max_size`
 /// is 65536, and the IPv4 total length field stops at 65535.
 const MAX_IP_LEN: usize = 65535;
 
-/// The size of the buffer a [`Coalescer`] allocates: a vnet header and the largest super-frame.
+/// The largest super-frame a [`Coalescer`] flushes: a vnet header and an IP packet of
+/// [`MAX_IP_LEN`] bytes behind an Ethernet header.
 pub const COALESCE_BUF_LEN: usize = VNET_HDR_LEN + ethernet::HEADER_LEN + MAX_IP_LEN;
 
-const IPV4_DF: u16 = 0x4000;
+/// Segments a super-frame holds at most: each is one piece of a gather write, and 64 keeps
+/// the write far below `UIO_MAXIOV`. 64 full-size segments of a 1500-byte MTU exceed 64 KB
+/// anyway; only small segments meet this bound first.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// The headers kept of the first segment: Ethernet, IPv6 (IPv4 with options is never merged)
+/// and TCP with the largest options.
+const MAX_HEADERS: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN + tcp::MAX_HEADER_LEN;
 
 /// What [`Coalescer::push`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +97,6 @@ struct Pending {
     payload_start: usize,
     /// The first segment's payload length: the MSS the kernel will segment with.
     gso_size: usize,
-    segments: usize,
     next_seq: u32,
     first_ident: u16,
     ident: IdentMode,
@@ -99,52 +118,71 @@ struct Segment<'f> {
     df: bool,
 }
 
-impl Segment<'_> {
+impl<'f> Segment<'f> {
     #[inline]
-    fn payload_len(&self) -> usize {
-        self.frame.len() - self.payload_start
+    fn payload(&self) -> &'f [u8] {
+        &self.frame[self.payload_start..]
     }
 
     /// The pseudo header sum without the length: addresses and protocol.
     #[inline]
     fn pseudo(&self) -> u16 {
-        let addrs = if self.ipv6 {
-            &self.frame[22..54]
+        let ip = &self.frame[ethernet::HEADER_LEN..];
+        if self.ipv6 {
+            let p = Ipv6Packet::new_unchecked(ip);
+            checksum::pseudo_header_v6(&p.src_addr(), &p.dst_addr(), tcp::PROTOCOL, 0)
         } else {
-            &self.frame[26..34]
-        };
-        checksum::combine(&[checksum::data(addrs), u16::from(tcp::PROTOCOL)])
+            let p = Ipv4Packet::new_unchecked(ip);
+            checksum::pseudo_header_v4(&p.src_addr(), &p.dst_addr(), tcp::PROTOCOL, 0)
+        }
+    }
+
+    /// Whether the TCP checksum verifies, or holds exactly the partial residue (see the
+    /// module documentation). One pass over the segment when it must be verified.
+    #[inline]
+    fn checksum_ok(&self, pseudo: u16) -> bool {
+        let t = &self.frame[self.tcp_start..];
+        // At most MAX_IP_LEN: parse checked the IP length.
+        let len = t.len() as u16;
+        let partial = checksum::combine(&[pseudo, len]);
+        let field = TcpPacket::new_unchecked(t).checksum();
+        field == partial || checksum::combine(&[partial, checksum::data(t)]) == 0xffff
     }
 
     /// Reads `frame` as a coalescable TCP segment: the checks that do not depend on what is
-    /// pending (the TCP checksum aside, which is verified while copying).
+    /// pending (the TCP checksum aside, which costs a pass over the payload).
     #[inline]
-    fn parse(frame: &[u8]) -> Option<Segment<'_>> {
-        let ethertype = be16(frame.get(..ethernet::HEADER_LEN)?, 12);
-        let (ipv6, tcp_start, ip_len, ident, df) = match ethertype {
-            0x0800 => {
-                let ip = frame.get(14..34)?;
+    fn parse(frame: &'f [u8]) -> Option<Segment<'f>> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        let l3 = &frame[ethernet::HEADER_LEN..];
+        let (ipv6, ip_header_len, ip_len, ident, df) = match eth.ethertype() {
+            EtherType::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(l3).ok()?;
                 // Version 4 without options: Linux's inet_gro_receive flushes IHL != 5.
-                if ip[0] != 0x45 || ip[9] != tcp::PROTOCOL {
+                if ip.version() != 4
+                    || ip.header_len() != ipv4::HEADER_LEN
+                    || u8::from(ip.next_header()) != tcp::PROTOCOL
+                {
                     return None;
                 }
                 // MF, the fragment offset or the reserved bit: a fragment, never merged.
-                let frag = be16(ip, 6);
-                if frag & !IPV4_DF != 0 {
+                if ip.is_fragment() || l3[6] & 0x80 != 0 {
                     return None;
                 }
                 // The header is rewritten on flush: a corrupt one must not be repaired.
-                if checksum::data(ip) != 0xffff {
+                if !ip.verify_checksum() {
                     return None;
                 }
-                (false, 34, usize::from(be16(ip, 2)), be16(ip, 4), frag != 0)
+                let total = usize::from(ip.total_len());
+                (false, ipv4::HEADER_LEN, total, ip.ident(), ip.dont_frag())
             }
-            0x86dd => {
-                let ip = frame.get(14..54)?;
-                if ip[0] >> 4 != 6 || ip[6] != tcp::PROTOCOL {
+            EtherType::Ipv6 => {
+                let ip = Ipv6Packet::new_checked(l3).ok()?;
+                if ip.version() != 6 || u8::from(ip.next_header()) != tcp::PROTOCOL {
                     return None;
                 }
-                (true, 54, 40 + usize::from(be16(ip, 4)), 0, false)
+                let len = ipv6::HEADER_LEN + usize::from(ip.payload_len());
+                (true, ipv6::HEADER_LEN, len, 0, false)
             }
             _ => return None,
         };
@@ -153,14 +191,14 @@ impl Segment<'_> {
         if ip_len > MAX_IP_LEN || ethernet::HEADER_LEN + ip_len != frame.len() {
             return None;
         }
-        let t = frame.get(tcp_start..tcp_start + tcp::HEADER_LEN)?;
-        let doff = usize::from(t[tcp::DATA_OFF] >> 4) * 4;
-        let flags = t[tcp::FLAGS];
-        if doff < tcp::HEADER_LEN || (flags != tcp::ACK && flags != tcp::ACK | tcp::PSH) {
+        let tcp_start = ethernet::HEADER_LEN + ip_header_len;
+        let seg = TcpPacket::new_checked(&frame[tcp_start..]).ok()?;
+        let flags = seg.flags().0;
+        if flags != TcpFlags::ACK && flags != TcpFlags::ACK | TcpFlags::PSH {
             return None;
         }
-        let payload_start = tcp_start + doff;
-        // Options running past the end, or no payload (a pure ACK).
+        let payload_start = tcp_start + seg.header_len();
+        // No payload: a pure ACK.
         if payload_start >= frame.len() {
             return None;
         }
@@ -169,49 +207,106 @@ impl Segment<'_> {
             ipv6,
             tcp_start,
             payload_start,
-            seq: be32(t, tcp::SEQ),
-            psh: flags & tcp::PSH != 0,
+            seq: seg.seq_number(),
+            psh: flags & TcpFlags::PSH != 0,
             ident,
             df,
         })
     }
 }
 
-/// Merges consecutive TCP segments of one flow into a super-frame for the TAP.
+/// Merges consecutive TCP segments of one flow into a super-frame for the TAP, without copying
+/// their payloads.
 ///
-/// Holds at most one pending super-frame, in one buffer of [`COALESCE_BUF_LEN`] bytes allocated
-/// by [`Coalescer::new`]; no other allocation. Per received frame the caller does:
+/// Holds at most one pending super-frame: the first segment's headers (copied) and every
+/// segment's payload (borrowed for `'f`). It allocates nothing. Per received frame the caller
+/// does:
 ///
 /// ```text
 /// if coalescer.is_pending() && !coalescer.can_append(frame) {
-///     tap.write(coalescer.flush());
+///     tap.writev(coalescer.flush());
 /// }
 /// if coalescer.push(frame) == Push::NotEligible {
-///     tap.write(zero vnet header + frame);
+///     tap.writev([zero vnet header, frame]);
 /// }
 /// ```
 ///
-/// and flushes once more at the end of each batch, so segments never wait for the next one.
+/// and flushes once more at the end of each batch, before the batch's buffers are reused.
 /// Frames reach the TAP in the order they came.
-pub struct Coalescer {
-    buf: Box<[u8]>,
-    /// Length of the pending frame after the vnet header; 0 when nothing is pending.
+pub struct Coalescer<'f> {
+    /// The vnet header, then the first segment's headers.
+    head: [u8; VNET_HDR_LEN + MAX_HEADERS],
+    payloads: [&'f [u8]; MAX_SEGMENTS],
+    segments: usize,
+    /// Length of the pending frame (headers and payloads); 0 when nothing is pending.
     len: usize,
     pending: Pending,
 }
 
-impl Coalescer {
-    /// Allocates the buffer; the only allocation a coalescer makes.
+/// A flushed super-frame (or single frame): the vnet header and headers, then the payloads.
+/// Written in this order, with one gather write, it is what the TAP takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Flushed<'c, 'f> {
+    head: &'c [u8],
+    payloads: &'c [&'f [u8]],
+    segments: usize,
+}
+
+impl<'c, 'f> Flushed<'c, 'f> {
+    /// Nothing was pending.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty()
+    }
+
+    /// The bytes it writes, vnet header included.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.head.len() + self.payloads.iter().map(|p| p.len()).sum::<usize>()
+    }
+
+    /// How many received segments it holds.
+    #[inline]
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The vnet header and the headers of the frame.
+    #[inline]
+    pub fn head(&self) -> &'c [u8] {
+        self.head
+    }
+
+    /// The payloads, in order, after [`Flushed::head`].
+    #[inline]
+    pub fn payloads(&self) -> &'c [&'f [u8]] {
+        self.payloads
+    }
+
+    /// The whole write in one buffer (for tests and for writers without gather I/O).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(self.head);
+        for p in self.payloads {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+}
+
+impl<'f> Coalescer<'f> {
+    /// An empty coalescer.
     pub fn new() -> Self {
         Coalescer {
-            buf: vec![0u8; COALESCE_BUF_LEN].into_boxed_slice(),
+            head: [0; VNET_HDR_LEN + MAX_HEADERS],
+            payloads: [&[]; MAX_SEGMENTS],
+            segments: 0,
             len: 0,
             pending: Pending {
                 ipv6: false,
                 tcp_start: 0,
                 payload_start: 0,
                 gso_size: 0,
-                segments: 0,
                 next_seq: 0,
                 first_ident: 0,
                 ident: IdentMode::Undecided,
@@ -233,7 +328,7 @@ impl Coalescer {
         if self.len == 0 {
             0
         } else {
-            self.pending.segments
+            self.segments
         }
     }
 
@@ -245,6 +340,21 @@ impl Coalescer {
         Segment::parse(frame).is_some_and(|s| self.extends(&s))
     }
 
+    /// Whether [`Coalescer::push`] would take `frame` if its TCP checksum verifies: it extends
+    /// the pending super-frame, or nothing is pending and it can start one. A caller that must
+    /// change a frame it does not coalesce (complete its checksum) decides with this before
+    /// lending the frame to the coalescer.
+    #[inline]
+    pub fn takes(&self, frame: &[u8]) -> bool {
+        Segment::parse(frame).is_some_and(|s| {
+            if self.len == 0 {
+                !s.psh
+            } else {
+                self.extends(&s)
+            }
+        })
+    }
+
     /// Appends `frame` to the pending super-frame (it must satisfy [`Coalescer::can_append`]),
     /// or starts a new pending super-frame from it if nothing is pending.
     ///
@@ -252,7 +362,7 @@ impl Coalescer {
     /// coalesced, for a segment with PSH when nothing is pending (nothing could follow it), for
     /// a bad TCP checksum (delivered alone, the kernel drops it as it would have), and when a
     /// super-frame is pending that `frame` cannot extend.
-    pub fn push(&mut self, frame: &[u8]) -> Push {
+    pub fn push(&mut self, frame: &'f [u8]) -> Push {
         let Some(s) = Segment::parse(frame) else {
             return Push::NotEligible;
         };
@@ -265,36 +375,40 @@ impl Coalescer {
         }
     }
 
-    /// Finishes the pending super-frame and returns what to write to the TAP: vnet header and
-    /// Ethernet frame. Empty when nothing is pending.
+    /// Finishes the pending super-frame and returns what to write to the TAP: vnet header,
+    /// headers and payloads. Empty when nothing is pending.
     ///
     /// Several segments: IPv4 total length and header checksum (or IPv6 payload length) fixed,
     /// the TCP checksum field holding the pseudo header sum, `F_NEEDS_CSUM` with `csum_start` at
     /// the TCP header and `csum_offset` 16, `GSO_TCPV4`/`GSO_TCPV6` with `gso_size` the first
     /// segment's payload length. One segment: a zero vnet header and the frame as it arrived.
-    pub fn flush(&mut self) -> &[u8] {
+    pub fn flush(&mut self) -> Flushed<'_, 'f> {
         let n = core::mem::take(&mut self.len);
         if n == 0 {
-            return &[];
+            return Flushed {
+                head: &[],
+                payloads: &[],
+                segments: 0,
+            };
         }
         let p = self.pending;
-        let hdr = if p.segments > 1 {
-            let frame = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + n];
+        let headers_end = VNET_HDR_LEN + p.payload_start;
+        let hdr = if self.segments > 1 {
+            let frame = &mut self.head[VNET_HDR_LEN..headers_end];
             let ip = ethernet::HEADER_LEN;
             let t = p.tcp_start;
             // Lengths fit: appends kept the IP packet within MAX_IP_LEN.
             if p.ipv6 {
-                put16(frame, ip + 4, (n - p.tcp_start) as u16);
+                Ipv6Packet::new_unchecked(&mut frame[ip..t]).set_payload_len((n - t) as u16);
             } else {
-                put16(frame, ip + 2, (n - ip) as u16);
-                put16(frame, ip + 10, 0);
-                let c = !checksum::data(&frame[ip..t]);
-                put16(frame, ip + 10, c);
+                let mut h = Ipv4Packet::new_unchecked(&mut frame[ip..t]);
+                h.set_total_len((n - ip) as u16);
+                h.fill_checksum();
             }
             // CHECKSUM_PARTIAL: the folded pseudo header sum, not complemented, as Linux's
             // tcp4_gro_complete leaves it.
             let partial = checksum::combine(&[p.pseudo, (n - t) as u16]);
-            put16(frame, t + tcp::CHECKSUM, partial);
+            TcpPacket::new_unchecked(&mut frame[t..]).set_checksum(partial);
             VnetHdr {
                 flags: VnetHdr::F_NEEDS_CSUM,
                 gso_type: if p.ipv6 {
@@ -305,13 +419,17 @@ impl Coalescer {
                 hdr_len: p.payload_start as u16,
                 gso_size: p.gso_size as u16,
                 csum_start: t as u16,
-                csum_offset: tcp::CHECKSUM as u16,
+                csum_offset: tcp::CHECKSUM_OFFSET as u16,
             }
         } else {
             VnetHdr::default()
         };
-        hdr.emit(&mut self.buf[..VNET_HDR_LEN]);
-        &self.buf[..VNET_HDR_LEN + n]
+        hdr.emit(&mut self.head[..VNET_HDR_LEN]);
+        Flushed {
+            head: &self.head[..headers_end],
+            payloads: &self.payloads[..self.segments],
+            segments: self.segments,
+        }
     }
 
     /// The pending rules of the module documentation, the checksum aside.
@@ -321,10 +439,10 @@ impl Coalescer {
         if self.len == 0 || p.closed || s.ipv6 != p.ipv6 || s.payload_start != p.payload_start {
             return false;
         }
-        let head = &self.buf[VNET_HDR_LEN..VNET_HDR_LEN + p.payload_start];
+        let head = &self.head[VNET_HDR_LEN..VNET_HDR_LEN + p.payload_start];
         let f = s.frame;
         let t = p.tcp_start;
-        let payload = s.payload_len();
+        let payload = s.payload().len();
         let same = |r: core::ops::Range<usize>| head[r.clone()] == f[r];
         let ip_ok = if p.ipv6 {
             // Version, traffic class, flow label; then next header, hop limit, addresses.
@@ -336,12 +454,13 @@ impl Coalescer {
         ip_ok
             && same(0..ethernet::HEADER_LEN)
             // Ports; acknowledgment number and data offset; window; urgent pointer; options.
-            && same(t..t + tcp::SEQ)
-            && same(t + tcp::ACK_NUM..t + tcp::FLAGS)
-            && same(t + 14..t + tcp::CHECKSUM)
+            && same(t..t + 4)
+            && same(t + 8..t + 13)
+            && same(t + 14..t + tcp::CHECKSUM_OFFSET)
             && same(t + 18..p.payload_start)
             && s.seq == p.next_seq
             && payload <= p.gso_size
+            && self.segments < MAX_SEGMENTS
             && self.len - ethernet::HEADER_LEN + payload <= MAX_IP_LEN
     }
 
@@ -353,57 +472,47 @@ impl Coalescer {
         let offset = s.ident.wrapping_sub(p.first_ident);
         match p.ident {
             IdentMode::Undecided => offset == 1 || (s.df && offset == 0),
-            // Segments merged never exceed 65535 (each holds a payload byte).
-            IdentMode::Incrementing => offset == p.segments as u16,
+            // Segments merged never exceed MAX_SEGMENTS.
+            IdentMode::Incrementing => offset == self.segments as u16,
             IdentMode::Fixed => offset == 0,
         }
     }
 
-    fn start(&mut self, s: &Segment<'_>) -> Push {
+    fn start(&mut self, s: &Segment<'f>) -> Push {
         if s.psh {
             return Push::NotEligible;
         }
-        let f = s.frame;
-        let n = f.len();
-        let t = s.tcp_start;
-        let dst = &mut self.buf[VNET_HDR_LEN..VNET_HDR_LEN + n];
-        dst[..t].copy_from_slice(&f[..t]);
-        let sum = checksum::copy_data(&mut dst[t..], &f[t..]);
         let pseudo = s.pseudo();
-        if checksum::combine(&[pseudo, (n - t) as u16, sum]) != 0xffff {
+        if !s.checksum_ok(pseudo) {
             return Push::NotEligible;
         }
-        let payload = s.payload_len();
+        let payload = s.payload();
+        self.head[VNET_HDR_LEN..VNET_HDR_LEN + s.payload_start]
+            .copy_from_slice(&s.frame[..s.payload_start]);
+        self.payloads[0] = payload;
+        self.segments = 1;
         self.pending = Pending {
             ipv6: s.ipv6,
-            tcp_start: t,
+            tcp_start: s.tcp_start,
             payload_start: s.payload_start,
-            gso_size: payload,
-            segments: 1,
-            next_seq: s.seq.wrapping_add(payload as u32),
+            gso_size: payload.len(),
+            next_seq: s.seq.wrapping_add(payload.len() as u32),
             first_ident: s.ident,
             ident: IdentMode::Undecided,
             closed: false,
             pseudo,
         };
-        self.len = n;
+        self.len = s.frame.len();
         Push::Started
     }
 
-    fn append(&mut self, s: &Segment<'_>) -> Push {
-        let p = &mut self.pending;
-        let f = s.frame;
-        let payload = s.payload_len();
-        let at = VNET_HDR_LEN + self.len;
-        // Copied past the pending bytes first; `len` only moves if the checksum verifies.
-        let payload_sum =
-            checksum::copy_data(&mut self.buf[at..at + payload], &f[s.payload_start..]);
-        let header_sum = checksum::data(&f[s.tcp_start..s.payload_start]);
-        let tcp_len = (f.len() - s.tcp_start) as u16;
+    fn append(&mut self, s: &Segment<'f>) -> Push {
         // Same addresses as the pending frame, so the same pseudo header sum.
-        if checksum::combine(&[p.pseudo, tcp_len, header_sum, payload_sum]) != 0xffff {
+        if !s.checksum_ok(self.pending.pseudo) {
             return Push::NotEligible;
         }
+        let p = &mut self.pending;
+        let payload = s.payload();
         if p.ident == IdentMode::Undecided && !p.ipv6 {
             p.ident = if s.ident == p.first_ident {
                 IdentMode::Fixed
@@ -411,28 +520,29 @@ impl Coalescer {
                 IdentMode::Incrementing
             };
         }
-        p.segments += 1;
-        p.next_seq = p.next_seq.wrapping_add(payload as u32);
+        self.payloads[self.segments] = payload;
+        self.segments += 1;
+        p.next_seq = p.next_seq.wrapping_add(payload.len() as u32);
         if s.psh {
             // Linux ORs the last segment's PSH into the super-frame's header.
-            self.buf[VNET_HDR_LEN + p.tcp_start + tcp::FLAGS] |= tcp::PSH;
+            self.head[VNET_HDR_LEN + p.tcp_start + 13] |= TcpFlags::PSH;
             p.closed = true;
         }
-        if payload < p.gso_size {
+        if payload.len() < p.gso_size {
             p.closed = true;
         }
-        self.len += payload;
+        self.len += payload.len();
         Push::Coalesced
     }
 }
 
-impl Default for Coalescer {
+impl Default for Coalescer<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl fmt::Debug for Coalescer {
+impl fmt::Debug for Coalescer<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
             .field("pending_len", &self.len)

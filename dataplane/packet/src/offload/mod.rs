@@ -25,9 +25,9 @@ mod vnet;
 #[cfg(test)]
 mod testutil;
 
-pub use coalesce::{Coalescer, Push, COALESCE_BUF_LEN};
+pub use coalesce::{Coalescer, Flushed, Push, COALESCE_BUF_LEN, MAX_SEGMENTS};
 pub use partial::complete_checksum;
-pub use segment::TcpSegments;
+pub use segment::{SegmentChecksum, TcpSegments};
 pub use vnet::{VnetHdr, VNET_HDR_LEN};
 
 /// Why a frame could not be segmented, or its checksum completed.
@@ -48,48 +48,4 @@ pub enum OffloadError {
     /// A segment index at or past [`TcpSegments::len`].
     #[error("no such segment")]
     NoSuchSegment,
-}
-
-/// TCP header flag bits (RFC 9293 section 3.1, RFC 3168 for CWR and ECE), in byte 13.
-mod tcp {
-    pub const FIN: u8 = 0x01;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-    pub const CWR: u8 = 0x80;
-    /// Offset of the sequence number.
-    pub const SEQ: usize = 4;
-    /// Offset of the acknowledgment number.
-    pub const ACK_NUM: usize = 8;
-    /// Offset of the data offset byte.
-    pub const DATA_OFF: usize = 12;
-    /// Offset of the flags byte.
-    pub const FLAGS: usize = 13;
-    /// Offset of the checksum: the `csum_offset` of every TCP vnet header.
-    pub const CHECKSUM: usize = 16;
-    /// Header length without options.
-    pub const HEADER_LEN: usize = 20;
-    /// IP protocol number.
-    pub const PROTOCOL: u8 = 6;
-}
-
-/// Big-endian u16 at `at`; callers have checked the length.
-#[inline]
-fn be16(d: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-/// Big-endian u32 at `at`; callers have checked the length.
-#[inline]
-fn be32(d: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
-}
-
-#[inline]
-fn put16(d: &mut [u8], at: usize, v: u16) {
-    d[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn put32(d: &mut [u8], at: usize, v: u32) {
-    d[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }

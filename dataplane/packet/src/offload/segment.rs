@@ -5,17 +5,34 @@
 //! (`net/ipv4/tcp_offload.c`, `net/ipv4/af_inet.c`): the headers of the super-frame, the IPv4
 //! total length, identification + i and header checksum (or the IPv6 payload length), sequence
 //! number + i * MSS, CWR only on the first segment, FIN and PSH only on the last, and a full TCP
-//! checksum. IPv4 options are copied into every segment, as Linux does.
+//! checksum (or, on request, the partial one a NIC would finish). IPv4 options are copied into
+//! every segment, as Linux does.
+//!
+//! Two ways out: [`TcpSegments::write`] builds a whole segment in a caller's buffer (one copy of
+//! the payload, summed while copied), for transmit rings that need each frame in one buffer;
+//! [`TcpSegments::write_headers`] builds only its headers and lends the payload as a slice of
+//! the super-frame, for a gather send (`sendmsg` with an iovec per header and payload) where the
+//! kernel makes the only copy.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use super::{OffloadError, VnetHdr};
+use crate::wire::{
+    checksum, ethernet, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, TcpFlags, TcpPacket,
+};
 
-use super::{be16, be32, put16, put32, tcp, OffloadError, VnetHdr};
-use crate::wire::{checksum, ethernet};
+/// The inner TCP checksum a segment leaves with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentChecksum {
+    /// Complete: what any receiver verifies.
+    Full,
+    /// The pseudo header sum only (`CHECKSUM_PARTIAL`), for a receiver that hands the segment
+    /// to its kernel as partial and so never checks it; saves a pass over the payload.
+    Partial,
+}
 
 /// A TCP super-frame (TSO/GSO) and the segments it is to be cut into.
 ///
-/// Validates the frame once in [`TcpSegments::new`]; [`TcpSegments::write`] then writes any
-/// segment into a caller's buffer with one copy of its payload, summed while it is copied.
+/// Validates the frame once in [`TcpSegments::new`]; [`TcpSegments::write`] and
+/// [`TcpSegments::write_headers`] then produce any segment.
 #[derive(Debug, Clone)]
 pub struct TcpSegments<'a> {
     /// The super-frame, up to the end its IP length gives.
@@ -59,54 +76,61 @@ impl<'a> TcpSegments<'a> {
         if hdr.gso_size == 0 {
             return Err(Malformed("gso_size 0"));
         }
-        if frame.len() < ethernet::HEADER_LEN {
-            return Err(Truncated);
-        }
-        let ethertype = be16(frame, 12);
-        if ethertype != if ipv6 { 0x86dd } else { 0x0800 } {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| Truncated)?;
+        let expected = if ipv6 {
+            EtherType::Ipv6
+        } else {
+            EtherType::Ipv4
+        };
+        if eth.ethertype() != expected {
             return Err(Malformed("EtherType does not match the GSO type"));
         }
         let ip_start = ethernet::HEADER_LEN;
         let ip = &frame[ip_start..];
-        let (ip_header_len, ip_len) = if ipv6 {
-            if ip.len() < 40 {
+        let (ip_header_len, ip_len, pseudo, ident) = if ipv6 {
+            if ip.len() < crate::wire::ipv6::HEADER_LEN {
                 return Err(Truncated);
             }
-            if ip[0] >> 4 != 6 {
+            let p = Ipv6Packet::new_unchecked(ip);
+            if p.version() != 6 {
                 return Err(Malformed("IP version is not 6"));
             }
-            if ip[6] != tcp::PROTOCOL {
+            if u8::from(p.next_header()) != tcp::PROTOCOL {
                 return Err(Unsupported(
                     "IPv6 next header is not TCP (extension headers)",
                 ));
             }
-            (40, 40 + usize::from(be16(ip, 4)))
+            let pseudo = checksum::pseudo_header_v6(&p.src_addr(), &p.dst_addr(), tcp::PROTOCOL, 0);
+            let len = crate::wire::ipv6::HEADER_LEN + usize::from(p.payload_len());
+            (crate::wire::ipv6::HEADER_LEN, len, pseudo, 0)
         } else {
-            if ip.len() < 20 {
+            if ip.len() < crate::wire::ipv4::HEADER_LEN {
                 return Err(Truncated);
             }
-            if ip[0] >> 4 != 4 {
+            let p = Ipv4Packet::new_unchecked(ip);
+            if p.version() != 4 {
                 return Err(Malformed("IP version is not 4"));
             }
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            if ihl < 20 {
+            let ihl = p.header_len();
+            if ihl < crate::wire::ipv4::HEADER_LEN {
                 return Err(Malformed("IPv4 header length below 20"));
             }
             if ip.len() < ihl {
                 return Err(Truncated);
             }
-            let total = usize::from(be16(ip, 2));
+            let total = usize::from(p.total_len());
             if total < ihl {
                 return Err(Malformed("IPv4 total length shorter than its header"));
             }
             // MF or a fragment offset: a super-frame is never a fragment.
-            if be16(ip, 6) & 0x3fff != 0 {
+            if p.is_fragment() {
                 return Err(Malformed("IPv4 fragment"));
             }
-            if ip[9] != tcp::PROTOCOL {
+            if u8::from(p.next_header()) != tcp::PROTOCOL {
                 return Err(Malformed("IPv4 protocol is not TCP"));
             }
-            (ihl, total)
+            let pseudo = checksum::pseudo_header_v4(&p.src_addr(), &p.dst_addr(), tcp::PROTOCOL, 0);
+            (ihl, total, pseudo, p.ident())
         };
         if ip_len > ip.len() {
             return Err(Truncated);
@@ -116,20 +140,14 @@ impl<'a> TcpSegments<'a> {
         }
         let tcp_start = ip_start + ip_header_len;
         let end = frame.len();
-        if end < tcp_start + tcp::HEADER_LEN {
-            return Err(Truncated);
-        }
-        let doff = usize::from(frame[tcp_start + tcp::DATA_OFF] >> 4) * 4;
-        if doff < tcp::HEADER_LEN {
-            return Err(Malformed("TCP data offset below 5"));
-        }
-        let payload_start = tcp_start + doff;
-        if payload_start > end {
-            return Err(Truncated);
-        }
+        let segment = TcpPacket::new_checked(&frame[tcp_start..]).map_err(|e| match e {
+            crate::wire::Error::Malformed(_) => Malformed("TCP data offset below 5"),
+            _ => Truncated,
+        })?;
+        let payload_start = tcp_start + segment.header_len();
         if hdr.needs_csum()
             && (usize::from(hdr.csum_start) != tcp_start
-                || usize::from(hdr.csum_offset) != tcp::CHECKSUM)
+                || usize::from(hdr.csum_offset) != tcp::CHECKSUM_OFFSET)
         {
             return Err(Malformed(
                 "csum_start/csum_offset do not point at the TCP checksum",
@@ -143,16 +161,6 @@ impl<'a> TcpSegments<'a> {
             return Err(Malformed("GSO frame without payload"));
         }
         let mss = usize::from(hdr.gso_size);
-
-        let pseudo = if ipv6 {
-            let src = Ipv6Addr::from(addr16(frame, ip_start + 8));
-            let dst = Ipv6Addr::from(addr16(frame, ip_start + 24));
-            checksum::pseudo_header_v6(&src, &dst, tcp::PROTOCOL, 0)
-        } else {
-            let src = Ipv4Addr::from(be32(frame, ip_start + 12));
-            let dst = Ipv4Addr::from(be32(frame, ip_start + 16));
-            checksum::pseudo_header_v4(&src, &dst, tcp::PROTOCOL, 0)
-        };
         Ok(TcpSegments {
             frame,
             ipv6,
@@ -160,8 +168,8 @@ impl<'a> TcpSegments<'a> {
             payload_start,
             mss,
             count: payload.div_ceil(mss),
-            seq: be32(frame, tcp_start + tcp::SEQ),
-            ident: if ipv6 { 0 } else { be16(frame, ip_start + 4) },
+            seq: segment.seq_number(),
+            ident,
             pseudo,
         })
     }
@@ -180,72 +188,124 @@ impl<'a> TcpSegments<'a> {
         self.payload_start + self.mss.min(self.frame.len() - self.payload_start)
     }
 
+    /// The length of the headers every segment starts with (Ethernet to the TCP options).
+    #[inline]
+    pub fn headers_len(&self) -> usize {
+        self.payload_start
+    }
+
     /// Whether the super-frame is IPv6.
     #[inline]
     pub fn is_ipv6(&self) -> bool {
         self.ipv6
     }
 
-    /// Writes segment `i` (a complete Ethernet frame) into the start of `out` and returns its
-    /// length. `NoSuchSegment` if `i >= len()`, `BufferTooSmall` if `out` is shorter than the
-    /// segment; nothing is written then.
+    /// The super-frame itself, headers and all (to hash its flow).
+    #[inline]
+    pub fn super_frame(&self) -> &'a [u8] {
+        self.frame
+    }
+
+    /// The payload of segment `i`, a slice of the super-frame; `i < len()`.
+    #[inline]
+    fn payload(&self, i: usize) -> &'a [u8] {
+        let offset = i * self.mss;
+        let start = self.payload_start + offset;
+        let len = self.mss.min(self.frame.len() - start);
+        &self.frame[start..start + len]
+    }
+
+    /// Writes segment `i` (a complete Ethernet frame with a full checksum) into the start of
+    /// `out` and returns its length. `NoSuchSegment` if `i >= len()`, `BufferTooSmall` if `out`
+    /// is shorter than the segment; nothing is written then.
     pub fn write(&self, i: usize, out: &mut [u8]) -> Result<usize, OffloadError> {
         if i >= self.count {
             return Err(OffloadError::NoSuchSegment);
         }
+        let payload = self.payload(i);
         let hl = self.payload_start;
-        let offset = i * self.mss;
-        let payload = self.mss.min(self.frame.len() - hl - offset);
-        let len = hl + payload;
+        let len = hl + payload.len();
         let out = out.get_mut(..len).ok_or(OffloadError::BufferTooSmall)?;
         let (head, body) = out.split_at_mut(hl);
-        head.copy_from_slice(&self.frame[..hl]);
-        let src = hl + offset;
-        let payload_sum = checksum::copy_data(body, &self.frame[src..src + payload]);
+        let payload_sum = checksum::copy_data(body, payload);
+        self.finish_headers(i, head, payload.len(), Some(payload_sum));
+        Ok(len)
+    }
 
+    /// Writes the headers of segment `i` into the start of `out` and returns their length
+    /// ([`TcpSegments::headers_len`]) and the segment's payload, a slice of the super-frame.
+    /// Headers followed by that payload are segment `i`. With [`SegmentChecksum::Full`] the
+    /// payload is read once to sum it; with `Partial` it is not read at all.
+    /// `NoSuchSegment` if `i >= len()`, `BufferTooSmall` if `out` is shorter than the headers.
+    pub fn write_headers(
+        &self,
+        i: usize,
+        out: &mut [u8],
+        csum: SegmentChecksum,
+    ) -> Result<(usize, &'a [u8]), OffloadError> {
+        if i >= self.count {
+            return Err(OffloadError::NoSuchSegment);
+        }
+        let payload = self.payload(i);
+        let hl = self.payload_start;
+        let head = out.get_mut(..hl).ok_or(OffloadError::BufferTooSmall)?;
+        let payload_sum = match csum {
+            SegmentChecksum::Full => Some(checksum::data(payload)),
+            SegmentChecksum::Partial => None,
+        };
+        self.finish_headers(i, head, payload.len(), payload_sum);
+        Ok((hl, payload))
+    }
+
+    /// Copies the super-frame's headers into `head` and makes them segment `i`'s: lengths,
+    /// ident, sequence number, flags, checksums. `payload_sum` is the sum of the segment's
+    /// payload for a full TCP checksum; `None` leaves the partial one.
+    #[inline]
+    fn finish_headers(
+        &self,
+        i: usize,
+        head: &mut [u8],
+        payload_len: usize,
+        payload_sum: Option<u16>,
+    ) {
+        head.copy_from_slice(&self.frame[..self.payload_start]);
+        let len = self.payload_start + payload_len;
         let ip = ethernet::HEADER_LEN;
         let t = self.tcp_start;
         // Lengths fit 16 bits: a segment is never longer than the super-frame, whose IP length
         // field held its length.
         let tcp_len = (len - t) as u16;
         if self.ipv6 {
-            put16(head, ip + 4, tcp_len);
+            Ipv6Packet::new_unchecked(&mut head[ip..t]).set_payload_len(tcp_len);
         } else {
-            put16(head, ip + 2, (len - ip) as u16);
-            put16(head, ip + 4, self.ident.wrapping_add(i as u16));
-            put16(head, ip + 10, 0);
-            let c = !checksum::data(&head[ip..t]);
-            put16(head, ip + 10, c);
+            let mut p = Ipv4Packet::new_unchecked(&mut head[ip..t]);
+            p.set_total_len((len - ip) as u16);
+            p.set_ident(self.ident.wrapping_add(i as u16));
+            p.fill_checksum();
         }
 
-        put32(head, t + tcp::SEQ, self.seq.wrapping_add(offset as u32));
-        let mut flags = head[t + tcp::FLAGS];
+        let mut seg = TcpPacket::new_unchecked(&mut head[t..]);
+        seg.set_seq_number(self.seq.wrapping_add((i * self.mss) as u32));
+        let mut flags = seg.flags().0;
         if i > 0 {
-            flags &= !tcp::CWR;
+            flags &= !TcpFlags::CWR;
         }
         if i + 1 < self.count {
-            flags &= !(tcp::FIN | tcp::PSH);
+            flags &= !(TcpFlags::FIN | TcpFlags::PSH);
         }
-        head[t + tcp::FLAGS] = flags;
-        put16(head, t + tcp::CHECKSUM, 0);
-        // The payload starts a multiple of 4 bytes into the TCP header, so its sum adds in
-        // word-aligned.
-        let sum = checksum::combine(&[
-            self.pseudo,
-            tcp_len,
-            checksum::data(&head[t..]),
-            payload_sum,
-        ]);
-        put16(head, t + tcp::CHECKSUM, !sum);
-        Ok(len)
+        seg.set_flags(TcpFlags(flags));
+        let partial = checksum::combine(&[self.pseudo, tcp_len]);
+        match payload_sum {
+            None => seg.set_checksum(partial),
+            Some(payload_sum) => {
+                seg.set_checksum(0);
+                // The payload starts a multiple of 4 bytes into the TCP header, so its sum adds
+                // in word-aligned.
+                let sum = checksum::combine(&[partial, checksum::data(seg.as_ref()), payload_sum]);
+                seg.set_checksum(!sum);
+            }
+        }
     }
-}
-
-#[inline]
-fn addr16(d: &[u8], at: usize) -> [u8; 16] {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&d[at..at + 16]);
-    a
 }
 
 #[cfg(test)]
@@ -321,8 +381,39 @@ mod tests {
             );
             joined.extend_from_slice(&s[hl..]);
             result.push(s.to_vec());
+
+            // The gather form is the same segment: headers here, payload lent from the frame.
+            let mut head = vec![0xeeu8; hl];
+            let (n_head, body) = segs
+                .write_headers(i, &mut head, SegmentChecksum::Full)
+                .unwrap();
+            assert_eq!(n_head, hl);
+            assert_eq!([&head[..], body].concat(), s, "segment {i} gathered");
+            // Partial: only the TCP checksum differs, and completing it gives the full one.
+            let (_, body) = segs
+                .write_headers(i, &mut head, SegmentChecksum::Partial)
+                .unwrap();
+            let mut partial = [&head[..], body].concat();
+            assert_eq!(
+                partial[..t + 16],
+                s[..t + 16],
+                "segment {i} partial headers"
+            );
+            assert_eq!(partial[t + 18..], s[t + 18..]);
+            crate::offload::complete_checksum(&mut partial, t, 16).unwrap();
+            assert_eq!(partial, s, "segment {i} partial checksum completed");
         }
         assert_eq!(joined, payload);
+        assert_eq!(
+            segs.write_headers(segs.len(), &mut vec![0; hl], SegmentChecksum::Full)
+                .unwrap_err(),
+            OffloadError::NoSuchSegment
+        );
+        assert_eq!(
+            segs.write_headers(0, &mut vec![0; hl - 1], SegmentChecksum::Full)
+                .unwrap_err(),
+            OffloadError::BufferTooSmall
+        );
         result
     }
 

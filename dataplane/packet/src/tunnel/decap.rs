@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 use crate::wire::{
-    ethernet, ipv4, ipv6, udp, vxlan, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, Ipv6Packet,
-    MacAddr, UdpPacket, Vni, VxlanPacket,
+    ethernet, ipv4, ipv6, udp, vxlan, Error, EtherType, EthernetFrame, Field, IpProtocol,
+    Ipv4Packet, Ipv6Packet, MacAddr, UdpPacket, Vni, VxlanPacket,
 };
 
 /// What this node accepts.
@@ -135,52 +135,53 @@ impl fmt::Display for DropReason {
 
 /// Checks a frame from the underlay and finds the inner frame to deliver, or the reason to drop
 /// it. `is_known_peer` is asked about the outer source unless `allow_unknown_peers` is set.
+///
+/// The same as [`decapsulate_outer`] followed by [`decapsulate_vxlan`].
 #[inline]
 pub fn decapsulate(
     frame: &[u8],
     policy: &DecapPolicy,
     is_known_peer: impl Fn(IpAddr) -> bool,
 ) -> Decap {
-    match check(frame, policy, is_known_peer) {
-        Ok((inner, source)) => Decap::Deliver { inner, source },
+    let checked = decapsulate_outer(frame, policy).and_then(|(source, vxlan)| {
+        let inner = decapsulate_vxlan(&frame[vxlan.clone()], source, policy, is_known_peer)?;
+        Ok((source, vxlan.start + inner.start..vxlan.start + inner.end))
+    });
+    match checked {
+        Ok((source, inner)) => Decap::Deliver { inner, source },
         Err(reason) => Decap::Drop(reason),
     }
 }
 
-#[inline(always)]
-fn check(
+/// The outer half of decapsulation, what a UDP socket would do for us: checks the outer
+/// Ethernet, IPv4/IPv6 and UDP headers of a frame from the underlay (the destination must be
+/// this node and the port the VXLAN port) and returns the outer source address and where the
+/// UDP payload (the VXLAN header and the inner frame) lies in `frame`.
+#[inline]
+pub fn decapsulate_outer(
     frame: &[u8],
     policy: &DecapPolicy,
-    is_known_peer: impl Fn(IpAddr) -> bool,
-) -> Result<(Range<usize>, IpAddr), DropReason> {
+) -> Result<(IpAddr, Range<usize>), DropReason> {
     use DropReason::*;
 
     let eth = EthernetFrame::new_checked(frame).map_err(|_| EthernetTruncated)?;
     let l3 = &frame[ethernet::HEADER_LEN..];
-    // (outer source, UDP offset within l3, end of the IP payload within l3)
-    let (source, udp_start, ip_end) = match eth.ethertype() {
+    // (outer source, the IP payload within l3)
+    let (source, ip_payload) = match eth.ethertype() {
         EtherType::Ipv4 => {
-            if l3.len() < ipv4::HEADER_LEN {
-                return Err(Ipv4Truncated);
-            }
             let ip = Ipv4Packet::new_unchecked(l3);
-            if ip.version() != 4 {
+            // The version first, where there is a byte to read: a frame of another protocol
+            // behind the IPv4 EtherType is named as such, not by the length its bytes imply.
+            if l3.len() >= ipv4::HEADER_LEN && ip.version() != 4 {
                 return Err(Ipv4BadVersion);
             }
-            let header_len = ip.header_len();
-            if header_len < ipv4::HEADER_LEN {
-                return Err(Ipv4BadHeaderLen);
-            }
-            if header_len > l3.len() {
-                return Err(Ipv4Truncated);
-            }
+            ip.check_len().map_err(|e| match e {
+                Error::Malformed(Field::HeaderLen) => Ipv4BadHeaderLen,
+                Error::Malformed(_) => Ipv4BadTotalLen,
+                _ => Ipv4Truncated,
+            })?;
             if !ip.verify_checksum() {
                 return Err(Ipv4BadChecksum);
-            }
-            let total_len = usize::from(ip.total_len());
-            // Shorter frames than total_len are cut; longer ones carry Ethernet padding.
-            if total_len < header_len || total_len > l3.len() {
-                return Err(Ipv4BadTotalLen);
             }
             if ip.is_fragment() {
                 return Err(Ipv4Fragment);
@@ -191,50 +192,59 @@ fn check(
             if policy.local_ip4 != Some(ip.dst_addr()) {
                 return Err(NotLocalDestination);
             }
-            (IpAddr::V4(ip.src_addr()), header_len, total_len)
+            // After check_len the header lies within total_len, which lies within l3; bytes
+            // past total_len are Ethernet padding.
+            let start = ip.header_len();
+            let end = usize::from(ip.total_len());
+            (IpAddr::V4(ip.src_addr()), start..end)
         }
         EtherType::Ipv6 => {
-            if l3.len() < ipv6::HEADER_LEN {
-                return Err(Ipv6Truncated);
-            }
             let ip = Ipv6Packet::new_unchecked(l3);
-            if ip.version() != 6 {
+            if l3.len() >= ipv6::HEADER_LEN && ip.version() != 6 {
                 return Err(Ipv6BadVersion);
             }
-            let end = ipv6::HEADER_LEN + usize::from(ip.payload_len());
-            if end > l3.len() {
-                return Err(Ipv6BadPayloadLen);
-            }
+            ip.check_len().map_err(|e| match e {
+                Error::Malformed(_) => Ipv6BadPayloadLen,
+                _ => Ipv6Truncated,
+            })?;
             if ip.next_header() != IpProtocol::Udp {
                 return Err(NotUdp);
             }
             if policy.local_ip6 != Some(ip.dst_addr()) {
                 return Err(NotLocalDestination);
             }
-            (IpAddr::V6(ip.src_addr()), ipv6::HEADER_LEN, end)
+            let end = ipv6::HEADER_LEN + usize::from(ip.payload_len());
+            (IpAddr::V6(ip.src_addr()), ipv6::HEADER_LEN..end)
         }
         _ => return Err(NotIp),
     };
 
-    let ip_payload = &l3[udp_start..ip_end];
-    if ip_payload.len() < udp::HEADER_LEN {
-        return Err(UdpTruncated);
-    }
-    let udp = UdpPacket::new_unchecked(ip_payload);
-    let udp_len = usize::from(udp.len());
-    if udp_len < udp::HEADER_LEN || udp_len > ip_payload.len() {
-        return Err(UdpBadLength);
-    }
+    let udp = UdpPacket::new_checked(&l3[ip_payload.clone()]).map_err(|e| match e {
+        Error::Truncated => UdpTruncated,
+        _ => UdpBadLength,
+    })?;
     if udp.dst_port() != policy.port {
         return Err(WrongPort);
     }
     // No UDP checksum check: see the module documentation.
+    let start = ethernet::HEADER_LEN + ip_payload.start + udp::HEADER_LEN;
+    Ok((source, start..start + udp.payload().len()))
+}
 
-    let vx = &ip_payload[udp::HEADER_LEN..udp_len];
-    if vx.len() < vxlan::HEADER_LEN {
-        return Err(VxlanTruncated);
-    }
-    let vx = VxlanPacket::new_unchecked(vx);
+/// The VXLAN half of decapsulation, for a UDP payload that arrived on the VXLAN port from
+/// `source` (from [`decapsulate_outer`], or from a UDP socket): checks the VXLAN header, that
+/// `source` is a known peer (anti-spoofing), and the inner frame's destination, and returns
+/// where the inner Ethernet frame lies in `datagram`.
+#[inline]
+pub fn decapsulate_vxlan(
+    datagram: &[u8],
+    source: IpAddr,
+    policy: &DecapPolicy,
+    is_known_peer: impl Fn(IpAddr) -> bool,
+) -> Result<Range<usize>, DropReason> {
+    use DropReason::*;
+
+    let vx = VxlanPacket::new_checked(datagram).map_err(|_| VxlanTruncated)?;
     if !vx.has_vni() {
         return Err(VxlanNoIFlag);
     }
@@ -244,18 +254,10 @@ fn check(
     if !policy.allow_unknown_peers && !is_known_peer(source) {
         return Err(UnknownPeer);
     }
-
-    let inner = vx.payload();
-    if inner.len() < ethernet::HEADER_LEN {
-        return Err(InnerTruncated);
-    }
-    let dst = EthernetFrame::new_unchecked(inner).dst_addr();
+    let inner = EthernetFrame::new_checked(vx.payload()).map_err(|_| InnerTruncated)?;
+    let dst = inner.dst_addr();
     if dst != policy.local_mac && !dst.is_broadcast() {
         return Err(InnerNotForUs);
     }
-
-    let start = ethernet::HEADER_LEN + udp_start + UDP_VXLAN_LEN;
-    Ok((start..start + inner.len(), source))
+    Ok(vxlan::HEADER_LEN..datagram.len())
 }
-
-const UDP_VXLAN_LEN: usize = udp::HEADER_LEN + vxlan::HEADER_LEN;

@@ -8,7 +8,9 @@ mod decap;
 mod encap;
 mod flow;
 
-pub use decap::{decapsulate, Decap, DecapPolicy, DropReason};
+pub use decap::{
+    decapsulate, decapsulate_outer, decapsulate_vxlan, Decap, DecapPolicy, DropReason,
+};
 pub use encap::{
     encapsulate, EncapError, OuterHeader, OuterParams, MAX_OUTER_LEN, OUTER_LEN_V4, OUTER_LEN_V6,
 };

@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{checksum, Error, IpProtocol, Result};
+use super::{checksum, Error, Field, IpProtocol, Result};
 
 /// Length of a header without options.
 pub const HEADER_LEN: usize = 20;
@@ -50,8 +50,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     /// Checks the lengths the getters rely on: `Truncated` if the buffer ends before the fixed
-    /// header, the options or `total_len`; `Malformed` if IHL < 5 or `total_len` is shorter than
-    /// the header. Bytes after `total_len` (Ethernet padding) are allowed.
+    /// header or the options; `Malformed(HeaderLen)` if IHL < 5; `Malformed(TotalLen)` if
+    /// `total_len` is shorter than the header or longer than the buffer. Bytes after
+    /// `total_len` (Ethernet padding) are allowed.
     #[inline]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
@@ -60,17 +61,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         }
         let header_len = self.header_len();
         if header_len < HEADER_LEN {
-            return Err(Error::Malformed);
+            return Err(Error::Malformed(Field::HeaderLen));
         }
         if header_len > len {
             return Err(Error::Truncated);
         }
         let total_len = usize::from(self.total_len());
-        if total_len < header_len {
-            return Err(Error::Malformed);
-        }
-        if total_len > len {
-            return Err(Error::Truncated);
+        if total_len < header_len || total_len > len {
+            return Err(Error::Malformed(Field::TotalLen));
         }
         Ok(())
     }
@@ -350,8 +348,11 @@ impl Repr {
     #[inline]
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr> {
         packet.check_len()?;
-        if packet.version() != 4 || !packet.verify_checksum() {
-            return Err(Error::Malformed);
+        if packet.version() != 4 {
+            return Err(Error::Malformed(Field::Version));
+        }
+        if !packet.verify_checksum() {
+            return Err(Error::Malformed(Field::Checksum));
         }
         if packet.is_fragment() {
             return Err(Error::Unsupported);
@@ -453,18 +454,25 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         for len in 0..outer().len() {
-            assert_eq!(
-                Packet::new_checked(&outer()[..len]),
-                Err(Error::Truncated),
-                "{len}"
-            );
+            let want = if len < HEADER_LEN {
+                Error::Truncated
+            } else {
+                Error::Malformed(Field::TotalLen)
+            };
+            assert_eq!(Packet::new_checked(&outer()[..len]), Err(want), "{len}");
         }
         let mut buf = outer().to_vec();
         buf[0] = 0x44; // IHL 4
-        assert_eq!(Packet::new_checked(&buf[..]), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&buf[..]),
+            Err(Error::Malformed(Field::HeaderLen))
+        );
         let mut buf = outer().to_vec();
         buf[2..4].copy_from_slice(&19u16.to_be_bytes());
-        assert_eq!(Packet::new_checked(&buf[..]), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&buf[..]),
+            Err(Error::Malformed(Field::TotalLen))
+        );
         let mut buf = outer().to_vec();
         buf[0] = 0x4f; // 60-byte header: fits the buffer, total_len 134 still fits
         assert!(Packet::new_checked(&buf[..]).is_ok());
@@ -477,13 +485,13 @@ mod tests {
         buf[0] = 0x65;
         assert_eq!(
             Repr::parse(&Packet::new_checked(&buf[..]).unwrap()),
-            Err(Error::Malformed)
+            Err(Error::Malformed(Field::Version))
         );
         let mut buf = outer().to_vec();
         buf[8] = 63; // TTL changed, checksum not
         assert_eq!(
             Repr::parse(&Packet::new_checked(&buf[..]).unwrap()),
-            Err(Error::Malformed)
+            Err(Error::Malformed(Field::Checksum))
         );
         let mut buf = outer().to_vec();
         let mut p = Packet::new_unchecked(&mut buf[..]);

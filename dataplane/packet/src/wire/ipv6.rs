@@ -3,7 +3,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::{Error, IpProtocol, Result};
+use super::{Error, Field, IpProtocol, Result};
 
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 40;
@@ -39,13 +39,16 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(packet)
     }
 
-    /// `Truncated` if the buffer ends before the fixed header or the payload it announces.
-    /// Trailing bytes (Ethernet padding) are allowed.
+    /// `Truncated` if the buffer ends before the fixed header; `Malformed(PayloadLen)` if it
+    /// ends before the payload the header announces. Trailing bytes (Ethernet padding) are
+    /// allowed.
     #[inline]
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN || HEADER_LEN + usize::from(self.payload_len()) > len {
+        if len < HEADER_LEN {
             Err(Error::Truncated)
+        } else if HEADER_LEN + usize::from(self.payload_len()) > len {
+            Err(Error::Malformed(Field::PayloadLen))
         } else {
             Ok(())
         }
@@ -220,7 +223,7 @@ impl Repr {
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr> {
         packet.check_len()?;
         if packet.version() != 6 {
-            return Err(Error::Malformed);
+            return Err(Error::Malformed(Field::Version));
         }
         Ok(Repr {
             src_addr: packet.src_addr(),
@@ -279,16 +282,17 @@ mod tests {
     #[test]
     fn rejects_truncation_and_version() {
         for len in 0..outer().len() {
-            assert_eq!(
-                Packet::new_checked(&outer()[..len]),
-                Err(Error::Truncated),
-                "{len}"
-            );
+            let want = if len < HEADER_LEN {
+                Error::Truncated
+            } else {
+                Error::Malformed(Field::PayloadLen)
+            };
+            assert_eq!(Packet::new_checked(&outer()[..len]), Err(want), "{len}");
         }
         let mut buf = outer().to_vec();
         buf[0] = 0x40;
         let p = Packet::new_checked(&buf[..]).unwrap();
-        assert_eq!(Repr::parse(&p), Err(Error::Malformed));
+        assert_eq!(Repr::parse(&p), Err(Error::Malformed(Field::Version)));
         buf.extend_from_slice(&[0; 6]);
         assert_eq!(Packet::new_checked(&buf[..]).unwrap().payload().len(), 114);
     }

@@ -15,6 +15,7 @@ pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
 mod mac;
+pub mod tcp;
 pub mod udp;
 pub mod vxlan;
 
@@ -24,21 +25,56 @@ pub use ip::Protocol as IpProtocol;
 pub use ipv4::{Packet as Ipv4Packet, Repr as Ipv4Repr};
 pub use ipv6::{Packet as Ipv6Packet, Repr as Ipv6Repr};
 pub use mac::{MacAddr, ParseMacError};
+pub use tcp::{Flags as TcpFlags, Packet as TcpPacket, Repr as TcpRepr};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use vxlan::{Packet as VxlanPacket, Repr as VxlanRepr, Vni};
 
 /// Why a buffer could not be read as a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// The buffer ends before the header (or the length a header field claims) does.
+    /// The buffer ends before the header (with its options) does.
     #[error("truncated packet")]
     Truncated,
-    /// A field holds a value the protocol does not allow (bad version, length or checksum).
-    #[error("malformed packet")]
-    Malformed,
+    /// This field holds a value the protocol does not allow, or announces more bytes than the
+    /// buffer holds. Callers that count drops by reason (decapsulation) read the field.
+    #[error("malformed packet: bad {0}")]
+    Malformed(Field),
     /// Well formed, but a variant vxdp does not handle (non-Ethernet/IPv4 ARP, fragments).
     #[error("unsupported packet")]
     Unsupported,
+}
+
+/// The header field a [`Error::Malformed`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    /// The IP version.
+    Version,
+    /// A header length: IPv4 IHL, TCP data offset.
+    HeaderLen,
+    /// The IPv4 total length.
+    TotalLen,
+    /// The IPv6 payload length.
+    PayloadLen,
+    /// The UDP length.
+    Length,
+    /// A header checksum.
+    Checksum,
+    /// A flags field (the VXLAN I flag).
+    Flags,
+}
+
+impl core::fmt::Display for Field {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Field::Version => "version",
+            Field::HeaderLen => "header length",
+            Field::TotalLen => "total length",
+            Field::PayloadLen => "payload length",
+            Field::Length => "length",
+            Field::Checksum => "checksum",
+            Field::Flags => "flags",
+        })
+    }
 }
 
 /// The result of reading a header.

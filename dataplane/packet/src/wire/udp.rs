@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::{checksum, Error, Result};
+use super::{checksum, Error, Field, Result};
 
 /// Source port, destination port, length, checksum.
 pub const HEADER_LEN: usize = 8;
@@ -39,8 +39,9 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(packet)
     }
 
-    /// `Truncated` if the buffer ends before the header or before `len`; `Malformed` if `len`
-    /// is shorter than the header. Bytes after `len` are allowed (and ignored).
+    /// `Truncated` if the buffer ends before the header; `Malformed(Length)` if `len` is
+    /// shorter than the header or longer than the buffer. Bytes after `len` are allowed (and
+    /// ignored).
     #[inline]
     pub fn check_len(&self) -> Result<()> {
         let buf_len = self.buffer.as_ref().len();
@@ -48,10 +49,8 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Error::Truncated);
         }
         let len = usize::from(self.len());
-        if len < HEADER_LEN {
-            Err(Error::Malformed)
-        } else if len > buf_len {
-            Err(Error::Truncated)
+        if len < HEADER_LEN || len > buf_len {
+            Err(Error::Malformed(Field::Length))
         } else {
             Ok(())
         }
@@ -332,15 +331,19 @@ mod tests {
     fn lengths() {
         let d = &captured::V4_CSUM_ICMP[34..];
         for len in 0..d.len() {
-            assert_eq!(
-                Packet::new_checked(&d[..len]),
-                Err(Error::Truncated),
-                "{len}"
-            );
+            let want = if len < HEADER_LEN {
+                Error::Truncated
+            } else {
+                Error::Malformed(Field::Length)
+            };
+            assert_eq!(Packet::new_checked(&d[..len]), Err(want), "{len}");
         }
         let mut buf = d.to_vec();
         buf[4..6].copy_from_slice(&7u16.to_be_bytes());
-        assert_eq!(Packet::new_checked(&buf[..]), Err(Error::Malformed));
+        assert_eq!(
+            Packet::new_checked(&buf[..]),
+            Err(Error::Malformed(Field::Length))
+        );
         buf[4..6].copy_from_slice(&8u16.to_be_bytes());
         let p = Packet::new_checked(&buf[..]).unwrap();
         assert!(p.is_empty() && p.payload().is_empty());

@@ -8,7 +8,7 @@
 
 use core::fmt;
 
-use super::{Error, Result};
+use super::{Error, Field, Result};
 
 /// Flags, reserved, VNI, reserved.
 pub const HEADER_LEN: usize = 8;
@@ -203,7 +203,7 @@ impl Repr {
     pub fn parse<T: AsRef<[u8]> + ?Sized>(packet: &Packet<&T>) -> Result<Repr> {
         packet.check_len()?;
         if !packet.has_vni() {
-            return Err(Error::Malformed);
+            return Err(Error::Malformed(Field::Flags));
         }
         Ok(Repr { vni: packet.vni() })
     }
@@ -277,7 +277,7 @@ mod tests {
         buf[0] = 0xf7;
         assert_eq!(
             Repr::parse(&Packet::new_checked(&buf[..]).unwrap()),
-            Err(Error::Malformed)
+            Err(Error::Malformed(Field::Flags))
         );
         for len in 0..HEADER_LEN {
             assert_eq!(Packet::new_checked(&buf[..len]), Err(Error::Truncated));

@@ -29,13 +29,14 @@ fn frames(opts: &[TcpOpts], v6: bool) -> Vec<Vec<u8>> {
 
 /// Feeds `input` through a coalescer the way the worker does and returns what would be written
 /// to the TAP: vnet header + frame each.
-fn drive(c: &mut Coalescer, input: &[Vec<u8>]) -> Vec<Vec<u8>> {
+fn drive<'f>(c: &mut Coalescer<'f>, input: &'f [Vec<u8>]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for f in input {
         if c.is_pending() && !c.can_append(f) {
             out.push(c.flush().to_vec());
         }
         let was = c.is_pending();
+        let takes = c.takes(f);
         match c.push(f) {
             Push::NotEligible => {
                 let mut alone = vec![0u8; VNET_HDR_LEN];
@@ -43,8 +44,8 @@ fn drive(c: &mut Coalescer, input: &[Vec<u8>]) -> Vec<Vec<u8>> {
                 out.push(alone);
                 assert_eq!(c.is_pending(), was);
             }
-            Push::Started => assert!(!was && c.is_pending()),
-            Push::Coalesced => assert!(was && c.is_pending()),
+            Push::Started => assert!(takes && !was && c.is_pending()),
+            Push::Coalesced => assert!(takes && was && c.is_pending()),
         }
     }
     if c.is_pending() {
@@ -215,7 +216,7 @@ fn single_segment_goes_out_as_it_came() {
     let mut c = Coalescer::new();
     assert_eq!(c.push(&input[0]), Push::Started);
     assert_eq!(c.pending_segments(), 1);
-    let out = c.flush();
+    let out = c.flush().to_vec();
     assert_eq!(out[..VNET_HDR_LEN], [0u8; VNET_HDR_LEN]);
     assert_eq!(out[VNET_HDR_LEN..], input[0][..]);
     assert!(c.flush().is_empty(), "nothing left");
@@ -395,7 +396,7 @@ fn ident_rules_follow_linux() {
 #[test]
 fn bad_checksum_is_not_merged_and_the_flow_continues() {
     let opts = stream_of(&TcpOpts::default(), 4);
-    let mut input = frames(&opts, false);
+    let input = frames(&opts, false);
     let mut bad = input[1].clone();
     bad[100] ^= 0x40; // payload corrupted in flight
     let mut c = Coalescer::new();
@@ -418,8 +419,9 @@ fn bad_checksum_is_not_merged_and_the_flow_continues() {
     let mut bad_hdr = input[2].clone();
     bad_hdr[34 + 14] ^= 1;
     assert_eq!(c.push(&bad_hdr), Push::NotEligible);
-    input[2][22] -= 1; // TTL changed, header checksum not
-    assert_eq!(c.push(&input[2]), Push::NotEligible);
+    let mut ttl = input[2].clone();
+    ttl[22] -= 1; // TTL changed, header checksum not
+    assert_eq!(c.push(&ttl), Push::NotEligible);
 
     // Checksum field 0xffff instead of 0x0000 is the same number: still valid. The urgent
     // pointer (ignored without URG) is chosen so that the checksum comes out 0.
@@ -478,8 +480,8 @@ fn never_eligible_frames() {
     let o = TcpOpts::default();
     let good4 = tcp_v4_segment(&o);
     let good6 = tcp_v6_segment(&o);
-    let mut c = Coalescer::new();
-    let mut refuse = |f: &[u8], what: &str| {
+    let refuse = |f: &[u8], what: &str| {
+        let mut c = Coalescer::new();
         assert_eq!(c.push(f), Push::NotEligible, "{what}");
         assert!(!c.is_pending(), "{what}");
     };
@@ -620,32 +622,40 @@ fn garbage_never_panics() {
             assert!(c.flush().len() >= VNET_HDR_LEN);
         }
     }
-    for seed in 0..20_000u64 {
-        let n = noise(seed, 4);
-        let mut f = if n[0] & 1 == 0 {
-            input[1].clone()
-        } else {
-            input6[1].clone()
-        };
-        for k in 0..usize::from(n[1] % 6) {
-            let m = noise(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
-            let at = usize::from(m[0]) % 90;
-            f[at] = m[1];
-        }
-        if n[2] & 1 == 0 {
-            refresh_checksums_if_plausible(&mut f);
-        }
-        let _ = c.can_append(&f);
+    // The frames are made first: a coalescer borrows what it is given until it flushes.
+    let mutated: Vec<(Vec<u8>, Vec<u8>, [u8; 4])> = (0..20_000u64)
+        .map(|seed| {
+            let n = noise(seed, 4);
+            let mut f = if n[0] & 1 == 0 {
+                input[1].clone()
+            } else {
+                input6[1].clone()
+            };
+            for k in 0..usize::from(n[1] % 6) {
+                let m = noise(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
+                let at = usize::from(m[0]) % 90;
+                f[at] = m[1];
+            }
+            if n[2] & 1 == 0 {
+                refresh_checksums_if_plausible(&mut f);
+            }
+            let junk = noise(seed ^ 0xabcdef, usize::from(n[3]) * 2);
+            (f, junk, [n[0], n[1], n[2], n[3]])
+        })
+        .collect();
+    let mut c = Coalescer::new();
+    for (f, junk, n) in &mutated {
+        let _ = c.can_append(f);
         let before = c.pending_segments();
-        match c.push(&f) {
+        match c.push(f) {
             Push::Coalesced => assert_eq!(c.pending_segments(), before + 1),
             Push::Started => assert_eq!((before, c.pending_segments()), (0, 1)),
             Push::NotEligible => assert_eq!(c.pending_segments(), before),
         }
         if n[3] % 5 == 0 {
-            let out = c.flush();
+            let out = c.flush().to_vec();
             if !out.is_empty() {
-                let hdr = VnetHdr::parse(out).unwrap();
+                let hdr = VnetHdr::parse(&out).unwrap();
                 if hdr.is_gso() {
                     let mut frame = out[VNET_HDR_LEN..].to_vec();
                     complete_checksum(&mut frame, usize::from(hdr.csum_start), 16).unwrap();
@@ -654,9 +664,8 @@ fn garbage_never_panics() {
                 }
             }
         }
-        let junk = noise(seed ^ 0xabcdef, usize::from(n[3]) * 2);
-        let _ = c.can_append(&junk);
-        let _ = c.push(&junk);
+        let _ = c.can_append(junk);
+        let _ = c.push(junk);
     }
 }
 
@@ -674,4 +683,66 @@ fn refresh_checksums_if_plausible(f: &mut [u8]) {
     if ok {
         refresh_checksums(f);
     }
+}
+
+/// The checksum field set to the pseudo header sum, as a kernel sender with checksum offload
+/// leaves it on a virtual NIC.
+fn make_partial(f: &mut [u8]) {
+    let t = tcp_start(f);
+    let v6 = f[12] == 0x86;
+    let len = (f.len() - t) as u16;
+    let pseudo = if v6 {
+        crate::wire::checksum::pseudo_header_v6(
+            &Ipv6Packet::new_unchecked(&f[14..]).src_addr(),
+            &Ipv6Packet::new_unchecked(&f[14..]).dst_addr(),
+            6,
+            u32::from(len),
+        )
+    } else {
+        crate::wire::checksum::pseudo_header_v4(
+            &Ipv4Packet::new_unchecked(&f[14..]).src_addr(),
+            &Ipv4Packet::new_unchecked(&f[14..]).dst_addr(),
+            6,
+            len,
+        )
+    };
+    f[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
+}
+
+#[test]
+fn partial_checksums_from_kernel_senders_are_merged_unverified() {
+    for v6 in [false, true] {
+        let mut input = frames(&stream_of(&TcpOpts::default(), 4), v6);
+        for f in &mut input {
+            make_partial(f);
+        }
+        let mut c = Coalescer::new();
+        let written = drive(&mut c, &input);
+        assert!(
+            one_super_frame(&written, 4),
+            "v6 {v6}: {:?}",
+            shape(&written)
+        );
+        // Completed, the super-frame is the stream the partial segments carried.
+        let full = frames(&stream_of(&TcpOpts::default(), 4), v6);
+        assert_same_frames(&resegment(&written), &full);
+    }
+    // A damaged segment whose field is a finished checksum is still refused.
+    let input = frames(&stream_of(&TcpOpts::default(), 2), false);
+    let mut bad = input[1].clone();
+    bad[200] ^= 1;
+    let mut c = Coalescer::new();
+    assert_eq!(c.push(&input[0]), Push::Started);
+    assert_eq!(c.push(&bad), Push::NotEligible);
+}
+
+#[test]
+fn holds_at_most_max_segments() {
+    let o = TcpOpts {
+        payload_len: 100,
+        ..TcpOpts::default()
+    };
+    let input = frames(&stream_of(&o, MAX_SEGMENTS + 6), false);
+    let written = check_round_trip(&input);
+    assert_eq!(shape(&written), [MAX_SEGMENTS, 6]);
 }

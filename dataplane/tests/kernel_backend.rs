@@ -9,8 +9,8 @@
 use std::net::Ipv4Addr;
 
 use control::backend::{Backend, Peer};
-use control::kernel_backend::{KernelBackend, KernelBackendConfig};
 use control::netlink::{FdbEntry, Netlink};
+use dataplane::backend::kernel::{KernelBackend, KernelBackendConfig};
 use packet::wire::MacAddr;
 use testkit::{require_root, unique_prefix, veth, Netns};
 

@@ -44,8 +44,8 @@ use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::RouteProtocol;
 use packet::wire::MacAddr;
 
-use crate::backend::{Backend, BackendError, Peer};
-use crate::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};
+use control::backend::{Backend, BackendError, Peer};
+use control::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};
 
 /// The kernel's default lifetime of learnt FDB entries, which flanneld's links show.
 pub const AGEING_SECS: u32 = 300;
@@ -397,13 +397,7 @@ impl KernelBackend {
     /// flannel's `ip.DirectRouting`: the kernel routes the PublicIP without a gateway (and, for
     /// vxdp, out of the external interface).
     async fn directly_reachable(&self, public_ip: Ipv4Addr) -> bool {
-        match self.nl.route_to(IpAddr::V4(public_ip)).await {
-            Ok(r) => r.gateway.is_none() && r.oif == self.config.underlay_ifindex,
-            Err(e) => {
-                tracing::warn!(peer = %public_ip, "DirectRouting check: {e}");
-                false
-            }
-        }
+        super::directly_reachable(&self.nl, public_ip, self.config.underlay_ifindex).await
     }
 
     /// Whether another programmed peer than `subnet` uses the FDB entry `mac` -> `ip` (a node
@@ -939,7 +933,7 @@ impl Backend for KernelBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::Link;
+    use control::netlink::Link;
 
     fn wanted() -> VxlanAttrs {
         KernelBackendConfig {

@@ -1,0 +1,131 @@
+//! The external interface: where vxdp sends and receives VXLAN, chosen as flanneld chooses it
+//! (`--iface`, `--iface-regex`, else the default route's interface).
+
+use std::net::IpAddr;
+
+use crate::netlink::{Netlink, NetlinkError};
+
+/// The interface vxdp sends and receives VXLAN on (flannel's "external interface").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    /// The link.
+    pub link: crate::netlink::Link,
+    /// Its IPv4 address used as the VTEP source (flannel's `iface_addr`).
+    pub iface_addr: std::net::Ipv4Addr,
+    /// The address peers send to (`--public-ip`, else `iface_addr`).
+    pub public_ip: std::net::Ipv4Addr,
+}
+
+/// Why no usable interface was found.
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    /// A netlink query failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// None of the given interfaces exists.
+    #[error(
+        "none of the interfaces given with --iface/--iface-regex exists ({0}): check `ip -br addr`"
+    )]
+    NotFound(String),
+    /// An --iface-regex is not a valid regular expression.
+    #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
+    BadRegex(String, String),
+    /// No interface was given and there is no default route.
+    #[error("no --iface given and no IPv4 default route to pick one from: pass --iface NAME")]
+    NoDefaultRoute,
+    /// The interface has no IPv4 address.
+    #[error("interface {0} has no IPv4 address: vxdp needs one as its VTEP address (or pass --iface with another interface)")]
+    NoAddress(String),
+    /// `--public-ip` is not IPv4.
+    #[error("--public-ip {0} is not an IPv4 address; IPv6 underlays are given with --public-ipv6")]
+    PublicIpNotV4(IpAddr),
+}
+
+/// Picks the external interface like flanneld: the first `--iface` (a name or one of its IP
+/// addresses) that exists, else the first `--iface-regex` matching an interface's IP address
+/// or, failing that, its name, else the interface of the default route.
+pub async fn find_external_interface(
+    nl: &Netlink,
+    ifaces: &[String],
+    iface_regexes: &[String],
+    public_ip: Option<IpAddr>,
+) -> Result<ExternalInterface, InterfaceError> {
+    let regexes = iface_regexes
+        .iter()
+        .map(|r| {
+            regex::Regex::new(r).map_err(|e| InterfaceError::BadRegex(r.clone(), e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let link = if ifaces.is_empty() && regexes.is_empty() {
+        let index = nl
+            .default_route_link(false)
+            .await?
+            .ok_or(InterfaceError::NoDefaultRoute)?;
+        nl.link_by_index(index)
+            .await?
+            .ok_or(InterfaceError::NoDefaultRoute)?
+    } else {
+        let mut found = None;
+        'search: for want in ifaces {
+            if let Ok(ip) = want.parse::<IpAddr>() {
+                for link in nl.links().await? {
+                    if nl
+                        .addresses(link.index)
+                        .await?
+                        .iter()
+                        .any(|(a, _)| *a == ip)
+                    {
+                        found = Some(link);
+                        break 'search;
+                    }
+                }
+            } else if let Some(link) = nl.link_by_name(want).await? {
+                found = Some(link);
+                break;
+            }
+        }
+        if found.is_none() && !regexes.is_empty() {
+            let links = nl.links().await?;
+            'regex: for re in &regexes {
+                // flanneld tries the addresses first, then the names.
+                for link in &links {
+                    for (ip, _) in nl.addresses(link.index).await? {
+                        if re.is_match(&ip.to_string()) {
+                            found = Some(link.clone());
+                            break 'regex;
+                        }
+                    }
+                }
+                if let Some(link) = links.iter().find(|l| re.is_match(&l.name)) {
+                    found = Some(link.clone());
+                    break;
+                }
+            }
+        }
+        let given: Vec<&str> = ifaces
+            .iter()
+            .chain(iface_regexes.iter())
+            .map(String::as_str)
+            .collect();
+        found.ok_or_else(|| InterfaceError::NotFound(given.join(", ")))?
+    };
+    let iface_addr = nl
+        .addresses(link.index)
+        .await?
+        .into_iter()
+        .find_map(|(ip, _)| match ip {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => Some(v4),
+            _ => None,
+        })
+        .ok_or_else(|| InterfaceError::NoAddress(link.name.clone()))?;
+    let public_ip = match public_ip {
+        None => iface_addr,
+        Some(IpAddr::V4(v4)) => v4,
+        Some(other) => return Err(InterfaceError::PublicIpNotV4(other)),
+    };
+    Ok(ExternalInterface {
+        link,
+        iface_addr,
+        public_ip,
+    })
+}

@@ -1,0 +1,901 @@
+//! The userspace dataplane: a multi-queue TAP device, one pinned worker per queue, and the
+//! underlay each worker owns a share of: AF_XDP sockets (with the XDP program that steers
+//! VXLAN into them) or UDP sockets with GSO/GRO. Peers become a route on the TAP
+//! (`subnet via base onlink`, as flanneld programs on its vxlan device) plus one atomic update
+//! of the peer tables the workers read; with AF_XDP, whose transmits bypass the kernel's
+//! routing and ARP, the underlay next hops are resolved over netlink and refreshed every tick.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use control::backend::{Backend, BackendError, Peer};
+use control::interface::ExternalInterface;
+use control::netlink::Netlink;
+use ipnet::{IpNet, Ipv4Net};
+use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
+use packet::wire::{MacAddr, Vni};
+use serde::Serialize;
+
+use super::{directly_reachable, BackendStartError, DropAlarm};
+use crate::next_hop::{NextHop, PathStatus, PathTracker};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::stats::{WorkerCounters, WorkerStats};
+use crate::steering::{SteeringConfig, SteeringProgram, XdpCounters, XdpCountersReader, XdpMode};
+use crate::tables::{PeerEntry, PeerTables};
+use crate::tap::{TapConfig, TapDevice};
+use crate::underlay::af_xdp::AfXdpUnderlay;
+use crate::underlay::udp::{GsoStatus, OffloadState, UdpConfig, UdpSockets, UdpUnderlay};
+use crate::worker::{Worker, WorkerSet};
+use crate::xsk::{
+    BindMode, SocketMode, XskConfig, XskError, XskKernelStats, XskSocket, XskStatsReader,
+};
+
+/// Bytes per UMEM frame (one page).
+pub const FRAME_SIZE: u32 = 4096;
+/// Default UMEM frames per queue (16 MiB).
+pub const DEFAULT_UMEM_FRAMES: u32 = 4096;
+/// Fewest UMEM frames per queue that still make sense (two rings of 64).
+const MIN_UMEM_FRAMES: u32 = 128;
+/// Outer source ports (transmit sockets) per worker with the UDP underlay: enough for ECMP,
+/// RSS and the receiver's SO_REUSEPORT group to spread flows, few enough to stay cheap.
+pub const DEFAULT_UDP_SOURCE_PORTS: usize = 16;
+
+/// Which underlay the workers use, and its options.
+#[derive(Debug, Clone)]
+pub enum UnderlayKind {
+    /// AF_XDP sockets and the XDP steering program.
+    AfXdp(AfXdpOptions),
+    /// UDP sockets with GSO and GRO.
+    Udp(UdpOptions),
+}
+
+/// AF_XDP settings.
+#[derive(Debug, Clone)]
+pub struct AfXdpOptions {
+    /// XDP attach modes to try, in order.
+    pub xdp_modes: Vec<XdpMode>,
+    /// AF_XDP bind mode.
+    pub bind_mode: BindMode,
+    /// UMEM frames per queue; `None` = default, fitted to RLIMIT_MEMLOCK.
+    pub umem_frames: Option<u32>,
+    /// Outer UDP checksums over IPv4 (flannel's `udpcsum`).
+    pub udp_checksum: bool,
+}
+
+/// UDP underlay settings.
+#[derive(Debug, Clone)]
+pub struct UdpOptions {
+    /// Outer source ports per worker.
+    pub source_ports: usize,
+    /// Try UDP segmentation offload on send.
+    pub gso: bool,
+    /// Try UDP receive coalescing.
+    pub gro: bool,
+}
+
+/// How to set the userspace dataplane up.
+#[derive(Debug, Clone)]
+pub struct UserspaceConfig {
+    /// The underlay interface.
+    pub external: ExternalInterface,
+    /// TAP device name.
+    pub device: String,
+    /// This node's VtepMAC.
+    pub vtep_mac: MacAddr,
+    /// Overlay MTU.
+    pub mtu: u32,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub port: u16,
+    /// This node's lease subnet (its base address goes on the TAP as a /32).
+    pub subnet: Ipv4Net,
+    /// Worker count; `None` = NIC RX queues, at most one per CPU.
+    pub queues: Option<usize>,
+    /// CPUs to pin workers to, in order; empty = no pinning.
+    pub worker_cpus: Vec<usize>,
+    /// Accept VXLAN from unknown sources.
+    pub allow_unknown_peers: bool,
+    /// DirectRouting: peers on the same L2 get a plain route to their PublicIP.
+    pub direct_routing: bool,
+    /// Ask the TAP for vnet headers and TCP offloads (TSO in, GRO out).
+    pub tap_offloads: bool,
+    /// Workers spin instead of sleeping while traffic flows.
+    pub busy_poll: bool,
+    /// The underlay.
+    pub underlay: UnderlayKind,
+}
+
+/// State of one peer's underlay path (AF_XDP resolves next hops itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerPath {
+    /// Underlay next hop MAC, once resolved.
+    pub next_hop_mac: Option<MacAddr>,
+    /// The address the next hop MAC belongs to.
+    pub via: Option<IpAddr>,
+    /// `resolved`, `resolving`, `direct-routing`, `kernel-routed` or an error.
+    pub state: String,
+}
+
+/// What the status shows of one worker's underlay.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum UnderlayStatus {
+    /// An AF_XDP socket.
+    AfXdp {
+        /// Copy or zero-copy.
+        socket_mode: SocketMode,
+        /// The kernel's counters for the socket.
+        socket: XskKernelStats,
+    },
+    /// UDP sockets.
+    Udp {
+        /// Segmentation offload on send.
+        gso: GsoStatus,
+        /// Receive coalescing.
+        gro: bool,
+        /// The outer source ports flows are spread over.
+        source_ports: Vec<u16>,
+    },
+}
+
+/// One worker in `vxdp status`.
+#[derive(Debug, Serialize)]
+pub struct WorkerStatus {
+    /// TAP queue (and NIC queue with AF_XDP).
+    pub queue: u32,
+    /// CPU it is pinned to.
+    pub core: Option<usize>,
+    /// Its underlay.
+    pub underlay: UnderlayStatus,
+    /// Counters.
+    pub counters: WorkerCounters,
+}
+
+/// What the status keeps of one worker's underlay, to read it from any thread.
+#[derive(Clone)]
+enum UnderlayView {
+    AfXdp {
+        mode: SocketMode,
+        socket: XskStatsReader,
+    },
+    Udp {
+        state: Arc<OffloadState>,
+        source_ports: Vec<u16>,
+    },
+}
+
+#[derive(Clone)]
+struct WorkerView {
+    queue: u32,
+    core: Option<usize>,
+    stats: Arc<WorkerStats>,
+    underlay: UnderlayView,
+}
+
+/// A thread-safe view for `vxdp status`.
+#[derive(Clone)]
+pub struct UserspaceStatusProbe {
+    workers: Vec<WorkerView>,
+    xdp_mode: Option<XdpMode>,
+    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    xdp_counters: Option<XdpCountersReader>,
+}
+
+impl UserspaceStatusProbe {
+    /// Workers and their counters.
+    pub fn workers(&self) -> Vec<WorkerStatus> {
+        self.workers
+            .iter()
+            .map(|w| WorkerStatus {
+                queue: w.queue,
+                core: w.core,
+                underlay: match &w.underlay {
+                    UnderlayView::AfXdp { mode, socket } => UnderlayStatus::AfXdp {
+                        socket_mode: *mode,
+                        socket: socket.read(),
+                    },
+                    UnderlayView::Udp {
+                        state,
+                        source_ports,
+                    } => UnderlayStatus::Udp {
+                        gso: state.gso(),
+                        gro: state.gro(),
+                        source_ports: source_ports.clone(),
+                    },
+                },
+                counters: w.stats.snapshot(),
+            })
+            .collect()
+    }
+
+    /// The XDP attach mode, with AF_XDP.
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
+        self.xdp_mode
+    }
+
+    /// Underlay path per peer PublicIP.
+    pub fn paths(&self) -> BTreeMap<Ipv4Addr, PeerPath> {
+        self.paths.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The XDP program's counters, with AF_XDP.
+    pub fn xdp_counters(&self) -> Option<XdpCounters> {
+        self.xdp_counters.as_ref().map(XdpCountersReader::read)
+    }
+}
+
+/// The AF_XDP-only parts: next-hop tracking and the outer header parameters.
+struct AfXdpPaths {
+    tracker: PathTracker,
+    udp_checksum: bool,
+}
+
+/// The running userspace dataplane.
+pub struct UserspaceBackend {
+    // Field order is drop order: the workers stop before the XDP program is detached and
+    // before the TAP's last queue goes.
+    workers: WorkerSet,
+    views: Vec<WorkerView>,
+    steering: Option<SteeringProgram>,
+    nl: Netlink,
+    config: UserspaceConfig,
+    tap_index: u32,
+    tables: Arc<PeerTables>,
+    peers: BTreeMap<Ipv4Net, Peer>,
+    direct: BTreeMap<Ipv4Net, Ipv4Addr>,
+    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    af_xdp: Option<AfXdpPaths>,
+    summary: String,
+    drop_alarm: DropAlarm,
+}
+
+fn nic_rx_queues(ifname: &str) -> usize {
+    std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count()
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Whether this process may lock memory without limit (CAP_IPC_LOCK in its effective set).
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 {
+        return None;
+    }
+    (rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+/// UMEM frames per queue: the request or the default, fitted to RLIMIT_MEMLOCK when the
+/// process cannot lock memory freely.
+fn umem_frames_per_queue(requested: Option<u32>, queues: usize) -> Result<u32, BackendStartError> {
+    let wanted = requested.unwrap_or(DEFAULT_UMEM_FRAMES);
+    if !wanted.is_power_of_two() || wanted < MIN_UMEM_FRAMES {
+        return Err(BackendStartError::Config(format!(
+            "--umem-frames {wanted} must be a power of two of at least {MIN_UMEM_FRAMES}"
+        )));
+    }
+    if has_cap_ipc_lock() {
+        return Ok(wanted);
+    }
+    let Some(limit) = memlock_limit() else {
+        return Ok(wanted);
+    };
+    let per_queue = limit / queues as u64 / u64::from(FRAME_SIZE);
+    let fitted = if per_queue >= u64::from(wanted) {
+        wanted
+    } else {
+        // Largest power of two that fits.
+        1u32 << (63 - per_queue.max(1).leading_zeros()).min(31)
+    };
+    if fitted < MIN_UMEM_FRAMES {
+        return Err(BackendStartError::Config(format!(
+            "RLIMIT_MEMLOCK is {} KiB, too small for {queues} AF_XDP queue(s) of at least \
+             {MIN_UMEM_FRAMES} frames: grant vxdp CAP_IPC_LOCK, raise the limit (systemd \
+             LimitMEMLOCK=infinity or `ulimit -l`), use fewer --queues, or --backend udp",
+            limit / 1024
+        )));
+    }
+    if fitted < wanted {
+        tracing::warn!(
+            frames = fitted,
+            "RLIMIT_MEMLOCK ({} KiB) without CAP_IPC_LOCK: AF_XDP UMEM reduced to {fitted} \
+             frames per queue; grant CAP_IPC_LOCK for full-size rings",
+            limit / 1024
+        );
+    }
+    Ok(fitted)
+}
+
+fn open_xsk_sockets(
+    ifname: &str,
+    queues: usize,
+    frames: u32,
+    bind_mode: BindMode,
+) -> Result<Vec<XskSocket>, XskError> {
+    (0..queues as u32)
+        .map(|queue| {
+            XskSocket::open(&XskConfig {
+                ifname: ifname.to_string(),
+                queue_id: queue,
+                frame_size: FRAME_SIZE,
+                frame_count: frames,
+                ring_size: frames / 2,
+                bind_mode,
+            })
+        })
+        .collect()
+}
+
+/// The most segments a TCP super-frame may hold so that its datagrams fit one UDP GSO send:
+/// 65507 bytes of UDP payload, each datagram a VXLAN header and an inner frame of the MTU.
+fn udp_gso_max_segs(mtu: u32) -> u32 {
+    const MAX_UDP_PAYLOAD_V4: u32 = 65_507;
+    (MAX_UDP_PAYLOAD_V4 / (8 + 14 + mtu)).clamp(1, 64)
+}
+
+impl UserspaceBackend {
+    /// Creates the TAP, sets the underlay up (AF_XDP: the XDP program and the sockets; UDP:
+    /// each worker's sockets) and starts the workers. On failure everything already created is
+    /// undone: the workers stop and are joined, XDP is detached, and the TAP goes with its
+    /// last queue.
+    pub async fn start(
+        nl: Netlink,
+        config: UserspaceConfig,
+    ) -> Result<UserspaceBackend, BackendStartError> {
+        let ifname = config.external.link.name.clone();
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = config.worker_cpus.clone();
+        let queues = config
+            .queues
+            .unwrap_or_else(|| nic_rx_queues(&ifname).min(cpus.len().max(online).max(1)))
+            .max(1);
+        let mtu = u16::try_from(config.mtu)
+            .map_err(|_| BackendStartError::Config("overlay MTU above 65535".into()))?;
+        let vni = Vni::new(config.vni).ok_or_else(|| {
+            BackendStartError::Config(format!("VNI {} does not fit 24 bits", config.vni))
+        })?;
+
+        let tap = TapDevice::create(&TapConfig {
+            name: config.device.clone(),
+            mac: config.vtep_mac,
+            mtu,
+            queues,
+            offload: config.tap_offloads,
+        })?;
+        let offloads = tap.offloads();
+        let tap_link = nl.link_by_name(&config.device).await?.ok_or_else(|| {
+            BackendStartError::Config(format!("the TAP device {} vanished", config.device))
+        })?;
+        // The lease's base address as a /32: no subnet route, no broadcast route (flanneld).
+        nl.ensure_address(tap_link.index, IpAddr::V4(config.subnet.network()), 32)
+            .await?;
+
+        let policy = DecapPolicy {
+            local_ip4: Some(config.external.public_ip),
+            local_ip6: None,
+            port: config.port,
+            vni,
+            local_mac: config.vtep_mac,
+            allow_unknown_peers: config.allow_unknown_peers,
+        };
+        let pipeline_config = PipelineConfig {
+            policy: policy.clone(),
+            offloads,
+            mtu: usize::from(mtu),
+        };
+        let tables = Arc::new(PeerTables::new());
+        let mut workers = WorkerSet::new()
+            .map_err(|e| BackendStartError::Config(format!("creating the stop signal: {e}")))?;
+        let mut views = Vec::with_capacity(queues);
+        let core_of = |queue: usize| (!cpus.is_empty()).then(|| cpus[queue % cpus.len()]);
+        // The sockets and TAP queue are open by then: a worker needs no privilege at all.
+        let drop_privileges = || {
+            if let Err(e) = crate::privileges::drop_all() {
+                tracing::debug!("worker could not drop its capabilities: {e}");
+            }
+        };
+        let tap_queues = tap.into_queues();
+        let stop = workers.stop_signal();
+        let busy_poll = config.busy_poll;
+        let pipeline_for = || Pipeline::new(tables.reader(), pipeline_config.clone());
+
+        let (steering, underlay_note, af_xdp) = match &config.underlay {
+            UnderlayKind::AfXdp(o) => {
+                let frames = umem_frames_per_queue(o.umem_frames, queues)?;
+                let steering = SteeringConfig {
+                    ifindex: config.external.link.index,
+                    ifname: ifname.clone(),
+                    local_ip4: Some(config.external.public_ip),
+                    local_ip6: None,
+                    port: config.port,
+                    vni: config.vni,
+                };
+                let (program, failures) =
+                    SteeringProgram::load_and_attach(&steering, &o.xdp_modes)?;
+                // Without CAP_IPC_LOCK the kernel charges UMEM to this user's locked memory,
+                // which other processes of the same user may already use: when it refuses,
+                // halve and retry.
+                let mut frames = frames;
+                let sockets = loop {
+                    match open_xsk_sockets(&ifname, queues, frames, o.bind_mode) {
+                        Ok(s) => break s,
+                        Err(XskError::Umem { errno, .. })
+                            if frames / 2 >= MIN_UMEM_FRAMES && !has_cap_ipc_lock() =>
+                        {
+                            tracing::warn!(
+                                "the kernel refused {frames} UMEM frames per queue ({errno}): \
+                                 this user's locked memory is partly in use elsewhere; \
+                                 retrying with {}",
+                                frames / 2
+                            );
+                            frames /= 2;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                let socket_mode = sockets[0].mode();
+                let mut workers_to_spawn = Vec::with_capacity(queues);
+                for ((queue, xsk), tap_queue) in sockets.into_iter().enumerate().zip(tap_queues) {
+                    let socket = xsk.stats_reader().map_err(|e| {
+                        BackendStartError::Config(format!("AF_XDP statistics: {e}"))
+                    })?;
+                    let mode = xsk.mode();
+                    let fd = xsk.fd();
+                    let underlay =
+                        AfXdpUnderlay::new(xsk, policy.clone(), queue as u16).map_err(|e| {
+                            BackendStartError::Config(format!("AF_XDP queue {queue}: {e}"))
+                        })?;
+                    let stats = Arc::new(WorkerStats::default());
+                    views.push(WorkerView {
+                        queue: queue as u32,
+                        core: core_of(queue),
+                        stats: Arc::clone(&stats),
+                        underlay: UnderlayView::AfXdp { mode, socket },
+                    });
+                    let worker = Worker {
+                        index: queue,
+                        underlay,
+                        tap: tap_queue,
+                        pipeline: pipeline_for(),
+                        stats,
+                        stop: Arc::clone(&stop),
+                        busy_poll,
+                    };
+                    workers_to_spawn.push((worker, fd));
+                }
+                for (worker, fd) in workers_to_spawn {
+                    let queue = worker.index;
+                    workers
+                        .spawn(worker, core_of(queue), drop_privileges)
+                        .map_err(|e| {
+                            BackendStartError::Config(format!("spawning worker {queue}: {e}"))
+                        })?;
+                    // The worker's RX frames are on the fill ring: now steer VXLAN to it.
+                    program.register_socket(queue as u32, fd)?;
+                }
+                let why = failures
+                    .iter()
+                    .map(|f| format!("{} refused: {}", f.mode, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let attach_note = if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                };
+                let zero_copy_note =
+                    if socket_mode == SocketMode::Copy && o.bind_mode == BindMode::Auto {
+                        " (the driver offers no zero-copy)"
+                    } else {
+                        ""
+                    };
+                let note = format!(
+                    "XDP {} on {ifname}{attach_note}, AF_XDP {socket_mode} mode{zero_copy_note}, \
+                     {queues} queue(s), {frames} UMEM frames each",
+                    program.mode()
+                );
+                let paths = AfXdpPaths {
+                    tracker: PathTracker::new(nl.clone(), config.external.link.index, &ifname),
+                    udp_checksum: o.udp_checksum,
+                };
+                (Some(program), note, Some(paths))
+            }
+            UnderlayKind::Udp(o) => {
+                let udp_config = UdpConfig {
+                    local_ip: config.external.public_ip,
+                    port: config.port,
+                    vni,
+                    tx_sockets: o.source_ports.clamp(1, 64),
+                    max_frame: 14 + usize::from(mtu),
+                    gso: o.gso,
+                    gro: o.gro,
+                };
+                // A TCP super-frame's datagrams should fit one GSO send.
+                if offloads.tso {
+                    if let Err(e) = nl
+                        .set_gso_max_segs(tap_link.index, udp_gso_max_segs(config.mtu))
+                        .await
+                    {
+                        tracing::warn!(
+                            "limiting the TAP's TCP super-frames to one UDP GSO send: {e}"
+                        );
+                    }
+                }
+                let mut first: Option<(GsoStatus, bool)> = None;
+                for (queue, tap_queue) in tap_queues.into_iter().enumerate() {
+                    let sockets = UdpSockets::open(&udp_config)?;
+                    let source_ports = sockets.tx_ports().to_vec();
+                    let underlay = UdpUnderlay::new(sockets, &udp_config);
+                    let state = underlay.state();
+                    first.get_or_insert((state.gso(), state.gro()));
+                    let stats = Arc::new(WorkerStats::default());
+                    views.push(WorkerView {
+                        queue: queue as u32,
+                        core: core_of(queue),
+                        stats: Arc::clone(&stats),
+                        underlay: UnderlayView::Udp {
+                            state,
+                            source_ports,
+                        },
+                    });
+                    let worker = Worker {
+                        index: queue,
+                        underlay,
+                        tap: tap_queue,
+                        pipeline: pipeline_for(),
+                        stats,
+                        stop: Arc::clone(&stop),
+                        busy_poll,
+                    };
+                    workers
+                        .spawn(worker, core_of(queue), drop_privileges)
+                        .map_err(|e| {
+                            BackendStartError::Config(format!("spawning worker {queue}: {e}"))
+                        })?;
+                }
+                let (gso, gro) = first.unwrap_or((GsoStatus::Off, false));
+                let gso_note = match gso {
+                    GsoStatus::On => "GSO on",
+                    GsoStatus::Off => "GSO off (--udp-gso off)",
+                    GsoStatus::Unsupported => "GSO unsupported by this kernel",
+                    GsoStatus::Refused => "GSO refused by the kernel",
+                };
+                let gro_note = if gro {
+                    "GRO on"
+                } else if o.gro {
+                    "GRO unsupported by this kernel"
+                } else {
+                    "GRO off (--udp-gro off)"
+                };
+                let note = format!(
+                    "UDP sockets on {ifname} ({}:{}), {queues} queue(s), {} source ports each, \
+                     {gso_note}, {gro_note}",
+                    config.external.public_ip, config.port, udp_config.tx_sockets,
+                );
+                (None, note, None)
+            }
+        };
+
+        let offload_note = match (offloads.tso, offloads.vnet_hdr, config.tap_offloads) {
+            (true, _, _) => "with TSO/GRO",
+            (false, true, _) => "with checksum offload only (TSO refused)",
+            (false, false, true) => "without offloads (the kernel refused them)",
+            (false, false, false) => "without offloads (--tap-offloads off)",
+        };
+        let busy_note = if config.busy_poll {
+            ", busy polling"
+        } else {
+            ""
+        };
+        let kind = match &config.underlay {
+            UnderlayKind::AfXdp(_) => "xdp",
+            UnderlayKind::Udp(_) => "udp",
+        };
+        let summary = format!(
+            "backend {kind}: {underlay_note}, TAP {} mtu {} {offload_note}{busy_note}",
+            config.device, config.mtu,
+        );
+        Ok(UserspaceBackend {
+            workers,
+            views,
+            steering,
+            nl,
+            tap_index: tap_link.index,
+            tables,
+            peers: BTreeMap::new(),
+            direct: BTreeMap::new(),
+            paths: Arc::default(),
+            af_xdp,
+            summary,
+            drop_alarm: DropAlarm::default(),
+            config,
+        })
+    }
+
+    /// The one-line description of the modes chosen and why.
+    pub fn summary(&self) -> &str {
+        &self.summary
+    }
+
+    /// `xdp` or `udp`.
+    pub fn kind(&self) -> &'static str {
+        match self.config.underlay {
+            UnderlayKind::AfXdp(_) => "xdp",
+            UnderlayKind::Udp(_) => "udp",
+        }
+    }
+
+    /// A thread-safe status view.
+    pub fn status_probe(&self) -> UserspaceStatusProbe {
+        UserspaceStatusProbe {
+            workers: self.views.clone(),
+            xdp_mode: self.steering.as_ref().map(SteeringProgram::mode),
+            paths: Arc::clone(&self.paths),
+            xdp_counters: self.steering.as_ref().map(SteeringProgram::counters_reader),
+        }
+    }
+
+    fn outer_for(&self, peer_ip: Ipv4Addr, hop: &NextHop) -> Option<OuterHeader> {
+        let params = OuterParams {
+            src_mac: hop.src_mac,
+            dst_mac: hop.dst_mac,
+            src_ip: IpAddr::V4(self.config.external.public_ip),
+            dst_ip: IpAddr::V4(peer_ip),
+            dst_port: self.config.port,
+            vni: Vni::new(self.config.vni)?,
+            udp_checksum: self.af_xdp.as_ref().is_some_and(|a| a.udp_checksum),
+            src_port_range: OuterParams::DEFAULT_SRC_PORT_RANGE,
+            ttl: OuterParams::DEFAULT_TTL,
+        };
+        OuterHeader::new(&params).ok()
+    }
+
+    fn set_path(&self, ip: Ipv4Addr, path: PeerPath) {
+        if let Ok(mut p) = self.paths.lock() {
+            p.insert(ip, path);
+        }
+    }
+
+    /// AF_XDP: refreshes the underlay paths to `peers` and puts every changed next hop into the
+    /// tables (one snapshot for all of them). UDP: the kernel routes; nothing to resolve.
+    async fn refresh_paths(&mut self, peers: Vec<Ipv4Addr>) {
+        let Some(af_xdp) = self.af_xdp.as_mut() else {
+            for ip in peers {
+                self.set_path(
+                    ip,
+                    PeerPath {
+                        next_hop_mac: None,
+                        via: None,
+                        state: "kernel-routed".into(),
+                    },
+                );
+            }
+            return;
+        };
+        let changed = af_xdp
+            .tracker
+            .refresh(peers.iter().copied(), std::time::Instant::now())
+            .await;
+        if !changed.is_empty() {
+            let outers: Vec<(Ipv4Addr, Option<OuterHeader>)> = changed
+                .iter()
+                .map(|(ip, hop)| (*ip, hop.and_then(|h| self.outer_for(*ip, &h))))
+                .collect();
+            self.tables.update(|w| {
+                for (ip, outer) in outers {
+                    w.set_outer(IpAddr::V4(ip), outer);
+                }
+            });
+        }
+        for ip in peers {
+            let status = match self.af_xdp.as_ref() {
+                Some(a) => a.tracker.status(ip),
+                None => continue,
+            };
+            let path = match status {
+                PathStatus::Resolved { via, mac } => PeerPath {
+                    next_hop_mac: Some(mac),
+                    via: Some(via),
+                    state: "resolved".into(),
+                },
+                PathStatus::Resolving { via } => PeerPath {
+                    next_hop_mac: None,
+                    via: Some(via),
+                    state: "resolving".into(),
+                },
+                PathStatus::Unreachable(why) => PeerPath {
+                    next_hop_mac: None,
+                    via: None,
+                    state: why,
+                },
+            };
+            self.set_path(ip, path);
+        }
+    }
+
+    fn err(what: String, e: impl std::fmt::Display) -> BackendError {
+        BackendError(format!("{what}: {e}"))
+    }
+}
+
+impl Backend for UserspaceBackend {
+    fn name(&self) -> &'static str {
+        self.kind()
+    }
+
+    async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
+        let previous = self.peers.get(&peer.subnet).cloned();
+        let dst = IpNet::V4(peer.subnet);
+        if self.config.direct_routing
+            && directly_reachable(&self.nl, peer.public_ip, self.config.external.link.index).await
+        {
+            self.nl
+                .replace_gateway_route(dst, IpAddr::V4(peer.public_ip))
+                .await
+                .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
+            self.tables.update(|w| w.remove(&peer.subnet));
+            self.direct.insert(peer.subnet, peer.public_ip);
+            self.set_path(
+                peer.public_ip,
+                PeerPath {
+                    next_hop_mac: None,
+                    via: Some(IpAddr::V4(peer.public_ip)),
+                    state: "direct-routing".into(),
+                },
+            );
+            self.peers.insert(peer.subnet, peer.clone());
+            return Ok(());
+        }
+        self.direct.remove(&peer.subnet);
+        let outer = self.af_xdp.as_ref().and_then(|a| {
+            a.tracker
+                .next_hop(peer.public_ip)
+                .and_then(|hop| self.outer_for(peer.public_ip, &hop))
+        });
+        self.tables.update(|w| {
+            w.upsert(
+                peer.subnet,
+                PeerEntry {
+                    vtep_mac: peer.vtep_mac,
+                    vtep_ip: IpAddr::V4(peer.public_ip),
+                    gateway_v4: Some(peer.gateway()),
+                    outer,
+                },
+            )
+        });
+        self.nl
+            .replace_onlink_route(dst, IpAddr::V4(peer.gateway()), self.tap_index)
+            .await
+            .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
+        if previous.is_some_and(|p| p.vtep_mac != peer.vtep_mac) {
+            // The kernel cached the old MAC for this gateway: drop it so the next packet
+            // re-ARPs and gets the new one from the ARP table at once.
+            let _ = self
+                .nl
+                .delete_neighbour(self.tap_index, IpAddr::V4(peer.gateway()))
+                .await;
+        }
+        self.peers.insert(peer.subnet, peer.clone());
+        let unresolved = self
+            .af_xdp
+            .as_ref()
+            .is_some_and(|a| a.tracker.next_hop(peer.public_ip).is_none());
+        if unresolved || self.af_xdp.is_none() {
+            self.refresh_paths(vec![peer.public_ip]).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
+        self.peers.remove(&previous.subnet);
+        let dst = IpNet::V4(previous.subnet);
+        let result = if let Some(public_ip) = self.direct.remove(&previous.subnet) {
+            self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await
+        } else {
+            self.tables.update(|w| w.remove(&previous.subnet));
+            let r = self
+                .nl
+                .delete_route(dst, IpAddr::V4(previous.gateway()), Some(self.tap_index))
+                .await;
+            let _ = self
+                .nl
+                .delete_neighbour(self.tap_index, IpAddr::V4(previous.gateway()))
+                .await;
+            r
+        };
+        if !self
+            .peers
+            .values()
+            .any(|p| p.public_ip == previous.public_ip)
+        {
+            if let Some(a) = self.af_xdp.as_mut() {
+                a.tracker.forget(previous.public_ip);
+            }
+            if let Ok(mut p) = self.paths.lock() {
+                p.remove(&previous.public_ip);
+            }
+        }
+        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))
+    }
+
+    async fn tick(&mut self) -> Result<(), BackendError> {
+        let mut totals = WorkerCounters::default();
+        for w in &self.views {
+            totals.accumulate(&w.stats.snapshot());
+        }
+        let drops = totals.rx_drops.into_iter().chain(totals.tx_drops).collect();
+        if let Some(warning) = self.drop_alarm.check(drops) {
+            tracing::warn!("{warning}");
+        }
+        // A dead worker leaves its TAP queue unread (and on AF_XDP its socket in the XSKMAP,
+        // where the XDP program keeps steering VXLAN into a ring nobody reads). Nothing here
+        // can restart it (the TAP queue went with it), so the whole daemon stops.
+        self.workers.check_alive().map_err(BackendError)?;
+        if self.af_xdp.is_some() {
+            let ips: std::collections::BTreeSet<Ipv4Addr> = self
+                .peers
+                .iter()
+                .filter(|(s, _)| !self.direct.contains_key(s))
+                .map(|(_, p)| p.public_ip)
+                .collect();
+            self.refresh_paths(ips.into_iter().collect()).await;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(mut self) {
+        self.workers.stop_and_join();
+        // Detach XDP: from here VXLAN goes to the kernel, nothing is redirected into closed
+        // sockets.
+        self.steering.take();
+        for (subnet, public_ip) in std::mem::take(&mut self.direct) {
+            let _ = self
+                .nl
+                .delete_route(IpNet::V4(subnet), IpAddr::V4(public_ip), None)
+                .await;
+        }
+        // The workers owned the TAP queues: with them gone the kernel deleted the device,
+        // its address and every route through it.
+        tracing::info!(
+            "{} backend stopped: {} removed",
+            self.kind(),
+            self.config.device
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn super_frames_fit_one_gso_send() {
+        assert_eq!(udp_gso_max_segs(1450), 44);
+        assert_eq!(udp_gso_max_segs(1500), 43);
+        assert!((8 + 14 + 1450) * udp_gso_max_segs(1450) <= 65_507);
+        assert_eq!(udp_gso_max_segs(9000), 7);
+        assert_eq!(udp_gso_max_segs(65_000), 1);
+    }
+}

@@ -1,0 +1,1022 @@
+//! The UDP underlay: VXLAN over ordinary UDP sockets, with the kernel's segmentation (GSO,
+//! `UDP_SEGMENT`) on send and its receive coalescing (GRO, `UDP_GRO`) on receive.
+//!
+//! Why, when AF_XDP exists: where the NIC has no zero-copy AF_XDP (veth, virtio and most VM
+//! NICs), AF_XDP copies every frame and builds one skb per frame on transmit, and on veth an
+//! XDP program even strips GSO from the peer, so 64 KB TCP bursts reach vxdp cut into 1.5 KB
+//! frames. A UDP socket instead takes a whole TCP super-frame's segments in one `sendmsg`
+//! (`UDP_SEGMENT`: the kernel cuts the payload into datagrams, or hands the whole to a NIC or
+//! veth that segments later) and returns up to 64 KB of a flow's datagrams per `recvmsg`
+//! (`UDP_GRO`, `gso_size` in a control message). wireguard-go (`conn/gso_linux.go`) and
+//! quinn-udp do the same; the kernel side is `net/ipv4/udp_offload.c`.
+//!
+//! Per worker: one receive socket on the VXLAN port in an `SO_REUSEPORT` group (the kernel
+//! spreads flows over the workers by their 4-tuple), and a small pool of transmit sockets
+//! bound to ephemeral ports (Linux's `ip_local_port_range`, the range its vxlan driver draws
+//! source ports from): a flow's socket, and so its outer source port, is chosen by the inner
+//! flow hash, as RFC 7348 asks, so that ECMP, RSS and the receiver's `SO_REUSEPORT` group
+//! spread flows. Outer UDP checksums are on (GSO needs them; kernel peers accept them), DF is
+//! clear and the TTL is the system default, as the kernel's vxlan link sends.
+//!
+//! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload;
+//! `EINVAL`) gets each datagram sent on its own, and GSO is tried again every
+//! [`GSO_RETRY`]; a kernel without `UDP_GRO` gets one datagram per buffer. [`OffloadState`]
+//! tells the status which is the case.
+
+use std::io::{self, IoSlice};
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use packet::offload::{SegmentChecksum, TcpSegments};
+use packet::tunnel::flow_hash;
+use packet::wire::{vxlan, Vni, VxlanPacket, VxlanRepr};
+
+use super::{RxBatch, RxDatagram, Underlay};
+use crate::stats::{TxDrop, WorkerStats};
+use crate::tables::PeerVtep;
+
+/// `SOL_UDP` options from <linux/udp.h> (not in the libc crate for glibc targets).
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Datagrams one GSO send may carry: the kernel's `UDP_MAX_SEGMENTS` was 64 before 6.x raised
+/// it to 128; 64 works everywhere.
+const MAX_GSO_SEGMENTS: usize = 64;
+/// The most UDP payload one IPv4 datagram, and so one GSO send, carries: 65535 - 20 - 8.
+const MAX_UDP_PAYLOAD_V4: usize = 65_507;
+/// Receive buffers per `recvmmsg`.
+const RX_MSGS: usize = 32;
+/// One receive buffer: a whole GRO buffer (at most 64 KB of datagrams) or the largest datagram.
+const RX_BUF_LEN: usize = 65_536;
+/// Single datagrams queued for one `sendmmsg`, at most.
+const SEND_SLOTS: usize = 64;
+/// Header space per segment of a GSO send: VXLAN header, Ethernet, IPv6 and TCP with options.
+const SEGMENT_HEADER_ROOM: usize = 160;
+/// How long after a run-time refusal GSO is tried again.
+pub const GSO_RETRY: Duration = Duration::from_secs(10);
+/// How long a send waits for room in a full socket buffer before the datagram is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// How the UDP underlay is set up.
+#[derive(Debug, Clone)]
+pub struct UdpConfig {
+    /// This node's underlay address: the receive sockets bind to it, and it is every outer
+    /// source address.
+    pub local_ip: Ipv4Addr,
+    /// The VXLAN port (flannel: 8472): where receive sockets listen and peers are sent to.
+    pub port: u16,
+    /// The network identifier put in every VXLAN header.
+    pub vni: Vni,
+    /// Transmit sockets (outer source ports) per worker.
+    pub tx_sockets: usize,
+    /// The longest inner frame that is not a super-frame: Ethernet header plus overlay MTU.
+    pub max_frame: usize,
+    /// Try `UDP_SEGMENT` on send.
+    pub gso: bool,
+    /// Try `UDP_GRO` on receive.
+    pub gro: bool,
+}
+
+/// What the kernel granted, as the status reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GsoStatus {
+    /// Super-frames leave in one `sendmsg` each.
+    On,
+    /// Turned off by configuration.
+    Off,
+    /// This kernel has no `UDP_SEGMENT`.
+    Unsupported,
+    /// The kernel refused it at run time (`EIO`/`EINVAL`: e.g. the route's device has no
+    /// checksum offload); retried every [`GSO_RETRY`].
+    Refused,
+}
+
+/// The offload state of one worker's sockets, shared with the status.
+#[derive(Debug, Default)]
+pub struct OffloadState {
+    gso: AtomicU8,
+    gro: AtomicBool,
+}
+
+impl OffloadState {
+    /// Whether segments leave with `UDP_SEGMENT`.
+    pub fn gso(&self) -> GsoStatus {
+        match self.gso.load(Ordering::Relaxed) {
+            0 => GsoStatus::On,
+            1 => GsoStatus::Off,
+            2 => GsoStatus::Unsupported,
+            _ => GsoStatus::Refused,
+        }
+    }
+
+    /// Whether the receive socket coalesces with `UDP_GRO`.
+    pub fn gro(&self) -> bool {
+        self.gro.load(Ordering::Relaxed)
+    }
+
+    fn set_gso(&self, s: GsoStatus) {
+        let v = match s {
+            GsoStatus::On => 0,
+            GsoStatus::Off => 1,
+            GsoStatus::Unsupported => 2,
+            GsoStatus::Refused => 3,
+        };
+        self.gso.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Why the sockets could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("UDP underlay: {step} failed: {source}{hint}")]
+pub struct UdpError {
+    step: String,
+    #[source]
+    source: io::Error,
+    hint: String,
+}
+
+impl UdpError {
+    fn new(step: impl Into<String>, source: io::Error) -> UdpError {
+        UdpError {
+            step: step.into(),
+            source,
+            hint: String::new(),
+        }
+    }
+
+    /// The errno behind the failure.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// Whether the VXLAN port is held by someone else.
+    pub fn is_port_in_use(&self) -> bool {
+        self.raw_os_error() == Some(libc::EADDRINUSE)
+    }
+}
+
+/// One worker's sockets, opened before its thread starts (so a taken port fails the start).
+#[derive(Debug)]
+pub struct UdpSockets {
+    rx: OwnedFd,
+    tx: Vec<OwnedFd>,
+    tx_ports: Vec<u16>,
+    gso: GsoStatus,
+    gro: bool,
+}
+
+impl UdpSockets {
+    /// Opens the receive socket on `local_ip:port` (in the `SO_REUSEPORT` group every worker
+    /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports.
+    pub fn open(config: &UdpConfig) -> Result<UdpSockets, UdpError> {
+        let rx = socket_v4(true).map_err(|e| UdpError::new("creating the receive socket", e))?;
+        set_opt(&rx, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+            .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
+        set_buffer(&rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
+        let gro = config.gro && set_opt(&rx, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        if let Err(e) = bind_v4(&rx, SocketAddrV4::new(config.local_ip, config.port)) {
+            let mut err = UdpError::new(
+                format!("binding UDP {}:{}", config.local_ip, config.port),
+                e,
+            );
+            if err.is_port_in_use() {
+                err.hint = format!(". {}", describe_port_holder(config.port));
+            } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                err.hint = format!(". {} is not an address of this host", config.local_ip);
+            }
+            return Err(err);
+        }
+        let mut gso = if config.gso {
+            GsoStatus::On
+        } else {
+            GsoStatus::Off
+        };
+        let mut tx = Vec::with_capacity(config.tx_sockets);
+        let mut tx_ports = Vec::with_capacity(config.tx_sockets);
+        for _ in 0..config.tx_sockets.max(1) {
+            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
+            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
+            set_buffer(&s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+            // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with
+            // DF the inner MTU would have to leave room on every path).
+            set_opt(
+                &s,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_DONT,
+            )
+            .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
+            set_timeout(&s, libc::SO_SNDTIMEO, SEND_TIMEOUT)
+                .map_err(|e| UdpError::new("SO_SNDTIMEO", e))?;
+            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
+                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
+            if gso == GsoStatus::On && get_opt(&s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
+                gso = GsoStatus::Unsupported;
+            }
+            tx_ports.push(local_port(&s).map_err(|e| UdpError::new("getsockname", e))?);
+            tx.push(s);
+        }
+        Ok(UdpSockets {
+            rx,
+            tx,
+            tx_ports,
+            gso,
+            gro,
+        })
+    }
+
+    /// The source ports flows are spread over.
+    pub fn tx_ports(&self) -> &[u16] {
+        &self.tx_ports
+    }
+}
+
+/// Single datagrams waiting for one `sendmmsg` per socket.
+struct SendQueue {
+    /// `SEND_SLOTS` buffers of `slot_len` bytes: VXLAN header and inner frame each.
+    bufs: Box<[u8]>,
+    slot_len: usize,
+    len: [usize; SEND_SLOTS],
+    socket: [u8; SEND_SLOTS],
+    dst: [libc::sockaddr_in; SEND_SLOTS],
+    count: usize,
+}
+
+/// The UDP half of a worker.
+pub struct UdpUnderlay {
+    rx: OwnedFd,
+    tx: Vec<OwnedFd>,
+    port: u16,
+    vxlan_header: [u8; vxlan::HEADER_LEN],
+    max_frame: usize,
+    state: Arc<OffloadState>,
+    gso: GsoStatus,
+    gso_refused_at: Option<Instant>,
+    /// `RX_MSGS` buffers of `RX_BUF_LEN` bytes.
+    rx_bufs: Box<[u8]>,
+    queue: SendQueue,
+    /// Headers of the segments of one GSO send.
+    arena: Box<[u8]>,
+}
+
+impl std::fmt::Debug for UdpUnderlay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpUnderlay")
+            .field("rx", &self.rx)
+            .field("tx_sockets", &self.tx.len())
+            .field("gso", &self.gso)
+            .finish()
+    }
+}
+
+impl UdpUnderlay {
+    /// A worker's underlay over `sockets`.
+    pub fn new(sockets: UdpSockets, config: &UdpConfig) -> UdpUnderlay {
+        let state = Arc::new(OffloadState::default());
+        state.set_gso(sockets.gso);
+        state.gro.store(sockets.gro, Ordering::Relaxed);
+        let mut vxlan_header = [0u8; vxlan::HEADER_LEN];
+        VxlanRepr { vni: config.vni }.emit(&mut VxlanPacket::new_unchecked(&mut vxlan_header[..]));
+        let slot_len = vxlan::HEADER_LEN + config.max_frame;
+        UdpUnderlay {
+            rx: sockets.rx,
+            tx: sockets.tx,
+            port: config.port,
+            vxlan_header,
+            max_frame: config.max_frame,
+            state,
+            gso: sockets.gso,
+            gso_refused_at: None,
+            rx_bufs: vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice(),
+            queue: SendQueue {
+                bufs: vec![0u8; SEND_SLOTS * slot_len].into_boxed_slice(),
+                slot_len,
+                len: [0; SEND_SLOTS],
+                socket: [0; SEND_SLOTS],
+                // SAFETY: sockaddr_in is plain old data; all zeros is a valid value.
+                dst: [unsafe { zeroed() }; SEND_SLOTS],
+                count: 0,
+            },
+            arena: vec![0u8; MAX_GSO_SEGMENTS * SEGMENT_HEADER_ROOM].into_boxed_slice(),
+        }
+    }
+
+    /// The offload state, for the status.
+    pub fn state(&self) -> Arc<OffloadState> {
+        Arc::clone(&self.state)
+    }
+
+    /// The peer's VXLAN address, or `None` for a family these sockets cannot reach.
+    #[inline]
+    fn destination(&self, peer: &PeerVtep) -> Option<libc::sockaddr_in> {
+        match peer.vtep_ip {
+            IpAddr::V4(ip) => Some(sockaddr_v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// The transmit socket of the flow `frame` belongs to.
+    #[inline]
+    fn socket_for(&self, frame: &[u8]) -> usize {
+        flow_hash(frame) as usize % self.tx.len()
+    }
+
+    /// Queues `[VXLAN header][inner frame]`, written by `fill`, for `sendmmsg`.
+    #[inline]
+    fn enqueue(
+        &mut self,
+        socket: usize,
+        dst: libc::sockaddr_in,
+        stats: &WorkerStats,
+        fill: impl FnOnce(&mut [u8]) -> Option<usize>,
+    ) {
+        if self.queue.count == SEND_SLOTS {
+            self.flush(stats);
+        }
+        let q = &mut self.queue;
+        let i = q.count;
+        let slot = &mut q.bufs[i * q.slot_len..(i + 1) * q.slot_len];
+        slot[..vxlan::HEADER_LEN].copy_from_slice(&self.vxlan_header);
+        let Some(n) = fill(&mut slot[vxlan::HEADER_LEN..]) else {
+            stats.tx_drop(TxDrop::EncapFailed);
+            return;
+        };
+        q.len[i] = vxlan::HEADER_LEN + n;
+        // At most 64 transmit sockets (tx_sockets is capped when configured).
+        q.socket[i] = socket as u8;
+        q.dst[i] = dst;
+        q.count += 1;
+    }
+
+    /// Sends the queued datagrams of socket `s` with `sendmmsg`, in order.
+    fn flush_socket(&mut self, s: usize, stats: &WorkerStats) {
+        let q = &self.queue;
+        // SAFETY: plain old data; every field used is set below.
+        let mut iov: [libc::iovec; SEND_SLOTS] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; SEND_SLOTS] = unsafe { zeroed() };
+        let mut n = 0;
+        for i in 0..q.count {
+            if usize::from(q.socket[i]) != s {
+                continue;
+            }
+            let slot = &q.bufs[i * q.slot_len..i * q.slot_len + q.len[i]];
+            iov[n] = libc::iovec {
+                iov_base: slot.as_ptr() as *mut libc::c_void,
+                iov_len: slot.len(),
+            };
+            let h = &mut msgs[n].msg_hdr;
+            h.msg_name = &q.dst[i] as *const libc::sockaddr_in as *mut libc::c_void;
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut iov[n];
+            h.msg_iovlen = 1;
+            n += 1;
+        }
+        let fd = self.tx[s].as_raw_fd();
+        let mut sent = 0;
+        while sent < n {
+            stats.sendmmsg_calls.add(1);
+            // SAFETY: `msgs[sent..n]` point at iovecs, addresses and buffers that live until
+            // the call returns.
+            let rc =
+                unsafe { libc::sendmmsg(fd, msgs[sent..n].as_mut_ptr(), (n - sent) as u32, 0) };
+            if rc > 0 {
+                let done = rc as usize;
+                let bytes: usize = msgs[sent..sent + done]
+                    .iter()
+                    .map(|m| m.msg_len as usize)
+                    .sum();
+                stats.underlay_tx_frames.add(done as u64);
+                stats.underlay_tx_bytes.add(bytes as u64);
+                sent += done;
+                continue;
+            }
+            // The first message failed: drop it (or, with a full buffer, the rest).
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN | libc::ENOBUFS) => {
+                    stats.tx_drops(TxDrop::SendBufferFull, (n - sent) as u64);
+                    break;
+                }
+                Some(libc::EINTR) => {}
+                _ => {
+                    stats.tx_drop(TxDrop::SendFailed);
+                    sent += 1;
+                }
+            }
+        }
+    }
+
+    /// Sends a super-frame's segments with `UDP_SEGMENT`, [`MAX_GSO_SEGMENTS`] (and at most
+    /// 64 KB of datagrams) per `sendmsg`. Returns the index of the first segment not sent when
+    /// the kernel refused GSO, so the caller sends the rest one by one.
+    fn send_gso(
+        &mut self,
+        socket: usize,
+        dst: &libc::sockaddr_in,
+        segments: &TcpSegments<'_>,
+        stats: &WorkerStats,
+    ) -> Option<usize> {
+        let first_len = vxlan::HEADER_LEN + segments.max_segment_len();
+        let per_send = (MAX_UDP_PAYLOAD_V4 / first_len).clamp(1, MAX_GSO_SEGMENTS);
+        let fd = self.tx[socket].as_raw_fd();
+        let mut start = 0;
+        while start < segments.len() {
+            let end = (start + per_send).min(segments.len());
+            let mut iov = arrayvec::ArrayVec::<IoSlice<'_>, { 2 * MAX_GSO_SEGMENTS }>::new();
+            let mut bytes = 0;
+            let mut arena: &mut [u8] = &mut self.arena;
+            for i in start..end {
+                let (head, rest) = arena.split_at_mut(SEGMENT_HEADER_ROOM);
+                arena = rest;
+                head[..vxlan::HEADER_LEN].copy_from_slice(&self.vxlan_header);
+                let Ok((hl, payload)) = segments.write_headers(
+                    i,
+                    &mut head[vxlan::HEADER_LEN..],
+                    SegmentChecksum::Full,
+                ) else {
+                    // The headers always fit SEGMENT_HEADER_ROOM: TcpSegments checked them.
+                    stats.tx_drops(TxDrop::BadSuperFrame, (segments.len() - start) as u64);
+                    return None;
+                };
+                let head: &[u8] = head;
+                iov.push(IoSlice::new(&head[..vxlan::HEADER_LEN + hl]));
+                iov.push(IoSlice::new(payload));
+                bytes += vxlan::HEADER_LEN + hl + payload.len();
+            }
+            let count = end - start;
+            // UDP_SEGMENT takes the size of every datagram but the last as a u16.
+            let gso_size = first_len as u16;
+            let rc = send_gather(fd, dst, &iov, (count > 1).then_some(gso_size));
+            drop(iov);
+            match rc {
+                Ok(_) => {
+                    stats.gso_sends.add(1);
+                    stats.underlay_tx_frames.add(count as u64);
+                    stats.underlay_tx_bytes.add(bytes as u64);
+                }
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EIO | libc::EINVAL) if count > 1 => {
+                        self.refuse_gso(&e);
+                        return Some(start);
+                    }
+                    Some(libc::EAGAIN | libc::ENOBUFS) => {
+                        stats.tx_drops(TxDrop::SendBufferFull, count as u64);
+                    }
+                    _ => stats.tx_drops(TxDrop::SendFailed, count as u64),
+                },
+            }
+            start = end;
+        }
+        None
+    }
+
+    fn refuse_gso(&mut self, e: &io::Error) {
+        if self.gso == GsoStatus::On {
+            tracing::warn!(
+                "the kernel refused UDP segmentation offload ({e}); sending each datagram on \
+                 its own, retrying in {GSO_RETRY:?} (an underlay device without TX checksum \
+                 offload refuses it: `ethtool -k` shows tx-checksumming)"
+            );
+        }
+        self.gso = GsoStatus::Refused;
+        self.gso_refused_at = Some(Instant::now());
+        self.state.set_gso(GsoStatus::Refused);
+    }
+
+    /// Whether to try GSO for this super-frame.
+    #[inline]
+    fn gso_usable(&mut self) -> bool {
+        match self.gso {
+            GsoStatus::On => true,
+            GsoStatus::Refused
+                if self
+                    .gso_refused_at
+                    .is_some_and(|t| t.elapsed() >= GSO_RETRY) =>
+            {
+                // Try again; a refusal brings it back here for another GSO_RETRY.
+                self.gso = GsoStatus::On;
+                self.state.set_gso(GsoStatus::On);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Underlay for UdpUnderlay {
+    fn receive<F>(&mut self, stats: &WorkerStats, mut deliver: F) -> usize
+    where
+        F: FnMut(&mut [RxDatagram<'_>]),
+    {
+        // SAFETY: plain old data; the pointers are set below.
+        let mut iov: [libc::iovec; RX_MSGS] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; RX_MSGS] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut names: [libc::sockaddr_in; RX_MSGS] = unsafe { zeroed() };
+        let mut control = [[0u64; 8]; RX_MSGS];
+        for (i, chunk) in self.rx_bufs.chunks_mut(RX_BUF_LEN).enumerate() {
+            iov[i] = libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            };
+            let h = &mut msgs[i].msg_hdr;
+            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_iov = &mut iov[i];
+            h.msg_iovlen = 1;
+            h.msg_control = control[i].as_mut_ptr().cast();
+            h.msg_controllen = size_of::<[u64; 8]>();
+        }
+        // SAFETY: every message points at buffers that live until the call returns.
+        let rc = unsafe {
+            libc::recvmmsg(
+                self.rx.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                RX_MSGS as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc <= 0 {
+            return 0;
+        }
+        stats.recvmmsg_calls.add(1);
+        let received = rc as usize;
+        let mut batch = RxBatch::new();
+        let mut frames = 0usize;
+        let mut bytes = 0usize;
+        for (i, chunk) in self
+            .rx_bufs
+            .chunks_mut(RX_BUF_LEN)
+            .take(received)
+            .enumerate()
+        {
+            let h = &msgs[i].msg_hdr;
+            let len = (msgs[i].msg_len as usize).min(chunk.len());
+            if h.msg_flags & libc::MSG_TRUNC != 0 {
+                stats.underlay_rx_truncated.add(1);
+                frames += 1;
+                continue;
+            }
+            let source = IpAddr::V4(Ipv4Addr::from(u32::from_be(names[i].sin_addr.s_addr)));
+            let stride = gro_size(h).filter(|&s| s > 0 && s < len);
+            if stride.is_some() {
+                stats.gro_buffers.add(1);
+            }
+            bytes += len;
+            // A GRO buffer is one flow's run of segments: deliver it in one batch where it
+            // fits, so that it becomes one super-frame again, not two.
+            let step = stride.unwrap_or(len).max(1);
+            if batch.len() + len.div_ceil(step) > batch.capacity() && !batch.is_empty() {
+                deliver(&mut batch);
+                batch.clear();
+            }
+            for data in chunk[..len].chunks_mut(step) {
+                frames += 1;
+                if batch.is_full() {
+                    deliver(&mut batch);
+                    batch.clear();
+                }
+                batch.push(RxDatagram { source, data });
+            }
+        }
+        if !batch.is_empty() {
+            deliver(&mut batch);
+        }
+        stats.underlay_rx_frames.add(frames as u64);
+        stats.underlay_rx_bytes.add(bytes as u64);
+        frames
+    }
+
+    fn can_send(&mut self, _stats: &WorkerStats) -> bool {
+        true
+    }
+
+    fn send(&mut self, peer: &PeerVtep, frame: &[u8], stats: &WorkerStats) {
+        let Some(dst) = self.destination(peer) else {
+            stats.tx_drop(TxDrop::SendFailed);
+            return;
+        };
+        if frame.len() > self.max_frame {
+            stats.tx_drop(TxDrop::EncapFailed);
+            return;
+        }
+        let socket = self.socket_for(frame);
+        self.enqueue(socket, dst, stats, |out| {
+            out.get_mut(..frame.len())?.copy_from_slice(frame);
+            Some(frame.len())
+        });
+    }
+
+    fn send_segments(&mut self, peer: &PeerVtep, segments: &TcpSegments<'_>, stats: &WorkerStats) {
+        let Some(dst) = self.destination(peer) else {
+            stats.tx_drops(TxDrop::SendFailed, segments.len() as u64);
+            return;
+        };
+        let socket = self.socket_for(segments.super_frame());
+        // Datagrams queued earlier on this socket leave first: a flow's order is kept.
+        self.flush(stats);
+        let mut first_unsent = 0;
+        if segments.len() > 1 && self.gso_usable() {
+            match self.send_gso(socket, &dst, segments, stats) {
+                None => return,
+                Some(i) => first_unsent = i,
+            }
+        }
+        for i in first_unsent..segments.len() {
+            self.enqueue(socket, dst, stats, |out| segments.write(i, out).ok());
+        }
+    }
+
+    fn flush(&mut self, stats: &WorkerStats) {
+        if self.queue.count == 0 {
+            return;
+        }
+        // Each socket's datagrams in one sendmmsg; a bit per socket that has any.
+        let mut pending: u64 = 0;
+        for &s in &self.queue.socket[..self.queue.count] {
+            pending |= 1 << s;
+        }
+        while pending != 0 {
+            let s = pending.trailing_zeros() as usize;
+            pending &= pending - 1;
+            self.flush_socket(s, stats);
+        }
+        self.queue.count = 0;
+    }
+
+    fn reclaim(&mut self, _stats: &WorkerStats) -> usize {
+        0
+    }
+
+    fn poll_fd(&self) -> RawFd {
+        self.rx.as_raw_fd()
+    }
+
+    fn has_outstanding(&self) -> bool {
+        false
+    }
+}
+
+/// The `UDP_GRO` control message's segment size, if the kernel coalesced this buffer.
+fn gro_size(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the kernel filled msg_control up to msg_controllen with well-formed cmsgs; the
+    // CMSG macros stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                return usize::try_from(data.read_unaligned()).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+/// `sendmsg` of `parts` to `dst`, with `UDP_SEGMENT` when `gso_size` is given.
+fn send_gather(
+    fd: RawFd,
+    dst: &libc::sockaddr_in,
+    parts: &[IoSlice<'_>],
+    gso_size: Option<u16>,
+) -> io::Result<usize> {
+    let mut control = [0u64; 4];
+    // SAFETY: plain old data; the fields used are set below.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    h.msg_name = dst as *const libc::sockaddr_in as *mut libc::c_void;
+    h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // IoSlice is ABI-compatible with iovec on Unix; sendmsg does not write through it.
+    h.msg_iov = parts.as_ptr() as *mut libc::iovec;
+    h.msg_iovlen = parts.len();
+    if let Some(size) = gso_size {
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        h.msg_control = control.as_mut_ptr().cast();
+        h.msg_controllen = space;
+        // SAFETY: msg_control points at `control`, which holds `space` bytes, enough for one
+        // cmsg with a u16.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&h);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            libc::CMSG_DATA(c).cast::<u16>().write_unaligned(size);
+        }
+    }
+    loop {
+        // SAFETY: `h` points at the address, iovecs and control buffer above, all alive.
+        let rc = unsafe { libc::sendmsg(fd, &h, 0) };
+        if rc >= 0 {
+            return Ok(rc as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+fn socket_v4(nonblocking: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM
+                | libc::SOCK_CLOEXEC
+                | if nonblocking { libc::SOCK_NONBLOCK } else { 0 },
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) just returned this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_opt(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt with a pointer to an int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn get_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// A socket buffer size: the forced variant (CAP_NET_ADMIN, beyond `rmem_max`/`wmem_max`) when
+/// allowed, else the plain one, which the kernel caps.
+fn set_buffer(fd: &OwnedFd, force: libc::c_int, plain: libc::c_int, bytes: libc::c_int) {
+    if set_opt(fd, libc::SOL_SOCKET, force, bytes).is_err() {
+        let _ = set_opt(fd, libc::SOL_SOCKET, plain, bytes);
+    }
+}
+
+fn set_timeout(fd: &OwnedFd, name: libc::c_int, d: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(d.subsec_micros()),
+    };
+    // SAFETY: setsockopt with a pointer to a timeval and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr_v4(addr);
+    // SAFETY: bind with a sockaddr_in and its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+    // SAFETY: plain old data.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into `sa`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u16::from_be(sa.sin_port))
+}
+
+/// Who holds UDP `port` in this network namespace, in words an operator can act on: a
+/// process (name and PID, from `/proc/net/udp` and the sockets under `/proc/*/fd`), or the
+/// kernel itself, which is what a vxlan link's socket looks like (no owning process).
+pub fn describe_port_holder(port: u16) -> String {
+    let holders = port_inodes(port);
+    if holders.is_empty() {
+        return format!(
+            "UDP port {port} is taken (by a socket this process cannot see): `ss -ulpn sport = :{port}` shows it"
+        );
+    }
+    if holders.contains(&0) {
+        return format!(
+            "UDP port {port} is held by the kernel: a vxlan link listens on it (flanneld's \
+             flannel.<VNI>, or one left by `vxdp --backend kernel`); see `ip -d link show type \
+             vxlan`, delete it with `ip link del NAME`, or run this node with --backend kernel"
+        );
+    }
+    let owners = socket_owners(&holders);
+    if owners.is_empty() {
+        format!("UDP port {port} is held by another process: `ss -ulpn sport = :{port}` names it")
+    } else {
+        format!(
+            "UDP port {port} is held by {}: stop it, or give vxdp another VXLAN port",
+            owners.join(", ")
+        )
+    }
+}
+
+/// Socket inodes bound to local UDP `port` (0 for kernel sockets), from `/proc/net/udp{,6}`.
+fn port_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            let Some(p) = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if p == port {
+                if let Ok(inode) = inode.parse() {
+                    inodes.push(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// `name[pid]` of every process holding one of the socket `inodes`.
+fn socket_owners(inodes: &[u64]) -> Vec<String> {
+    let mut owners = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return owners;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).ok().is_some_and(|target| {
+                let t = target.to_string_lossy();
+                t.strip_prefix("socket:[")
+                    .and_then(|r| r.strip_suffix(']'))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .is_some_and(|n| inodes.contains(&n))
+            })
+        });
+        if holds {
+            let name = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+            owners.push(format!("{}[{pid}]", name.trim()));
+        }
+    }
+    owners
+}
+
+/// The address a UDP underlay sends to and receives from, for logs.
+pub fn vxlan_endpoint(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gso_state_round_trips() {
+        let s = OffloadState::default();
+        for g in [
+            GsoStatus::On,
+            GsoStatus::Off,
+            GsoStatus::Unsupported,
+            GsoStatus::Refused,
+        ] {
+            s.set_gso(g);
+            assert_eq!(s.gso(), g);
+        }
+    }
+
+    #[test]
+    fn a_port_held_by_this_process_is_named() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let text = describe_port_holder(port);
+        let me = std::process::id().to_string();
+        assert!(text.contains(&me), "{text}");
+        assert!(text.contains(&format!("UDP port {port}")), "{text}");
+    }
+
+    #[test]
+    fn sockets_bind_and_a_second_group_member_shares_the_port() {
+        let config = UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            port: 0,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 3,
+            max_frame: 1514,
+            gso: true,
+            gro: true,
+        };
+        let first = UdpSockets::open(&config).unwrap();
+        let port = local_port(&first.rx).unwrap();
+        assert_eq!(first.tx_ports().len(), 3);
+        assert!(first.tx_ports().iter().all(|&p| p != 0 && p != port));
+        // Another worker joins the SO_REUSEPORT group on the same port.
+        let config = UdpConfig { port, ..config };
+        let second = UdpSockets::open(&config).unwrap();
+        assert_eq!(local_port(&second.rx).unwrap(), port);
+        // A socket outside the group cannot take it, and the error names who holds it.
+        let squatter = std::net::UdpSocket::bind(("127.0.0.1", port));
+        assert!(squatter.is_err());
+    }
+
+    #[test]
+    fn port_in_use_error_names_the_holder() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = UdpSockets::open(&UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            port,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 1,
+            max_frame: 1514,
+            gso: true,
+            gro: true,
+        })
+        .unwrap_err();
+        assert!(err.is_port_in_use());
+        let text = err.to_string();
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+    }
+}
