@@ -5,11 +5,16 @@ bench.sh leaves raw outputs (iperf3 -J, vxdp-bench JSON, /proc snapshots) in a d
 
     generator/                      flood.json sink.json pps-cpu{0,1}.json settle.txt
     idle/<contender>/               h{1,2}-{0,1}.txt cpu{0,1}.json settle.txt | failed.txt
-    rounds/<n>/order.txt
-    rounds/<n>/<contender>/         tcp1.json tcp1-cpu{0,1}.json tcp4... sink.json flood.json
+    rounds/<n>/order.txt            the blocks in the order they ran: <scenario>/<contender> ...
+    rounds/<n>/<scenario>/<contender>/
+                                    tcp1.json tcp1-cpu{0,1}.json tcp4... sink.json flood.json
                                     rtt.json status-h{1,2}.json settle.txt | failed.txt
                                     tcp1-syscalls.txt tcp1-status{0,1}.json (vxdp only)
-    vxdp-kernel-unavailable.txt
+                                    links-<ns>-{0,1}.json qdisc-<ns>-{0,1}.json
+    unavailable/<contender>.txt     why vxdp refused that backend (the contender is n/a)
+
+Scenarios: `host` (h1 -> h2, the hosts' own addresses) and `pod` (a pod namespace behind cni0
+on each host, as flannel's CNI sets it up, pod -> pod across the overlay).
 
 `figure` prints one figure for a progress line; `report` turns the tree into the JSON document
 and the markdown table. Only the standard library: it runs on a fresh host.
@@ -24,15 +29,41 @@ import subprocess
 import sys
 import time
 
-CONTENDERS = ["underlay", "kernel-vxlan", "vxdp-xdp", "vxdp-kernel"]
+CONTENDERS = ["underlay", "kernel-vxlan", "vxdp-xdp", "vxdp-kernel", "vxdp-udp"]
 BASELINE = "kernel-vxlan"
-VXDP = ["vxdp-xdp", "vxdp-kernel"]
+VXDP = ["vxdp-xdp", "vxdp-kernel", "vxdp-udp"]
+SCENARIOS = ["host", "pod"]
+SCENARIO_TITLES = {
+    "host": "host to host",
+    "pod": "pod to pod",
+}
+SCENARIO_DESCRIPTIONS = {
+    "host": "h1 -> h2 between the hosts' own overlay addresses (the underlay row: 192.0.2.1 -> "
+            "192.0.2.2)",
+    "pod": "a pod namespace on each host behind a cni0 bridge as flannel's CNI sets it up "
+           "(bridge + host-local from subnet.env: cni0 = the lease's first address, pod = the "
+           "next, MTU = FLANNEL_MTU, ip_forward on), pod on h1 -> pod on h2 across the overlay "
+           "(the underlay row: host-gw style routes via the peer's underlay address, MTU 1500, "
+           "no encapsulation)",
+}
+OFFLOAD_MODES = {
+    "on": "the kernel's defaults everywhere",
+    "off": "ethtool -K ... tso gso gro tx rx off on eth0, the underlay veth peers and the "
+           "vxlan links (flannel.1, vxdp's kernel-backend link)",
+    "flannel-workaround": "defaults, except ethtool -K <vxlan link> tx-checksum-ip-generic off "
+                          "on flannel.1 and vxdp's kernel-backend vxlan link (flannel's "
+                          "troubleshooting guide, NAT checksum bug)",
+}
+# A path that delivered at least this share of what the generator offered kept up with it: the
+# generator, not the path, set the small-packet figure.
+KEPT_UP_PCT = 95
 
 # (key, column title, format, lower is better)
 METRICS = [
     ("tcp1_gbps", "TCP 1 stream Gbit/s", "{:.2f}", False),
     ("tcp4_gbps", "TCP 4 streams Gbit/s", "{:.2f}", False),
     ("udp64_kpps", "64 B UDP kpps rx", "{:.0f}", False),
+    ("udp64_offered_kpps", "64 B UDP kpps offered", "{:.0f}", False),
     ("udp64_delivered_pct", "64 B UDP % delivered", "{:.0f}", False),
     ("rtt_p50_us", "RTT p50 us", "{:.0f}", True),
     ("rtt_p99_us", "RTT p99 us", "{:.0f}", True),
@@ -136,7 +167,10 @@ def drops(d, c0, c1):
     """Where datagrams were dropped during the small-packet test: non-zero deltas of device,
     qdisc and backlog (softnet) drop counters."""
     out = {}
-    for h in ("h1", "h2"):
+    # One pair of snapshots per namespace the test crossed: h1, h2 and, pod to pod, p1, p2.
+    names = sorted(f[len("links-"):-len("-0.json")] for f in os.listdir(d)
+                   if f.startswith("links-") and f.endswith("-0.json"))
+    for h in names:
         before = {l["ifname"]: l.get("stats64", {}) for l in load(os.path.join(d, "links-%s-0.json" % h)) or []}
         after = {l["ifname"]: l.get("stats64", {}) for l in load(os.path.join(d, "links-%s-1.json" % h)) or []}
         for dev, st in after.items():
@@ -169,7 +203,7 @@ def pps_result(d):
         return {"error": err, "flood": flood, "cpu": cpu}
     where = drops(d, c0, c1)
     if sink.get("socket_drops"):
-        where["h2 sink socket drops (receive buffer full)"] = sink["socket_drops"]
+        where["sink socket drops (receive buffer full)"] = sink["socket_drops"]
     return {
         "rx_pps": sink["pps"],
         "offered_pps": sink.get("offered_pps"),
@@ -227,6 +261,7 @@ def figures(r):
         "tcp1_gbps": r["tcp1"].get("gbps"),
         "tcp4_gbps": r["tcp4"].get("gbps"),
         "udp64_kpps": r["udp64"]["rx_pps"] / 1e3 if "rx_pps" in r["udp64"] else None,
+        "udp64_offered_kpps": r["udp64"]["offered_pps"] / 1e3 if r["udp64"].get("offered_pps") else None,
         "udp64_delivered_pct": 100 * r["udp64"]["delivered_ratio"]
         if r["udp64"].get("delivered_ratio") is not None else None,
         "rtt_p50_us": r["rtt"].get("p50_us"),
@@ -267,9 +302,9 @@ def idle_result(d):
 
 
 def kept_up(summary_of_contender):
-    """Whether a contender delivered (nearly) everything the generator offered."""
+    """Whether a contender delivered (nearly) everything the generator offered (median)."""
     d = summary_of_contender.get("udp64_delivered_pct")
-    return bool(d) and d["median"] >= 95
+    return bool(d) and d["median"] >= KEPT_UP_PCT
 
 
 def spread(values):
@@ -300,10 +335,14 @@ def cmd_figure(a):
         if "error" in p:
             return "FAILED: " + p["error"]
         where = ", ".join("%s %d" % kv for kv in p["drops_during_test"].items()) or "none counted"
+        bound = ""
+        if a.kind == "pps":
+            bound = "; bound: %s" % ("generator (the path kept up)"
+                                     if 100 * (p["delivered_ratio"] or 0) >= KEPT_UP_PCT else "path")
         return "received %.0f kpps of %.0f kpps offered (%.1f%% delivered; sender %.2f cores; " \
-               "drops: %s)" % (
+               "drops: %s%s)" % (
                    p["rx_pps"] / 1e3, (p["offered_pps"] or 0) / 1e3, 100 * (p["delivered_ratio"] or 0),
-                   p["flood_cpu_cores"] or 0, where)
+                   p["flood_cpu_cores"] or 0, where, bound)
     if a.kind == "tcp":
         r = tcp_result(d, a.name)
         if "error" in r:
@@ -358,12 +397,15 @@ def cmd_env(a):
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
         "vxdp_git_revision": run(["git", "-C", root, "rev-parse", "HEAD"]),
         "vxdp_git_dirty": bool(dirty),
+        "vxdp_backends": a.vxdp_backends.split(",") if a.vxdp_backends else None,
         "rustc": run(["rustc", "--version"]),
         "iperf3": (run(["iperf3", "--version"]) or "").splitlines()[0:1],
         "offloads": a.offloads,
+        "offloads_meaning": OFFLOAD_MODES.get(a.offloads),
         "options": {
             "rounds": a.rounds,
             "quick": bool(a.quick),
+            "scenarios": a.scenarios.split(","),
             "contenders": a.contenders.split(","),
             "tcp_seconds": a.tcp_s,
             "udp_payload_bytes": a.pps_size,
@@ -377,12 +419,17 @@ def cmd_env(a):
         },
         "method": {
             "topology": "h1, h2: network namespaces, veth eth0 192.0.2.1/2 on a bridge in an underlay "
-                        "namespace (bridge-nf-call-* off); a fresh topology per contender and round; "
-                        "h1 sends, h2 receives",
-            "tcp": "iperf3 -J, h1 client -> h2 server, receiver throughput",
-            "udp64": "vxdp-bench flood (sendmmsg, 64-byte payloads) h1 -> vxdp-bench sink (recvmmsg) "
-                     "on h2: datagrams received per second over a window after a warm-up",
-            "rtt": "vxdp-bench rtt: UDP ping-pong h1 -> h2, one datagram in flight, percentiles of "
+                        "namespace (bridge-nf-call-* off); a fresh topology per contender, scenario "
+                        "and round; h1 sends, h2 receives",
+            "scenarios": {s: SCENARIO_DESCRIPTIONS[s] for s in a.scenarios.split(",")},
+            "tcp": "iperf3 -J, client on the sending side -> server on the receiving side, receiver "
+                   "throughput",
+            "udp64": "vxdp-bench flood (sendmmsg, 64-byte payloads, one socket and flow per thread) "
+                     "-> vxdp-bench sink (recvmmsg): datagrams received per second over a window "
+                     "after a warm-up; offered = what the flood sent in that window (sequence "
+                     "numbers); a path that delivered >= %d%% of it kept up, so the generator set "
+                     "the figure" % KEPT_UP_PCT,
+            "rtt": "vxdp-bench rtt: UDP ping-pong, one datagram in flight, percentiles of "
                    "per-datagram round trips after warm-up samples",
             "cpu_s_per_gb": "non-idle jiffies of all CPUs (/proc/stat) during the 1-stream TCP "
                             "test / GB received; _ours subtracts the CPU time of processes outside "
@@ -395,52 +442,32 @@ def cmd_env(a):
     return json.dumps(env, indent=1)
 
 
-def cmd_report(a):
-    env = load(a.env) or {}
-    raw = a.raw
-    doc = {"environment": env}
-    env["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
-    env["total_seconds"] = a.seconds
+def limited_by(r):
+    """Which side set a round's small-packet figure: the path (it dropped part of what was
+    offered) or the generator (the path delivered all of it)."""
+    if not r or "failed" in r or r["udp64"].get("delivered_ratio") is None:
+        return None
+    return "generator" if 100 * r["udp64"]["delivered_ratio"] >= KEPT_UP_PCT else "path"
 
-    gen = pps_result(os.path.join(raw, "generator"))
-    gen["foreign_cpus_before"] = settle_value(os.path.join(raw, "generator"))
-    doc["generator"] = gen
 
-    unavailable = {}
-    reason = read_text(os.path.join(raw, "vxdp-kernel-unavailable.txt"))
-    if reason is not None:
-        unavailable["vxdp-kernel"] = reason
-    doc["unavailable"] = unavailable
-
-    idle = {}
-    idle_dir = os.path.join(raw, "idle")
-    if os.path.isdir(idle_dir):
-        for c in sorted(os.listdir(idle_dir)):
-            idle[c] = idle_result(os.path.join(idle_dir, c))
-    doc["idle"] = idle
-
-    rounds = []
-    rounds_dir = os.path.join(raw, "rounds")
-    nums = sorted(int(n) for n in os.listdir(rounds_dir)) if os.path.isdir(rounds_dir) else []
-    for n in nums:
-        d = os.path.join(rounds_dir, str(n))
-        order = (read_text(os.path.join(d, "order.txt")) or "").split()
-        rounds.append({
-            "round": n,
-            "order": order,
-            "contenders": {c: contender_round(os.path.join(d, c)) for c in order if os.path.isdir(os.path.join(d, c))},
-        })
-    doc["rounds"] = rounds
-
-    contenders = [c for c in env.get("options", {}).get("contenders", CONTENDERS)]
+def scenario_report(scenario, rounds, contenders, unavailable, env, gen):
+    """Summary, ratios, markdown table and notes of one scenario."""
+    rs = [{"round": r["round"], "contenders": r["scenarios"][scenario]}
+          for r in rounds if scenario in r["scenarios"]]
     summary = {}
     for c in contenders:
-        per_round = [figures(r["contenders"].get(c)) for r in rounds]
+        per_round = [figures(r["contenders"].get(c)) for r in rs]
         summary[c] = {k: spread([f[k] for f in per_round if k in f]) for k, _, _, _ in METRICS}
-        failed = [r["round"] for r in rounds if "failed" in r["contenders"].get(c, {})]
+        failed = [r["round"] for r in rs if "failed" in r["contenders"].get(c, {})]
         if failed:
             summary[c]["failed_rounds"] = failed
-    doc["summary"] = summary
+        bounds = [b for b in (limited_by(r["contenders"].get(c)) for r in rs) if b]
+        if bounds:
+            summary[c]["udp64_limited_by"] = {
+                "median": "generator" if kept_up(summary[c]) else "path",
+                "generator_rounds": bounds.count("generator"),
+                "n": len(bounds),
+            }
 
     ratios = {}
     if BASELINE in contenders:
@@ -452,7 +479,7 @@ def cmd_report(a):
             for k, _, _, _ in METRICS:
                 s_c, s_b = summary[c].get(k), summary[BASELINE].get(k)
                 per = []
-                for r in rounds:
+                for r in rs:
                     fc = figures(r["contenders"].get(c))
                     fb = figures(r["contenders"].get(BASELINE))
                     if k in fc and fb.get(k):
@@ -464,25 +491,18 @@ def cmd_report(a):
                     }
                 else:
                     ratios[name][k] = None
-    doc["ratios"] = ratios
 
-    # Samples disturbed by other work on the host (other users of a shared machine).
-    foreign = []
-    for r in rounds:
-        for c, cr in r["contenders"].items():
-            for t in ("tcp1", "tcp4", "udp64", "rtt"):
-                cpu = (cr.get(t) or {}).get("cpu") if "failed" not in cr else None
-                if cpu and cpu.get("foreign_cpus") is not None:
-                    foreign.append(cpu["foreign_cpus"])
-    doc["foreign_cpus_during_tests"] = spread(foreign)
-
+    offloads = env.get("offloads")
     lines = []
-    head = ["contender"] + [t for _, t, _, _ in METRICS]
+    head = ["%s · offloads %s" % (SCENARIO_TITLES[scenario], offloads)]
+    head += [t for _, t, _, _ in METRICS] + ["64 B bound"]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * len(METRICS)) + "|")
+    lines.append("|" + "|".join(["---"] + ["---:"] * len(METRICS) + ["---"]) + "|")
+    # Columns that describe the generator's side of a contender's own test: no ratio.
+    no_ratio = ("udp64_offered_kpps", "udp64_delivered_pct")
     for c in contenders:
         if c in unavailable:
-            lines.append("| %s | " % c + " | ".join(["n/a"] * len(METRICS)) + " |")
+            lines.append("| %s | " % c + " | ".join(["n/a"] * (len(METRICS) + 1)) + " |")
             continue
         cells = []
         for k, _, f, _ in METRICS:
@@ -490,16 +510,24 @@ def cmd_report(a):
             if k == "udp64_kpps" and kept_up(summary[c]):
                 cell = "≥ " + cell
             cells.append(cell)
+        lb = summary[c].get("udp64_limited_by")
+        if not lb:
+            cells.append("n/a")
+        else:
+            cell = "**generator** (path kept up)" if lb["median"] == "generator" else "path"
+            if 0 < lb["generator_rounds"] < lb["n"]:
+                cell += " (generator in %d of %d rounds)" % (lb["generator_rounds"], lb["n"])
+            cells.append(cell)
         label = c
         if summary[c].get("failed_rounds"):
             label += " (failed in rounds %s)" % ",".join(map(str, summary[c]["failed_rounds"]))
         lines.append("| %s | " % label + " | ".join(cells) + " |")
-    for name, rs in ratios.items():
+    for name, rat in ratios.items():
         c = name.split("/")[0]
         cells = []
         for k, _, _, _ in METRICS:
-            v = rs.get(k)
-            if k == "udp64_delivered_pct":
+            v = rat.get(k)
+            if k in no_ratio:
                 cells.append("")
                 continue
             if c in unavailable or not v:
@@ -515,38 +543,113 @@ def cmd_report(a):
                                                       v["per_round"]["max"]))
             else:
                 cells.append("%s%.2f×" % (bound, v["ratio_of_medians"]))
+        cells.append("")
         lines.append("| **%s** | " % name + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+
+    notes = [SCENARIO_DESCRIPTIONS[scenario][0].upper() + SCENARIO_DESCRIPTIONS[scenario][1:] + "."]
+    gen_kpps = gen.get("rx_pps", 0) / 1e3 if "rx_pps" in gen else None
+    for c in contenders:
+        s_rx = summary.get(c, {}).get("udp64_kpps")
+        s_off = summary.get(c, {}).get("udp64_offered_kpps")
+        if not s_rx or not s_off:
+            continue
+        if kept_up(summary[c]):
+            notes.append("%s: delivered ≥%d%% of the %.0f kpps the generator offered (median): the "
+                         "generator is still the bound here, so the 64 B figure is a lower bound of "
+                         "the path's (≥)%s." % (
+                             c, KEPT_UP_PCT, s_off["median"],
+                             "; the generator alone makes %.0f kpps over the raw underlay" % gen_kpps
+                             if gen_kpps else ""))
+        else:
+            notes.append("%s: received %.0f of %.0f kpps offered (median): the path dropped the "
+                         "rest, so it, not the generator, set the 64 B figure." % (
+                             c, s_rx["median"], s_off["median"]))
+    return {
+        "summary": summary,
+        "ratios": ratios,
+        "table_markdown": "\n".join(lines),
+        "notes": notes,
+    }
+
+
+def cmd_report(a):
+    env = load(a.env) or {}
+    raw = a.raw
+    doc = {"format": 2, "environment": env}
+    env["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    env["total_seconds"] = a.seconds
+
+    gen = pps_result(os.path.join(raw, "generator"))
+    gen["foreign_cpus_before"] = settle_value(os.path.join(raw, "generator"))
+    doc["generator"] = gen
+
+    unavailable = {}
+    un_dir = os.path.join(raw, "unavailable")
+    if os.path.isdir(un_dir):
+        for f in sorted(os.listdir(un_dir)):
+            if f.endswith(".txt"):
+                unavailable[f[:-4]] = read_text(os.path.join(un_dir, f))
+    doc["unavailable"] = unavailable
+
+    idle = {}
+    idle_dir = os.path.join(raw, "idle")
+    if os.path.isdir(idle_dir):
+        for c in sorted(os.listdir(idle_dir)):
+            idle[c] = idle_result(os.path.join(idle_dir, c))
+    doc["idle"] = idle
+
+    rounds = []
+    rounds_dir = os.path.join(raw, "rounds")
+    nums = sorted(int(n) for n in os.listdir(rounds_dir)) if os.path.isdir(rounds_dir) else []
+    for n in nums:
+        d = os.path.join(rounds_dir, str(n))
+        order = (read_text(os.path.join(d, "order.txt")) or "").split()
+        scenarios = {}
+        for block in order:
+            s, c = block.split("/", 1)
+            if os.path.isdir(os.path.join(d, s, c)):
+                scenarios.setdefault(s, {})[c] = contender_round(os.path.join(d, s, c))
+        rounds.append({"round": n, "order": order, "scenarios": scenarios})
+    doc["rounds"] = rounds
+
+    opts = env.get("options", {})
+    contenders = opts.get("contenders", CONTENDERS)
+    scenarios = opts.get("scenarios", SCENARIOS)
+    doc["scenarios"] = {s: scenario_report(s, rounds, contenders, unavailable, env, gen) for s in scenarios}
+
+    # Samples disturbed by other work on the host (other users of a shared machine).
+    foreign = []
+    for r in rounds:
+        for cs in r["scenarios"].values():
+            for c, cr in cs.items():
+                for t in ("tcp1", "tcp4", "udp64", "rtt"):
+                    cpu = (cr.get(t) or {}).get("cpu") if "failed" not in cr else None
+                    if cpu and cpu.get("foreign_cpus") is not None:
+                        foreign.append(cpu["foreign_cpus"])
+    doc["foreign_cpus_during_tests"] = spread(foreign)
 
     notes = []
     n_rounds = len(rounds)
-    nice = env.get("options", {}).get("nice")
+    nice = opts.get("nice")
+    offloads = env.get("offloads")
     notes.append("Medians of %d round%s, (min–max) across rounds; ratios are of the medians, "
-                 "(min–max) of the per-round ratios. Offloads: %s%s. %s, %s CPUs, vxdp %s%s." % (
-                     n_rounds, "" if n_rounds == 1 else "s", env.get("offloads"),
+                 "(min–max) of the per-round ratios. Offloads %s: %s%s. %s, %s CPUs, vxdp %s%s." % (
+                     n_rounds, "" if n_rounds == 1 else "s", offloads,
+                     OFFLOAD_MODES.get(offloads, "?"),
                      ", niceness %s" % nice if nice else "", env.get("kernel"),
                      env.get("cpus"), (env.get("vxdp_git_revision") or "?")[:12],
                      " (dirty)" if env.get("vxdp_git_dirty") else ""))
     if "rx_pps" in gen:
-        notes.append("Generator (vxdp-bench flood, sendmmsg, %s thread(s)) over the raw underlay, "
-                     "measured first: %.0f kpps received of %.0f kpps offered, sender at %.2f cores." % (
-                         env.get("options", {}).get("flood_threads"), gen["rx_pps"] / 1e3,
-                         (gen.get("offered_pps") or 0) / 1e3, gen.get("flood_cpu_cores") or 0))
-    for c in contenders:
-        s_rx = summary.get(c, {}).get("udp64_kpps")
-        s_off = [r["contenders"][c]["udp64"].get("offered_pps") for r in rounds
-                 if "udp64" in r["contenders"].get(c, {})]
-        s_off = [x / 1e3 for x in s_off if x]
-        if not s_rx or not s_off:
-            continue
-        if kept_up(summary[c]):
-            notes.append("%s: delivered ≥95%% of the %.0f kpps the generator offered (median): its "
-                         "64 B figure is the generator's rate, a lower bound of the path's (≥)." % (
-                             c, statistics.median(s_off)))
-        else:
-            notes.append("%s: received %.0f of %.0f kpps offered (median): the path dropped the "
-                         "rest, so it, not the generator, set the 64 B figure." % (
-                             c, s_rx["median"], statistics.median(s_off)))
+        notes.append("64 B generator (vxdp-bench flood, sendmmsg, %s thread(s)) over the raw underlay "
+                     "host to host, measured first: %.0f kpps received of %.0f kpps offered (%.0f%%), "
+                     "sender at %.2f cores. A contender's offered rate is lower where sending costs "
+                     "more (the sender's kernel encapsulates, or forwards from a pod) or the path "
+                     "takes CPU from the generator on this host." % (
+                         opts.get("flood_threads"), gen["rx_pps"] / 1e3,
+                         (gen.get("offered_pps") or 0) / 1e3, 100 * (gen.get("delivered_ratio") or 0),
+                         gen.get("flood_cpu_cores") or 0))
+    elif "error" in gen:
+        notes.append("64 B generator over the raw underlay: FAILED (%s)." % gen["error"])
     for c, r in idle.items():
         if "failed" in r:
             notes.append("Idle %s: failed to start (%s)." % (c, r["failed"]))
@@ -563,15 +666,29 @@ def cmd_report(a):
         notes.append("Other processes on the host during the tests: median %.2f, max %.2f of %s CPUs%s." % (
             fs["median"], fs["max"], env.get("cpus"),
             " (a shared host: expect noise)" if fs["max"] > 0.25 else ""))
-    doc["table_markdown"] = table
     doc["notes"] = notes
+
+    out = []
+    for s in scenarios:
+        sr = doc["scenarios"][s]
+        out += ["### %s, offloads %s" % (SCENARIO_TITLES[s].capitalize(), offloads), "",
+                sr["table_markdown"], ""] + ["- " + n for n in sr["notes"]] + [""]
+    out += ["### Run", ""] + ["- " + n for n in notes]
+    doc["table_markdown"] = "\n\n".join(doc["scenarios"][s]["table_markdown"] for s in scenarios)
 
     os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    out = [table, ""] + ["- " + n for n in notes]
     return "\n".join(out)
+
+
+def cmd_pod_addrs(a):
+    """cni0's address, the first pod's address and the prefix length for a FLANNEL_SUBNET, as
+    host-local allocates them: the gateway is the subnet's first address, pods start after it."""
+    import ipaddress
+    net = ipaddress.ip_interface(a.subnet).network
+    return "%s %s %d" % (net[1], net[2], net.prefixlen)
 
 
 def main():
@@ -584,10 +701,13 @@ def main():
     fc = sub.add_parser("foreign-cpus")
     fc.add_argument("before")
     fc.add_argument("after")
+    pa = sub.add_parser("pod-addrs")
+    pa.add_argument("subnet", help="FLANNEL_SUBNET, e.g. 10.244.1.1/24")
     e = sub.add_parser("env")
     e.add_argument("--offloads", required=True)
     e.add_argument("--rounds", type=int, required=True)
     e.add_argument("--quick", type=int, required=True)
+    e.add_argument("--scenarios", required=True)
     e.add_argument("--tcp-s", type=float, required=True)
     e.add_argument("--pps-s", type=float, required=True)
     e.add_argument("--pps-warmup", type=float, required=True)
@@ -598,13 +718,15 @@ def main():
     e.add_argument("--rtt-interval-us", type=int, required=True)
     e.add_argument("--idle-s", type=float, required=True)
     e.add_argument("--contenders", required=True)
+    e.add_argument("--vxdp-backends", default="")
     r = sub.add_parser("report")
     r.add_argument("--raw", required=True)
     r.add_argument("--env", required=True)
     r.add_argument("--json", required=True)
     r.add_argument("--seconds", type=int, required=True)
     a = p.parse_args()
-    handler = {"figure": cmd_figure, "foreign-cpus": cmd_foreign_cpus, "env": cmd_env, "report": cmd_report}[a.cmd]
+    handler = {"figure": cmd_figure, "foreign-cpus": cmd_foreign_cpus, "pod-addrs": cmd_pod_addrs,
+               "env": cmd_env, "report": cmd_report}[a.cmd]
     print(handler(a))
 
 
