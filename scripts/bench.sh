@@ -40,6 +40,18 @@
 # calls per 1000 frames. Once per run: the generator over the raw underlay, first, and the CPU an
 # idle vxdp node uses. Progress goes to stderr, one markdown table per scenario to stdout,
 # everything measured to target/bench/bench-<timestamp>.json.
+#
+# The 64-byte generator runs 2 sending threads by default (one socket, so one flow, each),
+# chosen with --flood-sweep 1,2,3,4 on a 2-CPU host (2026-12-04, while other builds came and
+# went; figures from samples with other processes under 0.15 CPUs unless noted). Over the raw
+# underlay 1 thread sends 232 kpps at 1.00 core while the machine is only 1.24 CPUs busy (the
+# thread itself is the bound), 2 threads 337 kpps at 1.56 cores with both CPUs busy, 3 threads
+# 336, 4 threads at best 285 (more threads only contend). kernel-vxlan, whose kernel work runs on
+# the sending threads, goes from 155 kpps with 1 thread to 207 with 2 (200 with 3). The price:
+# the threads take CPU from vxdp's AF_XDP workers, an open-loop path that drops what it cannot
+# take, and its 64 B figure falls with each thread added (120-155 kpps with 1; 60-90 with 2 and
+# 40-50 with 3, from samples with other processes at 0.6-1.2 CPUs). On a host with more CPUs,
+# rerun the sweep before trusting the default.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -51,7 +63,7 @@ usage() {
   cat <<EOF
 
 Options:
-  --rounds N           measurement rounds (default 5)
+  --rounds N           measurement rounds (default 5, --quick 1)
   --quick              1 round, short tests
   --scenario S         host, pod or both (default both): host to host, pod to pod through cni0
   --offloads MODE      on (default: the kernel's defaults), off (ethtool -K ... tso gso gro tx
@@ -62,6 +74,9 @@ Options:
                        ${ALL_CONTENDERS[*]})
   --flood-threads N    sending threads of the small-packet generator (default
                        $FLOOD_THREADS_DEFAULT; see the header)
+  --flood-sweep LIST   only the 64-byte test, once per generator thread count in LIST (e.g.
+                       1,2,3,4), over the raw underlay and in every block: how the default
+                       --flood-threads was chosen (no TCP, RTT or idle tests)
   --settle S           before each block, wait up to S seconds for other processes on the host
                        to go quiet (default 15, --quick 5; at most 180 s, --quick 20 s, in all)
   --nice N             run every benchmark process (vxdp, iperf3, vxdp-bench) at niceness N,
@@ -72,14 +87,15 @@ EOF
 }
 
 ALL_CONTENDERS=(underlay kernel-vxlan vxdp-xdp vxdp-kernel vxdp-udp)
-# See the header for how this was chosen.
-FLOOD_THREADS_DEFAULT=1
-ROUNDS=5
+# As many threads as the CPUs of the host it was measured on; see the header.
+FLOOD_THREADS_DEFAULT=2
+ROUNDS=
 QUICK=0
 SCENARIO=both
 OFFLOADS=on
 CONTENDERS=("${ALL_CONTENDERS[@]}")
 FLOOD_THREADS=$FLOOD_THREADS_DEFAULT
+FLOOD_SWEEP=()
 SETTLE_MAX=
 NICE=0
 while [ $# -gt 0 ]; do
@@ -95,6 +111,7 @@ while [ $# -gt 0 ]; do
     --offloads) OFFLOADS=${2:?--offloads needs on, off or flannel-workaround}; shift 2 ;;
     --contenders) IFS=, read -r -a CONTENDERS <<< "${2:?--contenders needs a list}"; shift 2 ;;
     --flood-threads) FLOOD_THREADS=${2:?--flood-threads needs a number}; shift 2 ;;
+    --flood-sweep) IFS=, read -r -a FLOOD_SWEEP <<< "${2:?--flood-sweep needs a list}"; shift 2 ;;
     --settle) SETTLE_MAX=${2:?--settle needs seconds}; shift 2 ;;
     --nice) NICE=${2:?--nice needs a niceness}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -114,21 +131,23 @@ for c in "${CONTENDERS[@]}"; do
     *) echo "bench: unknown contender $c (known: ${ALL_CONTENDERS[*]})" >&2; exit 2 ;;
   esac
 done
-if ! [[ $FLOOD_THREADS =~ ^[1-9][0-9]*$ ]] || [ "$FLOOD_THREADS" -gt 64 ]; then
-  echo "bench: --flood-threads takes 1..64" >&2
-  exit 2
-fi
-if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then echo "bench: --rounds takes a positive number" >&2; exit 2; fi
+for n in "$FLOOD_THREADS" "${FLOOD_SWEEP[@]}"; do
+  if ! [[ $n =~ ^[1-9][0-9]*$ ]] || [ "$n" -gt 64 ]; then
+    echo "bench: --flood-threads and --flood-sweep take 1..64" >&2
+    exit 2
+  fi
+done
+if [ -n "$ROUNDS" ] && ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then echo "bench: --rounds takes a positive number" >&2; exit 2; fi
 if ! [[ $NICE =~ ^-?[0-9]+$ ]]; then echo "bench: --nice takes a number" >&2; exit 2; fi
 # `nice` execs its command: $! stays the benchmark process's own PID.
 NICE_CMD=()
 [ "$NICE" != 0 ] && NICE_CMD=(nice -n "$NICE")
 
 if [ "$QUICK" = 1 ]; then
-  ROUNDS=1 TCP_S=2 PPS_WARMUP=0.5 PPS_S=2 RTT_COUNT=500 IDLE_S=5 SETTLE_MAX=${SETTLE_MAX:-5}
+  ROUNDS=${ROUNDS:-1} TCP_S=2 PPS_WARMUP=0.5 PPS_S=2 RTT_COUNT=500 IDLE_S=5 SETTLE_MAX=${SETTLE_MAX:-5}
   SETTLE_BUDGET=20
 else
-  TCP_S=5 PPS_WARMUP=1 PPS_S=5 RTT_COUNT=2000 IDLE_S=20 SETTLE_MAX=${SETTLE_MAX:-15}
+  ROUNDS=${ROUNDS:-5} TCP_S=5 PPS_WARMUP=1 PPS_S=5 RTT_COUNT=2000 IDLE_S=20 SETTLE_MAX=${SETTLE_MAX:-15}
   SETTLE_BUDGET=180
 fi
 RTT_INTERVAL_US=1000
@@ -571,21 +590,43 @@ main() {
   python3 "$REPORT" env --offloads "$OFFLOADS" --rounds "$ROUNDS" --quick "$QUICK" \
     --scenarios "$(IFS=,; echo "${SCENARIOS[*]}")" --vxdp-backends "$(vxdp_backends)" \
     --tcp-s "$TCP_S" --pps-s "$PPS_S" --pps-warmup "$PPS_WARMUP" --pps-size "$PPS_SIZE" \
-    --flood-threads "$FLOOD_THREADS" --nice "$NICE" --rtt-count "$RTT_COUNT" --rtt-interval-us "$RTT_INTERVAL_US" \
+    --flood-threads "$FLOOD_THREADS" --flood-sweep "$(IFS=,; echo "${FLOOD_SWEEP[*]}")" --nice "$NICE" --rtt-count "$RTT_COUNT" --rtt-interval-us "$RTT_INTERVAL_US" \
     --idle-s "$IDLE_S" --contenders "$(IFS=,; echo "${CONTENDERS[*]}")" > "$ENV_FILE"
   log "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), offloads $OFFLOADS, $ROUNDS round(s), scenarios ${SCENARIOS[*]}"
 
+  # The small-packet test of the current block: once, or once per thread count of --flood-sweep
+  # (ascending in odd rounds, descending in even ones), each under $1/threads-N.
+  pps_tests() {
+    local base=$1 tag=$2 n list=("${FLOOD_SWEEP[@]}")
+    if [ ${#list[@]} = 0 ]; then
+      OUT=$base
+      pps_test
+      log "$tag: 64 B UDP      $(fig "$3" "$OUT" "$RAW/generator")"
+      return
+    fi
+    if [ $((${round:-1} % 2)) = 0 ]; then
+      list=()
+      for ((n = ${#FLOOD_SWEEP[@]} - 1; n >= 0; n--)); do list+=("${FLOOD_SWEEP[$n]}"); done
+    fi
+    for n in "${list[@]}"; do
+      OUT=$base/threads-$n
+      mkdir -p "$OUT"
+      FLOOD_THREADS=$n pps_test
+      log "$tag: 64 B UDP, $n flood thread(s): $(fig "$3" "$OUT" "$RAW/generator/threads-$n")"
+    done
+    OUT=$base
+  }
+
   # 1. The generator over the raw underlay: its rate bounds what the small-packet test can show.
-  log "generator: vxdp-bench flood ($FLOOD_THREADS thread(s), sendmmsg, ${PPS_SIZE}-byte payloads) over the raw underlay"
+  log "generator: vxdp-bench flood (${FLOOD_SWEEP[*]:-$FLOOD_THREADS} thread(s), sendmmsg, ${PPS_SIZE}-byte payloads) over the raw underlay"
   OUT=$RAW/generator
   mkdir -p "$OUT"
   contender_up host underlay
   ip netns exec "$T-ul" ethtool -k h1 > "$OUT/ethtool-ul-h1.txt" 2>&1 || true
   ip netns exec "$T-h1" ethtool -k eth0 > "$OUT/ethtool-h1-eth0.txt" 2>&1 || true
   settle > "$OUT/settle.txt"
-  pps_test
+  pps_tests "$OUT" generator generator
   topo_down
-  log "generator: $(fig generator "$OUT")"
 
   # 2. Is the backend in this build? `vxdp run --backend kernel|udp` refuses a backend this
   # build does not have (or that cannot run here): the contender stays in the tables as n/a,
@@ -616,6 +657,7 @@ main() {
   for c in "${CONTENDERS[@]}"; do
     case $c in vxdp-*) ;; *) continue ;; esac
     [ -n "${SKIP[$c]:-}" ] && continue
+    [ ${#FLOOD_SWEEP[@]} -gt 0 ] && continue
     OUT=$RAW/idle/$c
     mkdir -p "$OUT"
     if ! contender_up host "$c"; then
@@ -676,15 +718,18 @@ main() {
         continue
       fi
       settle > "$OUT/settle.txt"
-      tcp_test tcp1 1
-      log "$tag: TCP 1 stream  $(fig tcp "$OUT" tcp1)"
-      tcp_test tcp4 4
-      log "$tag: TCP 4 streams $(fig tcp "$OUT" tcp4)"
-      pps_test
-      log "$tag: 64 B UDP      $(fig pps "$OUT")"
-      rtt_test
-      log "$tag: RTT           $(fig rtt "$OUT")"
-      case $c in vxdp-*) vxdp_status ;; esac
+      if [ ${#FLOOD_SWEEP[@]} -gt 0 ]; then
+        pps_tests "$OUT" "$tag" pps
+      else
+        tcp_test tcp1 1
+        log "$tag: TCP 1 stream  $(fig tcp "$OUT" tcp1)"
+        tcp_test tcp4 4
+        log "$tag: TCP 4 streams $(fig tcp "$OUT" tcp4)"
+        pps_tests "$OUT" "$tag" pps
+        rtt_test
+        log "$tag: RTT           $(fig rtt "$OUT")"
+        case $c in vxdp-*) vxdp_status ;; esac
+      fi
       topo_down
       BLOCKS_DONE=$((BLOCKS_DONE + 1))
       per=$((($(date +%s) - ROUNDS_START) / BLOCKS_DONE))

@@ -54,9 +54,16 @@ OFFLOAD_MODES = {
                           "on flannel.1 and vxdp's kernel-backend vxlan link (flannel's "
                           "troubleshooting guide, NAT checksum bug)",
 }
-# A path that delivered at least this share of what the generator offered kept up with it: the
-# generator, not the path, set the small-packet figure.
+# Which side set a small-packet figure. A path that delivered less than KEPT_UP_PCT % of what the
+# generator offered dropped the rest: the path is the bound. One that delivered it all but
+# received less than GENERATOR_PCT % of the generator's own rate over the raw underlay held the
+# sender back: on veth the sending thread's softirq does the kernel path's work (encapsulation,
+# forwarding, decapsulation), so a costlier path makes it offer less; the path is the bound again.
+# Otherwise the generator may be: the path might go faster than it was driven.
 KEPT_UP_PCT = 95
+GENERATOR_PCT = 90
+# Other processes using more CPUs than this during a test may have held the sender back instead.
+BUSY_CPUS = 0.25
 
 # (key, column title, format, lower is better)
 METRICS = [
@@ -301,10 +308,79 @@ def idle_result(d):
     }
 
 
+def udp64_bound(udp, generator_pps):
+    """Which side set one small-packet figure (see KEPT_UP_PCT): {"by": "path" or "generator",
+    "why": "dropped", "sender held back" or None, "delivered_pct", "of_generator_pct"}."""
+    if not udp or udp.get("delivered_ratio") is None or "rx_pps" not in udp:
+        return None
+    delivered = 100 * udp["delivered_ratio"]
+    of_gen = 100 * udp["rx_pps"] / generator_pps if generator_pps else None
+    b = {"delivered_pct": delivered, "of_generator_pct": of_gen, "by": "generator", "why": None}
+    if delivered < KEPT_UP_PCT:
+        b.update(by="path", why="dropped")
+    elif of_gen is not None and of_gen < GENERATOR_PCT:
+        b.update(by="path", why="sender held back")
+        foreign = (udp.get("cpu") or {}).get("foreign_cpus")
+        if foreign is not None and foreign > BUSY_CPUS:
+            b.update(why="sender held back, host busy", foreign_cpus=foreign)
+    return b
+
+
+def summary_bound(bounds):
+    """One contender's bound over its rounds: the generator unless most rounds say the path."""
+    bounds = [b for b in bounds if b]
+    if not bounds:
+        return None
+    path = [b for b in bounds if b["by"] == "path"]
+    by = "path" if 2 * len(path) > len(bounds) else "generator"
+    whys = [b["why"] for b in path]
+    return {
+        "by": by,
+        "why": max(set(whys), key=whys.count) if by == "path" else None,
+        "generator_rounds": len(bounds) - len(path),
+        "n": len(bounds),
+        "delivered_pct": statistics.median(b["delivered_pct"] for b in bounds),
+        "of_generator_pct": statistics.median(b["of_generator_pct"] for b in bounds)
+        if all(b["of_generator_pct"] is not None for b in bounds) else None,
+    }
+
+
 def kept_up(summary_of_contender):
-    """Whether a contender delivered (nearly) everything the generator offered (median)."""
-    d = summary_of_contender.get("udp64_delivered_pct")
-    return bool(d) and d["median"] >= KEPT_UP_PCT
+    """Whether the generator, not the path, may have set a contender's 64 B figure: then that
+    figure is a lower bound of the path's rate (marked ≥)."""
+    b = summary_of_contender.get("udp64_bound")
+    return bool(b) and b["by"] == "generator"
+
+
+def fmt_bound(b):
+    if not b:
+        return "n/a"
+    of_gen = " of the generator's raw rate" if b["of_generator_pct"] is None else \
+        ", %.0f%% of the generator's raw rate" % b["of_generator_pct"]
+    if b["by"] == "generator":
+        cell = "**generator** (no drops%s)" % of_gen
+    elif b["why"] == "dropped":
+        cell = "path (dropped %.0f%%)" % (100 - b["delivered_pct"])
+    elif b["why"] == "sender held back":
+        cell = "path (no drops%s)" % of_gen
+    else:
+        cell = "path? (no drops%s; host busy)" % of_gen
+    if 0 < b["generator_rounds"] < b["n"]:
+        cell += ", generator in %d of %d rounds" % (b["generator_rounds"], b["n"])
+    return cell
+
+
+def generator_best(gen_dirs):
+    """The generator's own rate over the raw underlay: the best of its measurements (the one
+    before the rounds, each round's host-to-host underlay block), since other work on the host
+    only ever lowers it. That measurement's pps_result, or None."""
+    results = [p for p in (pps_result(d) for d in gen_dirs if os.path.isdir(d)) if "rx_pps" in p]
+    return max(results, key=lambda p: p["rx_pps"]) if results else None
+
+
+def generator_pps(gen_dirs):
+    best = generator_best(gen_dirs)
+    return best["rx_pps"] if best else None
 
 
 def spread(values):
@@ -337,8 +413,9 @@ def cmd_figure(a):
         where = ", ".join("%s %d" % kv for kv in p["drops_during_test"].items()) or "none counted"
         bound = ""
         if a.kind == "pps":
-            bound = "; bound: %s" % ("generator (the path kept up)"
-                                     if 100 * (p["delivered_ratio"] or 0) >= KEPT_UP_PCT else "path")
+            b = udp64_bound(p, generator_pps([a.name]) if a.name else None)
+            if b:
+                bound = "; bound: %s" % fmt_bound(dict(b, generator_rounds=0, n=1)).replace("**", "")
         return "received %.0f kpps of %.0f kpps offered (%.1f%% delivered; sender %.2f cores; " \
                "drops: %s%s)" % (
                    p["rx_pps"] / 1e3, (p["offered_pps"] or 0) / 1e3, 100 * (p["delivered_ratio"] or 0),
@@ -412,6 +489,7 @@ def cmd_env(a):
             "udp_window_seconds": a.pps_s,
             "udp_warmup_seconds": a.pps_warmup,
             "flood_threads": a.flood_threads,
+            "flood_sweep": [int(n) for n in a.flood_sweep.split(",") if n],
             "nice": a.nice,
             "rtt_samples": a.rtt_count,
             "rtt_interval_us": a.rtt_interval_us,
@@ -442,15 +520,7 @@ def cmd_env(a):
     return json.dumps(env, indent=1)
 
 
-def limited_by(r):
-    """Which side set a round's small-packet figure: the path (it dropped part of what was
-    offered) or the generator (the path delivered all of it)."""
-    if not r or "failed" in r or r["udp64"].get("delivered_ratio") is None:
-        return None
-    return "generator" if 100 * r["udp64"]["delivered_ratio"] >= KEPT_UP_PCT else "path"
-
-
-def scenario_report(scenario, rounds, contenders, unavailable, env, gen):
+def scenario_report(scenario, rounds, contenders, unavailable, env, gen_pps):
     """Summary, ratios, markdown table and notes of one scenario."""
     rs = [{"round": r["round"], "contenders": r["scenarios"][scenario]}
           for r in rounds if scenario in r["scenarios"]]
@@ -461,13 +531,9 @@ def scenario_report(scenario, rounds, contenders, unavailable, env, gen):
         failed = [r["round"] for r in rs if "failed" in r["contenders"].get(c, {})]
         if failed:
             summary[c]["failed_rounds"] = failed
-        bounds = [b for b in (limited_by(r["contenders"].get(c)) for r in rs) if b]
-        if bounds:
-            summary[c]["udp64_limited_by"] = {
-                "median": "generator" if kept_up(summary[c]) else "path",
-                "generator_rounds": bounds.count("generator"),
-                "n": len(bounds),
-            }
+        summary[c]["udp64_bound"] = summary_bound(
+            [udp64_bound(r["contenders"][c]["udp64"], gen_pps) for r in rs
+             if "udp64" in r["contenders"].get(c, {})])
 
     ratios = {}
     if BASELINE in contenders:
@@ -510,14 +576,7 @@ def scenario_report(scenario, rounds, contenders, unavailable, env, gen):
             if k == "udp64_kpps" and kept_up(summary[c]):
                 cell = "≥ " + cell
             cells.append(cell)
-        lb = summary[c].get("udp64_limited_by")
-        if not lb:
-            cells.append("n/a")
-        else:
-            cell = "**generator** (path kept up)" if lb["median"] == "generator" else "path"
-            if 0 < lb["generator_rounds"] < lb["n"]:
-                cell += " (generator in %d of %d rounds)" % (lb["generator_rounds"], lb["n"])
-            cells.append(cell)
+        cells.append(fmt_bound(summary[c].get("udp64_bound")))
         label = c
         if summary[c].get("failed_rounds"):
             label += " (failed in rounds %s)" % ",".join(map(str, summary[c]["failed_rounds"]))
@@ -547,29 +606,94 @@ def scenario_report(scenario, rounds, contenders, unavailable, env, gen):
         lines.append("| **%s** | " % name + " | ".join(cells) + " |")
 
     notes = [SCENARIO_DESCRIPTIONS[scenario][0].upper() + SCENARIO_DESCRIPTIONS[scenario][1:] + "."]
-    gen_kpps = gen.get("rx_pps", 0) / 1e3 if "rx_pps" in gen else None
     for c in contenders:
+        b = summary.get(c, {}).get("udp64_bound")
         s_rx = summary.get(c, {}).get("udp64_kpps")
         s_off = summary.get(c, {}).get("udp64_offered_kpps")
-        if not s_rx or not s_off:
+        if not b or not s_rx or not s_off:
             continue
-        if kept_up(summary[c]):
-            notes.append("%s: delivered ≥%d%% of the %.0f kpps the generator offered (median): the "
-                         "generator is still the bound here, so the 64 B figure is a lower bound of "
-                         "the path's (≥)%s." % (
-                             c, KEPT_UP_PCT, s_off["median"],
-                             "; the generator alone makes %.0f kpps over the raw underlay" % gen_kpps
-                             if gen_kpps else ""))
-        else:
+        of_gen = "" if b["of_generator_pct"] is None else \
+            " (%.0f%% of the generator's %.0f kpps over the raw underlay)" % (b["of_generator_pct"], gen_pps / 1e3)
+        if b["by"] == "generator":
+            notes.append("%s: received %.0f kpps%s with no drops (median): the generator is still the "
+                         "bound here, so the 64 B figure is a lower bound of the path's (≥)." % (
+                             c, s_rx["median"], of_gen))
+        elif b["why"] == "dropped":
             notes.append("%s: received %.0f of %.0f kpps offered (median): the path dropped the "
                          "rest, so it, not the generator, set the 64 B figure." % (
                              c, s_rx["median"], s_off["median"]))
+        elif b["why"] == "sender held back":
+            notes.append("%s: received all %.0f kpps offered%s: the path's kernel work, done on the "
+                         "sender's CPU, held the generator back, so the path set the 64 B figure." % (
+                             c, s_rx["median"], of_gen))
+        else:
+            notes.append("%s: received all %.0f kpps offered%s, but other processes on the host used "
+                         "more than %.2f CPUs meanwhile: they, not the path, may have held the "
+                         "generator back (rerun on a quiet host)." % (c, s_rx["median"], of_gen, BUSY_CPUS))
     return {
         "summary": summary,
         "ratios": ratios,
         "table_markdown": "\n".join(lines),
         "notes": notes,
     }
+
+
+def sweep_report(raw, rounds, env):
+    """--flood-sweep: per scenario, each contender's 64 B figure per generator thread count, the
+    generator's own rate over the raw underlay first."""
+    opts = env.get("options", {})
+    sweep = opts["flood_sweep"]
+    contenders = [c for c in opts.get("contenders", CONTENDERS)]
+    rounds_dir = os.path.join(raw, "rounds")
+    doc = {"threads": sweep, "generator": {}, "scenarios": {}}
+    gen = {}
+    for n in sweep:
+        dirs = [os.path.join(raw, "generator", "threads-%d" % n)] + [
+            os.path.join(rounds_dir, str(r["round"]), "host", "underlay", "threads-%d" % n) for r in rounds]
+        best = generator_best(dirs)
+        gen[n] = best["rx_pps"] if best else None
+        doc["generator"][n] = {"best_pps": gen[n], "best": best, "measurements": len(dirs)}
+    out = []
+    head = "| threads | generator, raw underlay kpps (sender cores) | " + " | ".join(contenders) + " |"
+    rule = "|---:|---:|" + "---:|" * len(contenders)
+    for scenario in opts.get("scenarios", SCENARIOS):
+        lines = ["### 64 B generator sweep, %s, offloads %s" % (SCENARIO_TITLES[scenario], env.get("offloads")),
+                 "", head, rule]
+        table = {}
+        for n in sweep:
+            best = doc["generator"][n]["best"]
+            cells = ["%d" % n, "%.0f (%.2f)" % (gen[n] / 1e3, best.get("flood_cpu_cores") or 0)
+                     if best else "n/a"]
+            for c in contenders:
+                ps = [pps_result(os.path.join(rounds_dir, str(r["round"]), scenario, c, "threads-%d" % n))
+                      for r in rounds]
+                ps = [p for p in ps if "rx_pps" in p]
+                if not ps:
+                    cells.append("n/a")
+                    continue
+                b = summary_bound([udp64_bound(p, gen[n]) for p in ps])
+                rx = statistics.median(p["rx_pps"] for p in ps) / 1e3
+                table.setdefault(c, {})[n] = {"rx_kpps": rx, "bound": b,
+                                              "sender_cores": statistics.median(p["flood_cpu_cores"] or 0 for p in ps)}
+                cells.append("%.0f (%.0f%%, %s)" % (rx, b["delivered_pct"],
+                                                    "**gen**" if b["by"] == "generator" else "path"))
+            lines.append("| " + " | ".join(cells) + " |")
+        doc["scenarios"][scenario] = table
+        foreign = [p["cpu"]["foreign_cpus"] for r in rounds for c in contenders for n in sweep
+                   for p in [pps_result(os.path.join(rounds_dir, str(r["round"]), scenario, c, "threads-%d" % n))]
+                   if (p.get("cpu") or {}).get("foreign_cpus") is not None]
+        lines += ["", "- Generator: the best of %d measurement(s) per thread count over the raw underlay "
+                  "host to host (before the rounds, and each round's host underlay block), with its "
+                  "sending threads' CPU use." % (1 + len(rounds)),
+                  "- Cells: kpps received (median of %d round(s)), %% delivered of offered, bound: "
+                  "path (dropped, or held the sender below %d%% of the generator's raw rate) or "
+                  "**gen** (the generator may be the bound)." % (len(rounds), GENERATOR_PCT)]
+        if foreign:
+            lines.append("- Other processes on the host during these tests: median %.2f, max %.2f CPUs." % (
+                statistics.median(foreign), max(foreign)))
+        lines.append("")
+        out += lines
+    return doc, out
 
 
 def cmd_report(a):
@@ -615,7 +739,18 @@ def cmd_report(a):
     opts = env.get("options", {})
     contenders = opts.get("contenders", CONTENDERS)
     scenarios = opts.get("scenarios", SCENARIOS)
-    doc["scenarios"] = {s: scenario_report(s, rounds, contenders, unavailable, env, gen) for s in scenarios}
+    if opts.get("flood_sweep"):
+        doc["flood_sweep"], out = sweep_report(raw, rounds, env)
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        return "\n".join(out)
+    gen_dirs = [os.path.join(raw, "generator")] + [
+        os.path.join(rounds_dir, str(r["round"]), "host", "underlay") for r in rounds]
+    gen_pps = generator_pps(gen_dirs)
+    doc["generator_pps"] = gen_pps
+    doc["scenarios"] = {s: scenario_report(s, rounds, contenders, unavailable, env, gen_pps) for s in scenarios}
 
     # Samples disturbed by other work on the host (other users of a shared machine).
     foreign = []
@@ -639,15 +774,17 @@ def cmd_report(a):
                      ", niceness %s" % nice if nice else "", env.get("kernel"),
                      env.get("cpus"), (env.get("vxdp_git_revision") or "?")[:12],
                      " (dirty)" if env.get("vxdp_git_dirty") else ""))
-    if "rx_pps" in gen:
+    if gen_pps:
         notes.append("64 B generator (vxdp-bench flood, sendmmsg, %s thread(s)) over the raw underlay "
-                     "host to host, measured first: %.0f kpps received of %.0f kpps offered (%.0f%%), "
-                     "sender at %.2f cores. A contender's offered rate is lower where sending costs "
-                     "more (the sender's kernel encapsulates, or forwards from a pod) or the path "
-                     "takes CPU from the generator on this host." % (
-                         opts.get("flood_threads"), gen["rx_pps"] / 1e3,
-                         (gen.get("offered_pps") or 0) / 1e3, 100 * (gen.get("delivered_ratio") or 0),
-                         gen.get("flood_cpu_cores") or 0))
+                     "host to host: %.0f kpps, the best of the measurement before the rounds (%s) and "
+                     "each round's host-to-host underlay block. \"64 B bound\" says per contender "
+                     "whether the path dropped part of the offered load (delivered < %d%%), held the "
+                     "sender below %d%% of that rate without drops (its kernel work runs on the "
+                     "sender's CPU), or neither: then the generator may be the bound and the figure "
+                     "is marked ≥." % (
+                         opts.get("flood_threads"), gen_pps / 1e3,
+                         "%.0f kpps at %.2f sender cores" % (gen["rx_pps"] / 1e3, gen.get("flood_cpu_cores") or 0)
+                         if "rx_pps" in gen else "failed", KEPT_UP_PCT, GENERATOR_PCT))
     elif "error" in gen:
         notes.append("64 B generator over the raw underlay: FAILED (%s)." % gen["error"])
     for c, r in idle.items():
@@ -713,6 +850,7 @@ def main():
     e.add_argument("--pps-warmup", type=float, required=True)
     e.add_argument("--pps-size", type=int, required=True)
     e.add_argument("--flood-threads", type=int, required=True)
+    e.add_argument("--flood-sweep", default="")
     e.add_argument("--nice", type=int, required=True)
     e.add_argument("--rtt-count", type=int, required=True)
     e.add_argument("--rtt-interval-us", type=int, required=True)
