@@ -42,16 +42,20 @@
 # everything measured to target/bench/bench-<timestamp>.json.
 #
 # The 64-byte generator runs 2 sending threads by default (one socket, so one flow, each),
-# chosen with --flood-sweep 1,2,3,4 on a 2-CPU host (2026-12-04, while other builds came and
-# went; figures from samples with other processes under 0.15 CPUs unless noted). Over the raw
-# underlay 1 thread sends 232 kpps at 1.00 core while the machine is only 1.24 CPUs busy (the
-# thread itself is the bound), 2 threads 337 kpps at 1.56 cores with both CPUs busy, 3 threads
-# 336, 4 threads at best 285 (more threads only contend). kernel-vxlan, whose kernel work runs on
-# the sending threads, goes from 155 kpps with 1 thread to 207 with 2 (200 with 3). The price:
-# the threads take CPU from vxdp's AF_XDP workers, an open-loop path that drops what it cannot
-# take, and its 64 B figure falls with each thread added (120-155 kpps with 1; 60-90 with 2 and
-# 40-50 with 3, from samples with other processes at 0.6-1.2 CPUs). On a host with more CPUs,
-# rerun the sweep before trusting the default.
+# chosen with `--quick --flood-sweep 1,2,3,4` on a 2-CPU host (2026-12-04, other processes at
+# most 0.13 CPUs), host to host, kpps received:
+#   threads  raw underlay (sender cores)  kernel-vxlan  vxdp-kernel  vxdp-xdp (delivered)
+#   1        197 (0.99)                   139           114          149 (36%)
+#   2        358 (1.59)                   233           205          120 (21%)
+#   3        377 (1.62)                   227           234           84 (14%)
+#   4        401 (1.68)                   246           237           82 (12%)
+# One thread is the bound of every kernel path: their encapsulation, forwarding and
+# decapsulation run in the sending thread's softirq, so they can use no more than its one core
+# (pod to pod the same: kernel-vxlan 98 kpps with 1 thread, 160 with 2). With 2, both CPUs are
+# busy and the generator alone is 1.5x faster than the fastest overlay path, so every overlay row
+# is bound by its path. More threads add at most some 10% to the kernel paths while taking CPU
+# from vxdp's AF_XDP workers (an open-loop path that drops what it cannot take: 120 -> 84 -> 82).
+# On a host with more CPUs, rerun the sweep before trusting the default.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

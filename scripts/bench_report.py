@@ -754,6 +754,7 @@ def cmd_report(a):
     scenarios = opts.get("scenarios", SCENARIOS)
     if opts.get("flood_sweep"):
         doc["flood_sweep"], out = sweep_report(raw, rounds, env)
+        out += ["- %s: not available in this build (%s)." % kv for kv in unavailable.items()]
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump(doc, f, indent=1)
