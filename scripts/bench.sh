@@ -53,8 +53,9 @@
 # decapsulation run in the sending thread's softirq, so they can use no more than its one core
 # (pod to pod the same: kernel-vxlan 98 kpps with 1 thread, 160 with 2). With 2, both CPUs are
 # busy and the generator alone is 1.5x faster than the fastest overlay path, so every overlay row
-# is bound by its path. More threads add at most some 10% to the kernel paths while taking CPU
-# from vxdp's AF_XDP workers (an open-loop path that drops what it cannot take: 120 -> 84 -> 82).
+# is bound by its path. More threads add 5-15% to the kernel paths (one round: near the noise)
+# while taking CPU from vxdp's AF_XDP workers (an open-loop path that drops what it cannot take:
+# 120 -> 84 -> 82 kpps).
 # On a host with more CPUs, rerun the sweep before trusting the default.
 set -euo pipefail
 
