@@ -2,7 +2,7 @@
 # vxdp against the kernel vxlan path, side by side, on the same two-host topology.
 #
 #   scripts/bench.sh                   system benchmark: 5 rounds, both scenarios, ~20 min (root)
-#   scripts/bench.sh --quick           1 round, short tests, both scenarios, ~3-4 min (development)
+#   scripts/bench.sh --quick           1 round, short tests, both scenarios, ~2-3 min (development)
 #   scripts/bench.sh --scenario pod    pod to pod only (host, pod, both)
 #   scripts/bench.sh --offloads off    the untuned host: veth (and vxlan link) offloads off
 #   scripts/bench.sh --offloads flannel-workaround
