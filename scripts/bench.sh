@@ -1,45 +1,89 @@
 #!/usr/bin/env bash
 # vxdp against the kernel vxlan path, side by side, on the same two-host topology.
 #
-#   scripts/bench.sh                   system benchmark: 5 rounds, ~10 min (root)
-#   scripts/bench.sh --quick           1 round, short tests, ~3 min (development)
-#   scripts/bench.sh --offloads off    the untuned host: veth (and flannel.1) offloads off
+#   scripts/bench.sh                   system benchmark: 5 rounds, both scenarios, ~20 min (root)
+#   scripts/bench.sh --quick           1 round, short tests, both scenarios, ~2-3 min (development)
+#   scripts/bench.sh --scenario pod    pod to pod only (host, pod, both)
+#   scripts/bench.sh --offloads off    the untuned host: veth (and vxlan link) offloads off
+#   scripts/bench.sh --offloads flannel-workaround
+#                                      defaults, but tx-checksum-ip-generic off on the vxlan links
 #   scripts/bench.sh --micro [ARGS]    the criterion micro-benchmarks (cargo bench --bench dataplane)
 #   BENCH_KEEP_RAW=1 scripts/bench.sh  also keep the raw outputs (iperf3 JSON, ...) under /tmp
 #
 # Contenders, each on a fresh pair of hosts (network namespaces h1, h2 with veth eth0,
 # 192.0.2.1/2 on a bridge in an underlay namespace, as in scripts/demo.sh):
-#   underlay      h1 -> 192.0.2.2 directly: the ceiling of this machine
+#   underlay      no overlay: host to host h1 -> 192.0.2.2 directly, the ceiling of this machine;
+#                 pod to pod through routes via the peer's underlay address (flannel host-gw)
 #   kernel-vxlan  flannel.1 programmed as flanneld does (the same commands as scripts/demo.sh)
 #   vxdp-xdp      vxdp run --local-store ... --backend xdp
-#   vxdp-kernel   vxdp run --local-store ... --backend kernel (n/a where this build refuses it)
-# Rounds alternate the order (ABCD, DCBA, ...) so drift on the host cancels out. Per contender
-# and round: TCP 1 and 4 streams (iperf3), 64-byte UDP forwarding rate at the receiver
-# (vxdp-bench flood/sink, sendmmsg/recvmmsg; the sink also counts what was offered, so a path
-# that kept up with the generator is marked >=), RTT p50/p99 (vxdp-bench rtt, UDP ping-pong),
-# and CPU seconds per GB during the single-stream TCP test (machine-wide, and without other
-# processes' CPU time). Once per run: the generator over the raw underlay, first, and the CPU
-# an idle vxdp node uses. Progress goes to stderr, a markdown table to stdout, everything
-# measured to target/bench/bench-<timestamp>.json.
+#   vxdp-kernel   vxdp run --local-store ... --backend kernel  } n/a, with vxdp's reason, where
+#   vxdp-udp      vxdp run --local-store ... --backend udp     } this build refuses the backend
+# Scenarios, each contender in each (--scenario):
+#   host  traffic between the hosts' own addresses (h1 -> h2's overlay address)
+#   pod   what operators run: on each host a bridge cni0 and a pod namespace (p1, p2) wired the
+#         way flannel's CNI plugin does it (it delegates to the bridge plugin with host-local
+#         IPAM from subnet.env; kube-flannel.yml adds hairpinMode and isDefaultGateway): cni0
+#         holds the first address of FLANNEL_SUBNET, the pod's veth eth0 the next one, MTU =
+#         FLANNEL_MTU on cni0 and both veth ends, pod routes to FLANNEL_NETWORK and default via
+#         cni0's address, net.ipv4.ip_forward=1 on the host; traffic runs pod to pod.
+# Offloads (--offloads): `on` keeps the kernel's defaults; `off` turns tso gso gro tx rx off on
+# eth0, the underlay veth peers and the vxlan links; `flannel-workaround` keeps the defaults but
+# runs `ethtool -K flannel.1 tx-checksum-ip-generic off` (flannel's troubleshooting guide, for
+# corrupted VXLAN checksums behind NAT; many clusters run it) on the kernel contender's flannel.1
+# and on vxdp's kernel-backend vxlan link.
+# Rounds alternate the order of the (scenario, contender) blocks (ABCD, DCBA, ...) so drift on
+# the host cancels out. Per block: TCP 1 and 4 streams (iperf3), 64-byte UDP forwarding rate at
+# the receiver (vxdp-bench flood/sink, sendmmsg/recvmmsg; the sink also counts what was offered,
+# so a path that kept up with the generator is marked >= and its "64 B bound" column says
+# "generator"), RTT p50/p99 (vxdp-bench rtt, UDP ping-pong), CPU seconds per GB during the
+# single-stream TCP test (machine-wide, and without other processes' CPU time) and vxdp's system
+# calls per 1000 frames. Once per run: the generator over the raw underlay, first, and the CPU an
+# idle vxdp node uses. Progress goes to stderr, one markdown table per scenario to stdout,
+# everything measured to target/bench/bench-<timestamp>.json.
+#
+# The 64-byte generator runs 2 sending threads by default (one socket, so one flow, each),
+# chosen with `--quick --flood-sweep 1,2,3,4` on a 2-CPU host (2026-12-04, other processes at
+# most 0.13 CPUs), host to host, kpps received:
+#   threads  raw underlay (sender cores)  kernel-vxlan  vxdp-kernel  vxdp-xdp (delivered)
+#   1        197 (0.99)                   139           114          149 (36%)
+#   2        358 (1.59)                   233           205          120 (21%)
+#   3        377 (1.62)                   227           234           84 (14%)
+#   4        401 (1.68)                   246           237           82 (12%)
+# One thread is the bound of every kernel path: their encapsulation, forwarding and
+# decapsulation run in the sending thread's softirq, so they can use no more than its one core
+# (pod to pod the same: kernel-vxlan 98 kpps with 1 thread, 160 with 2). With 2, both CPUs are
+# busy and the generator alone is 1.5x faster than the fastest overlay path, so every overlay row
+# is bound by its path. More threads add 5-15% to the kernel paths (one round: near the noise)
+# while taking CPU from vxdp's AF_XDP workers (an open-loop path that drops what it cannot take:
+# 120 -> 84 -> 82 kpps).
+# On a host with more CPUs, rerun the sweep before trusting the default.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 usage() {
-  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
-  cat <<'EOF'
+  # The header comment is the manual.
+  awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+  cat <<EOF
 
 Options:
-  --rounds N           measurement rounds (default 5)
+  --rounds N           measurement rounds (default 5, --quick 1)
   --quick              1 round, short tests
-  --offloads on|off    off: ethtool -K ... tso gso gro tx rx off on eth0, the underlay veth
-                       peers and flannel.1 (default on: the kernel's defaults)
-  --contenders LIST    comma-separated subset, in this order (default all four)
-  --flood-threads N    sending threads of the small-packet generator (default 1)
-  --settle S           before each contender's block, wait up to S seconds for other
-                       processes on the host to go quiet (default 15, --quick 5; at most
-                       180 s, --quick 20 s, in all)
+  --scenario S         host, pod or both (default both): host to host, pod to pod through cni0
+  --offloads MODE      on (default: the kernel's defaults), off (ethtool -K ... tso gso gro tx
+                       rx off on eth0, the underlay veth peers and the vxlan links), or
+                       flannel-workaround (defaults, but tx-checksum-ip-generic off on flannel.1
+                       and on vxdp's kernel-backend vxlan link)
+  --contenders LIST    comma-separated subset, in this order (default all five:
+                       ${ALL_CONTENDERS[*]})
+  --flood-threads N    sending threads of the small-packet generator (default
+                       $FLOOD_THREADS_DEFAULT; see the header)
+  --flood-sweep LIST   only the 64-byte test, once per generator thread count in LIST (e.g.
+                       1,2,3,4), over the raw underlay and in every block: how the default
+                       --flood-threads was chosen (no TCP, RTT or idle tests)
+  --settle S           before each block, wait up to S seconds for other processes on the host
+                       to go quiet (default 15, --quick 5; at most 180 s, --quick 20 s, in all)
   --nice N             run every benchmark process (vxdp, iperf3, vxdp-bench) at niceness N,
                        e.g. -10 on a host shared with other work (softirq work that the
                        kernel defers to ksoftirqd keeps niceness 0); default 0
@@ -47,11 +91,16 @@ Options:
 EOF
 }
 
-ROUNDS=5
+ALL_CONTENDERS=(underlay kernel-vxlan vxdp-xdp vxdp-kernel vxdp-udp)
+# As many threads as the CPUs of the host it was measured on; see the header.
+FLOOD_THREADS_DEFAULT=2
+ROUNDS=
 QUICK=0
+SCENARIO=both
 OFFLOADS=on
-CONTENDERS=(underlay kernel-vxlan vxdp-xdp vxdp-kernel)
-FLOOD_THREADS=1
+CONTENDERS=("${ALL_CONTENDERS[@]}")
+FLOOD_THREADS=$FLOOD_THREADS_DEFAULT
+FLOOD_SWEEP=()
 SETTLE_MAX=
 NICE=0
 while [ $# -gt 0 ]; do
@@ -63,32 +112,47 @@ while [ $# -gt 0 ]; do
       ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
     --quick) QUICK=1; shift ;;
-    --offloads) OFFLOADS=${2:?--offloads needs on or off}; shift 2 ;;
+    --scenario) SCENARIO=${2:?--scenario needs host, pod or both}; shift 2 ;;
+    --offloads) OFFLOADS=${2:?--offloads needs on, off or flannel-workaround}; shift 2 ;;
     --contenders) IFS=, read -r -a CONTENDERS <<< "${2:?--contenders needs a list}"; shift 2 ;;
     --flood-threads) FLOOD_THREADS=${2:?--flood-threads needs a number}; shift 2 ;;
+    --flood-sweep) IFS=, read -r -a FLOOD_SWEEP <<< "${2:?--flood-sweep needs a list}"; shift 2 ;;
     --settle) SETTLE_MAX=${2:?--settle needs seconds}; shift 2 ;;
     --nice) NICE=${2:?--nice needs a niceness}; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-case $OFFLOADS in on | off) ;; *) echo "bench: --offloads takes on or off" >&2; exit 2 ;; esac
+case $OFFLOADS in on | off | flannel-workaround) ;;
+  *) echo "bench: --offloads takes on, off or flannel-workaround" >&2; exit 2 ;;
+esac
+case $SCENARIO in
+  host | pod) SCENARIOS=("$SCENARIO") ;;
+  both) SCENARIOS=(host pod) ;;
+  *) echo "bench: --scenario takes host, pod or both" >&2; exit 2 ;;
+esac
 for c in "${CONTENDERS[@]}"; do
-  case $c in underlay | kernel-vxlan | vxdp-xdp | vxdp-kernel) ;;
-    *) echo "bench: unknown contender $c" >&2; exit 2 ;;
+  case " ${ALL_CONTENDERS[*]} " in *" $c "*) ;;
+    *) echo "bench: unknown contender $c (known: ${ALL_CONTENDERS[*]})" >&2; exit 2 ;;
   esac
 done
-if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then echo "bench: --rounds takes a positive number" >&2; exit 2; fi
+for n in "$FLOOD_THREADS" "${FLOOD_SWEEP[@]}"; do
+  if ! [[ $n =~ ^[1-9][0-9]*$ ]] || [ "$n" -gt 64 ]; then
+    echo "bench: --flood-threads and --flood-sweep take 1..64" >&2
+    exit 2
+  fi
+done
+if [ -n "$ROUNDS" ] && ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then echo "bench: --rounds takes a positive number" >&2; exit 2; fi
 if ! [[ $NICE =~ ^-?[0-9]+$ ]]; then echo "bench: --nice takes a number" >&2; exit 2; fi
 # `nice` execs its command: $! stays the benchmark process's own PID.
 NICE_CMD=()
 [ "$NICE" != 0 ] && NICE_CMD=(nice -n "$NICE")
 
 if [ "$QUICK" = 1 ]; then
-  ROUNDS=1 TCP_S=2 PPS_WARMUP=0.5 PPS_S=2 RTT_COUNT=500 IDLE_S=5 SETTLE_MAX=${SETTLE_MAX:-5}
+  ROUNDS=${ROUNDS:-1} TCP_S=2 PPS_WARMUP=0.5 PPS_S=2 RTT_COUNT=500 IDLE_S=5 SETTLE_MAX=${SETTLE_MAX:-5}
   SETTLE_BUDGET=20
 else
-  TCP_S=5 PPS_WARMUP=1 PPS_S=5 RTT_COUNT=2000 IDLE_S=20 SETTLE_MAX=${SETTLE_MAX:-15}
+  ROUNDS=${ROUNDS:-5} TCP_S=5 PPS_WARMUP=1 PPS_S=5 RTT_COUNT=2000 IDLE_S=20 SETTLE_MAX=${SETTLE_MAX:-15}
   SETTLE_BUDGET=180
 fi
 RTT_INTERVAL_US=1000
@@ -208,14 +272,36 @@ main() {
 
   # ---- topology ------------------------------------------------------------------------------
   TOPO_N=0
-  T=          # namespace prefix of the current topology: $T-ul, $T-h1, $T-h2
-  DST=        # the address h1 sends to: h2's underlay or overlay address
+  T=          # namespace prefix of the current topology: $T-ul, $T-h1, $T-h2 (+ $T-p1, $T-p2)
+  SRC_NS=     # where the traffic starts: $T-h1, or pod to pod $T-p1
+  DST_NS=     # where it ends: $T-h2 or $T-p2
+  DST=        # the address SRC_NS sends to: h2's underlay or overlay address, or p2's address
   VX_PIDS=()  # vxdp daemons of the current topology
   FAIL_REASON=
+  # Per host, what flanneld (or vxdp) wrote into subnet.env: FLANNEL_SUBNET (the lease's first
+  # address with its prefix length) and FLANNEL_MTU; the pod scenario's CNI setup reads them.
+  declare -A HOST_SUBNET=() HOST_MTU=()
+  FLANNEL_NETWORK=10.244.0.0/16
 
   offloads_off() { # namespace, device
     ip netns exec "$1" ethtool -K "$2" tso off gso off gro off tx off rx off > /dev/null 2>&1 ||
       log "  warning: ethtool -K $2 (in $1) failed"
+  }
+
+  # What --offloads asks of a vxlan link ($1 namespace, $2 device): `off` as for every device;
+  # `flannel-workaround` the one command flannel's troubleshooting guide gives for corrupted
+  # VXLAN checksums (Documentation/troubleshooting.md, "NAT"): the kernel then checksums every
+  # inner packet in software and, without checksum offload, cannot keep TSO/GSO on the link.
+  # The link's features afterwards go to $OUT, to show what the contender ran with.
+  vxlan_offloads() {
+    case $OFFLOADS in
+      off) offloads_off "$1" "$2" ;;
+      flannel-workaround)
+        ip netns exec "$1" ethtool -K "$2" tx-checksum-ip-generic off > /dev/null 2>&1 ||
+          log "  warning: ethtool -K $2 tx-checksum-ip-generic off (in $1) failed"
+        ;;
+    esac
+    ip netns exec "$1" ethtool -k "$2" > "$OUT/ethtool-${1##*-}-$2.txt" 2>&1 || true
   }
 
   topo_up() {
@@ -247,7 +333,20 @@ main() {
     local pid h
     for pid in "${VX_PIDS[@]}"; do stop_pid "$pid"; done
     VX_PIDS=()
-    for h in ul h1 h2; do ip netns del "$T-$h" 2>/dev/null || true; done
+    for h in p1 p2 ul h1 h2; do ip netns del "$T-$h" 2>/dev/null || true; done
+  }
+
+  # The pod scenario's no-overlay ceiling: flannel's host-gw backend, a route to the peer's pod
+  # subnet via the peer's underlay address, MTU of the underlay.
+  underlay_up() {
+    local h o
+    DST=192.0.2.2
+    for h in 1 2; do
+      HOST_SUBNET[$h]=10.244.$h.1/24
+      HOST_MTU[$h]=1500
+      o=$((3 - h))
+      ip -n "$T-h$h" route replace "10.244.$o.0/24" via "192.0.2.$o" dev eth0
+    done
   }
 
   # flannel.1 exactly as scripts/demo.sh programs it (flanneld's vxlan backend).
@@ -257,7 +356,11 @@ main() {
       ip -n "$T-h$h" link add flannel.1 type vxlan id 1 local "192.0.2.$h" dev eth0 dstport 8472 nolearning
       ip -n "$T-h$h" link set flannel.1 address "02:00:00:00:00:0$h" mtu 1450 up
       ip -n "$T-h$h" addr add "10.244.$h.0/32" dev flannel.1
-      [ "$OFFLOADS" = off ] && offloads_off "$T-h$h" flannel.1
+      vxlan_offloads "$T-h$h" flannel.1
+      # flanneld would write this subnet.env (its lease 10.244.$h.0/24, VXLAN's 50 bytes off
+      # the underlay's 1500).
+      HOST_SUBNET[$h]=10.244.$h.1/24
+      HOST_MTU[$h]=1450
     done
     for h in 1 2; do
       o=$((3 - h))
@@ -268,8 +371,22 @@ main() {
     DST=10.244.2.0
   }
 
-  # vxdp on both hosts with a shared local store; $1 = xdp|kernel. Returns 1 with FAIL_REASON set
-  # when a daemon exits or does not come up.
+  # Why a vxdp that exited did so, from its log $1: clap's `error:` line (an unknown --backend
+  # value, with the values this build takes), else the last line (anyhow's error chain ends there).
+  failure_reason() {
+    local why
+    why=$(grep -m1 '^error:' "$1" || true)
+    if [ -n "$why" ]; then
+      why="$why $(grep -m1 -o '\[possible values:[^]]*\]' "$1" || true)"
+    else
+      why=$(grep -v '^\s*$' "$1" | tail -1)
+    fi
+    echo "${why% }"
+  }
+
+  # vxdp on both hosts with a shared local store; $1 = a --backend value (xdp, kernel, udp): the
+  # same command line for every backend. Returns 1 with FAIL_REASON set when a daemon exits or
+  # does not come up.
   vxdp_up() {
     local backend=$1 h i store=$WORK/store-$TOPO_N
     mkdir -p "$store"
@@ -287,7 +404,7 @@ main() {
     for i in $(seq 1 100); do
       for h in 1 2; do
         if ! kill -0 "${VX_PIDS[$((h - 1))]}" 2>/dev/null; then
-          FAIL_REASON=$(grep -v '^\s*$' "$WORK/$T-h$h.log" | tail -1)
+          FAIL_REASON=$(failure_reason "$WORK/$T-h$h.log")
           return 1
         fi
       done
@@ -299,34 +416,70 @@ main() {
       return 1
     fi
     local subnet dev
-    subnet=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$T-h2.env" | cut -d/ -f1)
+    for h in 1 2; do
+      HOST_SUBNET[$h]=$(sed -n 's/^FLANNEL_SUBNET=//p' "$WORK/$T-h$h.env")
+      HOST_MTU[$h]=$(sed -n 's/^FLANNEL_MTU=//p' "$WORK/$T-h$h.env")
+    done
+    subnet=${HOST_SUBNET[2]%/*}
     DST="${subnet%.*}.0"
-    # The kernel backend's vxlan link gets the untuned-host treatment flannel.1 gets.
-    if [ "$OFFLOADS" = off ] && [ "$backend" = kernel ]; then
-      for h in 1 2; do
-        for dev in $(ip -n "$T-h$h" -o link show type vxlan | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
-          offloads_off "$T-h$h" "$dev"
-        done
+    # A vxlan link of vxdp's (the kernel backend's; the AF_XDP and UDP backends have none) gets
+    # what --offloads gives flannel.1.
+    for h in 1 2; do
+      for dev in $(ip -n "$T-h$h" -o link show type vxlan | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
+        vxlan_offloads "$T-h$h" "$dev"
       done
-    fi
+    done
   }
 
-  # Sets up contender $1 on a fresh topology; returns 1 with FAIL_REASON on failure.
+  # A pod on each host, wired as flannel's CNI plugin has the bridge plugin do it from
+  # subnet.env (bridge, host-local IPAM, kube-flannel.yml's hairpinMode and isDefaultGateway):
+  # cni0 with the subnet's first address, a veth into the pod with the next one, MTU
+  # FLANNEL_MTU on cni0 and both veth ends, pod routes to the flannel network and default via
+  # cni0, forwarding on in the host. Pod to pod then crosses cni0, the host's routing and the
+  # overlay on both sides. Sets SRC_NS, DST_NS and DST.
+  pods_up() {
+    local h gw pod plen mtu
+    for h in 1 2; do
+      read -r gw pod plen < <(python3 "$REPORT" pod-addrs "${HOST_SUBNET[$h]}")
+      mtu=${HOST_MTU[$h]}
+      ip netns exec "$T-h$h" sysctl -qw net.ipv4.ip_forward=1
+      ip -n "$T-h$h" link add cni0 mtu "$mtu" type bridge
+      ip -n "$T-h$h" addr add "$gw/$plen" dev cni0
+      ip -n "$T-h$h" link set cni0 up
+      ip netns add "$T-p$h"
+      ip -n "$T-p$h" link set lo up
+      ip link add eth0 mtu "$mtu" netns "$T-p$h" type veth peer name "veth$h" mtu "$mtu" netns "$T-h$h"
+      ip -n "$T-h$h" link set "veth$h" master cni0 up
+      ip -n "$T-h$h" link set "veth$h" type bridge_slave hairpin on
+      ip -n "$T-p$h" addr add "$pod/$plen" dev eth0
+      ip -n "$T-p$h" link set eth0 up
+      ip -n "$T-p$h" route add "$FLANNEL_NETWORK" via "$gw" dev eth0
+      ip -n "$T-p$h" route add default via "$gw" dev eth0
+      [ "$h" = 2 ] && DST=$pod
+    done
+    SRC_NS=$T-p1
+    DST_NS=$T-p2
+  }
+
+  # Sets up contender $2 in scenario $1 (host|pod) on a fresh topology; returns 1 with
+  # FAIL_REASON on failure.
   contender_up() {
     FAIL_REASON=
     topo_up
-    case $1 in
-      underlay) DST=192.0.2.2 ;;
+    SRC_NS=$T-h1
+    DST_NS=$T-h2
+    case $2 in
+      underlay) underlay_up ;;
       kernel-vxlan) kernel_vxlan_up ;;
-      vxdp-xdp) vxdp_up xdp || return 1 ;;
-      vxdp-kernel) vxdp_up kernel || return 1 ;;
+      vxdp-*) vxdp_up "${2#vxdp-}" || return 1 ;;
     esac
+    [ "$1" = pod ] && pods_up
     local i
     for i in $(seq 1 50); do
-      ip netns exec "$T-h1" ping -c 1 -W 1 -q "$DST" > /dev/null 2>&1 && return 0
+      ip netns exec "$SRC_NS" ping -c 1 -W 1 -q "$DST" > /dev/null 2>&1 && return 0
       sleep 0.2
     done
-    FAIL_REASON="h1 cannot ping $DST"
+    FAIL_REASON="${SRC_NS#"$T-"} cannot ping $DST"
     return 1
   }
 
@@ -367,22 +520,22 @@ main() {
   tcp_test() { # name, parallel streams
     local name=$1 streams=$2 server
     next_port
-    ip netns exec "$T-h2" "${NICE_CMD[@]}" iperf3 -s -1 -B "$DST" -p "$PORT" > "$OUT/$name-server.log" 2>&1 &
+    ip netns exec "$DST_NS" "${NICE_CMD[@]}" iperf3 -s -1 -B "$DST" -p "$PORT" > "$OUT/$name-server.log" 2>&1 &
     server=$!
     PIDS+=("$server")
-    wait_port "$T-h2" tcp "$PORT" || true
+    wait_port "$DST_NS" tcp "$PORT" || true
     [ "$name" = tcp1 ] && syscalls_start
     cpustat > "$OUT/$name-cpu0.json"
-    run_fg ip netns exec "$T-h1" "${NICE_CMD[@]}" timeout $((TCP_S + 30)) iperf3 -c "$DST" -p "$PORT" -t "$TCP_S" \
+    run_fg ip netns exec "$SRC_NS" "${NICE_CMD[@]}" timeout $((TCP_S + 30)) iperf3 -c "$DST" -p "$PORT" -t "$TCP_S" \
       -P "$streams" -J > "$OUT/$name.json" 2> "$OUT/$name.err" || true
     cpustat > "$OUT/$name-cpu1.json"
     [ "$name" = tcp1 ] && syscalls_stop
     reap_pid "$server" 5
   }
 
-  snap_links() { # device and qdisc counters of both hosts, to find where datagrams were dropped
+  snap_links() { # device and qdisc counters of the hosts (and pods), to find where datagrams were dropped
     local h
-    for h in h1 h2; do
+    for h in h1 h2 $([ "$SRC_NS" = "$T-p1" ] && echo p1 p2); do
       ip -n "$T-$h" -j -s link show > "$OUT/links-$h-$1.json" 2>/dev/null || true
       ip netns exec "$T-$h" tc -j -s qdisc show > "$OUT/qdisc-$h-$1.json" 2>/dev/null || true
     done
@@ -391,14 +544,14 @@ main() {
   pps_test() {
     local sink
     next_port
-    ip netns exec "$T-h2" "${NICE_CMD[@]}" "$TOOL" sink --bind "$DST:$PORT" --seconds "$PPS_S" --warmup "$PPS_WARMUP" \
+    ip netns exec "$DST_NS" "${NICE_CMD[@]}" "$TOOL" sink --bind "$DST:$PORT" --seconds "$PPS_S" --warmup "$PPS_WARMUP" \
       > "$OUT/sink.json" 2> "$OUT/sink.err" &
     sink=$!
     PIDS+=("$sink")
-    wait_port "$T-h2" udp "$PORT" || true
+    wait_port "$DST_NS" udp "$PORT" || true
     snap_links 0
     cpustat > "$OUT/pps-cpu0.json"
-    run_fg ip netns exec "$T-h1" "${NICE_CMD[@]}" "$TOOL" flood --dst "$DST:$PORT" --size "$PPS_SIZE" \
+    run_fg ip netns exec "$SRC_NS" "${NICE_CMD[@]}" "$TOOL" flood --dst "$DST:$PORT" --size "$PPS_SIZE" \
       --threads "$FLOOD_THREADS" --seconds "$(awk -v w="$PPS_WARMUP" -v s="$PPS_S" 'BEGIN { print w + s + 1 }')" \
       > "$OUT/flood.json" 2> "$OUT/flood.err" || true
     cpustat > "$OUT/pps-cpu1.json"
@@ -409,12 +562,12 @@ main() {
   rtt_test() {
     local server
     next_port
-    ip netns exec "$T-h2" "${NICE_CMD[@]}" "$TOOL" rtt server --bind "$DST:$PORT" > /dev/null 2> "$OUT/rtt-server.err" &
+    ip netns exec "$DST_NS" "${NICE_CMD[@]}" "$TOOL" rtt server --bind "$DST:$PORT" > /dev/null 2> "$OUT/rtt-server.err" &
     server=$!
     PIDS+=("$server")
-    wait_port "$T-h2" udp "$PORT" || true
+    wait_port "$DST_NS" udp "$PORT" || true
     cpustat > "$OUT/rtt-cpu0.json"
-    run_fg ip netns exec "$T-h1" "${NICE_CMD[@]}" "$TOOL" rtt client --dst "$DST:$PORT" --count "$RTT_COUNT" \
+    run_fg ip netns exec "$SRC_NS" "${NICE_CMD[@]}" "$TOOL" rtt client --dst "$DST:$PORT" --count "$RTT_COUNT" \
       --interval-us "$RTT_INTERVAL_US" > "$OUT/rtt.json" 2> "$OUT/rtt.err" || true
     cpustat > "$OUT/rtt-cpu1.json"
     stop_pid "$server"
@@ -430,40 +583,77 @@ main() {
 
   fig() { python3 "$REPORT" figure "$@"; }
 
+  # The --backend values this vxdp build takes, from `vxdp run -h` ("[possible values: ...]"),
+  # comma-separated: recorded with the results, so a table with n/a rows says what the build had.
+  vxdp_backends() {
+    "$VXDP" run -h 2>/dev/null | grep -- '--backend' | grep -o 'possible values: [^]]*' |
+      sed 's/possible values: //; s/ //g' || true
+  }
+
   # ---- preflight -----------------------------------------------------------------------------
   ENV_FILE=$WORK/env.json
   python3 "$REPORT" env --offloads "$OFFLOADS" --rounds "$ROUNDS" --quick "$QUICK" \
+    --scenarios "$(IFS=,; echo "${SCENARIOS[*]}")" --vxdp-backends "$(vxdp_backends)" \
     --tcp-s "$TCP_S" --pps-s "$PPS_S" --pps-warmup "$PPS_WARMUP" --pps-size "$PPS_SIZE" \
-    --flood-threads "$FLOOD_THREADS" --nice "$NICE" --rtt-count "$RTT_COUNT" --rtt-interval-us "$RTT_INTERVAL_US" \
+    --flood-threads "$FLOOD_THREADS" --flood-sweep "$(IFS=,; echo "${FLOOD_SWEEP[*]}")" --nice "$NICE" --rtt-count "$RTT_COUNT" --rtt-interval-us "$RTT_INTERVAL_US" \
     --idle-s "$IDLE_S" --contenders "$(IFS=,; echo "${CONTENDERS[*]}")" > "$ENV_FILE"
-  log "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), offloads $OFFLOADS, $ROUNDS round(s)"
+  log "host: $(uname -r), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), offloads $OFFLOADS, $ROUNDS round(s), scenarios ${SCENARIOS[*]}"
+
+  # The small-packet test of the current block: once, or once per thread count of --flood-sweep
+  # (ascending in odd rounds, descending in even ones), each under $1/threads-N.
+  pps_tests() {
+    local base=$1 tag=$2 n list=("${FLOOD_SWEEP[@]}")
+    if [ ${#list[@]} = 0 ]; then
+      OUT=$base
+      pps_test
+      log "$tag: 64 B UDP      $(fig "$3" "$OUT" "$RAW/generator")"
+      return
+    fi
+    if [ $((${round:-1} % 2)) = 0 ]; then
+      list=()
+      for ((n = ${#FLOOD_SWEEP[@]} - 1; n >= 0; n--)); do list+=("${FLOOD_SWEEP[$n]}"); done
+    fi
+    for n in "${list[@]}"; do
+      OUT=$base/threads-$n
+      mkdir -p "$OUT"
+      FLOOD_THREADS=$n pps_test
+      log "$tag: 64 B UDP, $n flood thread(s): $(fig "$3" "$OUT" "$RAW/generator/threads-$n")"
+    done
+    OUT=$base
+  }
 
   # 1. The generator over the raw underlay: its rate bounds what the small-packet test can show.
-  log "generator: vxdp-bench flood ($FLOOD_THREADS thread(s), sendmmsg, ${PPS_SIZE}-byte payloads) over the raw underlay"
+  log "generator: vxdp-bench flood (${FLOOD_SWEEP[*]:-$FLOOD_THREADS} thread(s), sendmmsg, ${PPS_SIZE}-byte payloads) over the raw underlay"
   OUT=$RAW/generator
   mkdir -p "$OUT"
-  contender_up underlay
+  contender_up host underlay
   ip netns exec "$T-ul" ethtool -k h1 > "$OUT/ethtool-ul-h1.txt" 2>&1 || true
   ip netns exec "$T-h1" ethtool -k eth0 > "$OUT/ethtool-h1-eth0.txt" 2>&1 || true
   settle > "$OUT/settle.txt"
-  pps_test
-  log "generator: $(fig generator "$OUT")"
+  pps_tests "$OUT" generator generator
+  topo_down
 
-  # 2. Is the kernel backend in this build? `vxdp run --backend kernel` refuses when it is not.
+  # 2. Is the backend in this build? `vxdp run --backend kernel|udp` refuses a backend this
+  # build does not have (or that cannot run here): the contender stays in the tables as n/a,
+  # with vxdp's reason. The xdp backend is vxdp's own: a failure there is a FAILED block.
   declare -A SKIP=()
+  mkdir -p "$RAW/unavailable"
   for c in "${CONTENDERS[@]}"; do
-    [ "$c" = vxdp-kernel ] || continue
+    case $c in vxdp-kernel | vxdp-udp) ;; *) continue ;; esac
+    OUT=$RAW/unavailable
+    topo_up
     FAIL_REASON=
-    vxdp_up kernel || true
+    vxdp_up "${c#vxdp-}" || true
+    topo_down
     if [ -n "$FAIL_REASON" ]; then
-      SKIP[vxdp-kernel]=$FAIL_REASON
-      log "vxdp-kernel: not available in this build: vxdp run --backend kernel refused ($FAIL_REASON); kept in the table as n/a"
-      printf '%s\n' "$FAIL_REASON" > "$RAW/vxdp-kernel-unavailable.txt"
+      SKIP[$c]=$FAIL_REASON
+      log "$c: not available in this build: vxdp run --backend ${c#vxdp-} refused ($FAIL_REASON); kept in the tables as n/a"
+      printf '%s\n' "$FAIL_REASON" > "$RAW/unavailable/$c.txt"
     else
-      log "vxdp-kernel: vxdp run --backend kernel starts; measuring it"
+      log "$c: vxdp run --backend ${c#vxdp-} starts; measuring it"
     fi
   done
-  topo_down
+  rm -f "$RAW"/unavailable/ethtool-*
 
   # 3. An idle vxdp node: CPU over IDLE_S seconds with no traffic (a dataplane that spins is not
   # a drop-in).
@@ -472,9 +662,10 @@ main() {
   for c in "${CONTENDERS[@]}"; do
     case $c in vxdp-*) ;; *) continue ;; esac
     [ -n "${SKIP[$c]:-}" ] && continue
+    [ ${#FLOOD_SWEEP[@]} -gt 0 ] && continue
     OUT=$RAW/idle/$c
     mkdir -p "$OUT"
-    if ! contender_up "$c"; then
+    if ! contender_up host "$c"; then
       log "idle $c: FAILED to start: $FAIL_REASON"
       printf '%s\n' "$FAIL_REASON" > "$OUT/failed.txt"
       topo_down
@@ -499,26 +690,32 @@ main() {
   done
 
   # ---- rounds --------------------------------------------------------------------------------
-  ACTIVE=()
-  for c in "${CONTENDERS[@]}"; do [ -z "${SKIP[$c]:-}" ] && ACTIVE+=("$c"); done
-  BLOCKS_TOTAL=$((ROUNDS * ${#ACTIVE[@]}))
+  # A block is one contender in one scenario; each round runs every block, on even rounds in
+  # reverse order, so slow drift on the host lands on both sides of every comparison.
+  BLOCKS=()
+  for scenario in "${SCENARIOS[@]}"; do
+    for c in "${CONTENDERS[@]}"; do [ -z "${SKIP[$c]:-}" ] && BLOCKS+=("$scenario/$c"); done
+  done
+  BLOCKS_TOTAL=$((ROUNDS * ${#BLOCKS[@]}))
   BLOCKS_DONE=0
   ROUNDS_START=$(date +%s)
   FAILED=0
   for round in $(seq 1 "$ROUNDS"); do
-    order=("${ACTIVE[@]}")
+    order=("${BLOCKS[@]}")
     if [ $((round % 2)) = 0 ]; then
       order=()
-      for ((i = ${#ACTIVE[@]} - 1; i >= 0; i--)); do order+=("${ACTIVE[$i]}"); done
+      for ((i = ${#BLOCKS[@]} - 1; i >= 0; i--)); do order+=("${BLOCKS[$i]}"); done
     fi
     log "round $round/$ROUNDS: ${order[*]}"
     mkdir -p "$RAW/rounds/$round"
     echo "${order[*]}" > "$RAW/rounds/$round/order.txt"
-    for c in "${order[@]}"; do
-      OUT=$RAW/rounds/$round/$c
+    for block in "${order[@]}"; do
+      scenario=${block%%/*}
+      c=${block#*/}
+      OUT=$RAW/rounds/$round/$scenario/$c
       mkdir -p "$OUT"
-      tag="round $round/$ROUNDS $c"
-      if ! contender_up "$c"; then
+      tag="round $round/$ROUNDS $scenario $c"
+      if ! contender_up "$scenario" "$c"; then
         log "$tag: FAILED to set up: $FAIL_REASON"
         printf '%s\n' "$FAIL_REASON" > "$OUT/failed.txt"
         FAILED=1
@@ -526,15 +723,18 @@ main() {
         continue
       fi
       settle > "$OUT/settle.txt"
-      tcp_test tcp1 1
-      log "$tag: TCP 1 stream  $(fig tcp "$OUT" tcp1)"
-      tcp_test tcp4 4
-      log "$tag: TCP 4 streams $(fig tcp "$OUT" tcp4)"
-      pps_test
-      log "$tag: 64 B UDP      $(fig pps "$OUT")"
-      rtt_test
-      log "$tag: RTT           $(fig rtt "$OUT")"
-      case $c in vxdp-*) vxdp_status ;; esac
+      if [ ${#FLOOD_SWEEP[@]} -gt 0 ]; then
+        pps_tests "$OUT" "$tag" pps
+      else
+        tcp_test tcp1 1
+        log "$tag: TCP 1 stream  $(fig tcp "$OUT" tcp1)"
+        tcp_test tcp4 4
+        log "$tag: TCP 4 streams $(fig tcp "$OUT" tcp4)"
+        pps_tests "$OUT" "$tag" pps
+        rtt_test
+        log "$tag: RTT           $(fig rtt "$OUT")"
+        case $c in vxdp-*) vxdp_status ;; esac
+      fi
       topo_down
       BLOCKS_DONE=$((BLOCKS_DONE + 1))
       per=$((($(date +%s) - ROUNDS_START) / BLOCKS_DONE))
