@@ -161,13 +161,13 @@ def syscall_result(d):
             calls = int(fields[0])
     if calls is None:
         return {"error": (read_text(os.path.join(d, "tcp1-syscalls.err")) or text).strip()[:300]}
-    keys = ("nic_rx_frames", "nic_tx_frames", "tap_rx_frames", "tap_tx_frames")
+    keys = ("underlay_rx_frames", "underlay_tx_frames", "tap_rx_frames", "tap_tx_frames")
     t0, t1 = s0.get("totals") or {}, s1.get("totals") or {}
     moved = {k: t1.get(k, 0) - t0.get(k, 0) for k in keys}
-    nic = moved["nic_rx_frames"] + moved["nic_tx_frames"]
+    underlay = moved["underlay_rx_frames"] + moved["underlay_tx_frames"]
     r = {"syscalls": calls, "frames": moved}
-    if nic > 0:
-        r["per_1000_nic_frames"] = 1000.0 * calls / nic
+    if underlay > 0:
+        r["per_1000_underlay_frames"] = 1000.0 * calls / underlay
     return r
 
 
@@ -276,7 +276,7 @@ def figures(r):
         "rtt_p99_us": r["rtt"].get("p99_us"),
         "cpu_s_per_gb": r["tcp1"].get("cpu_s_per_gb"),
         "cpu_s_per_gb_ours": r["tcp1"].get("cpu_s_per_gb_ours"),
-        "syscalls_per_1k_frames": (r.get("syscalls") or {}).get("per_1000_nic_frames"),
+        "syscalls_per_1k_frames": (r.get("syscalls") or {}).get("per_1000_underlay_frames"),
     }
     return {k: v for k, v in f.items() if v is not None}
 
