@@ -6,8 +6,12 @@ set -euo pipefail
 packages=(
   # build: libbpf-cargo compiles bpf/*.bpf.c with clang; libbpf-sys links libelf and zlib
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make
-  # etcd-client (etcd v3 API) generates its protobuf code with protoc
-  protobuf-compiler
+  # etcd-client (etcd v3 API) generates its protobuf code with protoc; its .proto files import
+  # google/protobuf/descriptor.proto, which comes with libprotobuf-dev (only a Recommends of
+  # protobuf-compiler, so --no-install-recommends leaves it out)
+  protobuf-compiler libprotobuf-dev
+  # cargo fetches crates from crates.io over HTTPS and needs the system's CA certificates
+  ca-certificates
   # tests: namespaces, veth, kernel vxlan peers, a real etcd
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
   nftables iptables tcpdump openssl
