@@ -1,0 +1,99 @@
+//! flanneld's flags on a running vxdp: refused flags refused also from `FLANNELD_*` variables.
+//!
+//! The refusal test needs no privileges.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::VXDP;
+
+/// Runs `vxdp args` with `env` added, for at most 20 s; returns (exit code, stderr). A vxdp
+/// that ignored a refused flag would go on to wait for etcd on 127.0.0.1 forever.
+fn vxdp_exit(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut cmd = Command::new(VXDP);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    // Only the variables under test: the environment running the tests may have its own.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLANNELD_") || k.starts_with("VXDP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("VXDP_CONTROL_SOCKET", dir.path().join("control.sock"));
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn vxdp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let status = status.unwrap_or_else(|| {
+        panic!("vxdp {args:?} with {env:?} did not exit (it was not refused):\n{stderr}")
+    });
+    (status.code(), stderr)
+}
+
+#[test]
+fn refused_flags_are_refused_from_their_flanneld_variables_too() {
+    let (code, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "true")], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("unsupported flanneld flag: the Kubernetes subnet manager"),
+        "{err}"
+    );
+    assert!(
+        err.contains("set in the environment by FLANNELD_KUBE_SUBNET_MGR"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("connecting to etcd"),
+        "refused before any etcd: {err}"
+    );
+
+    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "2001:db8::1")], &["run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("IPv4 underlay") && err.contains("FLANNELD_PUBLIC_IPV6"),
+        "{err}"
+    );
+    let (code, err) = vxdp_exit(
+        &[("FLANNELD_KUBE_API_URL", "https://198.51.100.1:6443")],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("FLANNELD_KUBE_API_URL"), "{err}");
+
+    // Turned off, or empty (unset for flanneld): nothing is asked that vxdp lacks, and it goes
+    // on (here to a local store that does not exist).
+    let store = "/nonexistent/vxdp-store";
+    for (name, value) in [
+        ("FLANNELD_KUBE_SUBNET_MGR", "false"),
+        ("FLANNELD_PUBLIC_IPV6", ""),
+    ] {
+        let (code, err) = vxdp_exit(&[(name, value)], &["--local-store", store]);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(!err.contains("unsupported"), "{name}={value}: {err}");
+        assert!(err.contains(store), "{name}={value}: {err}");
+    }
+    // A value flanneld could not parse either.
+    let (code, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "yes please")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a boolean"), "{err}");
+    // Only the daemon refuses: `vxdp status` is not flanneld.
+    let (_, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "true")], &["status"]);
+    assert!(!err.contains("unsupported"), "{err}");
+}
