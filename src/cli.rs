@@ -218,6 +218,16 @@ pub struct RunArgs {
     )]
     pub iface_regex: Vec<String>,
 
+    /// Use the interface (and source address) the kernel would send to ADDR on, as `ip route
+    /// get ADDR` shows; tried after --iface and --iface-regex.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "FLANNELD_IFACE_CAN_REACH",
+        help_heading = "Host network (as flanneld)"
+    )]
+    pub iface_can_reach: Option<IpAddr>,
+
     /// Install flanneld's IP masquerade rules for traffic leaving the overlay.
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub ip_masq: bool,
@@ -391,8 +401,6 @@ pub struct UnsupportedFlanneldFlags {
     #[arg(long, hide = true)]
     kube_annotation_prefix: Option<String>,
     #[arg(long, hide = true)]
-    iface_can_reach: Option<String>,
-    #[arg(long, hide = true)]
     public_ipv6: Option<String>,
     #[arg(long, hide = true)]
     charon_executable_path: Option<String>,
@@ -416,9 +424,6 @@ impl UnsupportedFlanneldFlags {
             "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not \
              implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory \
              (--local-store)"
-        } else if given(&self.iface_can_reach) {
-            "--iface-can-reach is not implemented: name the interface with --iface or \
-             --iface-regex"
         } else if given(&self.public_ipv6) {
             "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
         } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
@@ -662,8 +667,6 @@ mod tests {
         );
         let err = refusal(&["vxdp", "run", "-kube-subnet-mgr=true"]).unwrap();
         assert!(err.contains("--kube-subnet-mgr"), "{err}");
-        let err = refusal(&["vxdp", "--iface-can-reach", "192.0.2.9"]).unwrap();
-        assert!(err.contains("--iface-regex") && !err.contains("  "), "{err}");
         let err = refusal(&["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
         assert!(err.contains("IPv4 underlay"), "{err}");
         let err = refusal(&["vxdp", "--charon-viciuri=unix:///x"]).unwrap();
@@ -705,6 +708,7 @@ mod tests {
                 );
             }
         }
+        assert!(refused_ids(&cmd).iter().all(|id| id != "iface_can_reach"));
     }
 
     #[test]
@@ -727,6 +731,19 @@ mod tests {
             }
         }
         assert!(seen >= 20, "only {seen} flanneld flags checked");
+    }
+
+    #[test]
+    fn iface_can_reach_takes_an_address() {
+        let cli = parse_args(&["flanneld", "-iface-can-reach=192.0.2.9"]).unwrap();
+        assert_eq!(cli.run.iface_can_reach, Some("192.0.2.9".parse().unwrap()));
+        let cli = parse_args(&["vxdp", "run"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run subcommand")
+        };
+        assert_eq!(run.iface_can_reach, None);
+        let e = parse_args(&["vxdp", "--iface-can-reach", "eth0"]).unwrap_err();
+        assert!(e.to_string().contains("eth0"), "{e}");
     }
 
     #[test]

@@ -321,8 +321,14 @@ async fn run_with_store<S: LeaseStore>(
     if !config.ignored_fields.is_empty() {
         tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
     }
-    let external =
-        find_external_interface(&nl, &args.iface, &args.iface_regex, args.public_ip).await?;
+    let external = find_external_interface(
+        &nl,
+        &args.iface,
+        &args.iface_regex,
+        args.iface_can_reach,
+        args.public_ip,
+    )
+    .await?;
     tracing::info!(
         iface = %external.link.name,
         public_ip = %external.public_ip,

@@ -1,13 +1,17 @@
-//! flanneld's flags on a running vxdp: refused flags refused also from `FLANNELD_*` variables.
+//! flanneld's flags on a running vxdp: refused flags refused also from `FLANNELD_*` variables,
+//! and `--iface-can-reach` choosing between two underlay links.
 //!
-//! The refusal test needs no privileges.
+//! The refusal test needs no privileges; the others run vxdp in namespaces and need root
+//! (without it they fail, never skip).
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::VXDP;
+use common::{s, Cluster, VXDP};
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 /// Runs `vxdp args` with `env` added, for at most 20 s; returns (exit code, stderr). A vxdp
 /// that ignored a refused flag would go on to wait for etcd on 127.0.0.1 forever.
@@ -96,4 +100,50 @@ fn refused_flags_are_refused_from_their_flanneld_variables_too() {
     // Only the daemon refuses: `vxdp status` is not flanneld.
     let (_, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "true")], &["status"]);
     assert!(!err.contains("unsupported"), "{err}");
+}
+
+/// Gives host 1 a second underlay link, `eth1` 198.51.100.1/24 towards a router namespace
+/// (198.51.100.2) that carries its default route: the interface vxdp takes when told nothing.
+fn second_link_with_default_route(c: &Cluster) -> testkit::Netns {
+    let router = testkit::Netns::new(&c.prefix, "rtr");
+    let h = &c.hosts[0].ns;
+    testkit::veth(h, "eth1", &router, "eth0");
+    h.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "eth1"]);
+    h.run(&["ip", "route", "add", "default", "via", "198.51.100.2"]);
+    router.run(&["ip", "addr", "add", "198.51.100.2/24", "dev", "eth0"]);
+    router
+}
+
+#[test]
+fn iface_can_reach_picks_the_underlay_link_towards_the_peers() {
+    let mut c = Cluster::new(2);
+    let store = c.local_store(CONFIG);
+    let _router = second_link_with_default_route(&c);
+    // Without a flag, the default route's link (eth1) is taken: the peers are not behind it.
+    let route = c.hosts[0].ns.run(&["ip", "route", "show", "default"]);
+    assert!(route.contains("dev eth1"), "{route}");
+
+    c.host(1)
+        .start(&["--local-store", s(&store), "--iface-can-reach", "192.0.2.2"]);
+    c.host(2).start(&["--local-store", s(&store)]);
+    c.host(1).wait_ready();
+    c.host(2).wait_ready();
+    let st = c.hosts[0].status();
+    assert_eq!(st["iface"]["name"], "eth0", "{st:#}");
+    assert_eq!(st["iface"]["public_ip"], "192.0.2.1", "{st:#}");
+    assert!(
+        c.hosts[0]
+            .log_text()
+            .contains("--iface-can-reach 192.0.2.2"),
+        "{}",
+        c.hosts[0].log_text()
+    );
+    // The lease announces that address, and the overlay works both ways.
+    c.host(1).wait_peers(1);
+    c.host(2).wait_peers(1);
+    let peers = c.hosts[1].status();
+    assert_eq!(peers["peers"][0]["public_ip"], "192.0.2.1", "{peers:#}");
+    let (ip1, ip2) = (c.hosts[0].overlay_ip(), c.hosts[1].overlay_ip());
+    assert!(c.hosts[0].ping(ip2, 3));
+    assert!(c.hosts[1].ping(ip1, 3));
 }

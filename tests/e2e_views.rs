@@ -188,6 +188,7 @@ fn help_speaks_flanneld() {
         "--etcd-password",
         "--iface",
         "--iface-regex",
+        "--iface-can-reach",
         "--public-ip",
         "--subnet-file",
         "--subnet-lease-renew-margin",

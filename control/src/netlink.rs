@@ -266,6 +266,8 @@ pub struct RouteTo {
     pub pref_src: Option<IpAddr>,
     /// Gateway, when the destination is not on-link.
     pub gateway: Option<IpAddr>,
+    /// The destination is an address of this host (route type `local`, through `lo`).
+    pub local: bool,
 }
 
 /// A neighbour table entry.
@@ -617,6 +619,7 @@ impl Netlink {
                 oif: route_oif(r).unwrap_or(0),
                 pref_src: route_addr(r, |a| matches!(a, RouteAttribute::PrefSource(_))),
                 gateway: route_addr(r, |a| matches!(a, RouteAttribute::Gateway(_))),
+                local: r.header.kind == RouteType::Local,
             })
             .collect())
     }
@@ -648,6 +651,7 @@ impl Netlink {
             })?,
             pref_src: route_addr(&route, |a| matches!(a, RouteAttribute::PrefSource(_))),
             gateway: route_addr(&route, |a| matches!(a, RouteAttribute::Gateway(_))),
+            local: route.header.kind == RouteType::Local,
         })
     }
 
