@@ -232,7 +232,13 @@ pub struct RunArgs {
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub ip_masq: bool,
 
-    /// With --ip-masq, check the rules every this many seconds and repair them.
+    /// Add a blackhole route for this node's own lease subnet, so that packets to its unused
+    /// addresses are dropped here instead of following the default route.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
+    pub ip_blackhole_route: bool,
+
+    /// With --ip-masq, check the rules every this many seconds and repair them (also the
+    /// blackhole route of --ip-blackhole-route).
     #[arg(
         long,
         value_name = "SECONDS",
@@ -734,14 +740,23 @@ mod tests {
     }
 
     #[test]
-    fn iface_can_reach_takes_an_address() {
-        let cli = parse_args(&["flanneld", "-iface-can-reach=192.0.2.9"]).unwrap();
+    fn iface_can_reach_and_blackhole_flags() {
+        let cli = parse_args(&[
+            "flanneld",
+            "-iface-can-reach=192.0.2.9",
+            "-ip-blackhole-route",
+        ])
+        .unwrap();
         assert_eq!(cli.run.iface_can_reach, Some("192.0.2.9".parse().unwrap()));
+        assert!(cli.run.ip_blackhole_route);
         let cli = parse_args(&["vxdp", "run"]).unwrap();
         let Some(Command::Run(run)) = cli.command else {
             panic!("run subcommand")
         };
         assert_eq!(run.iface_can_reach, None);
+        assert!(!run.ip_blackhole_route);
+        let cli = parse_args(&["vxdp", "--ip-blackhole-route=false"]).unwrap();
+        assert!(!cli.run.ip_blackhole_route);
         let e = parse_args(&["vxdp", "--iface-can-reach", "eth0"]).unwrap_err();
         assert!(e.to_string().contains("eth0"), "{e}");
     }

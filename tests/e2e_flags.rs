@@ -1,5 +1,5 @@
 //! flanneld's flags on a running vxdp: refused flags refused also from `FLANNELD_*` variables,
-//! and `--iface-can-reach` choosing between two underlay links.
+//! `--iface-can-reach` choosing between two underlay links, and `--ip-blackhole-route`.
 //!
 //! The refusal test needs no privileges; the others run vxdp in namespaces and need root
 //! (without it they fail, never skip).
@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{s, Cluster, VXDP};
+use common::{s, Cluster, Host, VXDP};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
@@ -146,4 +146,58 @@ fn iface_can_reach_picks_the_underlay_link_towards_the_peers() {
     let (ip1, ip2) = (c.hosts[0].overlay_ip(), c.hosts[1].overlay_ip());
     assert!(c.hosts[0].ping(ip2, 3));
     assert!(c.hosts[1].ping(ip1, 3));
+}
+
+/// `ip -d route show type blackhole` lines of `h` (main table).
+fn blackholes(h: &Host) -> Vec<String> {
+    h.ns.run(&[
+        "ip",
+        "-d",
+        "route",
+        "show",
+        "table",
+        "main",
+        "type",
+        "blackhole",
+    ])
+    .lines()
+    .map(|l| l.trim_end().to_string())
+    .collect()
+}
+
+#[test]
+fn ip_blackhole_route_covers_the_lease_while_vxdp_holds_it() {
+    let mut c = Cluster::new(1);
+    let store = c.local_store(CONFIG);
+    let args = [
+        "--local-store",
+        s(&store),
+        "--ip-blackhole-route",
+        "--iptables-resync",
+        "1",
+    ];
+    c.host(1).start(&args);
+    c.host(1).wait_ready();
+    let h = &c.hosts[0];
+    let lease = h.flannel_subnet().replace(".1/", ".0/");
+    // Ready means in place: flannel's route for the lease.
+    assert_eq!(
+        blackholes(h),
+        [format!("blackhole {lease} proto boot scope global")]
+    );
+    // Deleted by someone: back within a resync period.
+    h.ns.run(&["ip", "route", "del", "blackhole", &lease]);
+    let back = testkit::wait_for(Duration::from_secs(5), || {
+        (blackholes(h).len() == 1).then_some(())
+    });
+    assert!(back.is_some(), "not re-added:\n{}", h.log_text());
+
+    // A clean stop releases the lease, and the route goes with it.
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    assert!(blackholes(&c.hosts[0]).is_empty());
+
+    // Without the flag there is none.
+    c.host(1).start(&["--local-store", s(&store)]);
+    c.host(1).wait_ready();
+    assert!(blackholes(&c.hosts[0]).is_empty());
 }

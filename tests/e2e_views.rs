@@ -189,6 +189,7 @@ fn help_speaks_flanneld() {
         "--iface",
         "--iface-regex",
         "--iface-can-reach",
+        "--ip-blackhole-route",
         "--public-ip",
         "--subnet-file",
         "--subnet-lease-renew-margin",

@@ -1,6 +1,6 @@
 //! flanneld's host-network flags against the real kernel, in namespaces made for each test:
 //! the external interface chosen by `--iface-can-reach` (with `--iface`/`--iface-regex` before
-//! it, as flanneld orders them).
+//! it, as flanneld orders them), and the blackhole route of `--ip-blackhole-route`.
 //!
 //! The host under test has two underlay links, so that choosing the wrong one shows:
 //! - `eth0` 192.0.2.1/24 towards `peer` (192.0.2.2),
@@ -13,8 +13,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use control::blackhole::BlackholeRoute;
 use control::netlink::Netlink;
 use control::underlay::{find_external_interface, ExternalInterface, InterfaceError};
+use ipnet::IpNet;
 use testkit::{require_root, unique_prefix, veth, Netns};
 
 struct Host {
@@ -150,4 +152,117 @@ fn iface_can_reach_refuses_what_cannot_be_an_underlay() {
     let e = choose(ns, &[], &[], Some("10.99.0.1")).unwrap_err();
     assert!(matches!(e, InterfaceError::CanReachNoRoute { .. }), "{e}");
     assert!(e.to_string().contains("ip route get 10.99.0.1"), "{e}");
+}
+
+/// `ip -d route show type blackhole` lines, without trailing spaces.
+fn blackholes(ns: &Netns) -> Vec<String> {
+    ns.run(&[
+        "ip",
+        "-d",
+        "route",
+        "show",
+        "table",
+        "main",
+        "type",
+        "blackhole",
+    ])
+    .lines()
+    .map(|l| l.trim_end().to_string())
+    .collect()
+}
+
+fn on<T: Send>(ns: &Netns, f: impl AsyncFnOnce(BlackholeRoute) -> T + Send) -> T {
+    ns.enter(|| {
+        runtime().block_on(async {
+            let nl = Netlink::connect().expect("netlink");
+            f(BlackholeRoute::new(
+                nl,
+                "10.5.7.0/24".parse::<IpNet>().unwrap(),
+            ))
+            .await
+        })
+    })
+}
+
+#[test]
+fn blackhole_route_is_flannels_kept_and_removed_alone() {
+    let h = host();
+    let ns = &h.host;
+    assert!(blackholes(ns).is_empty());
+    // Before: an address of the subnet leaves by the default route.
+    assert!(ns
+        .run(&["ip", "route", "get", "10.5.7.9"])
+        .contains("dev eth1"));
+
+    assert!(on(ns, async |b| b.ensure().await).expect("add"));
+    // flannel's AddBlackholeV4Route: main table, universe scope, proto boot, metric 0.
+    assert_eq!(
+        blackholes(ns),
+        ["blackhole 10.5.7.0/24 proto boot scope global"]
+    );
+    // The kernel's route lookup for an address of the subnet now ends in the blackhole: the
+    // lookup fails with EINVAL, as a send does.
+    let get = ns.try_run(&["ip", "route", "get", "10.5.7.9"]);
+    assert!(!get.status.success());
+    assert!(
+        String::from_utf8_lossy(&get.stderr).contains("Invalid argument"),
+        "{get:?}"
+    );
+    // Present: nothing to do.
+    assert!(!on(ns, async |b| b.ensure().await).expect("check"));
+    assert_eq!(blackholes(ns).len(), 1);
+
+    // Deleted by someone else: put back.
+    ns.run(&["ip", "route", "del", "blackhole", "10.5.7.0/24"]);
+    assert!(on(ns, async |b| b.ensure().await).expect("re-add"));
+    assert_eq!(blackholes(ns).len(), 1);
+
+    // One left by flanneld (same route, made with ip) is taken as present.
+    on(ns, async |b| b.remove().await).expect("remove");
+    ns.run(&[
+        "ip",
+        "route",
+        "add",
+        "blackhole",
+        "10.5.7.0/24",
+        "proto",
+        "boot",
+    ]);
+    assert!(!on(ns, async |b| b.ensure().await).expect("adopt"));
+
+    // Removing takes the blackhole route and nothing else to the subnet; twice is fine.
+    ns.run(&[
+        "ip",
+        "route",
+        "add",
+        "10.5.7.0/24",
+        "via",
+        "198.51.100.2",
+        "metric",
+        "5",
+    ]);
+    on(ns, async |b| b.remove().await).expect("remove");
+    on(ns, async |b| b.remove().await).expect("remove again");
+    assert!(blackholes(ns).is_empty());
+    let left = ns.run(&["ip", "route", "show", "10.5.7.0/24"]);
+    assert!(left.contains("via 198.51.100.2"), "{left}");
+}
+
+#[test]
+fn blackhole_route_next_to_a_bridge_route_is_explained() {
+    let h = host();
+    let ns = &h.host;
+    // The bridge CNI plugin's cni0 carries the subnet: the kernel refuses a second metric-0
+    // route to it, as it refuses flannel's.
+    ns.run(&["ip", "link", "add", "cni0", "type", "bridge"]);
+    ns.run(&["ip", "addr", "add", "10.5.7.1/24", "dev", "cni0"]);
+    ns.run(&["ip", "link", "set", "cni0", "up"]);
+    let (err, explained) = on(ns, async |b| {
+        let e = b.ensure().await.expect_err("EEXIST");
+        let explained = b.explain(&e);
+        (e, explained)
+    });
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST), "{err}");
+    assert!(explained.contains("cni0"), "{explained}");
+    assert!(blackholes(ns).is_empty());
 }
