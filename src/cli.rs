@@ -232,6 +232,10 @@ pub struct RunArgs {
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub ip_masq: bool,
 
+    /// Masquerade without --random-fully (nftables: without fully-random).
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
+    pub ip_masq_fully_random_disable: bool,
+
     /// Add a blackhole route for this node's own lease subnet, so that packets to its unused
     /// addresses are dropped here instead of following the default route.
     #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
@@ -740,21 +744,22 @@ mod tests {
     }
 
     #[test]
-    fn iface_can_reach_and_blackhole_flags() {
+    fn iface_can_reach_blackhole_and_fully_random_flags() {
         let cli = parse_args(&[
             "flanneld",
             "-iface-can-reach=192.0.2.9",
             "-ip-blackhole-route",
+            "--ip-masq-fully-random-disable",
         ])
         .unwrap();
         assert_eq!(cli.run.iface_can_reach, Some("192.0.2.9".parse().unwrap()));
-        assert!(cli.run.ip_blackhole_route);
+        assert!(cli.run.ip_blackhole_route && cli.run.ip_masq_fully_random_disable);
         let cli = parse_args(&["vxdp", "run"]).unwrap();
         let Some(Command::Run(run)) = cli.command else {
             panic!("run subcommand")
         };
         assert_eq!(run.iface_can_reach, None);
-        assert!(!run.ip_blackhole_route);
+        assert!(!run.ip_blackhole_route && !run.ip_masq_fully_random_disable);
         let cli = parse_args(&["vxdp", "--ip-blackhole-route=false"]).unwrap();
         assert!(!cli.run.ip_blackhole_route);
         let e = parse_args(&["vxdp", "--iface-can-reach", "eth0"]).unwrap_err();

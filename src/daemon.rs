@@ -501,20 +501,24 @@ async fn run_with_store<S: LeaseStore>(
 
     // flanneld's --ip-masq and --iptables-forward-rules (on by default).
     let masquerade = if args.ip_masq || args.iptables_forward_rules {
-        let cfg = MasqConfig::for_lease(
+        let mut cfg = MasqConfig::for_lease(
             &config,
             lease.subnet,
             None,
             args.ip_masq,
             args.iptables_forward_rules,
         );
+        cfg.random_fully = !args.ip_masq_fully_random_disable;
         match tokio::task::spawn_blocking(move || Masquerade::install(cfg)).await? {
             Ok(m) => {
                 tracing::info!(
                     backend = m.backend_name(),
                     ip_masq = args.ip_masq,
                     forward_rules = args.iptables_forward_rules,
-                    "masquerade/forward rules installed"
+                    random_fully = m.random_fully(),
+                    "masquerade/forward rules installed with {} ({})",
+                    m.backend_name(),
+                    m.backend_reason()
                 );
                 Some(Arc::new(m))
             }

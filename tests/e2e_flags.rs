@@ -1,5 +1,6 @@
-//! flanneld's flags on a running vxdp: refused flags refused also from `FLANNELD_*` variables,
-//! `--iface-can-reach` choosing between two underlay links, and `--ip-blackhole-route`.
+//! flanneld's remaining flags on a running vxdp: refused flags refused also from `FLANNELD_*`
+//! variables, `--iface-can-reach` choosing between two underlay links, `--ip-blackhole-route`,
+//! `--ip-masq-fully-random-disable`, and the network config's `EnableNFTables`.
 //!
 //! The refusal test needs no privileges; the others run vxdp in namespaces and need root
 //! (without it they fail, never skip).
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use common::{s, Cluster, Host, VXDP};
 
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const CONFIG_NFT: &str =
+    r#"{"Network":"10.244.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
 
 /// Runs `vxdp args` with `env` added, for at most 20 s; returns (exit code, stderr). A vxdp
 /// that ignored a refused flag would go on to wait for etcd on 127.0.0.1 forever.
@@ -200,4 +203,73 @@ fn ip_blackhole_route_covers_the_lease_while_vxdp_holds_it() {
     c.host(1).start(&["--local-store", s(&store)]);
     c.host(1).wait_ready();
     assert!(blackholes(&c.hosts[0]).is_empty());
+}
+
+#[test]
+fn masquerade_follows_enable_nftables_and_fully_random_disable() {
+    let mut c = Cluster::new(1);
+    let store = c.local_store(CONFIG_NFT);
+    c.host(1).start(&["--local-store", s(&store), "--ip-masq"]);
+    c.host(1).wait_ready();
+    let h = &c.hosts[0];
+    let nft = h.ns.run(&["nft", "list", "table", "ip", "vxdp-flannel"]);
+    assert!(nft.contains("masquerade fully-random"), "{nft}");
+    assert!(
+        !h.ns
+            .run(&["iptables-save", "-t", "nat"])
+            .contains("FLANNEL"),
+        "nftables only"
+    );
+    assert!(
+        h.log_text().contains(
+            "masquerade/forward rules installed with nftables (the network config sets EnableNFTables)"
+        ),
+        "{}",
+        h.log_text()
+    );
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+
+    c.host(1).start(&[
+        "--local-store",
+        s(&store),
+        "--ip-masq",
+        "--ip-masq-fully-random-disable",
+    ]);
+    c.host(1).wait_ready();
+    let nft = c.hosts[0]
+        .ns
+        .run(&["nft", "list", "table", "ip", "vxdp-flannel"]);
+    assert_eq!(nft.matches(" masquerade comment").count(), 2, "{nft}");
+    assert!(!nft.contains("fully-random"), "{nft}");
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+
+    // Without EnableNFTables: iptables, here with plain MASQUERADE.
+    std::fs::write(store.join("config"), CONFIG).unwrap();
+    c.host(1).start_with_env(
+        &[
+            "FLANNELD_IP_MASQ=true",
+            "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE=true",
+        ],
+        &["--local-store", s(&store)],
+    );
+    c.host(1).wait_ready();
+    let h = &c.hosts[0];
+    let nat = h.ns.run(&["iptables-save", "-t", "nat"]);
+    let masq: Vec<&str> = nat.lines().filter(|l| l.contains("MASQUERADE")).collect();
+    assert_eq!(masq.len(), 2, "{nat}");
+    assert!(masq.iter().all(|l| !l.contains("--random-fully")), "{nat}");
+    assert!(
+        h.ns.try_run(&["nft", "list", "table", "ip", "vxdp-flannel"])
+            .status
+            .code()
+            != Some(0),
+        "iptables only"
+    );
+    assert!(
+        h.log_text().contains(
+            "masquerade/forward rules installed with iptables (the network config does not set EnableNFTables)"
+        ),
+        "{}",
+        h.log_text()
+    );
 }

@@ -190,6 +190,7 @@ fn help_speaks_flanneld() {
         "--iface-regex",
         "--iface-can-reach",
         "--ip-blackhole-route",
+        "--ip-masq-fully-random-disable",
         "--public-ip",
         "--subnet-file",
         "--subnet-lease-renew-margin",
