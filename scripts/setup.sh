@@ -14,6 +14,8 @@ packages=(
   ca-certificates
   # tests: namespaces, veth, kernel vxlan peers, a real etcd
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
+  # modprobe, to load br_netfilter (below)
+  kmod
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl python3
@@ -47,6 +49,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# vxdp, like flanneld, refuses to start without br_netfilter unless the network config sets
+# EnableNFTables (bridged pod traffic must pass iptables for kube-proxy): the demo, the tests and
+# the benchmarks run it with the default config, so the module must be loaded. Where it is built
+# into the kernel, its sysctls are always there.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  if modprobe br_netfilter; then
+    echo "setup: loaded br_netfilter (add it to /etc/modules-load.d/ to keep it after a reboot)"
+  else
+    echo "setup: WARNING: cannot load br_netfilter (in a container or chroot, load it on the" \
+      "host); vxdp will refuse to start without it unless EnableNFTables is set" >&2
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

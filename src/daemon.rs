@@ -343,6 +343,14 @@ async fn run_with_store<S: LeaseStore>(
     if !config.ignored_fields.is_empty() {
         tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
     }
+    // flanneld's br_netfilter check, after the config (it depends on EnableNFTables) and before
+    // anything is set up.
+    control::br_netfilter::check(
+        Path::new(control::br_netfilter::PROC_SYS_NET_BRIDGE),
+        config.enable_nftables,
+        true,
+        config.ipv6.is_some(),
+    )?;
     let external = find_external_interface(
         &nl,
         &args.iface,
