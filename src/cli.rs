@@ -518,27 +518,34 @@ pub fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
         .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
         .filter_map(|a| a.get_long().map(str::to_string))
         .collect();
+    // Each refused flag's id with its variable, for the message.
+    let refused: Vec<(String, String)> = refused_ids(&command)
+        .into_iter()
+        .filter_map(|id| {
+            let long = command
+                .get_arguments()
+                .find(|a| a.get_id() == &id)?
+                .get_long()?;
+            Some((id.clone(), flanneld_env_name(long)))
+        })
+        .collect();
     let matches = command.try_get_matches_from(normalize_go_flags(argv, &known))?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     let (run_matches, run) = match (matches.subcommand_matches("run"), &mut cli.command) {
         (Some(m), Some(Command::Run(run))) => (m, &mut **run),
         _ => (&matches, &mut cli.run),
     };
-    let refused = refused_ids(&Cli::command());
     run.unsupported.from_env = refused
-        .iter()
-        .filter(|id| run_matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable))
-        .filter(|id| {
-            run_matches
-                .get_one::<String>(id)
-                .is_some_and(|v| !v.is_empty())
+        .into_iter()
+        .filter(|(id, _)| {
+            run_matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable)
+                && run_matches
+                    .try_get_one::<String>(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| !v.is_empty())
         })
-        .filter_map(|id| {
-            Cli::command()
-                .get_arguments()
-                .find(|a| a.get_id() == id)
-                .and_then(|a| a.get_long().map(flanneld_env_name))
-        })
+        .map(|(_, env)| env)
         .collect();
     Ok(cli)
 }
