@@ -25,8 +25,8 @@
 #
 # Environment: FRESH_MIRROR (default http://deb.debian.org/debian), FRESH_SUITE (bookworm).
 # Needs root, network access to the Debian mirror and crates.io, about 6 GB in /var/tmp, and a
-# rustup toolchain (`cargo` on PATH). Installs debootstrap here if it is missing. Takes long on
-# few CPUs: about 30-60 minutes on 2 (see the README).
+# rustup toolchain (`cargo` on PATH). Installs debootstrap here if it is missing. Took 6-8
+# minutes on 2 shared CPUs, most of it the build (see the README).
 set -euo pipefail
 
 MIRROR=${FRESH_MIRROR:-http://deb.debian.org/debian}
