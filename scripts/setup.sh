@@ -6,11 +6,16 @@ set -euo pipefail
 packages=(
   # build: libbpf-cargo compiles bpf/*.bpf.c with clang; libbpf-sys links libelf and zlib
   clang llvm libelf-dev zlib1g-dev pkg-config linux-libc-dev make
-  # etcd-client (etcd v3 API) generates its protobuf code with protoc; its google/protobuf/*.proto
-  # include files come with libprotobuf-dev, which --no-install-recommends does not pull in
+  # etcd-client (etcd v3 API) generates its protobuf code with protoc; its .proto files import
+  # google/protobuf/descriptor.proto, which comes with libprotobuf-dev (only a Recommends of
+  # protobuf-compiler, so --no-install-recommends leaves it out)
   protobuf-compiler libprotobuf-dev
+  # cargo fetches crates from crates.io over HTTPS and needs the system's CA certificates
+  ca-certificates
   # tests: namespaces, veth, kernel vxlan peers, a real etcd
   iproute2 iputils-ping procps ethtool libcap2-bin etcd-server etcd-client
+  # modprobe, to load br_netfilter (below)
+  kmod
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl python3
@@ -44,6 +49,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# vxdp, like flanneld, refuses to start without br_netfilter unless the network config sets
+# EnableNFTables (bridged pod traffic must pass iptables for kube-proxy): the demo, the tests and
+# the benchmarks run it with the default config, so the module must be loaded. Where it is built
+# into the kernel, its sysctls are always there.
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  if modprobe br_netfilter; then
+    echo "setup: loaded br_netfilter (add it to /etc/modules-load.d/ to keep it after a reboot)"
+  else
+    echo "setup: WARNING: cannot load br_netfilter (in a container or chroot, load it on the" \
+      "host); vxdp will refuse to start without it unless EnableNFTables is set" >&2
+  fi
 fi
 
 if ! command -v cargo >/dev/null; then

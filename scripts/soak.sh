@@ -37,6 +37,11 @@ for tool in ip iperf3 ping flock jq; do
     exit 1
   }
 done
+if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
+  # vxdp refuses to start without it, as flanneld does (scripts/setup.sh loads it).
+  echo "soak: br_netfilter is not loaded: modprobe br_netfilter (or run scripts/setup.sh)" >&2
+  exit 1
+fi
 if [ -z "${VXDP_BIN:-}" ]; then
   echo "soak: building vxdp (release)"
   cargo build --release --bin vxdp --quiet

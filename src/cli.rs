@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// vxdp: a userspace VXLAN dataplane (AF_XDP + TAP), a drop-in for flannel's vxlan backend.
 #[derive(Debug, Parser)]
@@ -233,11 +233,31 @@ pub struct RunArgs {
     )]
     pub iface_regex: Vec<String>,
 
+    /// Use the interface (and source address) the kernel would send to ADDR on, as `ip route
+    /// get ADDR` shows; tried after --iface and --iface-regex.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "FLANNELD_IFACE_CAN_REACH",
+        help_heading = "Host network (as flanneld)"
+    )]
+    pub iface_can_reach: Option<IpAddr>,
+
     /// Install flanneld's IP masquerade rules for traffic leaving the overlay.
     #[arg(long, env = "FLANNELD_IP_MASQ", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
     pub ip_masq: bool,
 
-    /// With --ip-masq, check the rules every this many seconds and repair them.
+    /// Masquerade without --random-fully (nftables: without fully-random).
+    #[arg(long, env = "FLANNELD_IP_MASQ_FULLY_RANDOM_DISABLE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
+    pub ip_masq_fully_random_disable: bool,
+
+    /// Add a blackhole route for this node's own lease subnet, so that packets to its unused
+    /// addresses are dropped here instead of following the default route.
+    #[arg(long, env = "FLANNELD_IP_BLACKHOLE_ROUTE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Host network (as flanneld)")]
+    pub ip_blackhole_route: bool,
+
+    /// With --ip-masq, check the rules every this many seconds and repair them (also the
+    /// blackhole route of --ip-blackhole-route).
     #[arg(
         long,
         value_name = "SECONDS",
@@ -410,9 +430,13 @@ pub struct RunArgs {
 }
 
 /// flanneld flags vxdp does not implement. They are accepted by the parser only so that vxdp can
-/// refuse them with a reason instead of a bare "unexpected argument".
+/// refuse them with a reason instead of a bare "unexpected argument"; [`command`] also reads each
+/// from its `FLANNELD_*` variable, so that one set in the environment is refused too.
 #[derive(Debug, Clone, Default, Args)]
 pub struct UnsupportedFlanneldFlags {
+    /// The `FLANNELD_*` variables that set any of these (filled by [`parse`], for the message).
+    #[arg(skip)]
+    from_env: Vec<String>,
     #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     kube_subnet_mgr: Option<String>,
     #[arg(long, hide = true)]
@@ -421,8 +445,6 @@ pub struct UnsupportedFlanneldFlags {
     kubeconfig_file: Option<String>,
     #[arg(long, hide = true)]
     kube_annotation_prefix: Option<String>,
-    #[arg(long, hide = true)]
-    iface_can_reach: Option<String>,
     #[arg(long, hide = true)]
     public_ipv6: Option<String>,
     #[arg(long, hide = true)]
@@ -436,7 +458,8 @@ pub struct UnsupportedFlanneldFlags {
 impl UnsupportedFlanneldFlags {
     /// An error naming the first unsupported flag given, and what to do instead.
     pub fn check(&self) -> Result<(), String> {
-        let given = |v: &Option<String>| v.is_some();
+        // Empty means unset, as in flanneld; [`command`] turns a boolean flag's false into "".
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
         let msg = if given(&self.kube_subnet_mgr)
             || given(&self.kube_api_url)
             || given(&self.kubeconfig_file)
@@ -446,9 +469,6 @@ impl UnsupportedFlanneldFlags {
             "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not \
              implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory \
              (--local-store)"
-        } else if given(&self.iface_can_reach) {
-            "--iface-can-reach is not implemented: name the interface with --iface or \
-             --iface-regex"
         } else if given(&self.public_ipv6) {
             "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
         } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
@@ -456,8 +476,113 @@ impl UnsupportedFlanneldFlags {
         } else {
             return Ok(());
         };
-        Err(format!("unsupported flanneld flag: {msg}"))
+        let mut err = format!("unsupported flanneld flag: {msg}");
+        if !self.from_env.is_empty() {
+            err.push_str(&format!(
+                " (set in the environment by {}: remove it from the environment, e.g. the \
+                 unit's EnvironmentFile)",
+                self.from_env.join(", ")
+            ));
+        }
+        Err(err)
     }
+}
+
+/// flanneld's environment variable for the long flag `long`: `FLANNELD_` and the name in upper
+/// snake case, as flanneld's `flagutil.SetFlagsFromEnv(flannelFlags, "FLANNELD")` derives it.
+pub fn flanneld_env_name(long: &str) -> String {
+    format!("FLANNELD_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The id clap's derive gives the group of [`UnsupportedFlanneldFlags`]' arguments.
+const REFUSED_GROUP: &str = "UnsupportedFlanneldFlags";
+
+/// The ids of the refused flags' arguments in `cmd`.
+fn refused_ids(cmd: &clap::Command) -> Vec<String> {
+    cmd.get_groups()
+        .filter(|g| g.get_id() == REFUSED_GROUP)
+        .flat_map(|g| g.get_args())
+        .map(|id| id.as_str().to_owned())
+        .collect()
+}
+
+/// Go's `strconv.ParseBool`, which flanneld's boolean flags use: true becomes "true", false
+/// becomes "" (unset: a refused feature turned off asks for nothing vxdp lacks).
+fn go_bool_flag(s: &str) -> Result<String, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok("true".into()),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(String::new()),
+        _ => Err(format!("{s:?} is not a boolean (true or false)")),
+    }
+}
+
+/// Every refused flag of `cmd` also read from its `FLANNELD_*` variable, as flanneld reads each
+/// of its flags. Derived from the flag's name, so a flag added to [`UnsupportedFlanneldFlags`]
+/// gets it without another line.
+fn refused_flags_from_env(cmd: clap::Command) -> clap::Command {
+    refused_ids(&cmd).into_iter().fold(cmd, |cmd, id| {
+        cmd.mut_arg(&id, |arg| {
+            let env = flanneld_env_name(arg.get_long().unwrap_or(&id));
+            // flanneld's boolean flags are the ones that may go without a value (`--flag` alone
+            // means true).
+            let boolean = arg
+                .get_num_args()
+                .is_some_and(|n| n.min_values() == 0 && n.max_values() == 1);
+            let arg = arg.env(env);
+            if boolean {
+                arg.value_parser(go_bool_flag)
+            } else {
+                arg
+            }
+        })
+    })
+}
+
+/// The command line definition: [`Cli`], with the refused flanneld flags also read from the
+/// environment. Build it right before parsing: clap reads the variables when it is built.
+pub fn command() -> clap::Command {
+    refused_flags_from_env(Cli::command()).mut_subcommand("run", refused_flags_from_env)
+}
+
+/// Parses a command line (flanneld's single-dash spelling included, see [`normalize_go_flags`])
+/// and the `FLANNELD_*`/`VXDP_*` environment.
+pub fn parse(argv: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    let command = command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .collect();
+    // Each refused flag's id with its variable, for the message.
+    let refused: Vec<(String, String)> = refused_ids(&command)
+        .into_iter()
+        .filter_map(|id| {
+            let long = command
+                .get_arguments()
+                .find(|a| a.get_id() == &id)?
+                .get_long()?;
+            Some((id.clone(), flanneld_env_name(long)))
+        })
+        .collect();
+    let matches = command.try_get_matches_from(normalize_go_flags(argv, &known))?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let (run_matches, run) = match (matches.subcommand_matches("run"), &mut cli.command) {
+        (Some(m), Some(Command::Run(run))) => (m, &mut **run),
+        _ => (&matches, &mut cli.run),
+    };
+    run.unsupported.from_env = refused
+        .into_iter()
+        .filter(|(id, _)| {
+            run_matches.value_source(id) == Some(clap::parser::ValueSource::EnvVariable)
+                && run_matches
+                    .try_get_one::<String>(id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| !v.is_empty())
+        })
+        .map(|(_, env)| env)
+        .collect();
+    Ok(cli)
 }
 
 /// Rewrites Go-style single-dash long flags (`-etcd-endpoints=...`, as flanneld's flag package
@@ -503,6 +628,7 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]
@@ -566,30 +692,120 @@ mod tests {
         assert_eq!(argv[1], "-1");
     }
 
+    fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
+        parse(args.iter().map(Into::into).collect())
+    }
+
+    fn refusal(args: &[&str]) -> Option<String> {
+        let cli = parse_args(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let run = match cli.command {
+            Some(Command::Run(r)) => *r,
+            _ => cli.run,
+        };
+        run.unsupported.check().err()
+    }
+
     #[test]
     fn unsupported_flanneld_flags_are_refused_with_a_reason() {
-        let cli = Cli::try_parse_from(["vxdp", "--kube-subnet-mgr"]).unwrap();
-        let err = cli.run.unsupported.check().unwrap_err();
+        let err = refusal(&["vxdp", "--kube-subnet-mgr"]).unwrap();
         assert!(
             err.contains("--kube-subnet-mgr") && err.contains("--etcd-endpoints"),
             "{err}"
         );
         assert!(!err.contains("  "), "one sentence, no gaps: {err}");
-        let cli = Cli::try_parse_from(["vxdp", "--iface-can-reach", "192.0.2.9"]).unwrap();
-        let err = cli.run.unsupported.check().unwrap_err();
         assert!(
-            err.contains("--iface-regex") && !err.contains("  "),
-            "{err}"
+            !err.contains("environment"),
+            "given on the command line: {err}"
         );
-        let cli = Cli::try_parse_from(["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
-        assert!(cli
-            .run
-            .unsupported
-            .check()
-            .unwrap_err()
-            .contains("IPv4 underlay"));
-        let cli = Cli::try_parse_from(["vxdp"]).unwrap();
-        assert!(cli.run.unsupported.check().is_ok());
+        let err = refusal(&["vxdp", "run", "-kube-subnet-mgr=true"]).unwrap();
+        assert!(err.contains("--kube-subnet-mgr"), "{err}");
+        let err = refusal(&["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
+        assert!(err.contains("IPv4 underlay"), "{err}");
+        let err = refusal(&["vxdp", "--charon-viciuri=unix:///x"]).unwrap();
+        assert!(err.contains("--charon-*"), "{err}");
+        assert_eq!(refusal(&["vxdp"]), None);
+    }
+
+    #[test]
+    fn a_refused_boolean_flag_set_to_false_asks_for_nothing() {
+        // flanneld parses its booleans with Go's strconv.ParseBool.
+        for off in ["false", "0", "f", "F", "FALSE", "False"] {
+            let flag = format!("--kube-subnet-mgr={off}");
+            assert_eq!(refusal(&["vxdp", &flag]), None, "{flag}");
+        }
+        for on in ["true", "1", "t", "T", "TRUE", "True"] {
+            let flag = format!("--kube-subnet-mgr={on}");
+            assert!(refusal(&["vxdp", &flag]).is_some(), "{flag}");
+        }
+        let e = parse_args(&["vxdp", "--kube-subnet-mgr=maybe"]).unwrap_err();
+        assert!(e.to_string().contains("not a boolean"), "{e}");
+        // An empty value is unset, as in flanneld.
+        assert_eq!(refusal(&["vxdp", "--public-ipv6="]), None);
+    }
+
+    #[test]
+    fn every_refused_flag_is_also_read_from_its_flanneld_variable() {
+        let cmd = command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for c in [&cmd, run] {
+            let ids = refused_ids(c);
+            assert!(ids.len() >= 5, "the refused group is found: {ids:?}");
+            for id in ids {
+                let arg = c.get_arguments().find(|a| a.get_id() == &id).unwrap();
+                let long = arg.get_long().unwrap();
+                assert_eq!(
+                    arg.get_env().and_then(|e| e.to_str()),
+                    Some(flanneld_env_name(long).as_str()),
+                    "--{long}"
+                );
+            }
+        }
+        assert!(refused_ids(&cmd).iter().all(|id| id != "iface_can_reach"));
+    }
+
+    #[test]
+    fn flanneld_variables_are_named_after_their_flags() {
+        assert_eq!(
+            flanneld_env_name("kube-subnet-mgr"),
+            "FLANNELD_KUBE_SUBNET_MGR"
+        );
+        let run = command();
+        let run = run.find_subcommand("run").unwrap();
+        let mut seen = 0;
+        for arg in run.get_arguments() {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if env.starts_with("FLANNELD_") {
+                let long = arg.get_long().unwrap();
+                assert_eq!(env, flanneld_env_name(long), "--{long}");
+                seen += 1;
+            }
+        }
+        assert!(seen >= 20, "only {seen} flanneld flags checked");
+    }
+
+    #[test]
+    fn iface_can_reach_blackhole_and_fully_random_flags() {
+        let cli = parse_args(&[
+            "flanneld",
+            "-iface-can-reach=192.0.2.9",
+            "-ip-blackhole-route",
+            "--ip-masq-fully-random-disable",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.iface_can_reach, Some("192.0.2.9".parse().unwrap()));
+        assert!(cli.run.ip_blackhole_route && cli.run.ip_masq_fully_random_disable);
+        let cli = parse_args(&["vxdp", "run"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run subcommand")
+        };
+        assert_eq!(run.iface_can_reach, None);
+        assert!(!run.ip_blackhole_route && !run.ip_masq_fully_random_disable);
+        let cli = parse_args(&["vxdp", "--ip-blackhole-route=false"]).unwrap();
+        assert!(!cli.run.ip_blackhole_route);
+        let e = parse_args(&["vxdp", "--iface-can-reach", "eth0"]).unwrap_err();
+        assert!(e.to_string().contains("eth0"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use control::backend::{Backend, OwnLease, PeerSync};
+use control::blackhole::BlackholeRoute;
 use control::config::NetworkConfig;
 use control::interface::{find_external_interface, ExternalInterface};
 use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
@@ -27,6 +28,7 @@ use dataplane::privileges;
 use dataplane::stats::WorkerCounters;
 use dataplane::steering::XdpMode;
 use dataplane::xsk::BindMode;
+use ipnet::IpNet;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use tokio::signal::unix::{signal, SignalKind};
@@ -275,6 +277,26 @@ where
     }
 }
 
+/// Puts the blackhole route back if it is missing; says so when it had to, and logs a problem
+/// once when it appears or changes (flanneld logs it every period).
+async fn upkeep_blackhole(route: &BlackholeRoute, last_problem: &mut Option<String>) {
+    let problem = match route.ensure().await {
+        Ok(added) => {
+            if added {
+                tracing::info!(subnet = %route.subnet(), "blackhole route added");
+            }
+            None
+        }
+        Err(e) => Some(route.explain(&e)),
+    };
+    if problem != *last_problem {
+        if let Some(p) = &problem {
+            tracing::warn!(subnet = %route.subnet(), "{p}");
+        }
+        *last_problem = problem;
+    }
+}
+
 fn renew_delay(lease: &Lease, margin: Duration, ttl: Duration) -> Option<Duration> {
     let exp = lease.expiration?;
     let now = time::OffsetDateTime::now_utc();
@@ -323,8 +345,22 @@ async fn run_with_store<S: LeaseStore>(
     if !config.ignored_fields.is_empty() {
         tracing::info!(fields = ?config.ignored_fields, "network config fields vxdp does not use");
     }
-    let external =
-        find_external_interface(&nl, &args.iface, &args.iface_regex, args.public_ip).await?;
+    // flanneld's br_netfilter check, after the config (it depends on EnableNFTables) and before
+    // anything is set up.
+    control::br_netfilter::check(
+        Path::new(control::br_netfilter::PROC_SYS_NET_BRIDGE),
+        config.enable_nftables,
+        true,
+        config.ipv6.is_some(),
+    )?;
+    let external = find_external_interface(
+        &nl,
+        &args.iface,
+        &args.iface_regex,
+        args.iface_can_reach,
+        args.public_ip,
+    )
+    .await?;
     tracing::info!(
         iface = %external.link.name,
         public_ip = %external.public_ip,
@@ -521,20 +557,24 @@ async fn run_with_store<S: LeaseStore>(
 
     // flanneld's --ip-masq and --iptables-forward-rules (on by default).
     let masquerade = if args.ip_masq || args.iptables_forward_rules {
-        let cfg = MasqConfig::for_lease(
+        let mut cfg = MasqConfig::for_lease(
             &config,
             lease.subnet,
             None,
             args.ip_masq,
             args.iptables_forward_rules,
         );
+        cfg.random_fully = !args.ip_masq_fully_random_disable;
         match tokio::task::spawn_blocking(move || Masquerade::install(cfg)).await? {
             Ok(m) => {
                 tracing::info!(
                     backend = m.backend_name(),
                     ip_masq = args.ip_masq,
                     forward_rules = args.iptables_forward_rules,
-                    "masquerade/forward rules installed"
+                    random_fully = m.random_fully(),
+                    "masquerade/forward rules installed with {} ({})",
+                    m.backend_name(),
+                    m.backend_reason()
                 );
                 Some(Arc::new(m))
             }
@@ -552,6 +592,18 @@ async fn run_with_store<S: LeaseStore>(
         None
     };
     let mut masq_resync = tokio::time::interval(Duration::from_secs(args.iptables_resync.max(1)));
+
+    // flanneld's --ip-blackhole-route: in place before readiness, then checked every
+    // --iptables-resync seconds (see control::blackhole).
+    let blackhole = args
+        .ip_blackhole_route
+        .then(|| BlackholeRoute::new(nl.clone(), IpNet::V4(lease.subnet)));
+    let mut blackhole_problem: Option<String> = None;
+    if let Some(b) = &blackhole {
+        upkeep_blackhole(b, &mut blackhole_problem).await;
+    }
+    let mut blackhole_resync =
+        tokio::time::interval(Duration::from_secs(args.iptables_resync.max(1)));
 
     let health_task = if args.healthz_port != 0 {
         let listener = health::bind(std::net::SocketAddr::new(
@@ -608,6 +660,8 @@ async fn run_with_store<S: LeaseStore>(
     let renew_sleep = tokio::time::sleep(renew_in.unwrap_or(Duration::MAX / 4));
     tokio::pin!(renew_sleep);
 
+    // Set when the lease stopped being this node's (revoked, taken over).
+    let mut lease_lost = false;
     let outcome: anyhow::Result<()> = loop {
         tokio::select! {
             name = signals.recv() => { tracing::info!("{name}: shutting down"); break Ok(()); }
@@ -618,10 +672,12 @@ async fn run_with_store<S: LeaseStore>(
                     }
                     match sync.apply(events).await {
                         OwnLease::Removed => {
+                            lease_lost = true;
                             tracing::error!(subnet = %lease.subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down");
                             break Err(anyhow::anyhow!("lease {} was revoked", lease.subnet));
                         }
                         OwnLease::Written(l) if l.attrs.public_ip != lease.attrs.public_ip => {
+                            lease_lost = true;
                             tracing::error!(subnet = %lease.subnet, other = %l.attrs.public_ip, "this node's subnet was taken over by another node: shutting down");
                             break Err(anyhow::anyhow!("lease {} was taken over by {}", lease.subnet, l.attrs.public_ip));
                         }
@@ -649,6 +705,11 @@ async fn run_with_store<S: LeaseStore>(
                         Ok(Err(e)) => tracing::warn!("checking the masquerade/forward rules failed: {e}"),
                         Err(e) => tracing::warn!("masquerade check task failed: {e}"),
                     }
+                }
+            }
+            _ = blackhole_resync.tick(), if blackhole.is_some() => {
+                if let Some(b) = &blackhole {
+                    upkeep_blackhole(b, &mut blackhole_problem).await;
                 }
             }
             _ = &mut renew_sleep, if renew_in.is_some() => {
@@ -680,6 +741,18 @@ async fn run_with_store<S: LeaseStore>(
             Ok(Ok(())) => tracing::info!("masquerade/forward rules removed"),
             Ok(Err(e)) => tracing::warn!("removing the masquerade/forward rules failed: {e}"),
             Err(e) => tracing::warn!("masquerade removal task failed: {e}"),
+        }
+    }
+    // The blackhole route goes with the lease: kept for the next start only while the lease is
+    // kept (an error exit), since a released or lost subnet may become another node's.
+    if let Some(b) = &blackhole {
+        if outcome.is_ok() || lease_lost {
+            match b.remove().await {
+                Ok(()) => tracing::info!(subnet = %b.subnet(), "blackhole route removed"),
+                Err(e) => {
+                    tracing::warn!(subnet = %b.subnet(), "removing the blackhole route failed: {e}")
+                }
+            }
         }
     }
     if outcome.is_ok() {

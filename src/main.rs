@@ -7,10 +7,9 @@ mod health;
 mod metrics;
 mod status;
 
-use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Command, LogFormat};
 
 fn init_logging(format: LogFormat, verbosity: Option<u8>) {
     // RUST_LOG wins; else flanneld's -v maps onto levels.
@@ -29,20 +28,8 @@ fn init_logging(format: LogFormat, verbosity: Option<u8>) {
     }
 }
 
-fn parse_args() -> Cli {
-    let command = Cli::command();
-    let known: Vec<String> = command
-        .get_arguments()
-        .chain(command.get_subcommands().flat_map(|c| c.get_arguments()))
-        .filter_map(|a| a.get_long().map(str::to_string))
-        .collect();
-    let argv = cli::normalize_go_flags(std::env::args_os().collect(), &known);
-    let matches = command.get_matches_from(argv);
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
 fn main() -> std::process::ExitCode {
-    let cli = parse_args();
+    let cli = cli::parse(std::env::args_os().collect()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Some(Command::Status(args)) => status::print(&args, status::View::Status),
         Some(Command::Peers(args)) => status::print(&args, status::View::Peers),

@@ -1,7 +1,7 @@
 //! The external interface: where vxdp sends and receives VXLAN, chosen as flanneld chooses it
 //! (`--iface`, `--iface-regex`, else the default route's interface).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::netlink::{Netlink, NetlinkError};
 
@@ -39,15 +39,48 @@ pub enum InterfaceError {
     /// `--public-ip` is not IPv4.
     #[error("--public-ip {0} is not an IPv4 address; IPv6 underlays are given with --public-ipv6")]
     PublicIpNotV4(IpAddr),
+    /// `--iface-can-reach` is an IPv6 address.
+    #[error(
+        "--iface-can-reach {0} is an IPv6 address, but vxdp runs over an IPv4 underlay: give the \
+         IPv4 address of another node (or its gateway)"
+    )]
+    CanReachNotV4(IpAddr),
+    /// The kernel has no route to the `--iface-can-reach` address.
+    #[error("--iface-can-reach {addr}: {source}; check `ip route get {addr}`")]
+    CanReachNoRoute {
+        /// The address given.
+        addr: IpAddr,
+        /// The failed lookup.
+        #[source]
+        source: NetlinkError,
+    },
+    /// The `--iface-can-reach` address is one of this host's own.
+    #[error(
+        "--iface-can-reach {0} is an address of this host (the kernel reaches it through the \
+         loopback): give the address of another node, or of the gateway, to reach through the \
+         external interface"
+    )]
+    CanReachLocal(IpAddr),
+    /// The interface of the route to `--iface-can-reach` disappeared while it was looked up.
+    #[error("--iface-can-reach {addr}: the route's interface #{oif} disappeared; retry")]
+    CanReachLinkGone {
+        /// The address given.
+        addr: IpAddr,
+        /// The route's interface index.
+        oif: u32,
+    },
 }
 
-/// Picks the external interface like flanneld: the first `--iface` (a name or one of its IP
-/// addresses) that exists, else the first `--iface-regex` matching an interface's IP address
-/// or, failing that, its name, else the interface of the default route.
+/// Picks the external interface like flanneld (`main.go` with `pkg/ipmatch`): the first
+/// `--iface` (a name or one of its IP addresses) that exists, else the first `--iface-regex`
+/// matching an interface's IP address or, failing that, its name, else the interface and source
+/// address of the kernel's route to `--iface-can-reach` (`ip route get ADDR`), else, when none of
+/// the three is given, the interface of the default route.
 pub async fn find_external_interface(
     nl: &Netlink,
     ifaces: &[String],
     iface_regexes: &[String],
+    iface_can_reach: Option<IpAddr>,
     public_ip: Option<IpAddr>,
 ) -> Result<ExternalInterface, InterfaceError> {
     let regexes = iface_regexes
@@ -56,7 +89,9 @@ pub async fn find_external_interface(
             regex::Regex::new(r).map_err(|e| InterfaceError::BadRegex(r.clone(), e.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let link = if ifaces.is_empty() && regexes.is_empty() {
+    // The source address the kernel picks towards --iface-can-reach, when that decided.
+    let mut route_src = None;
+    let link = if ifaces.is_empty() && regexes.is_empty() && iface_can_reach.is_none() {
         let index = nl
             .default_route_link(false)
             .await?
@@ -107,17 +142,35 @@ pub async fn find_external_interface(
             .chain(iface_regexes.iter())
             .map(String::as_str)
             .collect();
-        found.ok_or_else(|| InterfaceError::NotFound(given.join(", ")))?
+        match (found, iface_can_reach) {
+            (Some(link), _) => link,
+            (None, Some(addr)) => {
+                if !given.is_empty() {
+                    // flanneld logs this and goes on to --iface-can-reach.
+                    tracing::info!(
+                        "no interface matches --iface/--iface-regex ({}): trying --iface-can-reach {addr}",
+                        given.join(", ")
+                    );
+                }
+                let (link, src) = interface_towards(nl, addr).await?;
+                route_src = src;
+                link
+            }
+            (None, None) => return Err(InterfaceError::NotFound(given.join(", "))),
+        }
     };
-    let iface_addr = nl
-        .addresses(link.index)
-        .await?
-        .into_iter()
-        .find_map(|(ip, _)| match ip {
-            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => Some(v4),
-            _ => None,
-        })
-        .ok_or_else(|| InterfaceError::NoAddress(link.name.clone()))?;
+    let iface_addr = match route_src {
+        Some(src) => src,
+        None => nl
+            .addresses(link.index)
+            .await?
+            .into_iter()
+            .find_map(|(ip, _)| match ip {
+                IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => Some(v4),
+                _ => None,
+            })
+            .ok_or_else(|| InterfaceError::NoAddress(link.name.clone()))?,
+    };
     let public_ip = match public_ip {
         None => iface_addr,
         Some(IpAddr::V4(v4)) => v4,
@@ -128,4 +181,41 @@ pub async fn find_external_interface(
         iface_addr,
         public_ip,
     })
+}
+
+/// The link and IPv4 source address the kernel would use to send to `addr` (flannel's
+/// `GetInterfaceBySpecificIPRouting`: the route's device and its `src`).
+async fn interface_towards(
+    nl: &Netlink,
+    addr: IpAddr,
+) -> Result<(crate::netlink::Link, Option<Ipv4Addr>), InterfaceError> {
+    if !addr.is_ipv4() {
+        return Err(InterfaceError::CanReachNotV4(addr));
+    }
+    let route = nl
+        .route_to(addr)
+        .await
+        .map_err(|source| InterfaceError::CanReachNoRoute { addr, source })?;
+    // flanneld would take `lo` here and run its VXLAN over the loopback.
+    if route.local {
+        return Err(InterfaceError::CanReachLocal(addr));
+    }
+    let link = nl
+        .link_by_index(route.oif)
+        .await?
+        .ok_or(InterfaceError::CanReachLinkGone {
+            addr,
+            oif: route.oif,
+        })?;
+    let src = match route.pref_src {
+        Some(IpAddr::V4(v4)) => Some(v4),
+        _ => None,
+    };
+    tracing::info!(
+        iface = %link.name,
+        src = ?src,
+        "--iface-can-reach {addr}: the kernel routes it through {}",
+        link.name
+    );
+    Ok((link, src))
 }

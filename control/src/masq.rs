@@ -23,7 +23,13 @@
 //!
 //! Two backends render it, chosen like flanneld chooses (`main.go`, `newTrafficManager`):
 //! nftables when the network config's `EnableNFTables` is true, else iptables. vxdp falls back to
-//! the other tool, with a warning, when the chosen one is not installed.
+//! the other tool, with a warning, when the chosen one is not installed (flanneld exits when `nft`
+//! is missing, and runs without rules when `iptables` is). Like flanneld ("Cleaning-up unused
+//! traffic manager rules"), it first removes what the unused backend left behind, so that one set
+//! of rules runs, never two: in nftables mode flannel's iptables chains and their jumps, in
+//! iptables mode vxdp's nftables tables; in both, flanneld's own nftables tables (`ip
+//! flannel-ipv4`, `ip6 flannel-ipv6`), which vxdp's rules replace. (flanneld's iptables chains
+//! need no such step: vxdp's iptables backend writes the same chains.)
 //!
 //! - **iptables** (`iptables`/`ip6tables`, `iptables-restore`/`ip6tables-restore`): flannel's own
 //!   chains and comments, so a node moved from flanneld to vxdp (or back) ends up with the same
@@ -219,6 +225,7 @@ pub enum MasqError {
 #[derive(Debug)]
 pub struct Masquerade {
     kind: BackendKind,
+    why: &'static str,
     random_fully: bool,
     backend: Mutex<Backend>,
 }
@@ -234,19 +241,20 @@ impl Masquerade {
     /// was already installed is removed again.
     pub fn install(cfg: MasqConfig) -> Result<Masquerade, MasqError> {
         cfg.validate()?;
-        let (kind, backend, random_fully) =
-            match Tools::find(cfg.ipv6.is_some()).choose(cfg.prefer_nftables)? {
-                Chosen::Iptables(tools) => {
-                    let b = iptables::Iptables::install(tools, &cfg)?;
-                    let rf = b.random_fully();
-                    (BackendKind::Iptables, Backend::Iptables(b), rf)
-                }
-                Chosen::Nftables(nft) => {
-                    let b = nftables::Nftables::install(nft, &cfg)?;
-                    let rf = b.random_fully();
-                    (BackendKind::Nftables, Backend::Nftables(b), rf)
-                }
-            };
+        let (chosen, why) = Tools::find(cfg.ipv6.is_some()).choose(cfg.prefer_nftables)?;
+        clean_up_unused(chosen.kind());
+        let (kind, backend, random_fully) = match chosen {
+            Chosen::Iptables(tools) => {
+                let b = iptables::Iptables::install(tools, &cfg)?;
+                let rf = b.random_fully();
+                (BackendKind::Iptables, Backend::Iptables(b), rf)
+            }
+            Chosen::Nftables(nft) => {
+                let b = nftables::Nftables::install(nft, &cfg)?;
+                let rf = b.random_fully();
+                (BackendKind::Nftables, Backend::Nftables(b), rf)
+            }
+        };
         tracing::info!(
             backend = kind.name(),
             random_fully,
@@ -254,10 +262,11 @@ impl Masquerade {
             forward_rules = cfg.forward_rules,
             network = %cfg.network,
             subnet = %cfg.subnet,
-            "installed flanneld's masquerade/forward rules"
+            "installed flanneld's masquerade/forward rules with {kind} ({why})"
         );
         Ok(Masquerade {
             kind,
+            why,
             random_fully,
             backend: Mutex::new(backend),
         })
@@ -298,6 +307,11 @@ impl Masquerade {
     /// The backend in use.
     pub fn backend(&self) -> BackendKind {
         self.kind
+    }
+
+    /// Why that backend: what `EnableNFTables` asked for, and whether the tool was there.
+    pub fn backend_reason(&self) -> &'static str {
+        self.why
     }
 
     /// Whether the MASQUERADE rules use `--random-fully` (`fully-random`).
@@ -434,7 +448,6 @@ enum Chosen {
 }
 
 impl Chosen {
-    #[cfg(test)]
     fn kind(&self) -> BackendKind {
         match self {
             Chosen::Iptables(_) => BackendKind::Iptables,
@@ -480,31 +493,82 @@ impl Tools {
     }
 
     /// flanneld's choice (nftables exactly when `EnableNFTables`), falling back to the other
-    /// tool with a warning when the chosen one is not installed.
-    fn choose(self, prefer_nftables: bool) -> Result<Chosen, MasqError> {
+    /// tool with a warning when the chosen one is not installed; with the reason, for the log.
+    fn choose(self, prefer_nftables: bool) -> Result<(Chosen, &'static str), MasqError> {
         let missing = self.iptables_missing.join(", ");
         match (prefer_nftables, self.nft, self.iptables) {
-            (true, Some(nft), _) => Ok(Chosen::Nftables(nft)),
-            (false, _, Some(ipt)) => Ok(Chosen::Iptables(ipt)),
+            (true, Some(nft), _) => Ok((
+                Chosen::Nftables(nft),
+                "the network config sets EnableNFTables",
+            )),
+            (false, _, Some(ipt)) => Ok((
+                Chosen::Iptables(ipt),
+                "the network config does not set EnableNFTables",
+            )),
             (true, None, Some(ipt)) => {
                 tracing::warn!(
                     "the network config sets EnableNFTables, but `nft` is not installed: using \
                      iptables instead (install the nftables package to follow EnableNFTables)"
                 );
-                Ok(Chosen::Iptables(ipt))
+                Ok((
+                    Chosen::Iptables(ipt),
+                    "EnableNFTables is set, but nft is not installed",
+                ))
             }
             (false, Some(nft), None) => {
                 tracing::warn!(
                     "{missing} not installed: using nftables (`nft`) instead (install the \
                      iptables package, or set EnableNFTables in the network config to say so)"
                 );
-                Ok(Chosen::Nftables(nft))
+                Ok((
+                    Chosen::Nftables(nft),
+                    "EnableNFTables is not set, but iptables is not installed",
+                ))
             }
             (_, None, None) => Err(MasqError::NoTool(format!(
                 "`nft` is not installed and neither is {missing} (looked in $PATH and {})",
                 EXTRA_DIRS.join(", ")
             ))),
         }
+    }
+}
+
+/// Removes what the backend not in use left behind (see the module doc). A failure here only
+/// warns: the rules vxdp installs next are what matters, and flanneld goes on the same way.
+fn clean_up_unused(using: BackendKind) {
+    let mut removed: Vec<String> = Vec::new();
+    let warn = |what: &str, e: MasqError| {
+        tracing::warn!("removing leftover {what} failed (they may still rewrite traffic): {e}")
+    };
+    if using == BackendKind::Nftables {
+        for (iptables, restore) in [
+            ("iptables", "iptables-restore"),
+            ("ip6tables", "ip6tables-restore"),
+        ] {
+            let (Some(ipt), Some(rst)) = (find_tool(iptables), find_tool(restore)) else {
+                continue;
+            };
+            match iptables::remove_leftover_chains(ipt, rst) {
+                Ok(chains) => removed.extend(chains.iter().map(|c| format!("{iptables} {c}"))),
+                Err(e) => warn(&format!("{iptables} chains"), e),
+            }
+        }
+    }
+    if let Some(nft) = find_tool("nft") {
+        let mut tables = nftables::FLANNELD_TABLES.to_vec();
+        if using == BackendKind::Iptables {
+            tables.extend(nftables::VXDP_TABLES);
+        }
+        match nftables::delete_leftover_tables(&nft, &tables) {
+            Ok(t) => removed.extend(t.into_iter().map(|t| format!("nftables table {t}"))),
+            Err(e) => warn("nftables tables", e),
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            "using {using}: removed the rules of the unused backend or of flanneld: {}",
+            removed.join(", ")
+        );
     }
 }
 
@@ -726,10 +790,29 @@ mod tests {
     #[test]
     fn backend_choice_follows_enable_nftables_and_falls_back() {
         use BackendKind::*;
-        assert_eq!(tools(true, true).choose(true).unwrap().kind(), Nftables);
-        assert_eq!(tools(true, true).choose(false).unwrap().kind(), Iptables);
-        assert_eq!(tools(false, true).choose(true).unwrap().kind(), Iptables);
-        assert_eq!(tools(true, false).choose(false).unwrap().kind(), Nftables);
+        let choose = |t: Tools, prefer| {
+            let (chosen, why) = t.choose(prefer).unwrap();
+            (chosen.kind(), why)
+        };
+        assert_eq!(
+            choose(tools(true, true), true),
+            (Nftables, "the network config sets EnableNFTables")
+        );
+        assert_eq!(
+            choose(tools(true, true), false),
+            (Iptables, "the network config does not set EnableNFTables")
+        );
+        assert_eq!(
+            choose(tools(false, true), true),
+            (Iptables, "EnableNFTables is set, but nft is not installed")
+        );
+        assert_eq!(
+            choose(tools(true, false), false),
+            (
+                Nftables,
+                "EnableNFTables is not set, but iptables is not installed"
+            )
+        );
         let e = tools(false, false).choose(true).unwrap_err().to_string();
         assert!(
             e.contains("nft") && e.contains("`iptables` package") && e.contains("`nftables`"),

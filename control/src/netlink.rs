@@ -17,7 +17,7 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteType,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use packet::wire::MacAddr;
@@ -266,6 +266,8 @@ pub struct RouteTo {
     pub pref_src: Option<IpAddr>,
     /// Gateway, when the destination is not on-link.
     pub gateway: Option<IpAddr>,
+    /// The destination is an address of this host (route type `local`, through `lo`).
+    pub local: bool,
 }
 
 /// A neighbour table entry.
@@ -603,8 +605,8 @@ impl Netlink {
         )
     }
 
-    /// All main-table routes whose destination is `dst` exactly.
-    pub async fn routes_to_prefix(&self, dst: IpNet) -> Result<Vec<RouteTo>> {
+    /// All main-table route messages whose destination is `dst` exactly, of any type.
+    async fn main_routes_to_prefix(&self, dst: IpNet) -> Result<Vec<RouteMessage>> {
         let msg = match dst {
             IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
             IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
@@ -618,16 +620,62 @@ impl Netlink {
             .await
             .map_err(|e| NetlinkError::new("listing routes", e))?;
         Ok(routes
-            .iter()
+            .into_iter()
             .filter(|r| {
                 r.header.table == netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
                     && r.header.destination_prefix_length == dst.prefix_len()
                     && route_destination(r) == Some(dst.network())
             })
+            .collect())
+    }
+
+    /// Whether the main table holds a blackhole route to exactly `dst`: flannel's test before
+    /// it adds one (`RouteListFiltered` on destination and type, main table).
+    pub async fn has_blackhole_route(&self, dst: IpNet) -> Result<bool> {
+        Ok(self
+            .main_routes_to_prefix(dst)
+            .await?
+            .iter()
+            .any(|r| r.header.kind == RouteType::BlackHole))
+    }
+
+    /// `ip route add blackhole DST proto boot`: the route flannel's `AddBlackholeV4Route` adds
+    /// (main table, scope universe, metric 0, `proto boot`, its netlink library's default).
+    /// Fails with `EEXIST` when another route to `dst` with metric 0 is in the main table.
+    pub async fn add_blackhole_route(&self, dst: IpNet) -> Result<()> {
+        let msg = blackhole_route(dst, RouteProtocol::Boot, RouteScope::Universe);
+        self.handle
+            .route()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::new(format!("adding route blackhole {dst}"), e))
+    }
+
+    /// Deletes the blackhole route to `dst` (whatever its protocol and scope); routes of other
+    /// types to `dst` are left alone, and a missing route is fine.
+    pub async fn delete_blackhole_route(&self, dst: IpNet) -> Result<()> {
+        // The kernel matches protocol and scope of a deletion only when they are set
+        // (fib_table_delete): Unspec and NoWhere match any; the type is always matched.
+        let msg = blackhole_route(dst, RouteProtocol::Unspec, RouteScope::NoWhere);
+        tolerate(
+            self.handle.route().del(msg).execute().await,
+            libc::ESRCH,
+            || format!("deleting route blackhole {dst}"),
+        )
+    }
+
+    /// All main-table routes whose destination is `dst` exactly.
+    pub async fn routes_to_prefix(&self, dst: IpNet) -> Result<Vec<RouteTo>> {
+        Ok(self
+            .main_routes_to_prefix(dst)
+            .await?
+            .iter()
             .map(|r| RouteTo {
                 oif: route_oif(r).unwrap_or(0),
                 pref_src: route_addr(r, |a| matches!(a, RouteAttribute::PrefSource(_))),
                 gateway: route_addr(r, |a| matches!(a, RouteAttribute::Gateway(_))),
+                local: r.header.kind == RouteType::Local,
             })
             .collect())
     }
@@ -659,6 +707,7 @@ impl Netlink {
             })?,
             pref_src: route_addr(&route, |a| matches!(a, RouteAttribute::PrefSource(_))),
             gateway: route_addr(&route, |a| matches!(a, RouteAttribute::Gateway(_))),
+            local: route.header.kind == RouteType::Local,
         })
     }
 
@@ -921,6 +970,23 @@ fn gateway_route(
         _ => return Err("destination and gateway are of different address families".into()),
     };
     Ok(msg)
+}
+
+/// A blackhole route to `dst` in the main table.
+fn blackhole_route(dst: IpNet, proto: RouteProtocol, scope: RouteScope) -> RouteMessage {
+    let mut msg = match dst {
+        IpNet::V4(d) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .kind(RouteType::BlackHole)
+            .build(),
+        IpNet::V6(d) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(d.network(), d.prefix_len())
+            .kind(RouteType::BlackHole)
+            .build(),
+    };
+    msg.header.protocol = proto;
+    msg.header.scope = scope;
+    msg
 }
 
 fn route_message(

@@ -569,3 +569,105 @@ fn nftables_masquerade_rewrites_only_traffic_leaving_the_cluster() {
         "no masquerading after remove()"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// flanneld's --ip-masq-fully-random-disable, and the choice of backend by EnableNFTables.
+
+#[test]
+fn fully_random_disabled_masquerades_without_it() {
+    require_root();
+    let ns = Netns::new(&unique_prefix(), "nrf");
+    add_unrelated_iptables_rules(&ns);
+    let plain = MasqConfig {
+        random_fully: false,
+        ..config(true, false)
+    };
+    let m = install(&ns, plain.clone());
+    assert!(!m.random_fully());
+    let [nat4, _, nat6, _] = all_iptables(&ns);
+    for (nat, flannels) in [(nat4, NAT_V4), (nat6, NAT_V6)] {
+        // flannel's rules, with plain MASQUERADE.
+        assert!(flannels.contains(" --random-fully"));
+        assert_eq!(nat, flannels.replace(" --random-fully", ""));
+    }
+    remove(&ns, m);
+
+    let m = install(
+        &ns,
+        MasqConfig {
+            prefer_nftables: true,
+            ..plain
+        },
+    );
+    assert_eq!(m.backend(), BackendKind::Nftables);
+    assert!(!m.random_fully());
+    let expected = tables(&format!("{NFT_V4}{NFT_V6}").replace(" fully-random", ""));
+    assert_eq!(flannel_tables(&ns), expected);
+    assert_eq!(expected.concat().matches(" masquerade comment").count(), 4);
+    remove(&ns, m);
+}
+
+/// The nftables tables of flanneld and vxdp (iptables-nft's tables left out).
+fn flannel_tables(ns: &Netns) -> Vec<String> {
+    ruleset(ns)
+        .into_iter()
+        .filter(|t| t.contains(" flannel-ipv") || t.contains(" vxdp-flannel "))
+        .collect()
+}
+
+/// flanneld's nftables tables, as its nftables traffic manager leaves them (knftables).
+const FLANNELD_NFT: &str = "table ip flannel-ipv4 {
+	comment \"rules for flannel-ipv4\"
+	chain postrtg {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 10.5.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random
+	}
+}
+table ip6 flannel-ipv6 {
+	comment \"rules for flannel-ipv6\"
+}
+";
+
+#[test]
+fn the_unused_backends_leftovers_are_removed_as_flanneld_does() {
+    require_root();
+    let ns = Netns::new(&unique_prefix(), "swap");
+    add_unrelated_iptables_rules(&ns);
+    let unrelated_iptables = all_iptables(&ns);
+    ns.enter(|| {
+        use std::io::Write;
+        let mut nft = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(FLANNELD_NFT.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success());
+    });
+    assert_eq!(flannel_tables(&ns), tables(FLANNELD_NFT));
+
+    // iptables, left behind as after a crash (dropped, not removed): flanneld's nftables
+    // tables go, since vxdp's rules replace them.
+    drop(install(&ns, config(true, false)));
+    assert_flanneld_iptables(&ns);
+    assert!(flannel_tables(&ns).is_empty(), "{:?}", ruleset(&ns));
+
+    // The network config turns to EnableNFTables: flannel's iptables chains and jumps go.
+    let nft = install(&ns, config(true, true));
+    assert_eq!(nft.backend(), BackendKind::Nftables);
+    assert_eq!(all_iptables(&ns), unrelated_iptables);
+    assert_eq!(flannel_tables(&ns), tables(&format!("{NFT_V4}{NFT_V6}")));
+    drop(nft);
+
+    // And back: vxdp's nftables tables go.
+    let ipt = install(&ns, config(true, false));
+    assert_eq!(ipt.backend(), BackendKind::Iptables);
+    assert_flanneld_iptables(&ns);
+    assert!(flannel_tables(&ns).is_empty(), "{:?}", ruleset(&ns));
+    remove(&ns, ipt);
+    assert_eq!(all_iptables(&ns), unrelated_iptables);
+}

@@ -63,11 +63,13 @@ impl Host {
         let mut args: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
         args.extend(["env".into(), "RUST_LOG=info".into()]);
         args.extend(env.iter().map(|e| e.to_string()));
+        args.extend([VXDP.into(), "run".into()]);
+        // eth0 unless the test chooses the interface itself (--iface, --iface-regex,
+        // --iface-can-reach).
+        if !extra.iter().any(|a| a.starts_with("--iface")) {
+            args.extend(["--iface".into(), "eth0".into()]);
+        }
         args.extend([
-            VXDP.into(),
-            "run".into(),
-            "--iface".into(),
-            "eth0".into(),
             "--subnet-file".into(),
             subnet_file.display().to_string(),
             "--control-socket".into(),

@@ -408,6 +408,45 @@ impl IptFamily {
     }
 }
 
+/// flannel's two chains and the jumps to them, without rules: what removing them takes.
+fn flannel_chain_skeletons() -> Vec<OwnedChain> {
+    let skeleton = |table, name, from, comment| OwnedChain {
+        table,
+        name,
+        from,
+        jump: jump_spec(comment, name),
+        rules: Vec::new(),
+        snapshot: String::new(),
+    };
+    vec![
+        skeleton("nat", POSTRTG_CHAIN, "POSTROUTING", super::MASQ_COMMENT),
+        skeleton("filter", FWD_CHAIN, "FORWARD", super::FORWARD_COMMENT),
+    ]
+}
+
+/// Removes flannel's chains (`FLANNEL-POSTRTG`, `FLANNEL-FWD`) and the jumps to them with one
+/// family's `iptables`, whoever left them (flanneld, or vxdp before the network config turned to
+/// nftables); returns the chains that were there.
+pub(super) fn remove_leftover_chains(
+    iptables: PathBuf,
+    restore: PathBuf,
+) -> Result<Vec<&'static str>, MasqError> {
+    let family = IptFamily {
+        iptables,
+        restore,
+        random_fully: false,
+        chains: flannel_chain_skeletons(),
+    };
+    let mut removed = Vec::new();
+    for c in &family.chains {
+        if family.list(c.table, c.name)?.is_some() {
+            family.remove_chain(c)?;
+            removed.push(c.name);
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,6 +535,20 @@ mod tests {
         assert!(s.contains("COMMIT\n*filter\n:FLANNEL-FWD - [0:0]\n-A FLANNEL-FWD -s 10.5.0.0/16"));
         assert!(s.ends_with("-j ACCEPT\nCOMMIT\n"));
         assert_eq!(s.matches("COMMIT").count(), 2);
+    }
+
+    #[test]
+    fn leftover_cleanup_removes_the_chains_and_jumps_install_adds() {
+        let c = cfg();
+        let installed = chains(&c, &c.families()[0], true);
+        let skeletons = flannel_chain_skeletons();
+        assert_eq!(installed.len(), skeletons.len());
+        for (i, s) in installed.iter().zip(&skeletons) {
+            assert_eq!(
+                (i.table, i.name, i.from, &i.jump),
+                (s.table, s.name, s.from, &s.jump)
+            );
+        }
     }
 
     #[test]

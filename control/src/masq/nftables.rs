@@ -116,9 +116,52 @@ pub(super) fn table_definition(
     Some(s)
 }
 
+/// flanneld's own tables (`pkg/trafficmngr/nftables`: `ip flannel-ipv4`, `ip6 flannel-ipv6`),
+/// which vxdp's tables replace.
+pub(super) const FLANNELD_TABLES: [(&str, &str); 2] =
+    [("ip", "flannel-ipv4"), ("ip6", "flannel-ipv6")];
+
+/// vxdp's own tables, in both families.
+pub(super) const VXDP_TABLES: [(&str, &str); 2] = [("ip", TABLE), ("ip6", TABLE)];
+
 /// Lines that delete `table F vxdp-flannel` whether or not it exists.
 fn delete_lines(family: &str) -> String {
-    format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n")
+    delete_table_lines(family, TABLE)
+}
+
+/// Lines that delete `table F NAME` whether or not it exists: declaring a table that exists
+/// changes nothing, and makes the delete valid when it did not.
+fn delete_table_lines(family: &str, name: &str) -> String {
+    format!("table {family} {name}\ndelete table {family} {name}\n")
+}
+
+/// Deletes those of `tables` that exist, in one transaction; returns them as `F NAME`.
+pub(super) fn delete_leftover_tables(
+    nft: &std::path::Path,
+    tables: &[(&str, &str)],
+) -> Result<Vec<String>, MasqError> {
+    let mut present = Vec::new();
+    for (family, name) in tables {
+        let args: Vec<String> = ["list", "table", family, name]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let ran = run(nft, &args, None)?;
+        if ran.success {
+            present.push((*family, *name));
+        } else if !ran.stderr.contains("No such file or directory") {
+            return Err(ran.error());
+        }
+    }
+    if !present.is_empty() {
+        let script: String = present
+            .iter()
+            .map(|(f, n)| delete_table_lines(f, n))
+            .collect();
+        let args = ["-f".to_owned(), "-".to_owned()];
+        run(nft, &args, Some(&script))?.ok()?;
+    }
+    Ok(present.iter().map(|(f, n)| format!("{f} {n}")).collect())
 }
 
 /// Whether the kernel and nft take `masquerade fully-random`: flannel's `checkRandomfully`, a
@@ -323,6 +366,10 @@ mod tests {
         assert_eq!(
             delete_lines("ip6"),
             "table ip6 vxdp-flannel\ndelete table ip6 vxdp-flannel\n"
+        );
+        assert_eq!(
+            delete_table_lines("ip", "flannel-ipv4"),
+            "table ip flannel-ipv4\ndelete table ip flannel-ipv4\n"
         );
     }
 }
