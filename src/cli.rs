@@ -187,7 +187,8 @@ pub struct RunArgs {
     )]
     pub etcd_password: Option<String>,
 
-    /// Read the network config from this file instead of `<etcd-prefix>/config`.
+    /// Read the network config from this file instead of `<etcd-prefix>/config` (with
+    /// --kube-subnet-mgr: default /etc/kube-flannel/net-conf.json).
     #[arg(
         long,
         value_name = "PATH",
@@ -195,6 +196,37 @@ pub struct RunArgs {
         help_heading = "Lease store"
     )]
     pub net_config_path: Option<PathBuf>,
+
+    /// Use the Kubernetes API as the lease store: the node's spec.podCIDR is its lease, and
+    /// peers are the nodes flannel (or vxdp) annotated.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "local_store", help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub kube_subnet_mgr: bool,
+
+    /// Kubernetes API server URL (default: the kubeconfig's, or the pod's service account's).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FLANNELD_KUBE_API_URL",
+        help_heading = "Kubernetes subnet manager (as flanneld)"
+    )]
+    pub kube_api_url: Option<String>,
+
+    /// kubeconfig file (default: the pod's service account).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLANNELD_KUBECONFIG_FILE",
+        help_heading = "Kubernetes subnet manager (as flanneld)"
+    )]
+    pub kubeconfig_file: Option<PathBuf>,
+
+    /// Prefix of the node annotations; it may contain one '/' (else one is appended).
+    #[arg(long, value_name = "PREFIX", default_value = control::store::kube::annotations::DEFAULT_ANNOTATION_PREFIX, env = "FLANNELD_KUBE_ANNOTATION_PREFIX", help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub kube_annotation_prefix: String,
+
+    /// Set the node's NetworkUnavailable condition to False once vxdp forwards.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub set_node_network_unavailable: bool,
 
     /// Interface (name or IP address) for inter-host traffic; repeat to give fallbacks. Default:
     /// the interface of the default route.
@@ -378,14 +410,6 @@ pub struct RunArgs {
 /// refuse them with a reason instead of a bare "unexpected argument".
 #[derive(Debug, Clone, Default, Args)]
 pub struct UnsupportedFlanneldFlags {
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    kube_subnet_mgr: Option<String>,
-    #[arg(long, hide = true)]
-    kube_api_url: Option<String>,
-    #[arg(long, hide = true)]
-    kubeconfig_file: Option<String>,
-    #[arg(long, hide = true)]
-    kube_annotation_prefix: Option<String>,
     #[arg(long, hide = true)]
     iface_can_reach: Option<String>,
     #[arg(long, hide = true)]
@@ -394,24 +418,13 @@ pub struct UnsupportedFlanneldFlags {
     charon_executable_path: Option<String>,
     #[arg(long, hide = true)]
     charon_viciuri: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    set_node_network_unavailable: Option<String>,
 }
 
 impl UnsupportedFlanneldFlags {
     /// An error naming the first unsupported flag given, and what to do instead.
     pub fn check(&self) -> Result<(), String> {
         let given = |v: &Option<String>| v.is_some();
-        let msg = if given(&self.kube_subnet_mgr)
-            || given(&self.kube_api_url)
-            || given(&self.kubeconfig_file)
-            || given(&self.kube_annotation_prefix)
-            || given(&self.set_node_network_unavailable)
-        {
-            "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not \
-             implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory \
-             (--local-store)"
-        } else if given(&self.iface_can_reach) {
+        let msg = if given(&self.iface_can_reach) {
             "--iface-can-reach is not implemented: name the interface with --iface or \
              --iface-regex"
         } else if given(&self.public_ipv6) {
@@ -533,10 +546,10 @@ mod tests {
 
     #[test]
     fn unsupported_flanneld_flags_are_refused_with_a_reason() {
-        let cli = Cli::try_parse_from(["vxdp", "--kube-subnet-mgr"]).unwrap();
+        let cli = Cli::try_parse_from(["vxdp", "--charon-viciuri", "unix:///x"]).unwrap();
         let err = cli.run.unsupported.check().unwrap_err();
         assert!(
-            err.contains("--kube-subnet-mgr") && err.contains("--etcd-endpoints"),
+            err.contains("--charon-*") && err.contains("vxlan backend"),
             "{err}"
         );
         assert!(!err.contains("  "), "one sentence, no gaps: {err}");
@@ -555,6 +568,58 @@ mod tests {
             .contains("IPv4 underlay"));
         let cli = Cli::try_parse_from(["vxdp"]).unwrap();
         assert!(cli.run.unsupported.check().is_ok());
+    }
+
+    #[test]
+    fn kube_subnet_manager_flags_parse_as_flanneld_takes_them() {
+        let cli = Cli::try_parse_from(["vxdp"]).unwrap();
+        assert!(!cli.run.kube_subnet_mgr);
+        assert!(cli.run.set_node_network_unavailable, "flanneld's default");
+        assert_eq!(cli.run.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert!(cli.run.unsupported.check().is_ok());
+
+        // kube-flannel.yml's command line, Go style.
+        let known: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let argv = normalize_go_flags(
+            ["/opt/bin/flanneld", "--ip-masq", "-kube-subnet-mgr"]
+                .iter()
+                .map(Into::into)
+                .collect(),
+            &known,
+        );
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert!(cli.run.kube_subnet_mgr && cli.run.ip_masq);
+        assert!(cli.run.unsupported.check().is_ok());
+
+        let cli = Cli::try_parse_from([
+            "vxdp",
+            "--kube-subnet-mgr=true",
+            "--kubeconfig-file",
+            "/etc/vxdp/kubeconfig",
+            "--kube-api-url",
+            "https://192.0.2.254:6443",
+            "--kube-annotation-prefix",
+            "example.com/vxdp",
+            "--set-node-network-unavailable=false",
+        ])
+        .unwrap();
+        assert!(cli.run.kube_subnet_mgr);
+        assert_eq!(
+            cli.run.kubeconfig_file,
+            Some(PathBuf::from("/etc/vxdp/kubeconfig"))
+        );
+        assert_eq!(
+            cli.run.kube_api_url.as_deref(),
+            Some("https://192.0.2.254:6443")
+        );
+        assert_eq!(cli.run.kube_annotation_prefix, "example.com/vxdp");
+        assert!(!cli.run.set_node_network_unavailable);
+
+        // The two stores that are not etcd exclude each other.
+        assert!(Cli::try_parse_from(["vxdp", "--kube-subnet-mgr", "--local-store", "/x"]).is_err());
     }
 
     #[test]
