@@ -19,6 +19,8 @@ packages=(
   nftables iptables tcpdump openssl
   # demo and benchmarks
   iperf3 strace curl python3
+  # tests: deploy/kube-vxdp.yml is checked with kubernetes-validate from PyPI (below)
+  python3-pip
   # bench.sh counts vxdp's system calls per frame with perf (raw_syscalls tracepoint)
   linux-perf
   # scripts/soak.sh reads vxdp status and iperf3 JSON
@@ -62,6 +64,15 @@ if [ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then
     echo "setup: WARNING: cannot load br_netfilter (in a container or chroot, load it on the" \
       "host); vxdp will refuse to start without it unless EnableNFTables is set" >&2
   fi
+fi
+
+# tests/deploy_manifest.rs validates deploy/kube-vxdp.yml offline against the Kubernetes API's
+# JSON schemas with PyPI's kubernetes-validate (kubectl --dry-run=client still asks a server).
+if ! python3 -c 'import kubernetes_validate, yaml' 2>/dev/null; then
+  echo "setup: installing kubernetes-validate (PyPI)"
+  # A Debian python3 refuses system-wide pip installs (PEP 668) unless told otherwise.
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubernetes-validate
 fi
 
 if ! command -v cargo >/dev/null; then

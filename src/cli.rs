@@ -202,7 +202,8 @@ pub struct RunArgs {
     )]
     pub etcd_password: Option<String>,
 
-    /// Read the network config from this file instead of `<etcd-prefix>/config`.
+    /// Read the network config from this file instead of `<etcd-prefix>/config` (with
+    /// --kube-subnet-mgr: default /etc/kube-flannel/net-conf.json).
     #[arg(
         long,
         value_name = "PATH",
@@ -210,6 +211,37 @@ pub struct RunArgs {
         help_heading = "Lease store"
     )]
     pub net_config_path: Option<PathBuf>,
+
+    /// Use the Kubernetes API as the lease store: the node's spec.podCIDR is its lease, and
+    /// peers are the nodes flannel (or vxdp) annotated.
+    #[arg(long, env = "FLANNELD_KUBE_SUBNET_MGR", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "local_store", help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub kube_subnet_mgr: bool,
+
+    /// Kubernetes API server URL (default: the kubeconfig's, or the pod's service account's).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FLANNELD_KUBE_API_URL",
+        help_heading = "Kubernetes subnet manager (as flanneld)"
+    )]
+    pub kube_api_url: Option<String>,
+
+    /// kubeconfig file (default: the pod's service account).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "FLANNELD_KUBECONFIG_FILE",
+        help_heading = "Kubernetes subnet manager (as flanneld)"
+    )]
+    pub kubeconfig_file: Option<PathBuf>,
+
+    /// Prefix of the node annotations; it may contain one '/' (else one is appended).
+    #[arg(long, value_name = "PREFIX", default_value = control::store::kube::annotations::DEFAULT_ANNOTATION_PREFIX, env = "FLANNELD_KUBE_ANNOTATION_PREFIX", help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub kube_annotation_prefix: String,
+
+    /// Set the node's NetworkUnavailable condition to False once vxdp forwards.
+    #[arg(long, env = "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Kubernetes subnet manager (as flanneld)")]
+    pub set_node_network_unavailable: bool,
 
     /// Interface (name or IP address) for inter-host traffic; repeat to give fallbacks. Default:
     /// the interface of the default route.
@@ -437,22 +469,12 @@ pub struct UnsupportedFlanneldFlags {
     /// The `FLANNELD_*` variables that set any of these (filled by [`parse`], for the message).
     #[arg(skip)]
     from_env: Vec<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    kube_subnet_mgr: Option<String>,
-    #[arg(long, hide = true)]
-    kube_api_url: Option<String>,
-    #[arg(long, hide = true)]
-    kubeconfig_file: Option<String>,
-    #[arg(long, hide = true)]
-    kube_annotation_prefix: Option<String>,
     #[arg(long, hide = true)]
     public_ipv6: Option<String>,
     #[arg(long, hide = true)]
     charon_executable_path: Option<String>,
     #[arg(long, hide = true)]
     charon_viciuri: Option<String>,
-    #[arg(long, hide = true, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    set_node_network_unavailable: Option<String>,
 }
 
 impl UnsupportedFlanneldFlags {
@@ -460,16 +482,7 @@ impl UnsupportedFlanneldFlags {
     pub fn check(&self) -> Result<(), String> {
         // Empty means unset, as in flanneld; [`command`] turns a boolean flag's false into "".
         let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-        let msg = if given(&self.kube_subnet_mgr)
-            || given(&self.kube_api_url)
-            || given(&self.kubeconfig_file)
-            || given(&self.kube_annotation_prefix)
-            || given(&self.set_node_network_unavailable)
-        {
-            "the Kubernetes subnet manager (--kube-subnet-mgr and its --kube-* flags) is not \
-             implemented: vxdp keeps leases in etcd (--etcd-endpoints) or a local directory \
-             (--local-store)"
-        } else if given(&self.public_ipv6) {
+        let msg = if given(&self.public_ipv6) {
             "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
         } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
             "the IPsec backend's --charon-* flags do not apply: vxdp implements the vxlan backend"
@@ -707,9 +720,9 @@ mod tests {
 
     #[test]
     fn unsupported_flanneld_flags_are_refused_with_a_reason() {
-        let err = refusal(&["vxdp", "--kube-subnet-mgr"]).unwrap();
+        let err = refusal(&["vxdp", "--charon-viciuri", "unix:///x"]).unwrap();
         assert!(
-            err.contains("--kube-subnet-mgr") && err.contains("--etcd-endpoints"),
+            err.contains("--charon-*") && err.contains("vxlan backend"),
             "{err}"
         );
         assert!(!err.contains("  "), "one sentence, no gaps: {err}");
@@ -717,8 +730,8 @@ mod tests {
             !err.contains("environment"),
             "given on the command line: {err}"
         );
-        let err = refusal(&["vxdp", "run", "-kube-subnet-mgr=true"]).unwrap();
-        assert!(err.contains("--kube-subnet-mgr"), "{err}");
+        let err = refusal(&["vxdp", "run", "-public-ipv6=fd00::1"]).unwrap();
+        assert!(err.contains("--public-ipv6"), "{err}");
         let err = refusal(&["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
         assert!(err.contains("IPv4 underlay"), "{err}");
         let err = refusal(&["vxdp", "--charon-viciuri=unix:///x"]).unwrap();
@@ -727,19 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_boolean_flag_set_to_false_asks_for_nothing() {
-        // flanneld parses its booleans with Go's strconv.ParseBool.
-        for off in ["false", "0", "f", "F", "FALSE", "False"] {
-            let flag = format!("--kube-subnet-mgr={off}");
-            assert_eq!(refusal(&["vxdp", &flag]), None, "{flag}");
-        }
-        for on in ["true", "1", "t", "T", "TRUE", "True"] {
-            let flag = format!("--kube-subnet-mgr={on}");
-            assert!(refusal(&["vxdp", &flag]).is_some(), "{flag}");
-        }
-        let e = parse_args(&["vxdp", "--kube-subnet-mgr=maybe"]).unwrap_err();
-        assert!(e.to_string().contains("not a boolean"), "{e}");
-        // An empty value is unset, as in flanneld.
+    fn an_empty_refused_flag_is_unset_as_in_flanneld() {
         assert_eq!(refusal(&["vxdp", "--public-ipv6="]), None);
     }
 
@@ -749,7 +750,7 @@ mod tests {
         let run = cmd.find_subcommand("run").unwrap();
         for c in [&cmd, run] {
             let ids = refused_ids(c);
-            assert!(ids.len() >= 5, "the refused group is found: {ids:?}");
+            assert!(ids.len() >= 3, "the refused group is found: {ids:?}");
             for id in ids {
                 let arg = c.get_arguments().find(|a| a.get_id() == &id).unwrap();
                 let long = arg.get_long().unwrap();
@@ -760,7 +761,9 @@ mod tests {
                 );
             }
         }
-        assert!(refused_ids(&cmd).iter().all(|id| id != "iface_can_reach"));
+        assert!(refused_ids(&cmd)
+            .iter()
+            .all(|id| id != "iface_can_reach" && id != "kube_subnet_mgr"));
     }
 
     #[test]
@@ -806,6 +809,58 @@ mod tests {
         assert!(!cli.run.ip_blackhole_route);
         let e = parse_args(&["vxdp", "--iface-can-reach", "eth0"]).unwrap_err();
         assert!(e.to_string().contains("eth0"), "{e}");
+    }
+
+    #[test]
+    fn kube_subnet_manager_flags_parse_as_flanneld_takes_them() {
+        let cli = Cli::try_parse_from(["vxdp"]).unwrap();
+        assert!(!cli.run.kube_subnet_mgr);
+        assert!(cli.run.set_node_network_unavailable, "flanneld's default");
+        assert_eq!(cli.run.kube_annotation_prefix, "flannel.alpha.coreos.com");
+        assert!(cli.run.unsupported.check().is_ok());
+
+        // kube-flannel.yml's command line, Go style.
+        let known: Vec<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        let argv = normalize_go_flags(
+            ["/opt/bin/flanneld", "--ip-masq", "-kube-subnet-mgr"]
+                .iter()
+                .map(Into::into)
+                .collect(),
+            &known,
+        );
+        let cli = Cli::try_parse_from(argv).unwrap();
+        assert!(cli.run.kube_subnet_mgr && cli.run.ip_masq);
+        assert!(cli.run.unsupported.check().is_ok());
+
+        let cli = Cli::try_parse_from([
+            "vxdp",
+            "--kube-subnet-mgr=true",
+            "--kubeconfig-file",
+            "/etc/vxdp/kubeconfig",
+            "--kube-api-url",
+            "https://192.0.2.254:6443",
+            "--kube-annotation-prefix",
+            "example.com/vxdp",
+            "--set-node-network-unavailable=false",
+        ])
+        .unwrap();
+        assert!(cli.run.kube_subnet_mgr);
+        assert_eq!(
+            cli.run.kubeconfig_file,
+            Some(PathBuf::from("/etc/vxdp/kubeconfig"))
+        );
+        assert_eq!(
+            cli.run.kube_api_url.as_deref(),
+            Some("https://192.0.2.254:6443")
+        );
+        assert_eq!(cli.run.kube_annotation_prefix, "example.com/vxdp");
+        assert!(!cli.run.set_node_network_unavailable);
+
+        // The two stores that are not etcd exclude each other.
+        assert!(Cli::try_parse_from(["vxdp", "--kube-subnet-mgr", "--local-store", "/x"]).is_err());
     }
 
     #[test]

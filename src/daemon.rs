@@ -16,6 +16,7 @@ use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
 use control::store::etcd::{EtcdOptions, EtcdStore};
+use control::store::kube::{self as kube_store, KubeOptions, KubeStore, NodeIdentity};
 use control::store::local::LocalStore;
 use control::store::{self, AcquireError, LeaseStore, LeaseWatcher, StoreError};
 use control::{subnet_file, vtep_mac};
@@ -216,6 +217,12 @@ fn sd_notify_ready() {
 /// Runs the daemon until SIGINT/SIGTERM (Ok) or a fatal condition (Err).
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
+    if args.kube_subnet_mgr {
+        return match kube_store_from_args(&args, &mut signals).await? {
+            Some(store) => run_with_store(args.clone(), store, signals).await,
+            None => Ok(()),
+        };
+    }
     match &args.local_store {
         Some(dir) => {
             let store = LocalStore::open(dir)
@@ -242,6 +249,63 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             };
             run_with_store(args.clone(), store, signals).await
         }
+    }
+}
+
+/// The Kubernetes subnet manager's store (`--kube-subnet-mgr`), from the flags and flanneld's
+/// environment: `NODE_NAME` (else `POD_NAME`/`POD_NAMESPACE`), `EVENT_QUEUE_DEPTH`,
+/// `CONT_WHEN_CACHE_NOT_READY`. Waits while the API server is unreachable; `None` when SIGTERM
+/// or SIGINT arrives meanwhile.
+async fn kube_store_from_args(
+    args: &RunArgs,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<KubeStore>> {
+    let env = |name: &str| std::env::var(name).ok();
+    let opts = KubeOptions {
+        api_url: args.kube_api_url.clone(),
+        kubeconfig: args.kubeconfig_file.clone(),
+        annotation_prefix: args.kube_annotation_prefix.clone(),
+        node: NodeIdentity::from_env_values(
+            env("NODE_NAME"),
+            env("POD_NAME"),
+            env("POD_NAMESPACE"),
+        )?,
+        net_config_path: args
+            .net_config_path
+            .clone()
+            .unwrap_or_else(|| kube_store::DEFAULT_NET_CONF_PATH.into()),
+        set_node_network_unavailable: args.set_node_network_unavailable,
+        event_queue_depth: kube_store::event_queue_depth(env("EVENT_QUEUE_DEPTH").as_deref())?,
+        continue_when_cache_not_ready: env("CONT_WHEN_CACHE_NOT_READY").as_deref() == Some("true"),
+        cache_sync_timeout: kube_store::CACHE_SYNC_TIMEOUT,
+        node_wait: kube_store::NODE_WAIT,
+    };
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let attempt = tokio::select! {
+            r = KubeStore::connect(opts.clone()) => r,
+            name = signals.recv() => {
+                tracing::info!("{name} while connecting to the Kubernetes API: exiting");
+                return Ok(None);
+            }
+        };
+        match attempt {
+            Ok(store) => return Ok(Some(store)),
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!("connecting to the Kubernetes API: {e}; retrying in {delay:?}");
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context("starting the Kubernetes subnet manager"))
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            name = signals.recv() => {
+                tracing::info!("{name} while waiting for the Kubernetes API: exiting");
+                return Ok(None);
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -353,12 +417,16 @@ async fn run_with_store<S: LeaseStore>(
         true,
         config.ipv6.is_some(),
     )?;
+    // Kubernetes: the node's annotations may name its public IP (node-public-ip replaces
+    // --public-ip, as in flanneld) and the VtepMAC an earlier run announced.
+    let hints = store.node_hints().await;
+    let public_ip = hints.public_ip.or(args.public_ip);
     let external = find_external_interface(
         &nl,
         &args.iface,
         &args.iface_regex,
         args.iface_can_reach,
-        args.public_ip,
+        public_ip,
     )
     .await?;
     tracing::info!(
@@ -368,32 +436,52 @@ async fn run_with_store<S: LeaseStore>(
         "using external interface"
     );
     let vni = config.backend.vni;
-    let vtep_mac = vtep_mac::stable_vtep_mac(
-        &vtep_mac::machine_id(),
-        std::net::IpAddr::V4(external.public_ip),
-        vni,
-    );
+    let vtep_mac = hints.vtep_mac.unwrap_or_else(|| {
+        vtep_mac::stable_vtep_mac(
+            &vtep_mac::machine_id(),
+            std::net::IpAddr::V4(external.public_ip),
+            vni,
+        )
+    });
     let attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
     let previous = subnet_file::read_previous_subnet(&args.subnet_file).ok();
     let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
-    let what = format!("acquiring a lease from the {}", store.describe());
-    let acquired = loop {
-        match store::acquire(&store, &config, &attrs, previous, ttl).await {
-            Ok(a) => break a,
-            Err(AcquireError::Store(StoreError::Unavailable(e))) => {
-                tracing::warn!("{what}: {e}; retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Err(e) => return Err(anyhow::Error::new(e).context(what)),
+    let assigned = store
+        .assigned_lease(&config, &attrs)
+        .await
+        .with_context(|| format!("taking this node's lease from the {}", store.describe()))?;
+    let mut lease = match assigned {
+        // Kubernetes: the lease is the node's pod CIDR, given, not acquired.
+        Some(lease) => {
+            tracing::info!(
+                subnet = %lease.subnet,
+                vtep_mac = %vtep_mac,
+                "lease assigned by the {}",
+                store.describe()
+            );
+            lease
+        }
+        None => {
+            let what = format!("acquiring a lease from the {}", store.describe());
+            let acquired = loop {
+                match store::acquire(&store, &config, &attrs, previous, ttl).await {
+                    Ok(a) => break a,
+                    Err(AcquireError::Store(StoreError::Unavailable(e))) => {
+                        tracing::warn!("{what}: {e}; retrying in 5s");
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    Err(e) => return Err(anyhow::Error::new(e).context(what)),
+                }
+            };
+            tracing::info!(
+                subnet = %acquired.lease.subnet,
+                vtep_mac = %vtep_mac,
+                "lease acquired ({})",
+                acquired.allocation
+            );
+            acquired.lease
         }
     };
-    let mut lease = acquired.lease;
-    tracing::info!(
-        subnet = %lease.subnet,
-        vtep_mac = %vtep_mac,
-        "lease acquired ({})",
-        acquired.allocation
-    );
 
     let mtu = config.mtu_for(external.link.mtu, false);
     let device = args.device.clone().unwrap_or_else(|| format!("vxdp.{vni}"));
@@ -650,6 +738,13 @@ async fn run_with_store<S: LeaseStore>(
     readiness.set_ready();
     sd_notify_ready();
     tracing::info!(subnet_file = %args.subnet_file.display(), "ready");
+    // Kubernetes: NetworkUnavailable=False, beside the event loop (the API may be slow).
+    let node_ready = store.node_ready(&lease);
+    let node_ready_task = tokio::spawn(async move {
+        if let Err(e) = node_ready.await {
+            tracing::warn!("telling the cluster that this node forwards: {e}");
+        }
+    });
 
     let mut tick = tokio::time::interval(TICK);
     let margin = Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60);
@@ -732,6 +827,7 @@ async fn run_with_store<S: LeaseStore>(
 
     control_task.abort();
     watch_task.abort();
+    node_ready_task.abort();
     if let Some(t) = health_task {
         t.abort();
     }

@@ -18,6 +18,9 @@ fn init_logging(format: LogFormat, verbosity: Option<u8>) {
         4..=5 => "debug",
         _ => "trace",
     };
+    // kube-rs logs every failed connection attempt at error level; the Kubernetes store reports
+    // each failure itself, with what it retries and when, so the default leaves kube-rs out.
+    let default = format!("{default},kube_client=off");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -616,3 +616,42 @@ impl Drop for Cluster {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A `ping` running in the background from a host; see [`Pinger::stop`].
+pub struct Pinger {
+    child: ChildGuard,
+    log: PathBuf,
+}
+
+impl Host {
+    /// Starts `ping -i <interval_s>` from this host to `to`, logging to `<dir>/ping-<tag>.log`.
+    pub fn start_ping(&self, to: Ipv4Addr, interval_s: &str, tag: &str) -> Pinger {
+        let log = self.dir.join(format!("ping-{tag}.log"));
+        let child = self.ns.spawn(
+            &["ping", "-i", interval_s, "-W", "2", &to.to_string()],
+            Some(&log),
+        );
+        Pinger { child, log }
+    }
+}
+
+impl Pinger {
+    /// Stops the ping; (transmitted, received), not counting a last request still unanswered
+    /// when ping was interrupted (it was in flight, not lost).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.child.signal(libc::SIGINT);
+        let _ = wait_for(Duration::from_secs(5), || self.child.exited());
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        let nums: Vec<u64> = line
+            .split(',')
+            .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+            .collect();
+        let last = format!("icmp_seq={} ", nums[0]);
+        let in_flight = !text.lines().any(|l| l.contains(&last));
+        (nums[0] - u64::from(in_flight), nums[1])
+    }
+}

@@ -1,19 +1,28 @@
 //! Lease stores: where the network config and every node's lease live.
 //!
-//! Two implementations share one trait: the embedded [`local::LocalStore`] (a directory that
-//! every node on one machine shares, for single-machine and static setups) and etcd v3 (what
-//! flanneld clusters use). The flannel logic on top of them, choosing a subnet, retrying lost
+//! Three implementations share one trait: the embedded [`local::LocalStore`] (a directory that
+//! every node on one machine shares, for single-machine and static setups), etcd v3 (what
+//! flanneld clusters use), and the Kubernetes API ([`kube::KubeStore`], flanneld's
+//! `--kube-subnet-mgr`). The flannel logic on top of them, choosing a subnet, retrying lost
 //! races, turning re-listings into events, is written once here.
+//!
+//! Local and etcd leases are acquired from the store ([`acquire`]); a Kubernetes node's lease
+//! is assigned to it (its pod CIDR) and only published, which the store says through
+//! [`LeaseStore::assigned_lease`]. [`LeaseStore::node_hints`] and [`LeaseStore::node_ready`]
+//! carry the rest of what the Kubernetes subnet manager does differently; the other stores
+//! keep their defaults.
 
 pub mod etcd;
+pub mod kube;
 pub mod local;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
+use packet::wire::MacAddr;
 use time::OffsetDateTime;
 
 use crate::config::NetworkConfig;
@@ -68,6 +77,19 @@ impl Listing {
     }
 }
 
+/// What an earlier run left for this node in the store, to reuse (Kubernetes: the node's
+/// annotations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeHints {
+    /// The public IP this node must announce (flannel's `node-public-ip` annotation); it
+    /// overrides `--public-ip`, as in flanneld.
+    pub public_ip: Option<IpAddr>,
+    /// The VtepMAC this node announced before (flannel's `backend-data` annotation), kept so
+    /// that peers' ARP and FDB entries for it stay valid across restarts and a switch from
+    /// flanneld.
+    pub vtep_mac: Option<MacAddr>,
+}
+
 /// Where leases live. Methods are async so the etcd store can do network I/O; the local store
 /// runs its file operations on tokio's blocking pool.
 pub trait LeaseStore: Send + Sync + 'static {
@@ -98,6 +120,33 @@ pub trait LeaseStore: Send + Sync + 'static {
         &self,
         listing: &Listing,
     ) -> impl Future<Output = Result<Self::Watcher, StoreError>> + Send;
+
+    /// What an earlier run left for this node (read before the external interface and the
+    /// VtepMAC are chosen). None by default; failures are logged by the store and give none.
+    fn node_hints(&self) -> impl Future<Output = NodeHints> + Send {
+        async { NodeHints::default() }
+    }
+
+    /// The lease the cluster assigned to this node, after publishing `attrs` for it
+    /// (Kubernetes: the node's pod CIDR, published in its annotations). `Ok(None)`, the
+    /// default, means leases are acquired from this store with [`acquire`] instead.
+    fn assigned_lease(
+        &self,
+        _config: &NetworkConfig,
+        _attrs: &LeaseAttrs,
+    ) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+
+    /// Tells the cluster that this node forwards now, once it is ready (Kubernetes: the node's
+    /// `NetworkUnavailable` condition). The future owns what it needs, so the daemon can run
+    /// it beside its event loop. Nothing to do by default.
+    fn node_ready(
+        &self,
+        _lease: &Lease,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        async { Ok(()) }
+    }
 }
 
 /// A stream of lease changes.

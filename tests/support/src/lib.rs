@@ -1,6 +1,9 @@
 //! Test support: network namespaces, veth links and child processes that clean up after
 //! themselves, also when a test fails or panics.
 //!
+//! [`kube`] is a stand-in Kubernetes API server (HTTPS, bearer token, list/watch/patch of
+//! nodes) for the Kubernetes subnet manager's tests.
+//!
 //! Every namespace name carries a prefix unique to this process, so parallel test runs never
 //! touch each other's hosts, and only processes started here are ever killed (by PID).
 
@@ -11,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod kube;
 pub mod packet;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
