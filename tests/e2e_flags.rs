@@ -56,14 +56,14 @@ fn vxdp_exit(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn refused_flags_are_refused_from_their_flanneld_variables_too() {
-    let (code, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "true")], &[]);
+    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "fd00::1")], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("unsupported flanneld flag: the Kubernetes subnet manager"),
+        err.contains("unsupported flanneld flag: --public-ipv6"),
         "{err}"
     );
     assert!(
-        err.contains("set in the environment by FLANNELD_KUBE_SUBNET_MGR"),
+        err.contains("set in the environment by FLANNELD_PUBLIC_IPV6"),
         "{err}"
     );
     assert!(
@@ -77,31 +77,18 @@ fn refused_flags_are_refused_from_their_flanneld_variables_too() {
         err.contains("IPv4 underlay") && err.contains("FLANNELD_PUBLIC_IPV6"),
         "{err}"
     );
-    let (code, err) = vxdp_exit(
-        &[("FLANNELD_KUBE_API_URL", "https://198.51.100.1:6443")],
-        &[],
-    );
-    assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("FLANNELD_KUBE_API_URL"), "{err}");
 
-    // Turned off, or empty (unset for flanneld): nothing is asked that vxdp lacks, and it goes
-    // on (here to a local store that does not exist).
+    // Empty (unset for flanneld): nothing is asked that vxdp lacks, and it goes on (here to a
+    // local store that does not exist).
     let store = "/nonexistent/vxdp-store";
-    for (name, value) in [
-        ("FLANNELD_KUBE_SUBNET_MGR", "false"),
-        ("FLANNELD_PUBLIC_IPV6", ""),
-    ] {
+    for (name, value) in [("FLANNELD_PUBLIC_IPV6", "")] {
         let (code, err) = vxdp_exit(&[(name, value)], &["--local-store", store]);
         assert_eq!(code, Some(1), "{err}");
         assert!(!err.contains("unsupported"), "{name}={value}: {err}");
         assert!(err.contains(store), "{name}={value}: {err}");
     }
-    // A value flanneld could not parse either.
-    let (code, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "yes please")], &[]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("not a boolean"), "{err}");
     // Only the daemon refuses: `vxdp status` is not flanneld.
-    let (_, err) = vxdp_exit(&[("FLANNELD_KUBE_SUBNET_MGR", "true")], &["status"]);
+    let (_, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "fd00::1")], &["status"]);
     assert!(!err.contains("unsupported"), "{err}");
 }
 

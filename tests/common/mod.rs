@@ -180,12 +180,14 @@ impl Host {
             .unwrap_or(0)
     }
 
-    /// Waits until the daemon reports `n` peers, all resolved.
+    /// Waits until the daemon reports `n` peers, all forwarded to: next hop resolved (AF_XDP)
+    /// or routed by the kernel (UDP sockets).
     pub fn wait_peers(&self, n: usize) {
         let ok = wait_for(Duration::from_secs(10), || {
             let s = self.try_status()?;
             let peers = s["peers"].as_array()?;
-            (peers.len() == n && peers.iter().all(|p| p["state"] == "resolved")).then_some(())
+            let ready = |p: &Value| p["state"] == "resolved" || p["state"] == "kernel-routed";
+            (peers.len() == n && peers.iter().all(ready)).then_some(())
         });
         assert!(
             ok.is_some(),
