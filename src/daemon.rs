@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use control::backend::{Backend, OwnLease, PeerSync};
+use control::backend::{Backend, PeerSync};
 use control::blackhole::BlackholeRoute;
 use control::config::NetworkConfig;
 use control::interface::{find_external_interface, ExternalInterface};
 use control::lease::{Lease, LeaseAttrs, LeaseEvent, SubnetKey};
 use control::masq::{MasqConfig, Masquerade};
 use control::netlink::Netlink;
+use control::node::{Action, Exit, ExitReason, Input, LeasePolicy, Node};
 use control::store::etcd::{EtcdOptions, EtcdStore};
 use control::store::kube::{self as kube_store, KubeOptions, KubeStore, NodeIdentity};
 use control::store::local::LocalStore;
@@ -32,11 +33,15 @@ use dataplane::xsk::BindMode;
 use ipnet::IpNet;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{BusyPollChoice, RunArgs, WorkerCpus, XdpModeChoice, XskBindChoice};
 use crate::control_socket::ControlSocket;
 use crate::health::{self, Readiness};
+use crate::status::{
+    DeviceStatus, IfaceStatus, LeaseRow, LeaseStatus, NetworkStatus, PeerStatus, StatusDoc,
+};
 
 /// How often the backend's upkeep runs (next hops, worker health).
 const TICK: Duration = Duration::from_secs(1);
@@ -72,7 +77,7 @@ impl View {
         }
     }
 
-    fn leases_json(&self) -> Vec<serde_json::Value> {
+    fn lease_rows(&self) -> Vec<LeaseRow> {
         self.leases
             .values()
             .map(|l| {
@@ -84,20 +89,20 @@ impl View {
                         Err(e) => format!("ignored: {e}"),
                     }
                 };
-                json!({
-                    "subnet": l.key().to_string(),
-                    "public_ip": l.attrs.public_ip,
-                    "backend_type": l.attrs.backend_type,
-                    "vtep_mac": l.attrs.vxlan_data().ok().map(|d| d.vtep_mac.to_string()),
-                    "expiration": l.expiration.and_then(|e| e.format(&Rfc3339).ok()),
-                    "reservation": l.is_reservation(),
-                    "role": role,
-                })
+                LeaseRow {
+                    subnet: l.key().to_string(),
+                    public_ip: l.attrs.public_ip.to_string(),
+                    backend_type: l.attrs.backend_type.clone(),
+                    vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac.to_string()),
+                    expiration: l.expiration.and_then(|e| e.format(&Rfc3339).ok()),
+                    reservation: l.is_reservation(),
+                    role,
+                }
             })
             .collect()
     }
 
-    fn to_json(&self) -> serde_json::Value {
+    fn to_doc(&self) -> StatusDoc {
         let paths = self
             .probe
             .as_ref()
@@ -118,49 +123,64 @@ impl View {
             .vxlan_data()
             .map(|d| d.vtep_mac.to_string())
             .unwrap_or_default();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "ready": self.ready.is_ready(),
-            "backend": self.backend,
-            "summary": self.summary,
-            "xdp_mode": self.probe.as_ref().and_then(UserspaceStatusProbe::xdp_mode),
-            "iface": {
-                "name": self.external.link.name,
-                "index": self.external.link.index,
-                "public_ip": self.external.public_ip,
-                "mtu": self.external.link.mtu,
+        // The kernel backend hands the underlay to the kernel: nothing to resolve here.
+        let default_state = if self.probe.is_some() {
+            "resolving"
+        } else {
+            "programmed"
+        };
+        StatusDoc {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ready: self.ready.is_ready(),
+            backend: self.backend.to_string(),
+            summary: self.summary.clone(),
+            xdp_mode: self.probe.as_ref().and_then(UserspaceStatusProbe::xdp_mode),
+            iface: IfaceStatus {
+                name: self.external.link.name.clone(),
+                index: self.external.link.index,
+                public_ip: self.external.public_ip.to_string(),
+                mtu: self.external.link.mtu,
             },
-            "device": { "name": self.device, "mtu": self.mtu, "vtep_mac": vtep_mac },
-            "network": {
-                "network": self.config.network.to_string(),
-                "vni": self.config.backend.vni,
-                "port": self.config.vxlan_port(),
+            device: DeviceStatus {
+                name: self.device.clone(),
+                mtu: self.mtu,
+                vtep_mac: vtep_mac.clone(),
             },
-            "lease": {
-                "subnet": self.lease.subnet.to_string(),
-                "public_ip": self.lease.attrs.public_ip,
-                "vtep_mac": vtep_mac,
-                "expiration": self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
-                "expiration_unix": self.lease.expiration.map(|e| e.unix_timestamp()),
+            network: NetworkStatus {
+                network: self.config.network.to_string(),
+                vni: self.config.backend.vni,
+                port: self.config.vxlan_port(),
             },
-            "last_watch_event_age_seconds": self.last_watch_event.elapsed().as_secs_f64(),
-            "peers": self.peers.iter().map(|p| {
-                let path = paths.get(&p.public_ip);
-                // The kernel backend hands the underlay to the kernel: nothing to resolve here.
-                let default_state = if self.probe.is_some() { "resolving" } else { "programmed" };
-                json!({
-                    "subnet": p.subnet.to_string(),
-                    "public_ip": p.public_ip,
-                    "vtep_mac": p.vtep_mac.to_string(),
-                    "next_hop_mac": path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
-                    "state": path.map(|x| x.state.clone()).unwrap_or_else(|| default_state.into()),
+            lease: LeaseStatus {
+                subnet: self.lease.subnet.to_string(),
+                public_ip: self.lease.attrs.public_ip.to_string(),
+                vtep_mac,
+                expiration: self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
+                expiration_unix: self.lease.expiration.map(|e| e.unix_timestamp()),
+            },
+            last_watch_event_age_seconds: self.last_watch_event.elapsed().as_secs_f64(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| {
+                    let path = paths.get(&p.public_ip);
+                    PeerStatus {
+                        subnet: p.subnet.to_string(),
+                        public_ip: p.public_ip.to_string(),
+                        vtep_mac: p.vtep_mac.to_string(),
+                        next_hop_mac: path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
+                        state: path.map_or_else(|| default_state.to_string(), |x| x.state.clone()),
+                    }
                 })
-            }).collect::<Vec<_>>(),
-            "leases": self.leases_json(),
-            "workers": workers,
-            "totals": totals,
-            "xdp_counters": self.probe.as_ref().and_then(UserspaceStatusProbe::xdp_counters),
-        })
+                .collect(),
+            leases: self.lease_rows(),
+            workers,
+            totals,
+            xdp_counters: self
+                .probe
+                .as_ref()
+                .and_then(UserspaceStatusProbe::xdp_counters),
+        }
     }
 }
 
@@ -309,23 +329,49 @@ async fn kube_store_from_args(
     }
 }
 
+/// A failure that waiting may cure (the store could not be reached).
+trait Transient: std::error::Error + Send + Sync + 'static {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+impl Transient for AcquireError {
+    fn is_transient(&self) -> bool {
+        AcquireError::is_transient(self)
+    }
+}
+
 /// Runs `op` until it succeeds or fails for a reason other than the store being unreachable
-/// (flanneld also waits for etcd at startup instead of exiting). Returns `None` when SIGTERM or
-/// SIGINT arrives meanwhile.
-async fn retry_unavailable<T, F, Fut>(
+/// (flanneld also waits for etcd at startup instead of exiting), backing off from 1 s to 30 s.
+/// Returns `None` when SIGTERM or SIGINT arrives meanwhile: every wait on the store at start-up
+/// goes through here, so none of them can make the daemon deaf to a stop.
+async fn retry_unavailable<T, E, F, Fut>(
     signals: &mut Signals,
     what: &str,
     mut op: F,
 ) -> anyhow::Result<Option<T>>
 where
+    E: Transient,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_secs(1);
     loop {
-        match op().await {
+        let attempt = tokio::select! {
+            r = op() => r,
+            name = signals.recv() => {
+                tracing::info!("{name} while {what}: exiting");
+                return Ok(None);
+            }
+        };
+        match attempt {
             Ok(v) => return Ok(Some(v)),
-            Err(StoreError::Unavailable(e)) => {
+            Err(e) if e.is_transient() => {
                 tracing::warn!("{what}: {e}; retrying in {delay:?}");
             }
             Err(e) => return Err(anyhow::Error::new(e).context(what.to_string())),
@@ -359,16 +405,6 @@ async fn upkeep_blackhole(route: &BlackholeRoute, last_problem: &mut Option<Stri
         }
         *last_problem = problem;
     }
-}
-
-fn renew_delay(lease: &Lease, margin: Duration, ttl: Duration) -> Option<Duration> {
-    let exp = lease.expiration?;
-    let now = time::OffsetDateTime::now_utc();
-    let left = (exp - now).max(time::Duration::ZERO);
-    let left = Duration::try_from(left).unwrap_or_default();
-    // With a TTL shorter than the margin (tests), renew at half the TTL.
-    let margin = if margin >= ttl { ttl / 2 } else { margin };
-    Some(left.saturating_sub(margin))
 }
 
 async fn run_with_store<S: LeaseStore>(
@@ -450,7 +486,7 @@ async fn run_with_store<S: LeaseStore>(
         .assigned_lease(&config, &attrs)
         .await
         .with_context(|| format!("taking this node's lease from the {}", store.describe()))?;
-    let mut lease = match assigned {
+    let lease = match assigned {
         // Kubernetes: the lease is the node's pod CIDR, given, not acquired.
         Some(lease) => {
             tracing::info!(
@@ -463,15 +499,19 @@ async fn run_with_store<S: LeaseStore>(
         }
         None => {
             let what = format!("acquiring a lease from the {}", store.describe());
-            let acquired = loop {
-                match store::acquire(&store, &config, &attrs, previous, ttl).await {
-                    Ok(a) => break a,
-                    Err(AcquireError::Store(StoreError::Unavailable(e))) => {
-                        tracing::warn!("{what}: {e}; retrying in 5s");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                    Err(e) => return Err(anyhow::Error::new(e).context(what)),
-                }
+            let Some(acquired) = retry_unavailable(&mut signals, &what, || {
+                store::acquire(
+                    &store,
+                    &config,
+                    &attrs,
+                    previous,
+                    ttl,
+                    OffsetDateTime::now_utc(),
+                )
+            })
+            .await?
+            else {
+                return Ok(());
             };
             tracing::info!(
                 subnet = %acquired.lease.subnet,
@@ -637,8 +677,9 @@ async fn run_with_store<S: LeaseStore>(
         match request {
             "status" | "" => handler_view
                 .lock()
-                .map(|v| v.to_json())
-                .unwrap_or_else(|_| json!({"error": "status unavailable"})),
+                .ok()
+                .and_then(|v| serde_json::to_value(v.to_doc()).ok())
+                .unwrap_or_else(|| json!({"error": "status unavailable"})),
             other => json!({"error": format!("unknown request {other:?}; try status")}),
         }
     })));
@@ -703,7 +744,7 @@ async fn run_with_store<S: LeaseStore>(
         let metrics: health::MetricsSource = Arc::new(move || {
             metrics_view
                 .lock()
-                .map(|v| crate::metrics::render(&v.to_json()))
+                .map(|v| crate::metrics::render(&v.to_doc()))
                 .unwrap_or_default()
         });
         Some(tokio::spawn(health::serve(
@@ -748,48 +789,44 @@ async fn run_with_store<S: LeaseStore>(
 
     let mut tick = tokio::time::interval(TICK);
     let margin = Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60);
-    let mut renew_in = renew_delay(&lease, margin, ttl);
-    let renew_retry = Duration::from_secs(60)
-        .min(ttl / 4)
-        .max(Duration::from_secs(1));
-    let renew_sleep = tokio::time::sleep(renew_in.unwrap_or(Duration::MAX / 4));
-    tokio::pin!(renew_sleep);
+    let mut node = Node::new(
+        lease.clone(),
+        LeasePolicy::new(ttl, margin),
+        OffsetDateTime::now_utc(),
+    );
+    let timeout = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timeout);
 
-    // Set when the lease stopped being this node's (revoked, taken over).
-    let mut lease_lost = false;
-    let outcome: anyhow::Result<()> = loop {
-        tokio::select! {
-            name = signals.recv() => { tracing::info!("{name}: shutting down"); break Ok(()); }
+    // The shell: wait for the next thing to happen, tell the core, carry out what it says.
+    let exit: Exit = 'running: loop {
+        let deadline = node.next_timeout();
+        if let Some(at) = deadline {
+            let wait = Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or_default();
+            timeout.as_mut().reset(tokio::time::Instant::now() + wait);
+        }
+        let mut actions = tokio::select! {
+            name = signals.recv() => {
+                tracing::info!("{name}: shutting down");
+                node.handle(Input::Stop(name), OffsetDateTime::now_utc())
+            }
             Some(events) = events_rx.recv() => match events {
                 Ok(events) => {
                     if let Ok(mut v) = view.lock() {
                         v.record(&events);
-                    }
-                    match sync.apply(events).await {
-                        OwnLease::Removed => {
-                            lease_lost = true;
-                            tracing::error!(subnet = %lease.subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down");
-                            break Err(anyhow::anyhow!("lease {} was revoked", lease.subnet));
-                        }
-                        OwnLease::Written(l) if l.attrs.public_ip != lease.attrs.public_ip => {
-                            lease_lost = true;
-                            tracing::error!(subnet = %lease.subnet, other = %l.attrs.public_ip, "this node's subnet was taken over by another node: shutting down");
-                            break Err(anyhow::anyhow!("lease {} was taken over by {}", lease.subnet, l.attrs.public_ip));
-                        }
-                        _ => {}
-                    }
-                    if let Ok(mut v) = view.lock() {
-                        v.peers = sync.peers().values().cloned().collect();
                         v.last_watch_event = std::time::Instant::now();
                     }
+                    node.handle(Input::LeaseEvents(events), OffsetDateTime::now_utc())
                 }
-                Err(e) => tracing::warn!("watching leases: {e}"),
+                Err(e) => {
+                    tracing::warn!("watching leases: {e}");
+                    Vec::new()
+                }
             },
             _ = tick.tick() => {
                 sync.retry_failed().await;
-                if let Err(e) = sync.backend_mut().tick().await {
-                    tracing::error!("the dataplane failed, shutting down so that the service manager restarts vxdp: {e}");
-                    break Err(anyhow::anyhow!("dataplane failed: {e}"));
+                match sync.backend_mut().tick().await {
+                    Ok(()) => Vec::new(),
+                    Err(e) => node.handle(Input::DataplaneFailed(e.to_string()), OffsetDateTime::now_utc()),
                 }
             }
             _ = masq_resync.tick(), if masquerade.is_some() => {
@@ -801,28 +838,74 @@ async fn run_with_store<S: LeaseStore>(
                         Err(e) => tracing::warn!("masquerade check task failed: {e}"),
                     }
                 }
+                Vec::new()
             }
             _ = blackhole_resync.tick(), if blackhole.is_some() => {
                 if let Some(b) = &blackhole {
                     upkeep_blackhole(b, &mut blackhole_problem).await;
                 }
+                Vec::new()
             }
-            _ = &mut renew_sleep, if renew_in.is_some() => {
-                match store::renew(&store, &lease, ttl).await {
-                    Ok(renewed) => {
-                        lease = renewed;
-                        tracing::info!(subnet = %lease.subnet, "lease renewed");
-                        if let Ok(mut v) = view.lock() { v.lease = lease.clone(); }
-                        renew_in = renew_delay(&lease, margin, ttl);
+            _ = &mut timeout, if deadline.is_some() => node.handle_timeout(OffsetDateTime::now_utc()),
+        };
+        while !actions.is_empty() {
+            let mut next = Vec::new();
+            for action in actions {
+                match action {
+                    Action::ApplyPeers(events) => {
+                        sync.apply(events).await;
+                        if let Ok(mut v) = view.lock() {
+                            v.peers = sync.peers().values().cloned().collect();
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(subnet = %lease.subnet, "renewing the lease failed, retrying in {renew_retry:?}: {e}");
-                        renew_in = Some(renew_retry);
+                    Action::Renew(current) => {
+                        let input = match store::renew(
+                            &store,
+                            &current,
+                            ttl,
+                            OffsetDateTime::now_utc(),
+                        )
+                        .await
+                        {
+                            Ok(renewed) => {
+                                tracing::info!(subnet = %renewed.subnet, "lease renewed");
+                                Input::Renewed(renewed)
+                            }
+                            Err(e) => {
+                                tracing::warn!(subnet = %current.subnet, "renewing the lease failed, retrying in {:?}: {e}", LeasePolicy::new(ttl, margin).renew_retry);
+                                Input::RenewFailed(e.to_string())
+                            }
+                        };
+                        next.extend(node.handle(input, OffsetDateTime::now_utc()));
+                    }
+                    Action::LeaseChanged(l) => {
+                        if let Ok(mut v) = view.lock() {
+                            v.lease = l;
+                        }
+                    }
+                    Action::Exit(exit) => {
+                        match &exit.reason {
+                            ExitReason::Signal(_) => {}
+                            ExitReason::Revoked => tracing::error!(subnet = %node.lease().subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down"),
+                            ExitReason::TakenOver(by) => tracing::error!(subnet = %node.lease().subnet, other = %by, "this node's subnet was taken over by another node: shutting down"),
+                            ExitReason::DataplaneFailed(why) => tracing::error!("the dataplane failed, shutting down so that the service manager restarts vxdp: {why}"),
+                        }
+                        break 'running exit;
                     }
                 }
-                renew_sleep.as_mut().reset(tokio::time::Instant::now() + renew_in.unwrap_or(Duration::MAX / 4));
             }
+            actions = next;
         }
+    };
+    let lease = node.lease().clone();
+    let outcome: anyhow::Result<()> = match &exit.reason {
+        ExitReason::Signal(_) => Ok(()),
+        ExitReason::Revoked => Err(anyhow::anyhow!("lease {} was revoked", lease.subnet)),
+        ExitReason::TakenOver(by) => Err(anyhow::anyhow!(
+            "lease {} was taken over by {by}",
+            lease.subnet
+        )),
+        ExitReason::DataplaneFailed(why) => Err(anyhow::anyhow!("dataplane failed: {why}")),
     };
 
     control_task.abort();
@@ -842,7 +925,7 @@ async fn run_with_store<S: LeaseStore>(
     // The blackhole route goes with the lease: kept for the next start only while the lease is
     // kept (an error exit), since a released or lost subnet may become another node's.
     if let Some(b) = &blackhole {
-        if outcome.is_ok() || lease_lost {
+        if exit.release_subnet {
             match b.remove().await {
                 Ok(()) => tracing::info!(subnet = %b.subnet(), "blackhole route removed"),
                 Err(e) => {
@@ -851,7 +934,7 @@ async fn run_with_store<S: LeaseStore>(
             }
         }
     }
-    if outcome.is_ok() {
+    if exit.release_lease {
         match store.remove(&lease).await {
             Ok(()) => tracing::info!(subnet = %lease.subnet, "lease released"),
             Err(e) => tracing::warn!(subnet = %lease.subnet, "releasing the lease failed: {e}"),

@@ -1,16 +1,16 @@
-//! Prometheus text exposition of the status document (`/metrics` on the health endpoint), so
-//! `vxdp status` and the metrics can never disagree: both render the same JSON.
+//! Prometheus text exposition of the status document (`/metrics` on the health endpoint): the
+//! same typed [`StatusDoc`] `vxdp status` renders, so the two never disagree. Every worker
+//! counter appears under the name and help text it is declared with
+//! ([`WorkerCounters::FIELDS`]); nothing here names a counter a second time.
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use dataplane::backend::userspace::UnderlayStatus;
+use dataplane::stats::WorkerCounters;
 
-fn label(v: &Value) -> String {
-    let raw = match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
+use crate::status::StatusDoc;
+
+fn label(raw: &str) -> String {
     raw.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -25,7 +25,10 @@ impl Out {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, String)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
+            .collect();
         if labels.is_empty() {
             let _ = writeln!(self.0, "{name} {value}");
         } else {
@@ -34,8 +37,16 @@ impl Out {
     }
 }
 
+/// The frame and byte counters by path: (path label, frames counter, bytes counter).
+const PATHS: [(&str, &str, &str); 4] = [
+    ("underlay_rx", "underlay_rx_frames", "underlay_rx_bytes"),
+    ("underlay_tx", "underlay_tx_frames", "underlay_tx_bytes"),
+    ("tap_rx", "tap_rx_frames", "tap_rx_bytes"),
+    ("tap_tx", "tap_tx_frames", "tap_tx_bytes"),
+];
+
 /// Renders the status document as Prometheus text.
-pub fn render(doc: &Value) -> String {
+pub fn render(doc: &StatusDoc) -> String {
     let mut o = Out(String::new());
     o.family(
         "vxdp_info",
@@ -45,26 +56,31 @@ pub fn render(doc: &Value) -> String {
     o.sample(
         "vxdp_info",
         &[
-            ("version", label(&doc["version"])),
-            ("backend", label(&doc["backend"])),
-            ("xdp_mode", label(&doc["xdp_mode"])),
-            ("iface", label(&doc["iface"]["name"])),
-            ("device", label(&doc["device"]["name"])),
-            ("subnet", label(&doc["lease"]["subnet"])),
+            ("version", doc.version.clone()),
+            ("backend", doc.backend.clone()),
+            (
+                "xdp_mode",
+                doc.xdp_mode.map(|m| m.to_string()).unwrap_or_default(),
+            ),
+            ("iface", doc.iface.name.clone()),
+            ("device", doc.device.name.clone()),
+            ("subnet", doc.lease.subnet.clone()),
         ],
         1,
     );
+    o.family(
+        "vxdp_ready",
+        "gauge",
+        "1 once the subnet file is written and the node forwards.",
+    );
+    o.sample("vxdp_ready", &[], u8::from(doc.ready));
     o.family(
         "vxdp_peers",
         "gauge",
         "Peers programmed into the dataplane.",
     );
-    o.sample(
-        "vxdp_peers",
-        &[],
-        doc["peers"].as_array().map_or(0, Vec::len),
-    );
-    if let Some(exp) = doc["lease"]["expiration_unix"].as_i64() {
+    o.sample("vxdp_peers", &[], doc.peers.len());
+    if let Some(exp) = doc.lease.expiration_unix {
         o.family(
             "vxdp_lease_expiration_timestamp_seconds",
             "gauge",
@@ -72,108 +88,122 @@ pub fn render(doc: &Value) -> String {
         );
         o.sample("vxdp_lease_expiration_timestamp_seconds", &[], exp);
     }
-    if let Some(age) = doc["last_watch_event_age_seconds"].as_f64() {
-        o.family(
-            "vxdp_last_watch_event_age_seconds",
-            "gauge",
-            "Seconds since the lease store last reported a change.",
-        );
-        o.sample(
-            "vxdp_last_watch_event_age_seconds",
-            &[],
-            format!("{age:.3}"),
-        );
-    }
+    o.family(
+        "vxdp_last_watch_event_age_seconds",
+        "gauge",
+        "Seconds since the lease store last reported a change.",
+    );
+    o.sample(
+        "vxdp_last_watch_event_age_seconds",
+        &[],
+        format!("{:.3}", doc.last_watch_event_age_seconds),
+    );
 
-    let workers = doc["workers"].as_array().cloned().unwrap_or_default();
-    let counters = [
-        (
-            "vxdp_frames_total",
-            "frames",
-            "Frames moved by the workers, by path.",
-        ),
-        (
-            "vxdp_bytes_total",
-            "bytes",
-            "Bytes moved by the workers, by path.",
-        ),
-    ];
-    for (name, unit, help) in counters {
-        o.family(name, "counter", help);
-        for w in &workers {
-            for path in ["underlay_rx", "underlay_tx", "tap_rx", "tap_tx"] {
-                if let Some(v) = w["counters"][format!("{path}_{unit}")].as_u64() {
-                    o.sample(
-                        name,
-                        &[("queue", label(&w["queue"])), ("path", path.into())],
-                        v,
-                    );
-                }
+    let values: Vec<(String, Vec<(&'static str, u64)>)> = doc
+        .workers
+        .iter()
+        .map(|w| (w.queue.to_string(), w.counters.values()))
+        .collect();
+    let value = |v: &[(&'static str, u64)], name: &str| {
+        v.iter().find(|(n, _)| *n == name).map_or(0, |(_, x)| *x)
+    };
+    for (family, unit, pick) in [
+        ("vxdp_frames_total", "Frames", 1usize),
+        ("vxdp_bytes_total", "Bytes", 2),
+    ] {
+        o.family(
+            family,
+            "counter",
+            &format!(
+                "{unit} moved by the workers, by path (underlay_rx/tx: VXLAN datagrams from/to \
+                 the underlay; tap_rx/tx: frames read from/written to the TAP)."
+            ),
+        );
+        for (queue, v) in &values {
+            for path in PATHS {
+                let counter = if pick == 1 { path.1 } else { path.2 };
+                o.sample(
+                    family,
+                    &[("queue", queue.clone()), ("path", path.0.to_string())],
+                    value(v, counter),
+                );
             }
+        }
+    }
+    // Every other worker counter, under its own name.
+    for (name, help) in WorkerCounters::FIELDS {
+        if PATHS.iter().any(|p| p.1 == *name || p.2 == *name) {
+            continue;
+        }
+        let family = format!("vxdp_{name}_total");
+        o.family(&family, "counter", help.trim());
+        for (queue, v) in &values {
+            o.sample(&family, &[("queue", queue.clone())], value(v, name));
         }
     }
     o.family(
         "vxdp_drops_total",
         "counter",
-        "Frames dropped by the workers, by direction (rx: from the NIC, tx: from the TAP) and reason.",
+        "Frames dropped by the workers, by direction (rx: from the underlay, tx: from the TAP) and reason.",
     );
-    for w in &workers {
-        for (dir, key) in [("rx", "rx_drops"), ("tx", "tx_drops")] {
-            if let Some(m) = w["counters"][key].as_object() {
-                for (reason, v) in m {
-                    o.sample(
-                        "vxdp_drops_total",
-                        &[
-                            ("queue", label(&w["queue"])),
-                            ("direction", dir.into()),
-                            ("reason", reason.clone()),
-                        ],
-                        v.as_u64().unwrap_or(0),
-                    );
-                }
-            }
-        }
-    }
-    o.family(
-        "vxdp_arp_replies_total",
-        "counter",
-        "ARP requests answered from the ARP table.",
-    );
-    for w in &workers {
-        o.sample(
-            "vxdp_arp_replies_total",
-            &[("queue", label(&w["queue"]))],
-            w["counters"]["arp_replies"].as_u64().unwrap_or(0),
-        );
-    }
-    o.family(
-        "vxdp_xsk_kernel_drops_total",
-        "counter",
-        "Frames the kernel dropped at an AF_XDP socket, by reason.",
-    );
-    for w in &workers {
-        if let Some(m) = w["underlay"]["socket"].as_object() {
-            for (reason, v) in m {
+    for w in &doc.workers {
+        for (dir, drops) in [("rx", &w.counters.rx_drops), ("tx", &w.counters.tx_drops)] {
+            for (reason, n) in drops {
                 o.sample(
-                    "vxdp_xsk_kernel_drops_total",
-                    &[("queue", label(&w["queue"])), ("reason", reason.clone())],
-                    v.as_u64().unwrap_or(0),
+                    "vxdp_drops_total",
+                    &[
+                        ("queue", w.queue.to_string()),
+                        ("direction", dir.into()),
+                        ("reason", reason.clone()),
+                    ],
+                    n,
                 );
             }
         }
     }
-    if let Some(m) = doc["xdp_counters"].as_object() {
+    let sockets: Vec<_> = doc
+        .workers
+        .iter()
+        .filter_map(|w| match &w.underlay {
+            UnderlayStatus::AfXdp { socket, .. } => Some((w.queue, socket)),
+            UnderlayStatus::Udp { .. } => None,
+        })
+        .collect();
+    if !sockets.is_empty() {
+        o.family(
+            "vxdp_xsk_kernel_drops_total",
+            "counter",
+            "Frames the kernel dropped at an AF_XDP socket, by reason.",
+        );
+        for (queue, s) in sockets {
+            for (reason, n) in [
+                ("rx_dropped", s.rx_dropped),
+                ("rx_ring_full", s.rx_ring_full),
+                ("rx_fill_ring_empty", s.rx_fill_ring_empty),
+                ("tx_invalid_descs", s.tx_invalid_descs),
+            ] {
+                o.sample(
+                    "vxdp_xsk_kernel_drops_total",
+                    &[("queue", queue.to_string()), ("reason", reason.into())],
+                    n,
+                );
+            }
+        }
+    }
+    if let Some(c) = doc.xdp_counters {
         o.family(
             "vxdp_xdp_frames_total",
             "counter",
             "Frames seen by the XDP steering program, by verdict.",
         );
-        for (verdict, v) in m {
-            o.sample(
-                "vxdp_xdp_frames_total",
-                &[("verdict", verdict.clone())],
-                v.as_u64().unwrap_or(0),
-            );
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(c) {
+            for (verdict, v) in m {
+                o.sample(
+                    "vxdp_xdp_frames_total",
+                    &[("verdict", verdict)],
+                    v.as_u64().unwrap_or(0),
+                );
+            }
         }
     }
     o.0
@@ -182,44 +212,59 @@ pub fn render(doc: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::status::tests::sample;
 
     #[test]
-    fn renders_labelled_counters() {
-        let doc = json!({
-            "version": "0.1.0", "backend": "xdp", "xdp_mode": "native",
-            "iface": {"name": "eth0"}, "device": {"name": "vxdp.1"},
-            "lease": {"subnet": "10.244.3.0/24", "expiration_unix": 1_800_000_000},
-            "last_watch_event_age_seconds": 1.5,
-            "peers": [{}, {}],
-            "workers": [{"queue": 0, "counters": {"underlay_rx_frames": 5, "underlay_rx_bytes": 700,
-                "rx_drops": {"wrong_vni": 2}, "tx_drops": {"no_fdb_entry": 1}, "arp_replies": 3},
-                "underlay": {"socket": {"rx_ring_full": 4}}}],
-            "xdp_counters": {"redirected": 9, "passed": 1},
-        });
-        let text = render(&doc);
+    fn renders_labelled_counters_from_the_document() {
+        let text = render(&sample());
         for line in [
-            "vxdp_peers 2",
-            "vxdp_frames_total{queue=\"0\",path=\"underlay_rx\"} 5",
-            "vxdp_bytes_total{queue=\"0\",path=\"underlay_rx\"} 700",
+            "vxdp_peers 1",
+            "vxdp_ready 1",
+            "vxdp_frames_total{queue=\"0\",path=\"underlay_rx\"} 10",
+            "vxdp_bytes_total{queue=\"0\",path=\"underlay_rx\"} 1000",
             "vxdp_drops_total{queue=\"0\",direction=\"rx\",reason=\"wrong_vni\"} 2",
             "vxdp_drops_total{queue=\"0\",direction=\"tx\",reason=\"no_fdb_entry\"} 1",
-            "vxdp_xsk_kernel_drops_total{queue=\"0\",reason=\"rx_ring_full\"} 4",
-            "vxdp_xdp_frames_total{verdict=\"redirected\"} 9",
             "vxdp_lease_expiration_timestamp_seconds 1800000000",
             "vxdp_last_watch_event_age_seconds 1.500",
-            "vxdp_arp_replies_total{queue=\"0\"} 3",
+            "vxdp_arp_replies_total{queue=\"0\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
                 "missing {line:?} in\n{text}"
             );
         }
-        assert!(text.contains("vxdp_info{version=\"0.1.0\",backend=\"xdp\""));
+        assert!(text.contains("vxdp_info{version=\"0.1.0\",backend=\"udp\""));
+    }
+
+    #[test]
+    fn bytes_read_from_the_tap_are_exported() {
+        // This series was missing: /metrics looked up a tap_rx_bytes counter nobody kept.
+        let text = render(&sample());
+        assert!(
+            text.lines()
+                .any(|l| l == "vxdp_bytes_total{queue=\"0\",path=\"tap_rx\"} 700"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_declared_counter_is_exported_with_its_help() {
+        let text = render(&sample());
+        for (name, help) in WorkerCounters::FIELDS {
+            let in_paths = PATHS.iter().any(|p| p.1 == *name || p.2 == *name);
+            if in_paths {
+                continue;
+            }
+            let family = format!("vxdp_{name}_total");
+            assert!(
+                text.contains(&format!("# HELP {family} {}", help.trim())),
+                "{family}"
+            );
+        }
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(label(&json!("a\"b\\c")), "a\\\"b\\\\c");
+        assert_eq!(label("a\"b\\c"), "a\\\"b\\\\c");
     }
 }

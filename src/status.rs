@@ -1,11 +1,137 @@
-//! `vxdp status`: the running daemon's state, as JSON or as tidy columns like `ip -s`.
+//! The status document: one typed value that the daemon fills, the control socket serves as
+//! JSON, `vxdp status` renders as tidy columns like `ip -s`, and `/metrics` renders for
+//! Prometheus ([`crate::metrics`]). The three can never disagree on a field's name or meaning,
+//! because there is one definition of each.
 
 use std::fmt::Write as _;
 
+use dataplane::backend::userspace::WorkerStatus;
+use dataplane::stats::WorkerCounters;
+use dataplane::steering::{XdpCounters, XdpMode};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cli::StatusArgs;
 use crate::control_socket;
+
+/// Everything `vxdp status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// vxdp's version.
+    pub version: String,
+    /// Whether the subnet file is written and the node forwards.
+    pub ready: bool,
+    /// `xdp`, `udp` or `kernel`.
+    pub backend: String,
+    /// The backend's one-line description: modes, and why it was chosen.
+    pub summary: String,
+    /// The XDP attach mode, with AF_XDP.
+    pub xdp_mode: Option<XdpMode>,
+    /// The external interface.
+    pub iface: IfaceStatus,
+    /// The overlay device.
+    pub device: DeviceStatus,
+    /// flannel's network config, as far as it shows.
+    pub network: NetworkStatus,
+    /// This node's lease.
+    pub lease: LeaseStatus,
+    /// Seconds since the lease store last reported a change.
+    pub last_watch_event_age_seconds: f64,
+    /// The peers the dataplane forwards to.
+    pub peers: Vec<PeerStatus>,
+    /// Every lease the store reported, this node's included.
+    pub leases: Vec<LeaseRow>,
+    /// The workers of the userspace dataplane (none with the kernel backend).
+    pub workers: Vec<WorkerStatus>,
+    /// The workers' counters, summed.
+    pub totals: WorkerCounters,
+    /// The XDP steering program's counters, with AF_XDP.
+    pub xdp_counters: Option<XdpCounters>,
+}
+
+/// The external interface.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IfaceStatus {
+    /// Its name.
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// The VTEP address peers send to.
+    pub public_ip: String,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// The overlay device.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Its name (`vxdp.<VNI>`).
+    pub name: String,
+    /// The overlay MTU.
+    pub mtu: u32,
+    /// This node's VtepMAC.
+    pub vtep_mac: String,
+}
+
+/// flannel's network config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkStatus {
+    /// The overlay network.
+    pub network: String,
+    /// The VXLAN network identifier.
+    pub vni: u32,
+    /// The VXLAN UDP port.
+    pub port: u16,
+}
+
+/// This node's lease.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The subnet.
+    pub subnet: String,
+    /// Its PublicIP.
+    pub public_ip: String,
+    /// Its VtepMAC.
+    pub vtep_mac: String,
+    /// When it lapses unless renewed (RFC 3339); none for a reservation or a Kubernetes lease.
+    pub expiration: Option<String>,
+    /// The same as Unix time.
+    pub expiration_unix: Option<i64>,
+}
+
+/// One peer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// Its subnet.
+    pub subnet: String,
+    /// Its PublicIP.
+    pub public_ip: String,
+    /// Its VtepMAC.
+    pub vtep_mac: String,
+    /// The underlay next hop's MAC (AF_XDP resolves it).
+    pub next_hop_mac: Option<String>,
+    /// `resolved`, `resolving`, `kernel-routed`, `direct-routing`, `programmed` or a problem.
+    pub state: String,
+}
+
+/// One lease in the store.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRow {
+    /// Its key.
+    pub subnet: String,
+    /// Its PublicIP.
+    pub public_ip: String,
+    /// Its BackendType.
+    pub backend_type: String,
+    /// Its VtepMAC, if it has vxlan data.
+    pub vtep_mac: Option<String>,
+    /// When it lapses (RFC 3339).
+    pub expiration: Option<String>,
+    /// A reservation never lapses.
+    pub reservation: bool,
+    /// `this node`, `peer`, or `ignored: why`.
+    pub role: String,
+}
 
 /// Which view to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,14 +146,20 @@ pub enum View {
 
 /// Queries the daemon and prints the view.
 pub fn print(args: &StatusArgs, view: View) -> anyhow::Result<()> {
-    let doc = control_socket::query(&args.control_socket, "status")?;
-    if let Some(err) = doc.get("error").and_then(Value::as_str) {
+    let raw = control_socket::query(&args.control_socket, "status")?;
+    if let Some(err) = raw.get("error").and_then(Value::as_str) {
         anyhow::bail!("the daemon answered: {err}");
     }
+    let doc: StatusDoc = serde_json::from_value(raw).map_err(|e| {
+        anyhow::anyhow!(
+            "the daemon's status does not read as this vxdp's ({e}): is `vxdp status` of another \
+             version than the running daemon?"
+        )
+    })?;
     let out = match (view, args.json) {
         (View::Status, true) => serde_json::to_string_pretty(&doc)? + "\n",
-        (View::Peers, true) => serde_json::to_string_pretty(&doc["peers"])? + "\n",
-        (View::Leases, true) => serde_json::to_string_pretty(&doc["leases"])? + "\n",
+        (View::Peers, true) => serde_json::to_string_pretty(&doc.peers)? + "\n",
+        (View::Leases, true) => serde_json::to_string_pretty(&doc.leases)? + "\n",
         (View::Status, false) => render(&doc),
         (View::Peers, false) => render_peers(&doc),
         (View::Leases, false) => render_leases(&doc),
@@ -36,124 +168,131 @@ pub fn print(args: &StatusArgs, view: View) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn or_dash(v: &Option<String>) -> &str {
+    v.as_deref().unwrap_or("-")
+}
+
 /// The peer table.
-pub fn render_peers(doc: &Value) -> String {
+pub fn render_peers(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<20} {:<16} {:<18} {:<18} STATE",
         "PEER SUBNET", "PUBLIC IP", "VTEP MAC", "NEXT-HOP MAC"
     );
-    for p in doc["peers"].as_array().into_iter().flatten() {
+    for p in &doc.peers {
         let _ = writeln!(
             out,
             "{:<20} {:<16} {:<18} {:<18} {}",
-            s(&p["subnet"]),
-            s(&p["public_ip"]),
-            s(&p["vtep_mac"]),
-            s(&p["next_hop_mac"]),
-            s(&p["state"]),
+            p.subnet,
+            p.public_ip,
+            p.vtep_mac,
+            or_dash(&p.next_hop_mac),
+            p.state,
         );
     }
     out
 }
 
 /// The lease table.
-pub fn render_leases(doc: &Value) -> String {
+pub fn render_leases(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:<20} {:<16} {:<9} {:<18} {:<31} ROLE",
         "SUBNET", "PUBLIC IP", "BACKEND", "VTEP MAC", "EXPIRES"
     );
-    for l in doc["leases"].as_array().into_iter().flatten() {
-        let expires = if l["reservation"] == true {
-            "never (reservation)".to_string()
+    for l in &doc.leases {
+        let expires = if l.reservation {
+            "never (reservation)"
         } else {
-            s(&l["expiration"])
+            or_dash(&l.expiration)
         };
         let _ = writeln!(
             out,
             "{:<20} {:<16} {:<9} {:<18} {:<31} {}",
-            s(&l["subnet"]),
-            s(&l["public_ip"]),
-            s(&l["backend_type"]),
-            s(&l["vtep_mac"]),
+            l.subnet,
+            l.public_ip,
+            l.backend_type,
+            or_dash(&l.vtep_mac),
             expires,
-            s(&l["role"]),
+            l.role,
         );
     }
     out
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+/// How a worker's underlay reads in one column.
+fn underlay_mode(w: &WorkerStatus) -> String {
+    use dataplane::backend::userspace::UnderlayStatus;
+    match &w.underlay {
+        UnderlayStatus::AfXdp { socket_mode, .. } => socket_mode.to_string(),
+        UnderlayStatus::Udp { gso, gro, .. } => {
+            let gso = serde_json::to_value(gso)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!("udp gso:{gso} gro:{}", if *gro { "on" } else { "off" })
+        }
     }
 }
 
 /// Renders the status document for people.
-pub fn render(doc: &Value) -> String {
+pub fn render(doc: &StatusDoc) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{}", s(&doc["summary"]));
+    let _ = writeln!(out, "{}", doc.summary);
     let _ = writeln!(
         out,
         "network {}  vni {}  port {}  iface {} ({})  device {} mtu {}",
-        s(&doc["network"]["network"]),
-        s(&doc["network"]["vni"]),
-        s(&doc["network"]["port"]),
-        s(&doc["iface"]["name"]),
-        s(&doc["iface"]["public_ip"]),
-        s(&doc["device"]["name"]),
-        s(&doc["device"]["mtu"]),
+        doc.network.network,
+        doc.network.vni,
+        doc.network.port,
+        doc.iface.name,
+        doc.iface.public_ip,
+        doc.device.name,
+        doc.device.mtu,
     );
     let _ = writeln!(
         out,
         "lease {}  public-ip {}  vtep-mac {}  expires {}",
-        s(&doc["lease"]["subnet"]),
-        s(&doc["lease"]["public_ip"]),
-        s(&doc["lease"]["vtep_mac"]),
-        s(&doc["lease"]["expiration"]),
+        doc.lease.subnet,
+        doc.lease.public_ip,
+        doc.lease.vtep_mac,
+        or_dash(&doc.lease.expiration),
     );
     let _ = writeln!(out);
     out.push_str(&render_peers(doc));
-    let _ = writeln!(out);
-    let _ = writeln!(
-        out,
-        "{:<6} {:<5} {:<10} {:>12} {:>14} {:>12} {:>14} {:>10}",
-        "QUEUE", "CORE", "MODE", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"
-    );
-    let drops = |c: &Value| -> u64 {
-        ["rx_drops", "tx_drops"]
-            .iter()
-            .filter_map(|k| c[k].as_object())
-            .flat_map(|m| m.values().filter_map(Value::as_u64))
-            .sum()
-    };
-    for w in doc["workers"].as_array().cloned().unwrap_or_default() {
-        let c = &w["counters"];
+    if !doc.workers.is_empty() {
+        let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<6} {:<5} {:<10} {:>12} {:>14} {:>12} {:>14} {:>10}",
-            s(&w["queue"]),
-            s(&w["core"]),
-            s(&w["underlay"]["socket_mode"]),
-            s(&c["underlay_rx_frames"]),
-            s(&c["underlay_rx_bytes"]),
-            s(&c["underlay_tx_frames"]),
-            s(&c["underlay_tx_bytes"]),
-            drops(c),
+            "{:<6} {:<5} {:<22} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            "QUEUE", "CORE", "UNDERLAY", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"
         );
     }
-    let mut reasons: Vec<(String, u64)> = ["rx_drops", "tx_drops"]
+    for w in &doc.workers {
+        let c = &w.counters;
+        let drops: u64 = c.rx_drops.values().chain(c.tx_drops.values()).sum();
+        let core = w.core.map_or_else(|| "-".to_string(), |c| c.to_string());
+        let _ = writeln!(
+            out,
+            "{:<6} {:<5} {:<22} {:>12} {:>14} {:>12} {:>14} {:>10}",
+            w.queue,
+            core,
+            underlay_mode(w),
+            c.underlay_rx_frames,
+            c.underlay_rx_bytes,
+            c.underlay_tx_frames,
+            c.underlay_tx_bytes,
+            drops,
+        );
+    }
+    let mut reasons: Vec<(&String, &u64)> = doc
+        .totals
+        .rx_drops
         .iter()
-        .filter_map(|k| doc["totals"][k].as_object())
-        .flat_map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| (k.clone(), n)))
-        })
+        .chain(doc.totals.tx_drops.iter())
+        .filter(|(_, n)| **n > 0)
         .collect();
     reasons.sort();
     if !reasons.is_empty() {
@@ -167,17 +306,110 @@ pub fn render(doc: &Value) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use serde_json::json;
+    use dataplane::backend::userspace::UnderlayStatus;
+    use dataplane::stats::{TxDrop, WorkerStats};
+    use dataplane::underlay::udp::GsoStatus;
+    use packet::tunnel::DropReason;
+
+    pub(crate) fn sample() -> StatusDoc {
+        let stats = WorkerStats::default();
+        stats.underlay_rx_frames.add(10);
+        stats.underlay_rx_bytes.add(1000);
+        stats.underlay_tx_frames.add(5);
+        stats.underlay_tx_bytes.add(500);
+        stats.tap_rx_frames.add(7);
+        stats.tap_rx_bytes.add(700);
+        stats.rx_drop(DropReason::WrongVni);
+        stats.rx_drop(DropReason::WrongVni);
+        stats.tx_drop(TxDrop::NoFdbEntry);
+        let counters = stats.snapshot();
+        StatusDoc {
+            version: "0.1.0".into(),
+            ready: true,
+            backend: "udp".into(),
+            summary: "backend udp: UDP sockets on eth0".into(),
+            xdp_mode: None,
+            iface: IfaceStatus {
+                name: "eth0".into(),
+                index: 2,
+                public_ip: "192.0.2.1".into(),
+                mtu: 1500,
+            },
+            device: DeviceStatus {
+                name: "vxdp.1".into(),
+                mtu: 1450,
+                vtep_mac: "02:00:00:00:00:01".into(),
+            },
+            network: NetworkStatus {
+                network: "10.244.0.0/16".into(),
+                vni: 1,
+                port: 8472,
+            },
+            lease: LeaseStatus {
+                subnet: "10.244.3.0/24".into(),
+                public_ip: "192.0.2.1".into(),
+                vtep_mac: "02:00:00:00:00:01".into(),
+                expiration: Some("2026-11-22T00:00:00Z".into()),
+                expiration_unix: Some(1_800_000_000),
+            },
+            last_watch_event_age_seconds: 1.5,
+            peers: vec![PeerStatus {
+                subnet: "10.244.7.0/24".into(),
+                public_ip: "192.0.2.2".into(),
+                vtep_mac: "02:00:00:00:00:02".into(),
+                next_hop_mac: Some("aa:bb:cc:dd:ee:ff".into()),
+                state: "resolved".into(),
+            }],
+            leases: vec![
+                LeaseRow {
+                    subnet: "10.244.3.0-24".into(),
+                    public_ip: "192.0.2.1".into(),
+                    backend_type: "vxlan".into(),
+                    vtep_mac: Some("02:00:00:00:00:01".into()),
+                    expiration: Some("2026-11-22T00:00:00Z".into()),
+                    reservation: false,
+                    role: "this node".into(),
+                },
+                LeaseRow {
+                    subnet: "10.244.9.0-24".into(),
+                    public_ip: "192.0.2.9".into(),
+                    backend_type: "host-gw".into(),
+                    vtep_mac: None,
+                    expiration: None,
+                    reservation: true,
+                    role: "ignored: not vxlan".into(),
+                },
+            ],
+            workers: vec![WorkerStatus {
+                queue: 0,
+                core: Some(1),
+                underlay: UnderlayStatus::Udp {
+                    gso: GsoStatus::On,
+                    gro: true,
+                    source_ports: vec![40000, 40001],
+                },
+                counters: counters.clone(),
+            }],
+            totals: counters,
+            xdp_counters: None,
+        }
+    }
+
+    #[test]
+    fn the_document_round_trips_through_its_json() {
+        let doc = sample();
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<StatusDoc>(&json).unwrap(), doc);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["workers"][0]["underlay"]["kind"], "udp");
+        assert_eq!(v["totals"]["tap_rx_bytes"], 700);
+    }
 
     #[test]
     fn renders_leases_with_roles_and_reservations() {
-        let doc = json!({"leases": [
-            {"subnet": "10.244.3.0-24", "public_ip": "192.0.2.1", "backend_type": "vxlan", "vtep_mac": "02:00:00:00:00:01", "expiration": "2026-11-22T00:00:00Z", "reservation": false, "role": "this node"},
-            {"subnet": "10.244.9.0-24", "public_ip": "192.0.2.9", "backend_type": "host-gw", "vtep_mac": null, "expiration": null, "reservation": true, "role": "ignored: not vxlan"},
-        ]});
-        let text = render_leases(&doc);
+        let text = render_leases(&sample());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].contains("this node") && lines[1].contains("2026-11-22T00:00:00Z"));
@@ -186,17 +418,7 @@ mod tests {
 
     #[test]
     fn renders_peers_workers_and_nonzero_drops() {
-        let doc = json!({
-            "summary": "backend xdp: XDP native on eth0",
-            "network": {"network": "10.244.0.0/16", "vni": 1, "port": 8472},
-            "iface": {"name": "eth0", "public_ip": "192.0.2.1"},
-            "device": {"name": "vxdp.1", "mtu": 1450},
-            "lease": {"subnet": "10.244.3.0/24", "public_ip": "192.0.2.1", "vtep_mac": "02:00:00:00:00:01", "expiration": null},
-            "peers": [{"subnet": "10.244.7.0/24", "public_ip": "192.0.2.2", "vtep_mac": "02:00:00:00:00:02", "next_hop_mac": "aa:bb:cc:dd:ee:ff", "state": "resolved"}],
-            "workers": [{"queue": 0, "core": 1, "underlay": {"kind": "af-xdp", "socket_mode": "copy"}, "counters": {"underlay_rx_frames": 10, "underlay_rx_bytes": 1000, "underlay_tx_frames": 5, "underlay_tx_bytes": 500, "rx_drops": {"wrong_vni": 2}, "tx_drops": {"no_fdb_entry": 1}}}],
-            "totals": {"rx_drops": {"wrong_vni": 2, "unknown_peer": 0}, "tx_drops": {"no_fdb_entry": 1}},
-        });
-        let text = render(&doc);
+        let text = render(&sample());
         assert!(text.contains("10.244.7.0/24"), "{text}");
         assert!(text.contains("aa:bb:cc:dd:ee:ff"));
         assert!(text.contains("wrong_vni"));
@@ -206,7 +428,7 @@ mod tests {
         );
         let worker_line = text.lines().find(|l| l.starts_with("0 ")).unwrap();
         assert!(
-            worker_line.contains("copy") && worker_line.trim_end().ends_with('3'),
+            worker_line.contains("udp gso:on gro:on") && worker_line.trim_end().ends_with('3'),
             "{worker_line}"
         );
     }

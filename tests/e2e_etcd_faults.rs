@@ -738,3 +738,45 @@ fn a_thousand_peers_with_churn_converge_to_etcd_and_memory_stays_bounded() {
     );
     assert!(alive(c.host(1)));
 }
+
+/// SIGTERM while the lease cannot be acquired because etcd is unreachable at start-up: the
+/// daemon stops at once instead of sleeping through its retries (it used to wait 5 s per
+/// attempt, deaf to signals, and a service manager's stop timed out into SIGKILL).
+#[test]
+fn sigterm_while_acquiring_a_lease_from_an_unreachable_etcd_stops_at_once() {
+    let mut c = Cluster::new(1);
+    let config = c.local_store(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let h = c.host(1);
+    // The network config comes from a file, so the first thing that needs etcd is the lease;
+    // nothing listens on port 1.
+    h.start(&[
+        "--net-config-path",
+        &config.join("config").display().to_string(),
+        "--etcd-endpoints",
+        "http://127.0.0.1:1",
+    ]);
+    let retrying = wait_for(Duration::from_secs(20), || {
+        h.log_text()
+            .contains("acquiring a lease from the etcd")
+            .then_some(())
+    });
+    assert!(
+        retrying.is_some(),
+        "no acquisition retry logged:\n{}",
+        h.log_text()
+    );
+    let sent = Instant::now();
+    let status = h.stop(libc::SIGTERM);
+    let took = sent.elapsed();
+    assert_eq!(
+        status,
+        Some(0),
+        "a requested stop is not an error:\n{}",
+        h.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "stopping took {took:?} (the retry sleep ignored SIGTERM):\n{}",
+        h.log_text()
+    );
+}

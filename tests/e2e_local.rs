@@ -421,22 +421,31 @@ fn thread_caps(pid: u32) -> Vec<(String, u64, u64)> {
 fn after_setup_only_net_admin_and_net_raw_remain_and_workers_have_none() {
     let mut c = Cluster::new(2);
     let store = c.local_store(CONFIG);
-    for i in 1..=2 {
-        c.host(i).start(&["--local-store", s(&store), "--ip-masq"]);
+    // Host 1 on AF_XDP (the most privileged setup), host 2 on the UDP sockets.
+    for (i, backend) in [(1, "xdp"), (2, "udp")] {
+        c.host(i).start(&[
+            "--backend",
+            backend,
+            "--local-store",
+            s(&store),
+            "--ip-masq",
+        ]);
     }
     for i in 1..=2 {
         c.host(i).wait_ready();
     }
     c.host(1).wait_peers(1);
     const NET_ADMIN_AND_RAW: u64 = (1 << 12) | (1 << 13);
-    let caps = thread_caps(c.hosts[0].daemon.as_ref().unwrap().pid());
-    assert!(caps.len() >= 2, "{caps:?}");
-    for (name, eff, bnd) in &caps {
-        if name.starts_with("vxdp-worker") {
-            assert_eq!((*eff, *bnd), (0, 0), "{name} kept capabilities");
-        } else {
-            assert_eq!(*eff, NET_ADMIN_AND_RAW, "{name}: effective {eff:#x}");
-            assert_eq!(*bnd, NET_ADMIN_AND_RAW, "{name}: bounding {bnd:#x}");
+    for h in &c.hosts {
+        let caps = thread_caps(h.daemon.as_ref().unwrap().pid());
+        assert!(caps.len() >= 2, "{caps:?}");
+        for (name, eff, bnd) in &caps {
+            if name.starts_with("vxdp-worker") {
+                assert_eq!((*eff, *bnd), (0, 0), "{name} kept capabilities");
+            } else {
+                assert_eq!(*eff, NET_ADMIN_AND_RAW, "{name}: effective {eff:#x}");
+                assert_eq!(*bnd, NET_ADMIN_AND_RAW, "{name}: bounding {bnd:#x}");
+            }
         }
     }
     // Still does its job with them: forwarding, status with XDP counters, rule resync.

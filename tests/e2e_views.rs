@@ -24,7 +24,10 @@ fn status_peers_leases_metrics_and_logs_describe_the_running_node() {
         r#"{"PublicIP":"192.0.2.9","PublicIPv6":null,"BackendType":"host-gw"}"#,
     )
     .unwrap();
+    // The AF_XDP backend: its view has the most to show (XDP mode, next hops, socket counters).
     c.host(1).start(&[
+        "--backend",
+        "xdp",
         "--local-store",
         s(&store),
         "--log-format",
@@ -146,6 +149,15 @@ fn status_peers_leases_metrics_and_logs_describe_the_running_node() {
     assert!(
         frames.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 5,
         "{frames}"
+    );
+    // Bytes read from the TAP: this series never appeared before tap_rx_bytes was counted.
+    let tap_rx = metrics
+        .lines()
+        .find(|l| l.starts_with("vxdp_bytes_total{queue=\"0\",path=\"tap_rx\"}"))
+        .unwrap_or_else(|| panic!("no tap_rx bytes series:\n{metrics}"));
+    assert!(
+        tap_rx.rsplit(' ').next().unwrap().parse::<u64>().unwrap() > 0,
+        "{tap_rx}"
     );
 
     // JSON logs: every line is an object; one line per lease event, none per packet.

@@ -13,6 +13,7 @@ pub mod interface;
 pub mod lease;
 pub mod masq;
 pub mod netlink;
+pub mod node;
 pub mod store;
 pub mod subnet_alloc;
 pub mod subnet_file;

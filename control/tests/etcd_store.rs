@@ -196,9 +196,16 @@ async fn acquire_writes_what_flanneld_writes() {
     let cfg = config::parse(&store.network_config().await.unwrap()).unwrap();
     let day = Duration::from_secs(24 * 3600);
 
-    let mine = acquire(&store, &cfg, &flanneld_attrs(), None, day)
-        .await
-        .unwrap();
+    let mine = acquire(
+        &store,
+        &cfg,
+        &flanneld_attrs(),
+        None,
+        day,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     let my_key = mine.lease.key().etcd_key(DEFAULT_ETCD_PREFIX);
     assert_eq!(etcd.get(&my_key).as_deref(), Some(FLANNELD_V4));
     let (granted, remaining) = etcd.key_lease(&my_key).expect("an etcd lease on the key");
@@ -207,9 +214,16 @@ async fn acquire_writes_what_flanneld_writes() {
 
     // Another node gets another subnet.
     let theirs_attrs = vxlan([192, 168, 64, 4], 4);
-    let theirs = acquire(&store, &cfg, &theirs_attrs, None, day)
-        .await
-        .unwrap();
+    let theirs = acquire(
+        &store,
+        &cfg,
+        &theirs_attrs,
+        None,
+        day,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_ne!(theirs.lease.subnet, mine.lease.subnet);
 
     // Create on a taken key fails, and leaves no etcd lease behind.
@@ -220,21 +234,38 @@ async fn acquire_writes_what_flanneld_writes() {
     assert_eq!(etcd.get(&my_key).as_deref(), Some(FLANNELD_V4));
 
     // Renewal puts the key again with a new etcd lease of the new TTL.
-    let short = renew(&store, &mine.lease, Duration::from_secs(600))
-        .await
-        .unwrap();
+    let short = renew(
+        &store,
+        &mine.lease,
+        Duration::from_secs(600),
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_eq!(etcd.key_lease(&my_key).unwrap().0, 600);
-    let renewed = renew(&store, &short, Duration::from_secs(7200))
-        .await
-        .unwrap();
+    let renewed = renew(
+        &store,
+        &short,
+        Duration::from_secs(7200),
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_eq!(etcd.key_lease(&my_key).unwrap().0, 7200);
     assert!(near(renewed.expiration, in_secs(7200), 3));
     assert_eq!(etcd.get(&my_key).as_deref(), Some(FLANNELD_V4));
 
     // On restart the node finds and renews its own lease.
-    let again = acquire(&store, &cfg, &flanneld_attrs(), None, day)
-        .await
-        .unwrap();
+    let again = acquire(
+        &store,
+        &cfg,
+        &flanneld_attrs(),
+        None,
+        day,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.lease.key(), mine.lease.key());
     assert_eq!(etcd.key_lease(&my_key).unwrap().0, 86400);
 
@@ -249,9 +280,16 @@ async fn acquire_writes_what_flanneld_writes() {
     // A reservation (no etcd lease) of this node stays one.
     let reserved = key("10.5.200.0-24");
     etcd.put(&reserved, FLANNELD_V4);
-    let res = acquire(&store, &cfg, &flanneld_attrs(), None, day)
-        .await
-        .unwrap();
+    let res = acquire(
+        &store,
+        &cfg,
+        &flanneld_attrs(),
+        None,
+        day,
+        OffsetDateTime::now_utc(),
+    )
+    .await
+    .unwrap();
     assert_eq!(res.lease.subnet, "10.5.200.0/24".parse().unwrap());
     assert!(res.lease.is_reservation());
     assert_eq!(etcd.get(&reserved).as_deref(), Some(FLANNELD_V4));

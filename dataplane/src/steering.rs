@@ -21,7 +21,7 @@ mod skel {
 use skel::XdpVxlanSkelBuilder;
 
 /// How the program is attached to the NIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// In the driver, before an skb is allocated (`XDP_FLAGS_DRV_MODE`).
@@ -72,7 +72,7 @@ pub struct SteeringConfig {
 }
 
 /// Counters kept by the XDP program (summed over CPUs).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XdpCounters {
     /// Frames redirected towards an AF_XDP socket.
     pub redirected: u64,

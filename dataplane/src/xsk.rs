@@ -30,7 +30,7 @@ pub enum BindMode {
 }
 
 /// The mode a socket ended up bound in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SocketMode {
     /// The NIC DMAs straight into the UMEM.

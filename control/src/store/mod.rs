@@ -173,6 +173,20 @@ pub fn diff(old: &BTreeMap<SubnetKey, Lease>, new: &BTreeMap<SubnetKey, Lease>) 
     events
 }
 
+impl StoreError {
+    /// Whether waiting may help: the store could not be reached.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl AcquireError {
+    /// Whether waiting may help: the store could not be reached.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AcquireError::Store(e) if e.is_transient())
+    }
+}
+
 /// Why no lease could be acquired.
 #[derive(Debug, thiserror::Error)]
 pub enum AcquireError {
@@ -199,19 +213,20 @@ pub struct Acquired {
 }
 
 /// Acquires this node's lease the way flanneld does: reuse its own lease, else the subnet of
-/// the previous run, else a random free one; retry when another node wins the key.
+/// the previous run, else a random free one; retry when another node wins the key. Leases are
+/// judged expired, and written to expire, relative to `now`.
 pub async fn acquire<S: LeaseStore>(
     store: &S,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
     previous: Option<(Ipv4Net, Option<Ipv6Net>)>,
     ttl: Duration,
+    now: OffsetDateTime,
 ) -> Result<Acquired, AcquireError> {
     let public_ip: Ipv4Addr = attrs.public_ip;
     for _ in 0..ACQUIRE_ATTEMPTS {
         let listing = store.list().await?;
         let leases = listing.to_vec();
-        let now = OffsetDateTime::now_utc();
         let allocation = {
             let mut rng = rand::rng();
             subnet_alloc::allocate(config, &leases, public_ip, previous, now, &mut rng)?
@@ -264,14 +279,15 @@ pub async fn acquire<S: LeaseStore>(
     Err(AcquireError::Contended(ACQUIRE_ATTEMPTS))
 }
 
-/// Renews `lease` for another `ttl` (reservations stay reservations).
+/// Renews `lease` for another `ttl` from `now` (reservations stay reservations).
 pub async fn renew<S: LeaseStore>(
     store: &S,
     lease: &Lease,
     ttl: Duration,
+    now: OffsetDateTime,
 ) -> Result<Lease, StoreError> {
     let renewed = Lease {
-        expiration: lease.expiration.map(|_| OffsetDateTime::now_utc() + ttl),
+        expiration: lease.expiration.map(|_| now + ttl),
         ..lease.clone()
     };
     store.update(&renewed).await?;

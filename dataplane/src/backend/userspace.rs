@@ -15,7 +15,7 @@ use control::netlink::Netlink;
 use ipnet::{IpNet, Ipv4Net};
 use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
 use packet::wire::{MacAddr, Vni};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{directly_reachable, BackendStartError, DropAlarm};
 use crate::next_hop::{NextHop, PathStatus, PathTracker};
@@ -119,7 +119,7 @@ pub struct PeerPath {
 }
 
 /// What the status shows of one worker's underlay.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum UnderlayStatus {
     /// An AF_XDP socket.
@@ -141,7 +141,7 @@ pub enum UnderlayStatus {
 }
 
 /// One worker in `vxdp status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// TAP queue (and NIC queue with AF_XDP).
     pub queue: u32,

@@ -81,7 +81,7 @@ pub struct UdpConfig {
 }
 
 /// What the kernel granted, as the status reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GsoStatus {
     /// Super-frames leave in one `sendmsg` each.
