@@ -739,25 +739,29 @@ fn a_thousand_peers_with_churn_converge_to_etcd_and_memory_stays_bounded() {
     assert!(alive(c.host(1)));
 }
 
-/// SIGTERM while the lease cannot be acquired because etcd is unreachable at start-up: the
-/// daemon stops at once instead of sleeping through its retries (it used to wait 5 s per
-/// attempt, deaf to signals, and a service manager's stop timed out into SIGKILL).
+/// SIGTERM while the lease cannot be acquired because etcd refuses writes (out of space,
+/// a transient failure vxdp waits out): the daemon stops at once instead of sleeping through
+/// its retries (it used to sleep 5 s per attempt, deaf to signals, so a service manager's stop
+/// ran into its timeout and SIGKILL).
 #[test]
-fn sigterm_while_acquiring_a_lease_from_an_unreachable_etcd_stops_at_once() {
-    let mut c = Cluster::new(1);
+fn sigterm_while_acquiring_a_lease_from_an_etcd_out_of_space_stops_at_once() {
+    let _serial = busy();
+    let mut c = cluster_with_bridge_ip(1);
+    let etcd = EtcdServer::start_out_of_space_in_netns(c.underlay.name(), ETCD_IP);
     let config = c.local_store(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let endpoint = etcd.endpoint();
     let h = c.host(1);
-    // The network config comes from a file, so the first thing that needs etcd is the lease;
-    // nothing listens on port 1.
+    // The network config comes from a file: etcd answers reads, so vxdp connects and lists,
+    // and only the lease's write is refused.
     h.start(&[
         "--net-config-path",
         &config.join("config").display().to_string(),
         "--etcd-endpoints",
-        "http://127.0.0.1:1",
+        &endpoint,
     ]);
     let retrying = wait_for(Duration::from_secs(20), || {
-        h.log_text()
-            .contains("acquiring a lease from the etcd")
+        let log = h.log_text();
+        (log.contains("acquiring a lease from the etcd") && log.contains("space exceeded"))
             .then_some(())
     });
     assert!(

@@ -34,6 +34,8 @@ pub struct EtcdServer {
     tls: Option<TlsFiles>,
     /// `--initial-cluster` when this is a member of an [`EtcdCluster`] (`None`: alone).
     initial_cluster: Option<String>,
+    /// `--quota-backend-bytes`, when set.
+    quota_bytes: Option<u64>,
     child: Option<Child>,
 }
 
@@ -78,6 +80,17 @@ impl EtcdServer {
         Self::start_with(false, Some(netns.to_string()), &host.to_string())
     }
 
+    /// Starts etcd out of space: its backend quota is smaller than its empty database, so it
+    /// raises the NOSPACE alarm and refuses every write (gRPC ResourceExhausted, "mvcc:
+    /// database space exceeded") while reads go on, as an etcd that filled its quota does.
+    /// Runs inside network namespace `netns` on `host`, like [`EtcdServer::start_in_netns`].
+    pub fn start_out_of_space_in_netns(netns: &str, host: std::net::Ipv4Addr) -> EtcdServer {
+        let mut server = Self::prepare(false, Some(netns.to_string()), &host.to_string());
+        server.quota_bytes = Some(4096);
+        server.spawn();
+        server
+    }
+
     fn start_with(tls: bool, netns: Option<String>, host: &str) -> EtcdServer {
         let mut server = Self::prepare(tls, netns, host);
         server.spawn();
@@ -109,6 +122,7 @@ impl EtcdServer {
             peer_port: free_port(),
             tls,
             initial_cluster: None,
+            quota_bytes: None,
             child: None,
         }
     }
@@ -162,6 +176,9 @@ impl EtcdServer {
             .unwrap_or_else(|e| panic!("open {}: {e}", self.log_path().display()));
         let log2 = log.try_clone().expect("duplicate the etcd log file");
         let mut cmd = self.command(ETCD);
+        if let Some(q) = self.quota_bytes {
+            cmd.arg("--quota-backend-bytes").arg(q.to_string());
+        }
         if let Some(t) = &self.tls {
             cmd.arg("--cert-file")
                 .arg(&t.server_cert)
