@@ -595,6 +595,53 @@ impl XskSocket {
         }
     }
 
+    /// Asks the kernel to busy-poll this socket's NIC queue from the application's system calls
+    /// instead of waiting for interrupts (`SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` of `usecs`,
+    /// `SO_BUSY_POLL_BUDGET` of `budget` frames; Linux 5.11): with a worker spinning on a
+    /// dedicated core, frames are handled without an interrupt and a softirq in between.
+    pub fn set_busy_poll(&self, usecs: i32, budget: i32) -> std::io::Result<()> {
+        // <asm-generic/socket.h>; not in the libc crate for every target.
+        const SO_BUSY_POLL: libc::c_int = 46;
+        const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+        const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+        for (name, value) in [
+            (SO_PREFER_BUSY_POLL, 1),
+            (SO_BUSY_POLL, usecs),
+            (SO_BUSY_POLL_BUDGET, budget),
+        ] {
+            // SAFETY: setsockopt with a pointer to an int and its size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    self.fd(),
+                    libc::SOL_SOCKET,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drives the kernel's busy polling (and copy-mode receive) with a non-blocking `recvfrom`:
+    /// with `SO_PREFER_BUSY_POLL` the NIC queue is polled in this call.
+    pub fn poke_rx(&self) {
+        // SAFETY: a zero-length recvfrom on our own socket; nothing is written.
+        unsafe {
+            libc::recvfrom(
+                self.fd(),
+                std::ptr::null_mut(),
+                0,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
     /// The socket's file descriptor (for the XSKMAP and for poll).
     pub fn fd(&self) -> i32 {
         self.user.as_raw_fd()

@@ -531,6 +531,7 @@ impl UserspaceBackend {
                     max_frame: 14 + usize::from(mtu),
                     gso: o.gso,
                     gro: o.gro,
+                    busy_poll,
                 };
                 // A TCP super-frame's datagrams should fit one GSO send.
                 if offloads.tso {

@@ -41,6 +41,8 @@ pub struct AfXdpUnderlay {
     rx_unreturned: Vec<Frame>,
     /// The outer IPv4 identification: with DF clear it must vary per packet (RFC 6864).
     ip_ident: u16,
+    /// The kernel busy-polls the NIC queue from our system calls.
+    busy_poll: bool,
 }
 
 impl std::fmt::Debug for AfXdpUnderlay {
@@ -79,7 +81,16 @@ impl AfXdpUnderlay {
             xsk,
             policy,
             ip_ident: seed.wrapping_mul(0x3b9d),
+            busy_poll: false,
         })
+    }
+
+    /// Lets the kernel busy-poll the NIC queue from this worker's system calls (for a worker
+    /// spinning on a dedicated core): every receive attempt then polls the driver directly.
+    pub fn enable_busy_poll(&mut self) -> io::Result<()> {
+        self.xsk.set_busy_poll(20, 64)?;
+        self.busy_poll = true;
+        Ok(())
     }
 
     /// The socket.
@@ -162,7 +173,12 @@ impl Underlay for AfXdpUnderlay {
         F: FnMut(&mut [RxDatagram<'_>]),
     {
         self.rx.clear();
-        let n = self.xsk.receive(RX_BATCH as u32, &mut self.rx);
+        let mut n = self.xsk.receive(RX_BATCH as u32, &mut self.rx);
+        if n == 0 && self.busy_poll {
+            // Nothing on the ring: let the kernel poll the NIC queue now, then look again.
+            self.xsk.poke_rx();
+            n = self.xsk.receive(RX_BATCH as u32, &mut self.rx);
+        }
         if n == 0 {
             return 0;
         }

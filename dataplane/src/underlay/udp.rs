@@ -78,6 +78,9 @@ pub struct UdpConfig {
     pub gso: bool,
     /// Try `UDP_GRO` on receive.
     pub gro: bool,
+    /// Busy-poll the NIC queue from receive calls (`SO_BUSY_POLL`), for workers spinning on
+    /// dedicated cores.
+    pub busy_poll: bool,
 }
 
 /// What the kernel granted, as the status reports it.
@@ -178,6 +181,16 @@ impl UdpSockets {
             .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
         set_buffer(&rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
         let gro = config.gro && set_opt(&rx, libc::SOL_UDP, UDP_GRO, 1).is_ok();
+        if config.busy_poll {
+            // <asm-generic/socket.h> SO_BUSY_POLL: microseconds a receive call may busy-poll
+            // the NIC queue the last packet came from before it returns empty.
+            const SO_BUSY_POLL: libc::c_int = 46;
+            if let Err(e) = set_opt(&rx, libc::SOL_SOCKET, SO_BUSY_POLL, 50) {
+                tracing::warn!(
+                    "busy polling of the receive socket refused ({e}); spinning without it"
+                );
+            }
+        }
         if let Err(e) = bind_v4(&rx, SocketAddrV4::new(config.local_ip, config.port)) {
             let mut err = UdpError::new(
                 format!("binding UDP {}:{}", config.local_ip, config.port),
@@ -246,6 +259,55 @@ struct SendQueue {
     count: usize,
 }
 
+/// What `recvmmsg` fills per call: message headers, iovecs, source addresses and control
+/// buffers, made once and pointing into themselves and into the receive buffers. Both live on
+/// the heap, so the pointers stay valid however the underlay moves.
+struct RxHeaders {
+    msgs: [libc::mmsghdr; RX_MSGS],
+    iov: [libc::iovec; RX_MSGS],
+    names: [libc::sockaddr_in; RX_MSGS],
+    control: [[u64; 8]; RX_MSGS],
+}
+
+// SAFETY: the raw pointers inside point into this value's own heap allocation and into the
+// receive buffers the same UdpUnderlay owns; the underlay moves to its worker thread once and
+// is used there alone.
+unsafe impl Send for RxHeaders {}
+
+impl RxHeaders {
+    /// Headers for `RX_MSGS` buffers of `RX_BUF_LEN` bytes in `bufs`.
+    fn new(bufs: &mut [u8]) -> Box<RxHeaders> {
+        // SAFETY: plain old data; every pointer is set below.
+        let mut h: Box<RxHeaders> = Box::new(unsafe { zeroed() });
+        for (i, chunk) in bufs.chunks_mut(RX_BUF_LEN).take(RX_MSGS).enumerate() {
+            h.iov[i] = libc::iovec {
+                iov_base: chunk.as_mut_ptr().cast(),
+                iov_len: chunk.len(),
+            };
+            let iov: *mut libc::iovec = &mut h.iov[i];
+            let name: *mut libc::sockaddr_in = &mut h.names[i];
+            let control: *mut u64 = h.control[i].as_mut_ptr();
+            let m = &mut h.msgs[i].msg_hdr;
+            m.msg_name = name.cast();
+            m.msg_iov = iov;
+            m.msg_iovlen = 1;
+            m.msg_control = control.cast();
+        }
+        h
+    }
+
+    /// Resets what the kernel overwrote in the previous call.
+    #[inline]
+    fn rearm(&mut self) {
+        for m in &mut self.msgs {
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
+            m.msg_hdr.msg_flags = 0;
+            m.msg_len = 0;
+        }
+    }
+}
+
 /// The UDP half of a worker.
 pub struct UdpUnderlay {
     rx: OwnedFd,
@@ -258,6 +320,7 @@ pub struct UdpUnderlay {
     gso_refused_at: Option<Instant>,
     /// `RX_MSGS` buffers of `RX_BUF_LEN` bytes.
     rx_bufs: Box<[u8]>,
+    rx_headers: Box<RxHeaders>,
     queue: SendQueue,
     /// Headers of the segments of one GSO send.
     arena: Box<[u8]>,
@@ -282,6 +345,8 @@ impl UdpUnderlay {
         let mut vxlan_header = [0u8; vxlan::HEADER_LEN];
         VxlanRepr { vni: config.vni }.emit(&mut VxlanPacket::new_unchecked(&mut vxlan_header[..]));
         let slot_len = vxlan::HEADER_LEN + config.max_frame;
+        let mut rx_bufs = vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice();
+        let rx_headers = RxHeaders::new(&mut rx_bufs);
         UdpUnderlay {
             rx: sockets.rx,
             tx: sockets.tx,
@@ -291,7 +356,8 @@ impl UdpUnderlay {
             state,
             gso: sockets.gso,
             gso_refused_at: None,
-            rx_bufs: vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice(),
+            rx_bufs,
+            rx_headers,
             queue: SendQueue {
                 bufs: vec![0u8; SEND_SLOTS * slot_len].into_boxed_slice(),
                 slot_len,
@@ -512,31 +578,15 @@ impl Underlay for UdpUnderlay {
     where
         F: FnMut(&mut [RxDatagram<'_>]),
     {
-        // SAFETY: plain old data; the pointers are set below.
-        let mut iov: [libc::iovec; RX_MSGS] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut msgs: [libc::mmsghdr; RX_MSGS] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut names: [libc::sockaddr_in; RX_MSGS] = unsafe { zeroed() };
-        let mut control = [[0u64; 8]; RX_MSGS];
-        for (i, chunk) in self.rx_bufs.chunks_mut(RX_BUF_LEN).enumerate() {
-            iov[i] = libc::iovec {
-                iov_base: chunk.as_mut_ptr().cast(),
-                iov_len: chunk.len(),
-            };
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = control[i].as_mut_ptr().cast();
-            h.msg_controllen = size_of::<[u64; 8]>();
-        }
-        // SAFETY: every message points at buffers that live until the call returns.
+        let headers = &mut *self.rx_headers;
+        headers.rearm();
+        // SAFETY: every message points at its own iovec, address and control buffer in
+        // `headers` and at its receive buffer in `rx_bufs`, all owned by self and not
+        // otherwise borrowed during the call.
         let rc = unsafe {
             libc::recvmmsg(
                 self.rx.as_raw_fd(),
-                msgs.as_mut_ptr(),
+                headers.msgs.as_mut_ptr(),
                 RX_MSGS as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -556,14 +606,16 @@ impl Underlay for UdpUnderlay {
             .take(received)
             .enumerate()
         {
-            let h = &msgs[i].msg_hdr;
-            let len = (msgs[i].msg_len as usize).min(chunk.len());
+            let h = &headers.msgs[i].msg_hdr;
+            let len = (headers.msgs[i].msg_len as usize).min(chunk.len());
             if h.msg_flags & libc::MSG_TRUNC != 0 {
                 stats.underlay_rx_truncated.add(1);
                 frames += 1;
                 continue;
             }
-            let source = IpAddr::V4(Ipv4Addr::from(u32::from_be(names[i].sin_addr.s_addr)));
+            let source = IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                headers.names[i].sin_addr.s_addr,
+            )));
             let stride = gro_size(h).filter(|&s| s > 0 && s < len);
             if stride.is_some() {
                 stats.gro_buffers.add(1);
@@ -987,6 +1039,7 @@ mod tests {
             max_frame: 1514,
             gso: true,
             gro: true,
+            busy_poll: false,
         };
         let first = UdpSockets::open(&config).unwrap();
         let port = local_port(&first.rx).unwrap();
@@ -1013,6 +1066,7 @@ mod tests {
             max_frame: 1514,
             gso: true,
             gro: true,
+            busy_poll: false,
         })
         .unwrap_err();
         assert!(err.is_port_in_use());
