@@ -81,12 +81,10 @@ fn refused_flags_are_refused_from_their_flanneld_variables_too() {
     // Empty (unset for flanneld): nothing is asked that vxdp lacks, and it goes on (here to a
     // local store that does not exist).
     let store = "/nonexistent/vxdp-store";
-    for (name, value) in [("FLANNELD_PUBLIC_IPV6", "")] {
-        let (code, err) = vxdp_exit(&[(name, value)], &["--local-store", store]);
-        assert_eq!(code, Some(1), "{err}");
-        assert!(!err.contains("unsupported"), "{name}={value}: {err}");
-        assert!(err.contains(store), "{name}={value}: {err}");
-    }
+    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "")], &["--local-store", store]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("unsupported"), "{err}");
+    assert!(err.contains(store), "{err}");
     // Only the daemon refuses: `vxdp status` is not flanneld.
     let (_, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "fd00::1")], &["status"]);
     assert!(!err.contains("unsupported"), "{err}");
