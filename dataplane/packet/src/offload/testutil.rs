@@ -1,10 +1,15 @@
 //! Test frames and an independent checksum for the offload tests.
 //!
 //! Frames are built with the `wire` views where they exist (Ethernet, IPv4, IPv6) and by hand
-//! for TCP; checksums are verified with [`reference_sum`], a byte-at-a-time RFC 1071 sum that
-//! shares no code with `wire::checksum`.
+//! for TCP; checksums are computed and verified with the test kit's byte-at-a-time RFC 1071 sum
+//! (`testkit::checksum`), which shares no code with `wire::checksum`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use testkit::checksum::{
+    fix_tcp_checksum, ones_complement_sum, pseudo_header_v4, pseudo_header_v6, tcp_sum,
+};
+use testkit::packet::fix_ipv4_checksum;
 
 use super::VnetHdr;
 use crate::wire::{
@@ -22,22 +27,6 @@ pub(crate) const CWR: u8 = 0x80;
 /// flow label set, 5 segments of 1440 (hdr_len 74, csum_start 54); both with PSH.
 pub(crate) const KERNEL_TSO_V4: &[u8] = include_bytes!("testdata/tso-v4.bin");
 pub(crate) const KERNEL_TSO_V6: &[u8] = include_bytes!("testdata/tso-v6.bin");
-
-/// RFC 1071 as written, over the concatenation of `parts`: big-endian 16-bit words, end-around
-/// carry, an odd last byte padded with zero.
-pub(crate) fn reference_sum(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    let mut sum: u32 = 0;
-    for pair in bytes.chunks(2) {
-        let hi = u32::from(pair[0]) << 8;
-        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
-        sum += hi | lo;
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    sum as u16
-}
 
 /// Byte `p` of the test TCP stream: each sequence number has its own byte, so misplaced payload
 /// shows.
@@ -161,7 +150,7 @@ fn ipv4_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
     ip.set_next_header(IpProtocol::Tcp);
     ip.set_src_addr(o.src4);
     ip.set_dst_addr(o.dst4);
-    let c = !reference_sum(&[&h]);
+    let c = !ones_complement_sum(&[&h]);
     h[10..12].copy_from_slice(&c.to_be_bytes());
     h
 }
@@ -182,35 +171,17 @@ fn ipv6_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
     h
 }
 
-fn pseudo_v4(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&o.src4.octets());
-    p.extend_from_slice(&o.dst4.octets());
-    p.extend_from_slice(&[0, 6]);
-    p.extend_from_slice(&(tcp_len as u16).to_be_bytes());
-    p
-}
-
-fn pseudo_v6(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&o.src6.octets());
-    p.extend_from_slice(&o.dst6.octets());
-    p.extend_from_slice(&(tcp_len as u32).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 6]);
-    p
-}
-
 fn assemble(o: &TcpOpts, v6: bool, payload: &[u8], partial: bool) -> Vec<u8> {
     let mut tcp = tcp_bytes(o, payload);
     let pseudo = if v6 {
-        pseudo_v6(o, tcp.len())
+        pseudo_header_v6(o.src6, o.dst6, 6, tcp.len() as u32).to_vec()
     } else {
-        pseudo_v4(o, tcp.len())
+        pseudo_header_v4(o.src4, o.dst4, 6, tcp.len() as u16).to_vec()
     };
     let c = if partial {
-        reference_sum(&[&pseudo])
+        ones_complement_sum(&[&pseudo])
     } else {
-        !reference_sum(&[&pseudo, &tcp])
+        !ones_complement_sum(&[&pseudo, &tcp])
     };
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     let (ethertype, ip) = if v6 {
@@ -266,69 +237,34 @@ pub(crate) fn tcp_start(frame: &[u8]) -> usize {
     }
 }
 
+/// Where the IP packet of an Ethernet/IPv4-or-IPv6 frame ends, by its length field.
+fn ip_end(frame: &[u8]) -> usize {
+    if frame[12] == 0x08 {
+        14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]))
+    } else {
+        54 + usize::from(u16::from_be_bytes([frame[18], frame[19]]))
+    }
+}
+
 /// Whether the frame's TCP checksum verifies (independently of `wire::checksum`). The IP
 /// length fields decide where the segment ends.
 pub(crate) fn tcp_checksum_ok(frame: &[u8]) -> bool {
-    let t = tcp_start(frame);
-    if frame[12] == 0x08 {
-        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-        let end = 14 + total;
-        let tcp_len = (end - t) as u16;
-        reference_sum(&[
-            &frame[26..34],
-            &[0, 6],
-            &tcp_len.to_be_bytes(),
-            &frame[t..end],
-        ]) == 0xffff
-    } else {
-        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
-        let end = 54 + plen;
-        let tcp_len = plen as u32;
-        reference_sum(&[
-            &frame[22..54],
-            &tcp_len.to_be_bytes(),
-            &[0, 0, 0, 6],
-            &frame[t..end],
-        ]) == 0xffff
-    }
+    tcp_sum(frame, tcp_start(frame), ip_end(frame)) == 0xffff
 }
 
 /// Whether an IPv4 frame's header checksum verifies.
 pub(crate) fn ipv4_checksum_ok(frame: &[u8]) -> bool {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
-    reference_sum(&[&frame[14..14 + ihl]]) == 0xffff
+    ones_complement_sum(&[&frame[14..14 + ihl]]) == 0xffff
 }
 
 /// Fixes the IPv4 header checksum (if IPv4) and the TCP checksum of a hand-edited frame.
 pub(crate) fn refresh_checksums(frame: &mut [u8]) {
-    let t = tcp_start(frame);
     if frame[12] == 0x08 {
-        let ihl = usize::from(frame[14] & 0x0f) * 4;
-        frame[24..26].fill(0);
-        let c = !reference_sum(&[&frame[14..14 + ihl]]);
-        frame[24..26].copy_from_slice(&c.to_be_bytes());
-        let end = 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-        let tcp_len = (end - t) as u16;
-        frame[t + 16..t + 18].fill(0);
-        let c = !reference_sum(&[
-            &frame[26..34],
-            &[0, 6],
-            &tcp_len.to_be_bytes(),
-            &frame[t..end],
-        ]);
-        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
-    } else {
-        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
-        let end = 54 + plen;
-        frame[t + 16..t + 18].fill(0);
-        let c = !reference_sum(&[
-            &frame[22..54],
-            &(plen as u32).to_be_bytes(),
-            &[0, 0, 0, 6],
-            &frame[t..end],
-        ]);
-        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+        fix_ipv4_checksum(frame);
     }
+    let (t, end) = (tcp_start(frame), ip_end(frame));
+    fix_tcp_checksum(frame, t, end);
 }
 
 /// A small deterministic byte generator (xorshift), so the tests need no rand crate.

@@ -1,6 +1,8 @@
 //! Coalescing: round trips through `TcpSegments`, every rule that ends a super-frame, and
 //! garbage.
 
+use testkit::checksum::{ones_complement_sum, tcp_pseudo_header};
+
 use super::*;
 use crate::offload::testutil::*;
 use crate::offload::{complete_checksum, TcpSegments};
@@ -161,8 +163,7 @@ fn merges_in_order_v4_segments_and_resegments_to_the_originals() {
     assert_eq!(f[18..20], input[0][18..20], "first segment's ident");
     assert_eq!(f[34 + 13], ACK | PSH, "the last segment's PSH");
     // The partial checksum is the pseudo header sum over the whole TCP length.
-    let tcp_len = (f.len() - 34) as u16;
-    let pseudo = reference_sum(&[&f[26..34], &[0, 6], &tcp_len.to_be_bytes()]);
+    let pseudo = ones_complement_sum(&[&tcp_pseudo_header(f, f.len() - 34)]);
     assert_eq!(u16::from_be_bytes([f[50], f[51]]), pseudo);
     assert_eq!(f[66..], stream(opts[0].seq, 19 * 1448 + 600)[..]);
 }
@@ -689,23 +690,7 @@ fn refresh_checksums_if_plausible(f: &mut [u8]) {
 /// leaves it on a virtual NIC.
 fn make_partial(f: &mut [u8]) {
     let t = tcp_start(f);
-    let v6 = f[12] == 0x86;
-    let len = (f.len() - t) as u16;
-    let pseudo = if v6 {
-        crate::wire::checksum::pseudo_header_v6(
-            &Ipv6Packet::new_unchecked(&f[14..]).src_addr(),
-            &Ipv6Packet::new_unchecked(&f[14..]).dst_addr(),
-            6,
-            u32::from(len),
-        )
-    } else {
-        crate::wire::checksum::pseudo_header_v4(
-            &Ipv4Packet::new_unchecked(&f[14..]).src_addr(),
-            &Ipv4Packet::new_unchecked(&f[14..]).dst_addr(),
-            6,
-            len,
-        )
-    };
+    let pseudo = ones_complement_sum(&[&tcp_pseudo_header(f, f.len() - t)]);
     f[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
 }
 
