@@ -181,6 +181,7 @@ impl Flow {
             flags,
             window: u16::MAX,
             options,
+            ..Tcp::default()
         }
         .frame(payload)
     }

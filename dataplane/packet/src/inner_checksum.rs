@@ -154,18 +154,12 @@ mod tests {
     /// The TCP frame of these tests: 10.244.2.0:5201 to 10.244.1.0:40000, 100 bytes of payload.
     fn tcp() -> Tcp {
         Tcp {
-            src_mac: [0; 6],
-            dst_mac: [0; 6],
             src_ip: Ipv4Addr::new(10, 244, 2, 0).into(),
             dst_ip: Ipv4Addr::new(10, 244, 1, 0).into(),
-            ident: 0,
             src_port: 5201,
             dst_port: 40000,
-            seq: 0,
-            ack: 0,
             flags: 0x18,
-            window: 0,
-            options: Vec::new(),
+            ..Tcp::default()
         }
     }
 

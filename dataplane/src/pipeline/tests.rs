@@ -151,7 +151,7 @@ fn tcp_frame(
         ack: 7,
         flags,
         window: 502,
-        options: Vec::new(),
+        ..Tcp::default()
     };
     let payload: Vec<u8> = (0..payload_len).map(|i| (seq as usize + i) as u8).collect();
     if partial {

@@ -244,9 +244,9 @@ impl Udp4 {
     }
 }
 
-/// An Ethernet + IPv4 or IPv6 + TCP frame (the family from the addresses), DF set over IPv4,
-/// TTL/hop limit 64, traffic class and flow label 0. [`Tcp::frame`] writes consistent lengths
-/// and correct checksums; tests then break what they want.
+/// An Ethernet + IPv4 or IPv6 + TCP frame, the family from the addresses. [`Tcp::frame`] writes
+/// consistent lengths and correct checksums; tests then break what they want. `Default` is an
+/// empty ACK-less segment between unspecified IPv4 addresses with DF set and TTL 64.
 #[derive(Debug, Clone)]
 pub struct Tcp {
     /// Ethernet source.
@@ -257,8 +257,16 @@ pub struct Tcp {
     pub src_ip: IpAddr,
     /// IP destination.
     pub dst_ip: IpAddr,
+    /// The IPv4 DSCP/ECN byte, or the IPv6 traffic class.
+    pub tos: u8,
+    /// IPv4 TTL, or IPv6 hop limit.
+    pub ttl: u8,
     /// IPv4 identification (IPv6 has none).
     pub ident: u16,
+    /// IPv4 don't-fragment flag.
+    pub dont_fragment: bool,
+    /// IPv6 flow label (20 bits).
+    pub flow_label: u32,
     /// TCP source port.
     pub src_port: u16,
     /// TCP destination port.
@@ -271,8 +279,34 @@ pub struct Tcp {
     pub flags: u8,
     /// Receive window.
     pub window: u16,
+    /// Urgent pointer.
+    pub urgent: u16,
     /// TCP options, a multiple of 4 bytes.
     pub options: Vec<u8>,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src_ip: Ipv4Addr::UNSPECIFIED.into(),
+            dst_ip: Ipv4Addr::UNSPECIFIED.into(),
+            tos: 0,
+            ttl: 64,
+            ident: 0,
+            dont_fragment: true,
+            flow_label: 0,
+            src_port: 0,
+            dst_port: 0,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            window: 0,
+            urgent: 0,
+            options: Vec::new(),
+        }
+    }
 }
 
 impl Tcp {
@@ -311,19 +345,22 @@ impl Tcp {
         match (self.src_ip, self.dst_ip) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
-                f.extend_from_slice(&[0x45, 0]);
+                f.extend_from_slice(&[0x45, self.tos]);
                 f.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
                 f.extend_from_slice(&self.ident.to_be_bytes());
-                f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
+                let df = if self.dont_fragment { 0x40 } else { 0 };
+                f.extend_from_slice(&[df, 0, self.ttl, 6, 0, 0]);
                 f.extend_from_slice(&src.octets());
                 f.extend_from_slice(&dst.octets());
                 fix_ipv4_checksum(&mut f);
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 f.extend_from_slice(&0x86ddu16.to_be_bytes());
-                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                let first_word =
+                    6 << 28 | u32::from(self.tos) << 20 | (self.flow_label & 0x000f_ffff);
+                f.extend_from_slice(&first_word.to_be_bytes());
                 f.extend_from_slice(&(tcp_len as u16).to_be_bytes());
-                f.extend_from_slice(&[6, 64]);
+                f.extend_from_slice(&[6, self.ttl]);
                 f.extend_from_slice(&src.octets());
                 f.extend_from_slice(&dst.octets());
             }
@@ -336,7 +373,8 @@ impl Tcp {
         f.push((((20 + self.options.len()) / 4) << 4) as u8);
         f.push(self.flags);
         f.extend_from_slice(&self.window.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&self.urgent.to_be_bytes());
         f.extend_from_slice(&self.options);
         f.extend_from_slice(payload);
         f
@@ -521,6 +559,7 @@ mod tests {
                 flags: 0x18,
                 window: 502,
                 options: vec![1, 1, 1, 1],
+                ..Tcp::default()
             };
             let f = tcp.frame(b"hello");
             let t = if src_ip.is_ipv4() { 34 } else { 54 };

@@ -1,20 +1,15 @@
 //! Test frames and an independent checksum for the offload tests.
 //!
-//! Frames are built with the `wire` views where they exist (Ethernet, IPv4, IPv6) and by hand
-//! for TCP; checksums are computed and verified with the test kit's byte-at-a-time RFC 1071 sum
-//! (`testkit::checksum`), which shares no code with `wire::checksum`.
+//! Frames are built by the test kit (`testkit::packet::Tcp`) and checksums verified with its
+//! byte-at-a-time RFC 1071 sum (`testkit::checksum`): neither shares code with `wire`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use testkit::checksum::{
-    fix_tcp_checksum, ones_complement_sum, pseudo_header_v4, pseudo_header_v6, tcp_sum,
-};
-use testkit::packet::fix_ipv4_checksum;
+use testkit::checksum::{fix_tcp_checksum, ones_complement_sum, tcp_sum};
+use testkit::packet::{fix_ipv4_checksum, Tcp};
 
 use super::VnetHdr;
-use crate::wire::{
-    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr, MacAddr,
-};
+use crate::wire::MacAddr;
 
 pub(crate) const ACK: u8 = 0x10;
 pub(crate) const PSH: u8 = 0x08;
@@ -107,92 +102,43 @@ impl TcpOpts {
     }
 }
 
-/// A TCP header with options and payload, checksum field zero.
-fn tcp_bytes(o: &TcpOpts, payload: &[u8]) -> Vec<u8> {
-    assert_eq!(o.options.len() % 4, 0);
-    let mut t = Vec::with_capacity(20 + o.options.len() + payload.len());
-    t.extend_from_slice(&o.src_port.to_be_bytes());
-    t.extend_from_slice(&o.dst_port.to_be_bytes());
-    t.extend_from_slice(&o.seq.to_be_bytes());
-    t.extend_from_slice(&o.ack.to_be_bytes());
-    t.push((((20 + o.options.len()) / 4) << 4) as u8);
-    t.push(o.flags);
-    t.extend_from_slice(&o.window.to_be_bytes());
-    t.extend_from_slice(&[0, 0]);
-    t.extend_from_slice(&o.urgent.to_be_bytes());
-    t.extend_from_slice(&o.options);
-    t.extend_from_slice(payload);
-    t
-}
-
-fn ethernet(o: &TcpOpts, ethertype: EtherType) -> Vec<u8> {
-    let mut e = vec![0u8; 14];
-    EthernetRepr {
-        src_addr: o.src_mac,
-        dst_addr: o.dst_mac,
-        ethertype,
+/// The test kit's frame builder for `o`, over IPv6 or IPv4.
+fn builder(o: &TcpOpts, v6: bool) -> Tcp {
+    let (src_ip, dst_ip) = if v6 {
+        (o.src6.into(), o.dst6.into())
+    } else {
+        (o.src4.into(), o.dst4.into())
+    };
+    Tcp {
+        src_mac: o.src_mac.0,
+        dst_mac: o.dst_mac.0,
+        src_ip,
+        dst_ip,
+        tos: o.tos,
+        ttl: o.ttl,
+        ident: o.ident,
+        dont_fragment: o.df,
+        flow_label: o.flow_label,
+        src_port: o.src_port,
+        dst_port: o.dst_port,
+        seq: o.seq,
+        ack: o.ack,
+        flags: o.flags,
+        window: o.window,
+        urgent: o.urgent,
+        options: o.options.clone(),
     }
-    .emit(&mut EthernetFrame::new_unchecked(&mut e[..]));
-    e
 }
 
-fn ipv4_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut h = vec![0u8; 20];
-    let mut ip = Ipv4Packet::new_unchecked(&mut h[..]);
-    ip.set_version(4);
-    ip.set_header_len(20);
-    ip.set_dscp_ecn(o.tos);
-    ip.set_total_len((20 + tcp_len) as u16);
-    ip.set_ident(o.ident);
-    ip.clear_flags();
-    ip.set_dont_frag(o.df);
-    ip.set_hop_limit(o.ttl);
-    ip.set_next_header(IpProtocol::Tcp);
-    ip.set_src_addr(o.src4);
-    ip.set_dst_addr(o.dst4);
-    let c = !ones_complement_sum(&[&h]);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h
-}
-
-fn ipv6_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut h = vec![0u8; 40];
-    let mut ip = Ipv6Packet::new_unchecked(&mut h[..]);
-    Ipv6Repr {
-        src_addr: o.src6,
-        dst_addr: o.dst6,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp_len,
-        hop_limit: o.ttl,
-    }
-    .emit(&mut ip);
-    ip.set_traffic_class(o.tos);
-    ip.set_flow_label(o.flow_label);
-    h
-}
-
+/// The frame of `o` carrying `payload`, with a full TCP checksum or (`partial`) the pseudo
+/// header sum a kernel sender with checksum offload leaves.
 fn assemble(o: &TcpOpts, v6: bool, payload: &[u8], partial: bool) -> Vec<u8> {
-    let mut tcp = tcp_bytes(o, payload);
-    let pseudo = if v6 {
-        pseudo_header_v6(o.src6, o.dst6, 6, tcp.len() as u32).to_vec()
+    let tcp = builder(o, v6);
+    if partial {
+        tcp.partial_frame(payload)
     } else {
-        pseudo_header_v4(o.src4, o.dst4, 6, tcp.len() as u16).to_vec()
-    };
-    let c = if partial {
-        ones_complement_sum(&[&pseudo])
-    } else {
-        !ones_complement_sum(&[&pseudo, &tcp])
-    };
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let (ethertype, ip) = if v6 {
-        (EtherType::Ipv6, ipv6_header(o, tcp.len()))
-    } else {
-        (EtherType::Ipv4, ipv4_header(o, tcp.len()))
-    };
-    let mut f = ethernet(o, ethertype);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+        tcp.frame(payload)
+    }
 }
 
 /// A complete Ethernet/IPv4/TCP segment with correct checksums; the payload is the stream from
