@@ -123,69 +123,79 @@ pub(crate) fn fold_eq(key: &str, field: &str) -> bool {
     key.chars().map(fold).eq(field.chars().map(fold))
 }
 
-/// A Go `bool` field: `null` leaves it unchanged.
-pub(crate) fn get_bool(obj: &GoObject, field: &str) -> Result<Option<bool>, Mismatch> {
+/// What one JSON value does to the Go field its key names.
+enum Decoded<T> {
+    /// The field takes this value.
+    Set(T),
+    /// The field keeps what it had (`null` on a plain field).
+    Unchanged,
+    /// A value of the wrong JSON type: decoding stops.
+    WrongType,
+}
+
+/// Go's decoding of one field: every key that names it, in document order, goes through
+/// `decode`, so the last one that sets it wins; the first value of the wrong type is a
+/// [`Mismatch`] with `expected`.
+fn decode_field<T>(
+    obj: &GoObject,
+    field: &str,
+    expected: &'static str,
+    decode: impl Fn(&GoValue) -> Decoded<T>,
+) -> Result<Option<T>, Mismatch> {
     let mut out = None;
     for v in obj.matches(field) {
-        match v {
-            GoValue::Null => {}
-            GoValue::Bool(b) => out = Some(*b),
-            other => return Err(mismatch("a boolean (true or false)", other)),
+        match decode(v) {
+            Decoded::Set(x) => out = Some(x),
+            Decoded::Unchanged => {}
+            Decoded::WrongType => return Err(mismatch(expected, v)),
         }
     }
     Ok(out)
+}
+
+/// A Go `bool` field: `null` leaves it unchanged.
+pub(crate) fn get_bool(obj: &GoObject, field: &str) -> Result<Option<bool>, Mismatch> {
+    decode_field(obj, field, "a boolean (true or false)", |v| match v {
+        GoValue::Null => Decoded::Unchanged,
+        GoValue::Bool(b) => Decoded::Set(*b),
+        _ => Decoded::WrongType,
+    })
 }
 
 /// A Go `uint` field: a non-negative integer literal (no fraction or exponent).
 pub(crate) fn get_u64(obj: &GoObject, field: &str) -> Result<Option<u64>, Mismatch> {
-    let mut out = None;
-    for v in obj.matches(field) {
-        match v {
-            GoValue::Null => {}
-            GoValue::Number(n) if n.as_u64().is_some() => out = n.as_u64(),
-            other => return Err(mismatch("a non-negative integer", other)),
-        }
-    }
-    Ok(out)
+    decode_field(obj, field, "a non-negative integer", |v| match v {
+        GoValue::Null => Decoded::Unchanged,
+        GoValue::Number(n) => n.as_u64().map_or(Decoded::WrongType, Decoded::Set),
+        _ => Decoded::WrongType,
+    })
 }
 
 /// A Go `int` field: an integer literal that fits in 64 bits.
 pub(crate) fn get_i64(obj: &GoObject, field: &str) -> Result<Option<i64>, Mismatch> {
-    let mut out = None;
-    for v in obj.matches(field) {
-        match v {
-            GoValue::Null => {}
-            GoValue::Number(n) if n.as_i64().is_some() => out = n.as_i64(),
-            other => return Err(mismatch("an integer", other)),
-        }
-    }
-    Ok(out)
+    decode_field(obj, field, "an integer", |v| match v {
+        GoValue::Null => Decoded::Unchanged,
+        GoValue::Number(n) => n.as_i64().map_or(Decoded::WrongType, Decoded::Set),
+        _ => Decoded::WrongType,
+    })
 }
 
 /// A Go `string` field: `null` leaves it unchanged.
 pub(crate) fn get_string(obj: &GoObject, field: &str) -> Result<Option<String>, Mismatch> {
-    let mut out = None;
-    for v in obj.matches(field) {
-        match v {
-            GoValue::Null => {}
-            GoValue::String(s) => out = Some(s.clone()),
-            other => return Err(mismatch("a string", other)),
-        }
-    }
-    Ok(out)
+    decode_field(obj, field, "a string", |v| match v {
+        GoValue::Null => Decoded::Unchanged,
+        GoValue::String(s) => Decoded::Set(s.clone()),
+        _ => Decoded::WrongType,
+    })
 }
 
 /// A value-typed field with its own `UnmarshalJSON` that parses a quoted string (flannel's
 /// `ip.IP4`, `ip.IP4Net`, `ip.IP6Net`): `null` reaches the parser and fails.
 pub(crate) fn get_text(obj: &GoObject, field: &str) -> Result<Option<String>, Mismatch> {
-    let mut out = None;
-    for v in obj.matches(field) {
-        match v {
-            GoValue::String(s) => out = Some(s.clone()),
-            other => return Err(mismatch("a string", other)),
-        }
-    }
-    Ok(out)
+    decode_field(obj, field, "a string", |v| match v {
+        GoValue::String(s) => Decoded::Set(s.clone()),
+        _ => Decoded::WrongType,
+    })
 }
 
 /// A pointer-typed such field (flannel's `*ip.IP6`): `null` sets it back to nil, which is the
@@ -194,15 +204,11 @@ pub(crate) fn get_nullable_text(
     obj: &GoObject,
     field: &str,
 ) -> Result<Option<Option<String>>, Mismatch> {
-    let mut out = None;
-    for v in obj.matches(field) {
-        match v {
-            GoValue::Null => out = Some(None),
-            GoValue::String(s) => out = Some(Some(s.clone())),
-            other => return Err(mismatch("a string or null", other)),
-        }
-    }
-    Ok(out)
+    decode_field(obj, field, "a string or null", |v| match v {
+        GoValue::Null => Decoded::Set(None),
+        GoValue::String(s) => Decoded::Set(Some(s.clone())),
+        _ => Decoded::WrongType,
+    })
 }
 
 fn mismatch(expected: &'static str, found: &GoValue) -> Mismatch {

@@ -2,9 +2,11 @@
 //! leaves them (see [`crate::go_json`]), the address fields parsed as flannel's `ip` package
 //! parses them. Defaults and range rules come after, in [`super::check`].
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::ConfigError;
 use crate::go_json::{self, GoObject, GoValue};
@@ -105,62 +107,53 @@ impl<'a> RawConfig<'a> {
     }
 }
 
+/// Parses an address or CIDR field as `T` (flannel's `ip` types), then keeps it if `family`
+/// accepts it; either failure is a [`ConfigError::InvalidAddress`] saying what was `expected`.
+fn parse_field<T, U>(
+    field: &'static str,
+    s: &str,
+    expected: &'static str,
+    family: impl FnOnce(T) -> Result<U, &'static str>,
+) -> Result<U, ConfigError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    s.parse::<T>()
+        .map_err(|e| e.to_string())
+        .and_then(|v| family(v).map_err(String::from))
+        .map_err(|reason| ConfigError::InvalidAddress {
+            field,
+            value: s.into(),
+            expected,
+            reason,
+        })
+}
+
 fn parse_cidr_v4(field: &'static str, s: &str) -> Result<Ipv4Net, ConfigError> {
-    const EXPECTED: &str = "an IPv4 CIDR like 10.5.0.0/16";
-    let invalid = |reason: String| ConfigError::InvalidAddress {
-        field,
-        value: s.into(),
-        expected: EXPECTED,
-        reason,
-    };
-    match s.parse::<ipnet::IpNet>() {
-        Ok(ipnet::IpNet::V4(n)) => Ok(n.trunc()),
-        Ok(ipnet::IpNet::V6(_)) => Err(invalid("it is an IPv6 CIDR (use IPv6Network)".into())),
-        Err(e) => Err(invalid(e.to_string())),
-    }
+    parse_field(field, s, "an IPv4 CIDR like 10.5.0.0/16", |n| match n {
+        IpNet::V4(n) => Ok(n.trunc()),
+        IpNet::V6(_) => Err("it is an IPv6 CIDR (use IPv6Network)"),
+    })
 }
 
 fn parse_cidr_v6(field: &'static str, s: &str) -> Result<Ipv6Net, ConfigError> {
-    const EXPECTED: &str = "an IPv6 CIDR like fc00::/48";
-    let invalid = |reason: String| ConfigError::InvalidAddress {
-        field,
-        value: s.into(),
-        expected: EXPECTED,
-        reason,
-    };
-    match s.parse::<ipnet::IpNet>() {
-        Ok(ipnet::IpNet::V6(n)) => Ok(n.trunc()),
-        Ok(ipnet::IpNet::V4(_)) => Err(invalid("it is an IPv4 CIDR (use Network)".into())),
-        Err(e) => Err(invalid(e.to_string())),
-    }
+    parse_field(field, s, "an IPv6 CIDR like fc00::/48", |n| match n {
+        IpNet::V6(n) => Ok(n.trunc()),
+        IpNet::V4(_) => Err("it is an IPv4 CIDR (use Network)"),
+    })
 }
 
 fn parse_addr_v4(field: &'static str, s: &str) -> Result<Ipv4Addr, ConfigError> {
-    s.parse::<std::net::IpAddr>()
-        .map_err(|e| e.to_string())
-        .and_then(|a| match a {
-            std::net::IpAddr::V4(a) => Ok(a),
-            std::net::IpAddr::V6(_) => Err("it is an IPv6 address".into()),
-        })
-        .map_err(|reason| ConfigError::InvalidAddress {
-            field,
-            value: s.into(),
-            expected: "an IPv4 address like 10.5.1.0",
-            reason,
-        })
+    parse_field(field, s, "an IPv4 address like 10.5.1.0", |a| match a {
+        IpAddr::V4(a) => Ok(a),
+        IpAddr::V6(_) => Err("it is an IPv6 address"),
+    })
 }
 
 fn parse_addr_v6(field: &'static str, s: &str) -> Result<Ipv6Addr, ConfigError> {
-    s.parse::<std::net::IpAddr>()
-        .map_err(|e| e.to_string())
-        .and_then(|a| match a {
-            std::net::IpAddr::V6(a) => Ok(a),
-            std::net::IpAddr::V4(_) => Err("it is an IPv4 address".into()),
-        })
-        .map_err(|reason| ConfigError::InvalidAddress {
-            field,
-            value: s.into(),
-            expected: "an IPv6 address like fc00:0:0:1::",
-            reason,
-        })
+    parse_field(field, s, "an IPv6 address like fc00:0:0:1::", |a| match a {
+        IpAddr::V6(a) => Ok(a),
+        IpAddr::V4(_) => Err("it is an IPv4 address"),
+    })
 }
