@@ -43,6 +43,20 @@ pub fn unique_prefix() -> String {
     format!("vxt{}x{n}", std::process::id() % 100_000)
 }
 
+/// Deterministic pseudo-random bytes (xorshift64, the low byte of each step), so tests need no
+/// rand crate and a failure replays from its seed.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn run(args: &[&str]) -> String {
     let out = try_run(args);

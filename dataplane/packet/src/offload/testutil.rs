@@ -212,16 +212,3 @@ pub(crate) fn refresh_checksums(frame: &mut [u8]) {
     let (t, end) = (tcp_start(frame), ip_end(frame));
     fix_tcp_checksum(frame, t, end);
 }
-
-/// A small deterministic byte generator (xorshift), so the tests need no rand crate.
-pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}

@@ -2,6 +2,7 @@
 //! garbage.
 
 use testkit::checksum::{ones_complement_sum, tcp_pseudo_header};
+use testkit::pseudo_random_bytes;
 
 use super::*;
 use crate::offload::testutil::*;
@@ -626,21 +627,21 @@ fn garbage_never_panics() {
     // The frames are made first: a coalescer borrows what it is given until it flushes.
     let mutated: Vec<(Vec<u8>, Vec<u8>, [u8; 4])> = (0..20_000u64)
         .map(|seed| {
-            let n = noise(seed, 4);
+            let n = pseudo_random_bytes(seed, 4);
             let mut f = if n[0] & 1 == 0 {
                 input[1].clone()
             } else {
                 input6[1].clone()
             };
             for k in 0..usize::from(n[1] % 6) {
-                let m = noise(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
+                let m = pseudo_random_bytes(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
                 let at = usize::from(m[0]) % 90;
                 f[at] = m[1];
             }
             if n[2] & 1 == 0 {
                 refresh_checksums_if_plausible(&mut f);
             }
-            let junk = noise(seed ^ 0xabcdef, usize::from(n[3]) * 2);
+            let junk = pseudo_random_bytes(seed ^ 0xabcdef, usize::from(n[3]) * 2);
             (f, junk, [n[0], n[1], n[2], n[3]])
         })
         .collect();
