@@ -20,7 +20,7 @@ use packet::wire::MacAddr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 
-use crate::config::go_json::{self, GoObject, GoValue, Mismatch};
+use crate::go_json::{self, GoObject, GoValue, Mismatch};
 
 /// flanneld's default `--etcd-prefix`.
 pub const DEFAULT_ETCD_PREFIX: &str = "/coreos.com/network";

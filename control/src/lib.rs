@@ -9,6 +9,7 @@ pub mod backend;
 pub mod blackhole;
 pub mod br_netfilter;
 pub mod config;
+mod go_json;
 pub mod interface;
 pub mod lease;
 pub mod masq;

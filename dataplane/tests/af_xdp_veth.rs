@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::steering::{SteeringConfig, SteeringProgram, XdpMode};
 use dataplane::xsk::{BindMode, SocketMode, TxFrame, XskConfig, XskSocket};
+use testkit::packet::{vxlan_header, Udp4};
 use testkit::{require_root, unique_prefix, veth, Netns};
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -19,65 +20,24 @@ fn ifindex(name: &str) -> u32 {
 }
 
 fn vxlan_payload(vni: u32) -> Vec<u8> {
-    let mut p = vec![0x08, 0, 0, 0];
-    p.extend_from_slice(&(vni << 8).to_be_bytes());
+    let mut p = vxlan_header(0x08, vni).to_vec();
     p.extend_from_slice(&[0xee; 60]); // stand-in inner frame
     p
 }
 
-fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
-    let s = ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")]);
-    let mut m = [0u8; 6];
-    for (i, part) in s.trim().split(':').enumerate() {
-        m[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    m
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for pair in header.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A UDP/IPv4 frame from A to B, UDP checksum 0.
 fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst_mac);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = 20 + 8 + payload.len();
-    let mut ip = vec![
-        0x45,
-        0,
-        (total >> 8) as u8,
-        total as u8,
-        0,
-        1,
-        0,
-        0,
-        64,
-        17,
-        0,
-        0,
-    ];
-    ip.extend_from_slice(&A_IP.octets());
-    ip.extend_from_slice(&B_IP.octets());
-    let csum = ipv4_checksum(&ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let ulen = 8 + payload.len();
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&(ulen as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(payload);
-    f
+    Udp4 {
+        src_mac,
+        dst_mac,
+        src_ip: A_IP,
+        dst_ip: B_IP,
+        src_port: 40000,
+        dst_port: dport,
+        ident: 1,
+        flags_frag: 0,
+    }
+    .frame(payload)
 }
 
 #[test]
@@ -90,8 +50,8 @@ fn steering_program_and_af_xdp_socket_on_veth() {
     a.run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "a0"]);
     b.run(&["ip", "addr", "add", "192.0.2.2/24", "dev", "b0"]);
     a.run(&["ping", "-c1", "-W2", "192.0.2.2"]); // ARP both ways before XDP is in place
-    let a_mac = mac_of(&a, "a0");
-    let b_mac = mac_of(&b, "b0");
+    let a_mac = a.mac_address("a0");
+    let b_mac = b.mac_address("b0");
 
     // B listens for what A's AF_XDP socket transmits.
     let b_listener = b.enter(|| UdpSocket::bind((B_IP, 9000)).unwrap());

@@ -18,6 +18,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use packet::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
+use testkit::checksum::{ones_complement_sum, tcp_sum};
+use testkit::packet::Tcp;
 use testkit::{require_root, unique_prefix, Netns};
 
 const TAP: &str = "vxoff0";
@@ -125,20 +127,6 @@ fn write_gathered(fd: &OwnedFd, head: &[u8], payloads: &[&[u8]]) {
     );
 }
 
-/// RFC 1071, a byte at a time: independent of `wire::checksum`.
-fn sum(parts: &[&[u8]]) -> u16 {
-    let mut s: u32 = 0;
-    let mut hi = true;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        s += if hi { u32::from(b) << 8 } else { u32::from(b) };
-        hi = !hi;
-        if s > 0xffff {
-            s -= 0xffff;
-        }
-    }
-    s as u16
-}
-
 fn be16(d: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([d[at], d[at + 1]])
 }
@@ -169,47 +157,33 @@ impl Flow {
 
     /// A segment from the test peer to the kernel, checksums filled in.
     fn segment(&self, seq: u32, ack: u32, flags: u8, ident: u16, payload: &[u8]) -> Vec<u8> {
-        let mut f = Vec::with_capacity(74 + payload.len());
-        f.extend_from_slice(&self.local_mac);
-        f.extend_from_slice(&PEER_MAC);
-        let syn = flags & SYN != 0;
-        // A SYN carries MSS 1460 and window scale 7 options.
-        let opts: &[u8] = if syn {
-            &[2, 4, 0x05, 0xb4, 1, 3, 3, 7]
+        let (src_ip, dst_ip): (IpAddr, IpAddr) = if self.v6 {
+            (PEER6.into(), LOCAL6.into())
         } else {
-            &[]
+            (PEER4.into(), LOCAL4.into())
         };
-        let tcp_len = 20 + opts.len() + payload.len();
-        if self.v6 {
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
-            f.extend_from_slice(&(tcp_len as u16).to_be_bytes());
-            f.extend_from_slice(&[6, 64]);
-            f.extend_from_slice(&PEER6.octets());
-            f.extend_from_slice(&LOCAL6.octets());
+        // A SYN carries MSS 1460 and window scale 7 options.
+        let options = if flags & SYN != 0 {
+            vec![2, 4, 0x05, 0xb4, 1, 3, 3, 7]
         } else {
-            f.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
-            f.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-            f.extend_from_slice(&ident.to_be_bytes());
-            f.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
-            f.extend_from_slice(&PEER4.octets());
-            f.extend_from_slice(&LOCAL4.octets());
-            let c = !sum(&[&f[14..34]]);
-            f[24..26].copy_from_slice(&c.to_be_bytes());
+            Vec::new()
+        };
+        Tcp {
+            src_mac: PEER_MAC,
+            dst_mac: self.local_mac,
+            src_ip,
+            dst_ip,
+            ident,
+            src_port: self.peer_port,
+            dst_port: self.kernel_port,
+            seq,
+            ack,
+            flags,
+            window: u16::MAX,
+            options,
+            ..Tcp::default()
         }
-        let t = f.len();
-        f.extend_from_slice(&self.peer_port.to_be_bytes());
-        f.extend_from_slice(&self.kernel_port.to_be_bytes());
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(&ack.to_be_bytes());
-        f.push((((20 + opts.len()) / 4) << 4) as u8);
-        f.push(flags);
-        f.extend_from_slice(&u16::MAX.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0, 0]);
-        f.extend_from_slice(opts);
-        f.extend_from_slice(payload);
-        let c = !tcp_sum(&f, self.v6, t);
-        f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
-        f
+        .frame(payload)
     }
 
     /// Whether `f` is TCP from the kernel to the test peer on this flow.
@@ -222,21 +196,6 @@ impl Flow {
             && f[proto_at] == 6
             && (self.kernel_port == 0 || be16(f, t) == self.kernel_port)
             && be16(f, t + 2) == self.peer_port
-    }
-}
-
-/// Pseudo header + TCP segment sum of a frame whose TCP segment runs to its end.
-fn tcp_sum(f: &[u8], v6: bool, t: usize) -> u16 {
-    let tcp_len = (f.len() - t) as u32;
-    if v6 {
-        sum(&[&f[22..54], &tcp_len.to_be_bytes(), &[0, 0, 0, 6], &f[t..]])
-    } else {
-        sum(&[
-            &f[26..34],
-            &[0, 6],
-            &(tcp_len as u16).to_be_bytes(),
-            &f[t..],
-        ])
     }
 }
 
@@ -270,15 +229,6 @@ fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(7) as u8 ^ salt)
         .collect()
-}
-
-fn mac_of(ns: &Netns) -> [u8; 6] {
-    let s = ns.run(&["cat", &format!("/sys/class/net/{TAP}/address")]);
-    let mut m = [0u8; 6];
-    for (i, part) in s.trim().split(':').enumerate() {
-        m[i] = u8::from_str_radix(part, 16).unwrap();
-    }
-    m
 }
 
 fn setup(ns: &Netns) {
@@ -391,9 +341,13 @@ fn peer_receives(fd: &OwnedFd, flow: &mut Flow, data: &[u8]) -> RxStats {
         }
         for s in segments {
             let t = flow.tcp_start();
-            assert_eq!(tcp_sum(&s, flow.v6, t), 0xffff, "TCP checksum of a segment");
+            assert_eq!(tcp_sum(&s, t, s.len()), 0xffff, "TCP checksum of a segment");
             if !flow.v6 {
-                assert_eq!(sum(&[&s[14..34]]), 0xffff, "IPv4 header checksum");
+                assert_eq!(
+                    ones_complement_sum(&[&s[14..34]]),
+                    0xffff,
+                    "IPv4 header checksum"
+                );
                 assert_eq!(usize::from(be16(&s, 16)), s.len() - 14);
             } else {
                 assert_eq!(usize::from(be16(&s, 18)), s.len() - 54);
@@ -558,7 +512,7 @@ fn offloads_against_the_kernel() {
     let ns = Netns::new(&unique_prefix(), "off");
     let fd = ns.enter(open_tap);
     setup(&ns);
-    let local_mac = mac_of(&ns);
+    let local_mac = ns.mac_address(TAP);
 
     for v6 in [false, true] {
         let flow = Flow {

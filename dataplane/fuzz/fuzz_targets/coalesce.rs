@@ -13,23 +13,11 @@
 //!               checksums afterwards
 #![no_main]
 
+use libfuzzer_sys::fuzz_target;
 use packet::inner_checksum::complete_partial_checksum;
 use packet::offload::{complete_checksum, Coalescer, Push, TcpSegments, VnetHdr, VNET_HDR_LEN};
-use libfuzzer_sys::fuzz_target;
-
-/// RFC 1071 over the concatenation of `parts`, a byte at a time.
-fn sum(parts: &[&[u8]]) -> u16 {
-    let mut s: u32 = 0;
-    let mut hi = true;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        s += if hi { u32::from(b) << 8 } else { u32::from(b) };
-        hi = !hi;
-        if s > 0xffff {
-            s -= 0xffff;
-        }
-    }
-    s as u16
-}
+use testkit::checksum::{fix_tcp_checksum, ones_complement_sum, tcp_sum};
+use testkit::packet::fix_ipv4_checksum;
 
 fn be16(d: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([d[at], d[at + 1]])
@@ -52,37 +40,15 @@ fn layout(f: &[u8]) -> Option<(bool, usize, usize)> {
     (t >= 34 && t + 20 <= end && end <= f.len()).then_some((v6, t, end))
 }
 
-fn tcp_sum(f: &[u8], v6: bool, t: usize, end: usize) -> u16 {
-    let tcp_len = (end - t) as u32;
-    if v6 {
-        sum(&[
-            &f[22..54],
-            &tcp_len.to_be_bytes(),
-            &[0, 0, 0, 6],
-            &f[t..end],
-        ])
-    } else {
-        sum(&[
-            &f[26..34],
-            &[0, 6],
-            &(tcp_len as u16).to_be_bytes(),
-            &f[t..end],
-        ])
-    }
-}
-
+/// Writes the IPv4 header (if IPv4) and TCP checksums of a frame that has a `layout`.
 fn fix_checksums(f: &mut [u8]) {
     let Some((v6, t, end)) = layout(f) else {
         return;
     };
     if !v6 {
-        f[24..26].fill(0);
-        let c = !sum(&[&f[14..t]]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        fix_ipv4_checksum(f);
     }
-    f[t + 16..t + 18].fill(0);
-    let c = !tcp_sum(f, v6, t, end);
-    f[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+    fix_tcp_checksum(f, t, end);
 }
 
 /// The next segment after `prev` (which must have a `layout`), or None.
@@ -144,14 +110,14 @@ fn check_flush(out: &[u8], merged: &[Vec<u8>]) {
             .sum::<usize>();
     assert_eq!(frame.len(), expected_len);
     if !v6 {
-        assert_eq!(sum(&[&frame[14..t]]), 0xffff, "IPv4 header checksum");
+        assert_eq!(
+            ones_complement_sum(&[&frame[14..t]]),
+            0xffff,
+            "IPv4 header checksum"
+        );
     }
     complete_checksum(&mut frame, t, 16).unwrap();
-    assert_eq!(
-        tcp_sum(&frame, v6, t, end),
-        0xffff,
-        "completed TCP checksum"
-    );
+    assert_eq!(tcp_sum(&frame, t, end), 0xffff, "completed TCP checksum");
     let segs = TcpSegments::new(&frame, &hdr).expect("flushed super-frames segment");
     assert_eq!(segs.len(), merged.len());
     let fixed_id = !v6 && be16(&merged[0], 18) == be16(&merged[1], 18);

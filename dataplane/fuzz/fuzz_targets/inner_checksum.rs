@@ -1,31 +1,14 @@
 //! Arbitrary inner frames through `complete_partial_checksum`: it never panics, changes nothing
 //! unless it says `Completed`, and then changes only the transport checksum field, to a value a
-//! receiver's check accepts. The check here is written out independently of `wire::checksum`,
-//! the way the receiving kernel does it: TCP over the IP payload; UDP over the UDP length, which
-//! must fit in the IP payload (RFC 768; Linux `udp_rcv` drops a longer one and trims to it).
+//! receiver's check accepts. The check here is written out independently of `wire::checksum`
+//! (with the test kit's reference sum), the way the receiving kernel does it: TCP over the IP
+//! payload; UDP over the UDP length, which must fit in the IP payload (RFC 768; Linux `udp_rcv`
+//! drops a longer one and trims to it).
 #![no_main]
 
-use packet::inner_checksum::{complete_partial_checksum, InnerChecksum};
 use libfuzzer_sys::fuzz_target;
-
-/// RFC 1071 ones'-complement sum of big-endian 16-bit words, folded; bytes at odd offsets are
-/// the low halves, an odd last byte is padded with zero.
-fn ones_sum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u64 = 0;
-    for part in parts {
-        for (i, b) in part.iter().enumerate() {
-            sum += if i % 2 == 0 {
-                u64::from(*b) << 8
-            } else {
-                u64::from(*b)
-            };
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
+use packet::inner_checksum::{complete_partial_checksum, InnerChecksum};
+use testkit::checksum::ones_complement_sum;
 
 /// The transport checksum of `frame` as a receiver verifies it: where the field is, and whether
 /// the sum over pseudo header and segment comes out right. `None` when the frame is not an
@@ -67,7 +50,7 @@ fn receiver_check(frame: &[u8]) -> Option<(usize, bool)> {
     } else {
         len.to_be_bytes().to_vec()
     };
-    let ok = ones_sum(&[&pseudo, &len_bytes, segment]) == 0xffff;
+    let ok = ones_complement_sum(&[&pseudo, &len_bytes, segment]) == 0xffff;
     Some((l4_at + field_at, ok))
 }
 

@@ -1,7 +1,8 @@
 //! Arbitrary vnet headers and frames through `TcpSegments`: `new` never panics, and when it
 //! accepts a frame every segment is a well-formed TCP segment whose checksums verify (summed
-//! here byte by byte, independently of `wire::checksum`), whose lengths, sequence numbers and
-//! IPv4 idents progress, and whose payloads concatenate to the super-frame's.
+//! byte by byte by the test kit's reference, independently of `wire::checksum`), whose lengths,
+//! sequence numbers and IPv4 idents progress, and whose payloads concatenate to the
+//! super-frame's.
 //!
 //! Input: 10 bytes of vnet header, 1 control byte, then the frame.
 //!   control bit 0: set gso_type from the EtherType (TCPV4/TCPV6, keeping the ECN bit)
@@ -10,44 +11,12 @@
 //!   bit 3: gso_size = gso_size % 1500 + 1 (many segments)
 #![no_main]
 
-use packet::offload::{OffloadError, TcpSegments, VnetHdr, VNET_HDR_LEN};
 use libfuzzer_sys::fuzz_target;
-
-/// RFC 1071 over the concatenation of `parts`, a byte at a time.
-fn sum(parts: &[&[u8]]) -> u16 {
-    let mut s: u32 = 0;
-    let mut hi = true;
-    for &b in parts.iter().flat_map(|p| p.iter()) {
-        s += if hi { u32::from(b) << 8 } else { u32::from(b) };
-        hi = !hi;
-        if s > 0xffff {
-            s -= 0xffff; // end-around carry
-        }
-    }
-    s as u16
-}
+use packet::offload::{OffloadError, TcpSegments, VnetHdr, VNET_HDR_LEN};
+use testkit::checksum::{ones_complement_sum, tcp_sum};
 
 fn be16(d: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([d[at], d[at + 1]])
-}
-
-fn tcp_ok(seg: &[u8], v6: bool, t: usize) -> bool {
-    let tcp_len = (seg.len() - t) as u32;
-    if v6 {
-        sum(&[
-            &seg[22..54],
-            &tcp_len.to_be_bytes(),
-            &[0, 0, 0, 6],
-            &seg[t..],
-        ]) == 0xffff
-    } else {
-        sum(&[
-            &seg[26..34],
-            &[0, 6],
-            &(tcp_len as u16).to_be_bytes(),
-            &seg[t..],
-        ]) == 0xffff
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -122,13 +91,17 @@ fuzz_target!(|data: &[u8]| {
         let s = &out[..len];
         let want = (payload.len() - i * mss).min(mss);
         assert_eq!(len, hl + want);
-        assert!(tcp_ok(s, v6, t), "segment {i}: TCP checksum");
+        assert_eq!(tcp_sum(s, t, s.len()), 0xffff, "segment {i}: TCP checksum");
         if v6 {
             assert_eq!(usize::from(be16(s, 18)), len - 54);
         } else {
             assert_eq!(usize::from(be16(s, 16)), len - 14);
             assert_eq!(be16(s, 18), ident0.wrapping_add(i as u16));
-            assert_eq!(sum(&[&s[14..t]]), 0xffff, "segment {i}: IPv4 checksum");
+            assert_eq!(
+                ones_complement_sum(&[&s[14..t]]),
+                0xffff,
+                "segment {i}: IPv4 checksum"
+            );
         }
         let seq = u32::from_be_bytes([s[t + 4], s[t + 5], s[t + 6], s[t + 7]]);
         assert_eq!(seq, seq0.wrapping_add((i * mss) as u32));

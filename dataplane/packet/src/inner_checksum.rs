@@ -144,64 +144,43 @@ fn covered_len(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use testkit::checksum::{ones_complement_sum, pseudo_header_v4, tcp_sum};
+    use testkit::packet::{fix_ipv4_checksum, Tcp};
+
     use super::*;
 
-    /// An Ethernet/IPv4/TCP frame from 10.244.2.0:5201 to 10.244.1.0:40000 with 100 bytes of
-    /// payload and a correct TCP checksum.
-    fn tcp_frame() -> Vec<u8> {
-        let mut f = vec![0u8; 14 + 20 + 20 + 100];
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        let ip = &mut f[14..34];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&(140u16).to_be_bytes());
-        ip[6] = 0x40;
-        ip[8] = 64;
-        ip[9] = 6;
-        ip[12..16].copy_from_slice(&[10, 244, 2, 0]);
-        ip[16..20].copy_from_slice(&[10, 244, 1, 0]);
-        let c = !checksum::data(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        let tcp = &mut f[34..54];
-        tcp[0..2].copy_from_slice(&5201u16.to_be_bytes());
-        tcp[2..4].copy_from_slice(&40000u16.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = 0x18;
-        for (i, b) in f[54..].iter_mut().enumerate() {
-            *b = i as u8;
+    /// The TCP frame of these tests: 10.244.2.0:5201 to 10.244.1.0:40000, 100 bytes of payload.
+    fn tcp() -> Tcp {
+        Tcp {
+            src_ip: Ipv4Addr::new(10, 244, 2, 0).into(),
+            dst_ip: Ipv4Addr::new(10, 244, 1, 0).into(),
+            src_port: 5201,
+            dst_port: 40000,
+            flags: 0x18,
+            ..Tcp::default()
         }
-        let pseudo = checksum::pseudo_header_v4(
-            &"10.244.2.0".parse().unwrap(),
-            &"10.244.1.0".parse().unwrap(),
-            6,
-            120,
-        );
-        let sum = !checksum::combine(&[pseudo, checksum::data(&f[34..])]);
-        f[50..52].copy_from_slice(&sum.to_be_bytes());
-        f
+    }
+
+    fn payload() -> Vec<u8> {
+        (0..100).map(|i| i as u8).collect()
+    }
+
+    /// An Ethernet/IPv4/TCP frame with a correct TCP checksum.
+    fn tcp_frame() -> Vec<u8> {
+        tcp().frame(&payload())
     }
 
     fn tcp_valid(f: &[u8]) -> bool {
-        let pseudo = checksum::pseudo_header_v4(
-            &"10.244.2.0".parse().unwrap(),
-            &"10.244.1.0".parse().unwrap(),
-            6,
-            120,
-        );
-        checksum::combine(&[pseudo, checksum::data(&f[34..])]) == 0xffff
+        tcp_sum(f, 34, f.len()) == 0xffff
     }
 
     #[test]
     fn a_partial_residue_is_completed() {
         let good = tcp_frame();
-        let mut partial = good.clone();
         // What Linux leaves with CHECKSUM_PARTIAL: the folded pseudo-header sum.
-        let pseudo = checksum::pseudo_header_v4(
-            &"10.244.2.0".parse().unwrap(),
-            &"10.244.1.0".parse().unwrap(),
-            6,
-            120,
-        );
-        partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        let mut partial = tcp().partial_frame(&payload());
         assert!(!tcp_valid(&partial));
         assert_eq!(
             complete_partial_checksum(&mut partial),
@@ -267,12 +246,13 @@ mod tests {
     }
 
     fn pseudo_udp(len: u16) -> u16 {
-        checksum::pseudo_header_v4(
-            &"10.244.2.0".parse().unwrap(),
-            &"10.244.1.0".parse().unwrap(),
+        let pseudo = pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 2, 0),
+            Ipv4Addr::new(10, 244, 1, 0),
             17,
             len,
-        )
+        );
+        ones_complement_sum(&[&pseudo])
     }
 
     /// `tcp_frame` turned into UDP with `udp_len` in the UDP header (the IP payload stays 120
@@ -280,20 +260,18 @@ mod tests {
     fn udp_frame(udp_len: u16) -> Vec<u8> {
         let mut f = tcp_frame();
         f[23] = 17;
-        f[24..26].copy_from_slice(&[0, 0]);
-        let c = !checksum::data(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        fix_ipv4_checksum(&mut f);
         f[38..40].copy_from_slice(&udp_len.to_be_bytes());
         f[40..42].copy_from_slice(&[0, 0]);
         let end = 34 + usize::from(udp_len).min(120);
-        let sum = !checksum::combine(&[pseudo_udp(udp_len), checksum::data(&f[34..end])]);
+        let sum = !ones_complement_sum(&[&pseudo_udp(udp_len).to_be_bytes(), &f[34..end]]);
         f[40..42].copy_from_slice(&sum.to_be_bytes());
         f
     }
 
     fn udp_valid(f: &[u8], udp_len: u16) -> bool {
         let end = 34 + usize::from(udp_len);
-        checksum::combine(&[pseudo_udp(udp_len), checksum::data(&f[34..end])]) == 0xffff
+        ones_complement_sum(&[&pseudo_udp(udp_len).to_be_bytes(), &f[34..end]]) == 0xffff
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use packet::offload::{TcpSegments, VnetHdr, VNET_HDR_LEN};
 use packet::tunnel::{DecapPolicy, DropReason};
 use packet::wire::{MacAddr, Vni};
-use testkit::packet::{internet_checksum, vxlan_header};
+use testkit::checksum::tcp_sum;
+use testkit::packet::{vxlan_header, Tcp};
 
 use super::*;
 use crate::stats::WorkerStats;
@@ -126,12 +127,9 @@ fn pipeline(vnet_hdr: bool) -> (Pipeline, PeerTables) {
     (Pipeline::new(tables.reader(), config), tables)
 }
 
-fn sum16(parts: &[&[u8]]) -> u16 {
-    !internet_checksum(&parts.concat())
-}
-
-/// An Ethernet/IPv4/TCP frame, `payload_len` bytes of payload from stream offset `seq`, with a
-/// full checksum (or the partial residue a kernel sender with offload leaves).
+/// An Ethernet/IPv4/TCP frame from 10.5.1.2:40000 to 10.5.2.3:5201, `payload_len` bytes of
+/// payload from stream offset `seq`, with a full checksum (or the partial residue a kernel
+/// sender with offload leaves).
 fn tcp_frame(
     dst: [u8; 6],
     src: [u8; 6],
@@ -141,40 +139,30 @@ fn tcp_frame(
     partial: bool,
     ident: u16,
 ) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let tcp_len = 20 + payload_len;
-    let total = 20 + tcp_len;
-    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8];
-    ip.extend_from_slice(&ident.to_be_bytes());
-    ip.extend_from_slice(&[0x40, 0, 64, 6, 0, 0, 10, 5, 1, 2, 10, 5, 2, 3]);
-    let c = internet_checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    let mut tcp = Vec::new();
-    tcp.extend_from_slice(&40000u16.to_be_bytes());
-    tcp.extend_from_slice(&5201u16.to_be_bytes());
-    tcp.extend_from_slice(&seq.to_be_bytes());
-    tcp.extend_from_slice(&7u32.to_be_bytes());
-    tcp.extend_from_slice(&[0x50, flags, 0x01, 0xf6, 0, 0, 0, 0]);
-    tcp.extend((0..payload_len).map(|i| (seq as usize + i) as u8));
-    let pseudo = [&ip[12..20], &[0, 6], &(tcp_len as u16).to_be_bytes()[..]].concat();
-    let c = if partial {
-        sum16(&[&pseudo])
-    } else {
-        internet_checksum(&[&pseudo[..], &tcp].concat())
+    let tcp = Tcp {
+        src_mac: src,
+        dst_mac: dst,
+        src_ip: Ipv4Addr::new(10, 5, 1, 2).into(),
+        dst_ip: Ipv4Addr::new(10, 5, 2, 3).into(),
+        ident,
+        src_port: 40000,
+        dst_port: 5201,
+        seq,
+        ack: 7,
+        flags,
+        window: 502,
+        ..Tcp::default()
     };
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&tcp);
-    f
+    let payload: Vec<u8> = (0..payload_len).map(|i| (seq as usize + i) as u8).collect();
+    if partial {
+        tcp.partial_frame(&payload)
+    } else {
+        tcp.frame(&payload)
+    }
 }
 
 fn tcp_checksum_ok(f: &[u8]) -> bool {
-    let tcp = &f[34..];
-    let pseudo = [&f[26..34], &[0, 6], &(tcp.len() as u16).to_be_bytes()[..]].concat();
-    internet_checksum(&[&pseudo[..], tcp].concat()) == 0
+    tcp_sum(f, 34, f.len()) == 0xffff
 }
 
 fn with_vnet(hdr: VnetHdr, frame: &[u8]) -> Vec<u8> {

@@ -1,8 +1,12 @@
 //! Test support: network namespaces, veth links and child processes that clean up after
 //! themselves, also when a test fails or panics.
 //!
-//! [`kube`] is a stand-in Kubernetes API server (HTTPS, bearer token, list/watch/patch of
-//! nodes) for the Kubernetes subnet manager's tests.
+//! [`checksum`] is the reference Internet checksum and [`packet`] builds and sends raw frames,
+//! for tests and fuzzers that check vxdp's packet code against something independent of it.
+//!
+//! `kube` (feature `kube`, on by default) is a stand-in Kubernetes API server (HTTPS, bearer
+//! token, list/watch/patch of nodes) for the Kubernetes subnet manager's tests. Without it the
+//! test kit depends on libc alone, light enough for the fuzz crates.
 //!
 //! Every namespace name carries a prefix unique to this process, so parallel test runs never
 //! touch each other's hosts, and only processes started here are ever killed (by PID).
@@ -13,7 +17,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod checksum;
 pub mod etcd;
+#[cfg(feature = "kube")]
 pub mod kube;
 pub mod packet;
 
@@ -35,6 +41,20 @@ pub fn require_root() {
 pub fn unique_prefix() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("vxt{}x{n}", std::process::id() % 100_000)
+}
+
+/// Deterministic pseudo-random bytes (xorshift64, the low byte of each step), so tests need no
+/// rand crate and a failure replays from its seed.
+pub fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// Runs a command, panicking with its output if it fails.
@@ -95,6 +115,13 @@ impl Netns {
     /// Runs a command inside and returns its output, whatever its status.
     pub fn try_run(&self, args: &[&str]) -> Output {
         try_run(&self.exec_args(args))
+    }
+
+    /// The MAC address of interface `ifname` inside.
+    pub fn mac_address(&self, ifname: &str) -> [u8; 6] {
+        let text = self.run(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+        packet::parse_mac(&text)
+            .unwrap_or_else(|| panic!("{ifname} in {}: no MAC address in {text:?}", self.name))
     }
 
     /// Starts a long-running command inside; it is killed (by PID) when the guard drops.

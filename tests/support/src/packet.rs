@@ -1,13 +1,18 @@
-//! Raw frames for tests: an `AF_PACKET` socket bound to one interface, and a builder for
-//! Ethernet/IPv4/UDP(/VXLAN) frames whose every field the caller controls, wrong ones included.
+//! Raw frames for tests: an `AF_PACKET` socket bound to one interface, and builders for
+//! Ethernet/IPv4/UDP(/VXLAN) and Ethernet/IP/TCP frames whose every field the caller controls,
+//! wrong ones included. Checksums come from [`crate::checksum`], never from the code under test.
 //!
 //! Sockets belong to the network namespace of the thread that opens them, so open them inside
 //! [`crate::Netns::enter`]; they can be used from any thread afterwards.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::checksum::{
+    fix_tcp_checksum, internet_checksum, ones_complement_sum, tcp_pseudo_header,
+};
 
 /// Offsets in a frame built by [`Udp4::frame`].
 pub mod offset {
@@ -239,6 +244,143 @@ impl Udp4 {
     }
 }
 
+/// An Ethernet + IPv4 or IPv6 + TCP frame, the family from the addresses. [`Tcp::frame`] writes
+/// consistent lengths and correct checksums; tests then break what they want. `Default` is an
+/// empty ACK-less segment between unspecified IPv4 addresses with DF set and TTL 64.
+#[derive(Debug, Clone)]
+pub struct Tcp {
+    /// Ethernet source.
+    pub src_mac: [u8; 6],
+    /// Ethernet destination.
+    pub dst_mac: [u8; 6],
+    /// IP source; of the same family as `dst_ip`.
+    pub src_ip: IpAddr,
+    /// IP destination.
+    pub dst_ip: IpAddr,
+    /// The IPv4 DSCP/ECN byte, or the IPv6 traffic class.
+    pub tos: u8,
+    /// IPv4 TTL, or IPv6 hop limit.
+    pub ttl: u8,
+    /// IPv4 identification (IPv6 has none).
+    pub ident: u16,
+    /// IPv4 don't-fragment flag.
+    pub dont_fragment: bool,
+    /// IPv6 flow label (20 bits).
+    pub flow_label: u32,
+    /// TCP source port.
+    pub src_port: u16,
+    /// TCP destination port.
+    pub dst_port: u16,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number.
+    pub ack: u32,
+    /// TCP flags (0x02 SYN, 0x10 ACK, ...).
+    pub flags: u8,
+    /// Receive window.
+    pub window: u16,
+    /// Urgent pointer.
+    pub urgent: u16,
+    /// TCP options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src_ip: Ipv4Addr::UNSPECIFIED.into(),
+            dst_ip: Ipv4Addr::UNSPECIFIED.into(),
+            tos: 0,
+            ttl: 64,
+            ident: 0,
+            dont_fragment: true,
+            flow_label: 0,
+            src_port: 0,
+            dst_port: 0,
+            seq: 0,
+            ack: 0,
+            flags: 0,
+            window: 0,
+            urgent: 0,
+            options: Vec::new(),
+        }
+    }
+}
+
+impl Tcp {
+    /// The whole frame carrying `payload`, every checksum right.
+    pub fn frame(&self, payload: &[u8]) -> Vec<u8> {
+        let mut f = self.headers_and(payload);
+        let (t, end) = (self.tcp_start(), f.len());
+        fix_tcp_checksum(&mut f, t, end);
+        f
+    }
+
+    /// The frame with the TCP checksum field holding the pseudo header sum instead: what a
+    /// kernel sender with checksum offload hands over (`CHECKSUM_PARTIAL`).
+    pub fn partial_frame(&self, payload: &[u8]) -> Vec<u8> {
+        let mut f = self.headers_and(payload);
+        let t = self.tcp_start();
+        let partial = ones_complement_sum(&[&tcp_pseudo_header(&f, f.len() - t)]);
+        f[t + 16..t + 18].copy_from_slice(&partial.to_be_bytes());
+        f
+    }
+
+    fn tcp_start(&self) -> usize {
+        match self.src_ip {
+            IpAddr::V4(_) => 34,
+            IpAddr::V6(_) => 54,
+        }
+    }
+
+    /// Ethernet, IP and TCP headers and `payload`, the TCP checksum field zero.
+    fn headers_and(&self, payload: &[u8]) -> Vec<u8> {
+        assert_eq!(self.options.len() % 4, 0, "TCP options are whole words");
+        let tcp_len = 20 + self.options.len() + payload.len();
+        let mut f = Vec::with_capacity(54 + tcp_len);
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        match (self.src_ip, self.dst_ip) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                f.extend_from_slice(&0x0800u16.to_be_bytes());
+                f.extend_from_slice(&[0x45, self.tos]);
+                f.extend_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+                f.extend_from_slice(&self.ident.to_be_bytes());
+                let df = if self.dont_fragment { 0x40 } else { 0 };
+                f.extend_from_slice(&[df, 0, self.ttl, 6, 0, 0]);
+                f.extend_from_slice(&src.octets());
+                f.extend_from_slice(&dst.octets());
+                fix_ipv4_checksum(&mut f);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                f.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let first_word =
+                    6 << 28 | u32::from(self.tos) << 20 | (self.flow_label & 0x000f_ffff);
+                f.extend_from_slice(&first_word.to_be_bytes());
+                f.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+                f.extend_from_slice(&[6, self.ttl]);
+                f.extend_from_slice(&src.octets());
+                f.extend_from_slice(&dst.octets());
+            }
+            _ => panic!("TCP frame with addresses of two families"),
+        }
+        f.extend_from_slice(&self.src_port.to_be_bytes());
+        f.extend_from_slice(&self.dst_port.to_be_bytes());
+        f.extend_from_slice(&self.seq.to_be_bytes());
+        f.extend_from_slice(&self.ack.to_be_bytes());
+        f.push((((20 + self.options.len()) / 4) << 4) as u8);
+        f.push(self.flags);
+        f.extend_from_slice(&self.window.to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(&self.urgent.to_be_bytes());
+        f.extend_from_slice(&self.options);
+        f.extend_from_slice(payload);
+        f
+    }
+}
+
 /// A VXLAN header (RFC 7348): `flags` (0x08 = I), `vni` in the upper 24 bits of the second word.
 pub fn vxlan_header(flags: u8, vni: u32) -> [u8; 8] {
     let v = (vni << 8).to_be_bytes();
@@ -255,23 +397,6 @@ pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload_len: u
     f
 }
 
-/// The Internet checksum (RFC 1071) of `data`.
-pub fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 {
-            u16::from_be_bytes([chunk[0], chunk[1]])
-        } else {
-            u16::from_be_bytes([chunk[0], 0])
-        };
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Recomputes the IPv4 header checksum of a frame from [`Udp4::frame`] (header length from
 /// IHL, clamped to the frame).
 pub fn fix_ipv4_checksum(frame: &mut [u8]) {
@@ -279,7 +404,7 @@ pub fn fix_ipv4_checksum(frame: &mut [u8]) {
     let end = (offset::IP + ihl.max(20)).min(frame.len());
     frame[offset::IP + 10] = 0;
     frame[offset::IP + 11] = 0;
-    let c = internet_checksum(&frame[offset::IP..end]);
+    let c = internet_checksum(&[&frame[offset::IP..end]]);
     frame[offset::IP + 10..offset::IP + 12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -342,7 +467,7 @@ pub fn first_echo_reply(
         req.extend_from_slice(&id.to_be_bytes());
         req.extend_from_slice(&seq.to_be_bytes());
         req.extend_from_slice(b"vxdp-test-probe!");
-        let c = internet_checksum(&req);
+        let c = internet_checksum(&[&req]);
         req[2..4].copy_from_slice(&c.to_be_bytes());
         // SAFETY: req and to are valid for the lengths passed.
         let sent = unsafe {
@@ -385,6 +510,7 @@ pub fn first_echo_reply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checksum::tcp_sum;
 
     #[test]
     fn frames_have_consistent_lengths_and_checksums() {
@@ -401,7 +527,7 @@ mod tests {
         .frame(&vxlan_header(0x08, 1));
         assert_eq!(f.len(), 14 + 20 + 8 + 8);
         assert_eq!(
-            internet_checksum(&f[14..34]),
+            internet_checksum(&[&f[14..34]]),
             0,
             "a correct header sums to zero"
         );
@@ -410,5 +536,55 @@ mod tests {
         assert_eq!(&f[42..50], &[8, 0, 0, 0, 0, 0, 1, 0]);
         assert_eq!(parse_mac("02:00:0a:FF:00:01"), Some([2, 0, 10, 255, 0, 1]));
         assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+    }
+
+    #[test]
+    fn tcp_frames_have_consistent_lengths_and_checksums() {
+        let v4: (IpAddr, IpAddr) = (
+            Ipv4Addr::new(10, 5, 1, 2).into(),
+            Ipv4Addr::new(10, 5, 2, 3).into(),
+        );
+        let v6: (IpAddr, IpAddr) = ("fd01::2".parse().unwrap(), "fd02::3".parse().unwrap());
+        for (src_ip, dst_ip) in [v4, v6] {
+            let tcp = Tcp {
+                src_mac: [2, 0, 0, 0, 0, 1],
+                dst_mac: [2, 0, 0, 0, 0, 2],
+                src_ip,
+                dst_ip,
+                ident: 7,
+                src_port: 40000,
+                dst_port: 5201,
+                seq: 1,
+                ack: 2,
+                flags: 0x18,
+                window: 502,
+                options: vec![1, 1, 1, 1],
+                ..Tcp::default()
+            };
+            let f = tcp.frame(b"hello");
+            let t = if src_ip.is_ipv4() { 34 } else { 54 };
+            assert_eq!(f.len(), t + 24 + 5);
+            assert_eq!(f[t + 12], 6 << 4, "data offset");
+            assert_eq!(tcp_sum(&f, t, f.len()), 0xffff);
+            if src_ip.is_ipv4() {
+                assert_eq!(internet_checksum(&[&f[14..34]]), 0);
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([f[16], f[17]])),
+                    f.len() - 14
+                );
+            } else {
+                assert_eq!(
+                    usize::from(u16::from_be_bytes([f[18], f[19]])),
+                    f.len() - 54
+                );
+            }
+            // The partial frame differs in the checksum field alone, which holds the pseudo
+            // header sum.
+            let p = tcp.partial_frame(b"hello");
+            assert_eq!(p[..t + 16], f[..t + 16]);
+            assert_eq!(p[t + 18..], f[t + 18..]);
+            let pseudo = ones_complement_sum(&[&tcp_pseudo_header(&f, f.len() - t)]);
+            assert_eq!(u16::from_be_bytes([p[t + 16], p[t + 17]]), pseudo);
+        }
     }
 }

@@ -33,7 +33,9 @@ pub fn complete_checksum(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::offload::testutil::{reference_sum, tcp_v4_segment, tcp_v6_segment, TcpOpts};
+    use testkit::checksum::{ones_complement_sum, tcp_pseudo_header};
+
+    use crate::offload::testutil::{tcp_v4_segment, tcp_v6_segment, TcpOpts};
     use crate::wire::captured;
 
     /// Puts the pseudo header sum of `frame`'s TCP segment into its checksum field, as the
@@ -55,17 +57,7 @@ mod tests {
                 tcp_v4_segment(&opts)
             };
             let tcp_start = if v6 { 54 } else { 34 };
-            let tcp_len = (good.len() - tcp_start) as u16;
-            let pseudo = if v6 {
-                reference_sum(&[
-                    &good[22..54],
-                    &[0, 0],
-                    &tcp_len.to_be_bytes(),
-                    &[0, 0, 0, 6],
-                ])
-            } else {
-                reference_sum(&[&good[26..34], &[0, 6], &tcp_len.to_be_bytes()])
-            };
+            let pseudo = ones_complement_sum(&[&tcp_pseudo_header(&good, good.len() - tcp_start)]);
             let mut frame = good.clone();
             make_partial(&mut frame, tcp_start, pseudo);
             assert_ne!(frame, good);
@@ -85,7 +77,7 @@ mod tests {
         let after = u16::from_be_bytes([frame[udp + 6], frame[udp + 7]]);
         assert_ne!(before, after);
         let udp_len = (frame.len() - udp) as u16;
-        let sum = reference_sum(&[
+        let sum = ones_complement_sum(&[
             &frame[26..34],
             &[0, 17],
             &udp_len.to_be_bytes(),

@@ -310,6 +310,8 @@ impl<'a> TcpSegments<'a> {
 
 #[cfg(test)]
 mod tests {
+    use testkit::pseudo_random_bytes;
+
     use super::*;
     use crate::offload::testutil::*;
     use crate::offload::VNET_HDR_LEN;
@@ -757,7 +759,7 @@ mod tests {
             for seed in 0..3000u64 {
                 let mut f = frame.clone();
                 // Scribble over the headers; the payload does not matter to parsing.
-                let n = noise(seed, 8);
+                let n = pseudo_random_bytes(seed, 8);
                 for k in 0..4 {
                     let at = usize::from(n[2 * k]) % 90;
                     f[at] = n[2 * k + 1];
@@ -770,8 +772,8 @@ mod tests {
                         assert!(tcp_checksum_ok(&out[..len]));
                     }
                 }
-                let garbage = noise(seed ^ 0x5555, usize::from(n[1]) * 3);
-                let vh = VnetHdr::parse(&noise(seed, 10)).unwrap();
+                let garbage = pseudo_random_bytes(seed ^ 0x5555, usize::from(n[1]) * 3);
+                let vh = VnetHdr::parse(&pseudo_random_bytes(seed, 10)).unwrap();
                 if let Ok(segs) = TcpSegments::new(&garbage, &vh) {
                     let _ = segs.write(0, &mut out);
                 }

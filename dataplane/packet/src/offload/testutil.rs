@@ -1,15 +1,15 @@
 //! Test frames and an independent checksum for the offload tests.
 //!
-//! Frames are built with the `wire` views where they exist (Ethernet, IPv4, IPv6) and by hand
-//! for TCP; checksums are verified with [`reference_sum`], a byte-at-a-time RFC 1071 sum that
-//! shares no code with `wire::checksum`.
+//! Frames are built by the test kit (`testkit::packet::Tcp`) and checksums verified with its
+//! byte-at-a-time RFC 1071 sum (`testkit::checksum`): neither shares code with `wire`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use testkit::checksum::{fix_tcp_checksum, ones_complement_sum, tcp_sum};
+use testkit::packet::{fix_ipv4_checksum, Tcp};
+
 use super::VnetHdr;
-use crate::wire::{
-    EtherType, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr, MacAddr,
-};
+use crate::wire::MacAddr;
 
 pub(crate) const ACK: u8 = 0x10;
 pub(crate) const PSH: u8 = 0x08;
@@ -22,22 +22,6 @@ pub(crate) const CWR: u8 = 0x80;
 /// flow label set, 5 segments of 1440 (hdr_len 74, csum_start 54); both with PSH.
 pub(crate) const KERNEL_TSO_V4: &[u8] = include_bytes!("testdata/tso-v4.bin");
 pub(crate) const KERNEL_TSO_V6: &[u8] = include_bytes!("testdata/tso-v6.bin");
-
-/// RFC 1071 as written, over the concatenation of `parts`: big-endian 16-bit words, end-around
-/// carry, an odd last byte padded with zero.
-pub(crate) fn reference_sum(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
-    let mut sum: u32 = 0;
-    for pair in bytes.chunks(2) {
-        let hi = u32::from(pair[0]) << 8;
-        let lo = pair.get(1).map_or(0, |&b| u32::from(b));
-        sum += hi | lo;
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-    }
-    sum as u16
-}
 
 /// Byte `p` of the test TCP stream: each sequence number has its own byte, so misplaced payload
 /// shows.
@@ -118,110 +102,43 @@ impl TcpOpts {
     }
 }
 
-/// A TCP header with options and payload, checksum field zero.
-fn tcp_bytes(o: &TcpOpts, payload: &[u8]) -> Vec<u8> {
-    assert_eq!(o.options.len() % 4, 0);
-    let mut t = Vec::with_capacity(20 + o.options.len() + payload.len());
-    t.extend_from_slice(&o.src_port.to_be_bytes());
-    t.extend_from_slice(&o.dst_port.to_be_bytes());
-    t.extend_from_slice(&o.seq.to_be_bytes());
-    t.extend_from_slice(&o.ack.to_be_bytes());
-    t.push((((20 + o.options.len()) / 4) << 4) as u8);
-    t.push(o.flags);
-    t.extend_from_slice(&o.window.to_be_bytes());
-    t.extend_from_slice(&[0, 0]);
-    t.extend_from_slice(&o.urgent.to_be_bytes());
-    t.extend_from_slice(&o.options);
-    t.extend_from_slice(payload);
-    t
-}
-
-fn ethernet(o: &TcpOpts, ethertype: EtherType) -> Vec<u8> {
-    let mut e = vec![0u8; 14];
-    EthernetRepr {
-        src_addr: o.src_mac,
-        dst_addr: o.dst_mac,
-        ethertype,
+/// The test kit's frame builder for `o`, over IPv6 or IPv4.
+fn builder(o: &TcpOpts, v6: bool) -> Tcp {
+    let (src_ip, dst_ip) = if v6 {
+        (o.src6.into(), o.dst6.into())
+    } else {
+        (o.src4.into(), o.dst4.into())
+    };
+    Tcp {
+        src_mac: o.src_mac.0,
+        dst_mac: o.dst_mac.0,
+        src_ip,
+        dst_ip,
+        tos: o.tos,
+        ttl: o.ttl,
+        ident: o.ident,
+        dont_fragment: o.df,
+        flow_label: o.flow_label,
+        src_port: o.src_port,
+        dst_port: o.dst_port,
+        seq: o.seq,
+        ack: o.ack,
+        flags: o.flags,
+        window: o.window,
+        urgent: o.urgent,
+        options: o.options.clone(),
     }
-    .emit(&mut EthernetFrame::new_unchecked(&mut e[..]));
-    e
 }
 
-fn ipv4_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut h = vec![0u8; 20];
-    let mut ip = Ipv4Packet::new_unchecked(&mut h[..]);
-    ip.set_version(4);
-    ip.set_header_len(20);
-    ip.set_dscp_ecn(o.tos);
-    ip.set_total_len((20 + tcp_len) as u16);
-    ip.set_ident(o.ident);
-    ip.clear_flags();
-    ip.set_dont_frag(o.df);
-    ip.set_hop_limit(o.ttl);
-    ip.set_next_header(IpProtocol::Tcp);
-    ip.set_src_addr(o.src4);
-    ip.set_dst_addr(o.dst4);
-    let c = !reference_sum(&[&h]);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
-    h
-}
-
-fn ipv6_header(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut h = vec![0u8; 40];
-    let mut ip = Ipv6Packet::new_unchecked(&mut h[..]);
-    Ipv6Repr {
-        src_addr: o.src6,
-        dst_addr: o.dst6,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp_len,
-        hop_limit: o.ttl,
-    }
-    .emit(&mut ip);
-    ip.set_traffic_class(o.tos);
-    ip.set_flow_label(o.flow_label);
-    h
-}
-
-fn pseudo_v4(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&o.src4.octets());
-    p.extend_from_slice(&o.dst4.octets());
-    p.extend_from_slice(&[0, 6]);
-    p.extend_from_slice(&(tcp_len as u16).to_be_bytes());
-    p
-}
-
-fn pseudo_v6(o: &TcpOpts, tcp_len: usize) -> Vec<u8> {
-    let mut p = Vec::new();
-    p.extend_from_slice(&o.src6.octets());
-    p.extend_from_slice(&o.dst6.octets());
-    p.extend_from_slice(&(tcp_len as u32).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 6]);
-    p
-}
-
+/// The frame of `o` carrying `payload`, with a full TCP checksum or (`partial`) the pseudo
+/// header sum a kernel sender with checksum offload leaves.
 fn assemble(o: &TcpOpts, v6: bool, payload: &[u8], partial: bool) -> Vec<u8> {
-    let mut tcp = tcp_bytes(o, payload);
-    let pseudo = if v6 {
-        pseudo_v6(o, tcp.len())
+    let tcp = builder(o, v6);
+    if partial {
+        tcp.partial_frame(payload)
     } else {
-        pseudo_v4(o, tcp.len())
-    };
-    let c = if partial {
-        reference_sum(&[&pseudo])
-    } else {
-        !reference_sum(&[&pseudo, &tcp])
-    };
-    tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let (ethertype, ip) = if v6 {
-        (EtherType::Ipv6, ipv6_header(o, tcp.len()))
-    } else {
-        (EtherType::Ipv4, ipv4_header(o, tcp.len()))
-    };
-    let mut f = ethernet(o, ethertype);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&tcp);
-    f
+        tcp.frame(payload)
+    }
 }
 
 /// A complete Ethernet/IPv4/TCP segment with correct checksums; the payload is the stream from
@@ -266,80 +183,32 @@ pub(crate) fn tcp_start(frame: &[u8]) -> usize {
     }
 }
 
+/// Where the IP packet of an Ethernet/IPv4-or-IPv6 frame ends, by its length field.
+fn ip_end(frame: &[u8]) -> usize {
+    if frame[12] == 0x08 {
+        14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]))
+    } else {
+        54 + usize::from(u16::from_be_bytes([frame[18], frame[19]]))
+    }
+}
+
 /// Whether the frame's TCP checksum verifies (independently of `wire::checksum`). The IP
 /// length fields decide where the segment ends.
 pub(crate) fn tcp_checksum_ok(frame: &[u8]) -> bool {
-    let t = tcp_start(frame);
-    if frame[12] == 0x08 {
-        let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-        let end = 14 + total;
-        let tcp_len = (end - t) as u16;
-        reference_sum(&[
-            &frame[26..34],
-            &[0, 6],
-            &tcp_len.to_be_bytes(),
-            &frame[t..end],
-        ]) == 0xffff
-    } else {
-        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
-        let end = 54 + plen;
-        let tcp_len = plen as u32;
-        reference_sum(&[
-            &frame[22..54],
-            &tcp_len.to_be_bytes(),
-            &[0, 0, 0, 6],
-            &frame[t..end],
-        ]) == 0xffff
-    }
+    tcp_sum(frame, tcp_start(frame), ip_end(frame)) == 0xffff
 }
 
 /// Whether an IPv4 frame's header checksum verifies.
 pub(crate) fn ipv4_checksum_ok(frame: &[u8]) -> bool {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
-    reference_sum(&[&frame[14..14 + ihl]]) == 0xffff
+    ones_complement_sum(&[&frame[14..14 + ihl]]) == 0xffff
 }
 
 /// Fixes the IPv4 header checksum (if IPv4) and the TCP checksum of a hand-edited frame.
 pub(crate) fn refresh_checksums(frame: &mut [u8]) {
-    let t = tcp_start(frame);
     if frame[12] == 0x08 {
-        let ihl = usize::from(frame[14] & 0x0f) * 4;
-        frame[24..26].fill(0);
-        let c = !reference_sum(&[&frame[14..14 + ihl]]);
-        frame[24..26].copy_from_slice(&c.to_be_bytes());
-        let end = 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]));
-        let tcp_len = (end - t) as u16;
-        frame[t + 16..t + 18].fill(0);
-        let c = !reference_sum(&[
-            &frame[26..34],
-            &[0, 6],
-            &tcp_len.to_be_bytes(),
-            &frame[t..end],
-        ]);
-        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
-    } else {
-        let plen = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
-        let end = 54 + plen;
-        frame[t + 16..t + 18].fill(0);
-        let c = !reference_sum(&[
-            &frame[22..54],
-            &(plen as u32).to_be_bytes(),
-            &[0, 0, 0, 6],
-            &frame[t..end],
-        ]);
-        frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
+        fix_ipv4_checksum(frame);
     }
-}
-
-/// A small deterministic byte generator (xorshift), so the tests need no rand crate.
-pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let (t, end) = (tcp_start(frame), ip_end(frame));
+    fix_tcp_checksum(frame, t, end);
 }

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use testkit::checksum::{internet_checksum, pseudo_header_v4};
+
 use super::*;
 use crate::wire::{captured, checksum, Ipv4Packet, MacAddr, UdpPacket, Vni};
 
@@ -322,27 +324,12 @@ fn encap_checksum_matches_independent_computation() {
     for len in 14..120 {
         let inner: Vec<u8> = (0..len).map(|i| (i * 37 + len) as u8).collect();
         let packet = encap(&inner, &outer, len as u16);
-        // RFC 768 by hand: pseudo header + UDP header + data, as 16-bit words.
-        let mut words = Vec::new();
-        words.extend_from_slice(&IP_A.octets());
-        words.extend_from_slice(&IP_B.octets());
-        words.extend_from_slice(&[0, 17]);
-        words.extend_from_slice(&((16 + len) as u16).to_be_bytes());
+        // RFC 768: pseudo header + UDP header + data, a computed 0 sent as 0xffff.
+        let pseudo = pseudo_header_v4(IP_A, IP_B, 17, (16 + len) as u16);
         let mut udp = packet[34..].to_vec();
         udp[6] = 0;
         udp[7] = 0;
-        words.extend_from_slice(&udp);
-        if words.len() % 2 == 1 {
-            words.push(0);
-        }
-        let mut sum: u32 = 0;
-        for w in words.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
-        }
-        while sum > 0xffff {
-            sum = (sum >> 16) + (sum & 0xffff);
-        }
-        let want = match !(sum as u16) {
+        let want = match internet_checksum(&[&pseudo, &udp]) {
             0 => 0xffff,
             c => c,
         };

@@ -119,39 +119,14 @@ pub fn update(checksum: u16, old: u16, new: u16) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    use testkit::checksum::ones_complement_sum;
+    use testkit::pseudo_random_bytes as bytes;
+
     use super::*;
 
-    /// RFC 1071 as written: big-endian 16-bit words, 32-bit accumulator, fold at the end.
+    /// The test kit's byte-at-a-time RFC 1071 sum, which shares no code with this module.
     fn reference(data: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
-        let mut i = 0;
-        while i + 1 < data.len() {
-            sum += u32::from(data[i]) << 8 | u32::from(data[i + 1]);
-            while sum > 0xffff {
-                sum = (sum & 0xffff) + (sum >> 16);
-            }
-            i += 2;
-        }
-        if i < data.len() {
-            sum += u32::from(data[i]) << 8;
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        sum as u16
-    }
-
-    /// A small deterministic byte generator (xorshift), so the test needs no rand crate.
-    fn bytes(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        ones_complement_sum(&[data])
     }
 
     #[test]
@@ -254,7 +229,7 @@ mod tests {
             let mut fresh = hdr.clone();
             fresh[4..6].copy_from_slice(&new.to_be_bytes());
             fresh[10..12].copy_from_slice(&updated.to_be_bytes());
-            assert_eq!(data(&fresh), 0xffff, "new {new:#x}");
+            assert_eq!(reference(&fresh), 0xffff, "new {new:#x}");
         }
     }
 }

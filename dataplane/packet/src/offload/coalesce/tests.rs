@@ -1,6 +1,9 @@
 //! Coalescing: round trips through `TcpSegments`, every rule that ends a super-frame, and
 //! garbage.
 
+use testkit::checksum::{ones_complement_sum, tcp_pseudo_header};
+use testkit::pseudo_random_bytes;
+
 use super::*;
 use crate::offload::testutil::*;
 use crate::offload::{complete_checksum, TcpSegments};
@@ -161,8 +164,7 @@ fn merges_in_order_v4_segments_and_resegments_to_the_originals() {
     assert_eq!(f[18..20], input[0][18..20], "first segment's ident");
     assert_eq!(f[34 + 13], ACK | PSH, "the last segment's PSH");
     // The partial checksum is the pseudo header sum over the whole TCP length.
-    let tcp_len = (f.len() - 34) as u16;
-    let pseudo = reference_sum(&[&f[26..34], &[0, 6], &tcp_len.to_be_bytes()]);
+    let pseudo = ones_complement_sum(&[&tcp_pseudo_header(f, f.len() - 34)]);
     assert_eq!(u16::from_be_bytes([f[50], f[51]]), pseudo);
     assert_eq!(f[66..], stream(opts[0].seq, 19 * 1448 + 600)[..]);
 }
@@ -625,21 +627,21 @@ fn garbage_never_panics() {
     // The frames are made first: a coalescer borrows what it is given until it flushes.
     let mutated: Vec<(Vec<u8>, Vec<u8>, [u8; 4])> = (0..20_000u64)
         .map(|seed| {
-            let n = noise(seed, 4);
+            let n = pseudo_random_bytes(seed, 4);
             let mut f = if n[0] & 1 == 0 {
                 input[1].clone()
             } else {
                 input6[1].clone()
             };
             for k in 0..usize::from(n[1] % 6) {
-                let m = noise(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
+                let m = pseudo_random_bytes(seed.wrapping_mul(31).wrapping_add(k as u64), 2);
                 let at = usize::from(m[0]) % 90;
                 f[at] = m[1];
             }
             if n[2] & 1 == 0 {
                 refresh_checksums_if_plausible(&mut f);
             }
-            let junk = noise(seed ^ 0xabcdef, usize::from(n[3]) * 2);
+            let junk = pseudo_random_bytes(seed ^ 0xabcdef, usize::from(n[3]) * 2);
             (f, junk, [n[0], n[1], n[2], n[3]])
         })
         .collect();
@@ -689,23 +691,7 @@ fn refresh_checksums_if_plausible(f: &mut [u8]) {
 /// leaves it on a virtual NIC.
 fn make_partial(f: &mut [u8]) {
     let t = tcp_start(f);
-    let v6 = f[12] == 0x86;
-    let len = (f.len() - t) as u16;
-    let pseudo = if v6 {
-        crate::wire::checksum::pseudo_header_v6(
-            &Ipv6Packet::new_unchecked(&f[14..]).src_addr(),
-            &Ipv6Packet::new_unchecked(&f[14..]).dst_addr(),
-            6,
-            u32::from(len),
-        )
-    } else {
-        crate::wire::checksum::pseudo_header_v4(
-            &Ipv4Packet::new_unchecked(&f[14..]).src_addr(),
-            &Ipv4Packet::new_unchecked(&f[14..]).dst_addr(),
-            6,
-            len,
-        )
-    };
+    let pseudo = ones_complement_sum(&[&tcp_pseudo_header(f, f.len() - t)]);
     f[t + 16..t + 18].copy_from_slice(&pseudo.to_be_bytes());
 }
 
