@@ -574,6 +574,14 @@ fn gso_refused_at_run_time_keeps_tcp_going_and_returns_after_the_retry() {
     let a = h1.status();
     let b = after_more_frames(h1, &a, 2000);
     assert!(gso_states(h1).iter().all(|s| s == "refused"));
+    eprintln!(
+        "GSO refused: {} datagrams in {} sendmmsg calls, {} TCP super-frames from the TAP, \
+         {} GSO sends",
+        grew(&a, &b, "underlay_tx_frames"),
+        grew(&a, &b, "sendmmsg_calls"),
+        grew(&a, &b, "tso_super_frames"),
+        grew(&a, &b, "gso_sends"),
+    );
     assert_eq!(
         grew(&a, &b, "gso_sends"),
         0,
