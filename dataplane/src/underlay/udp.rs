@@ -18,8 +18,10 @@
 //! spread flows. Outer UDP checksums are on (GSO needs them; kernel peers accept them), DF is
 //! clear and the TTL is the system default, as the kernel's vxlan link sends.
 //!
-//! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload;
-//! `EINVAL`) gets each datagram sent on its own, and GSO is tried again every
+//! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload, on
+//! kernels before 2024; `EINVAL`; `EMSGSIZE`: a datagram longer than the path MTU, which GSO
+//! never fragments) gets each datagram sent on its own (fragmented where needed, DF being
+//! clear), and GSO is tried again every
 //! [`GSO_RETRY`]; a kernel without `UDP_GRO` gets one datagram per buffer. [`OffloadState`]
 //! tells the status which is the case.
 
@@ -93,8 +95,9 @@ pub enum GsoStatus {
     Off,
     /// This kernel has no `UDP_SEGMENT`.
     Unsupported,
-    /// The kernel refused it at run time (`EIO`/`EINVAL`: e.g. the route's device has no
-    /// checksum offload); retried every [`GSO_RETRY`].
+    /// The kernel refused it at run time (`EIO`/`EINVAL`/`EMSGSIZE`: e.g. the route's device
+    /// has no checksum offload, or the path MTU is below one datagram); retried every
+    /// [`GSO_RETRY`].
     Refused,
 }
 
@@ -525,7 +528,10 @@ impl UdpUnderlay {
                     stats.underlay_tx_bytes.add(bytes as u64);
                 }
                 Err(e) => match e.raw_os_error() {
-                    Some(libc::EIO | libc::EINVAL) if count > 1 => {
+                    // EMSGSIZE: a segment exceeds the path MTU (udp_send_skb); single
+                    // datagrams, DF clear, are fragmented instead, as the kernel's vxlan link
+                    // does.
+                    Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE) if count > 1 => {
                         self.refuse_gso(&e);
                         return Some(start);
                     }
@@ -544,8 +550,9 @@ impl UdpUnderlay {
         if self.gso == GsoStatus::On {
             tracing::warn!(
                 "the kernel refused UDP segmentation offload ({e}); sending each datagram on \
-                 its own, retrying in {GSO_RETRY:?} (an underlay device without TX checksum \
-                 offload refuses it: `ethtool -k` shows tx-checksumming)"
+                 its own, retrying in {GSO_RETRY:?} (a path MTU below one VXLAN datagram \
+                 refuses it, and before 2024 kernels also an underlay device without TX \
+                 checksum offload: `ethtool -k` shows tx-checksumming)"
             );
         }
         self.gso = GsoStatus::Refused;
