@@ -925,22 +925,57 @@ pub fn describe_port_holder(port: u16) -> String {
             "UDP port {port} is taken (by a socket this process cannot see): `ss -ulpn sport = :{port}` shows it"
         );
     }
-    if holders.contains(&0) {
-        return format!(
-            "UDP port {port} is held by the kernel: a vxlan link listens on it (flanneld's \
-             flannel.<VNI>, or one left by `vxdp --backend kernel`); see `ip -d link show type \
-             vxlan`, delete it with `ip link del NAME`, or run this node with --backend kernel"
-        );
-    }
     let owners = socket_owners(&holders);
-    if owners.is_empty() {
-        format!("UDP port {port} is held by another process: `ss -ulpn sport = :{port}` names it")
-    } else {
-        format!(
+    if !owners.is_empty() {
+        return format!(
             "UDP port {port} is held by {}: stop it, or give vxdp another VXLAN port",
             owners.join(", ")
-        )
+        );
     }
+    // No process holds the socket. A kernel socket (a vxlan link's) has none: older kernels
+    // list it with inode 0, newer ones with an inode that no descriptor refers to.
+    let links = vxlan_links_up();
+    if holders.contains(&0) || !links.is_empty() {
+        let named = if links.is_empty() {
+            String::new()
+        } else {
+            format!("; vxlan links up here: {}", links.join(", "))
+        };
+        return format!(
+            "UDP port {port} is held by the kernel: a vxlan link listens on it (flanneld's \
+             flannel.<VNI>, or one left by `vxdp --backend kernel`{named}); see `ip -d link show \
+             type vxlan`, delete it with `ip link del NAME`, or run this node with --backend kernel"
+        );
+    }
+    format!(
+        "UDP port {port} is held by a socket no process here owns (the kernel's, or a process \
+         in another PID namespace): `ss -ulpn sport = :{port}` on the host names it"
+    )
+}
+
+/// Names of the vxlan links that are up in this network namespace (from `/sys/class/net`):
+/// each holds a kernel UDP socket on its port.
+fn vxlan_links_up() -> Vec<String> {
+    let Ok(links) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = links
+        .flatten()
+        .filter(|l| {
+            let read = |f: &str| std::fs::read_to_string(l.path().join(f)).unwrap_or_default();
+            is_vxlan_up(&read("uevent"), &read("flags"))
+        })
+        .map(|l| l.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether a link's sysfs `uevent` and `flags` describe a vxlan link that is up (`IFF_UP`).
+fn is_vxlan_up(uevent: &str, flags: &str) -> bool {
+    let up = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        .is_ok_and(|f| f & libc::IFF_UP as u32 != 0);
+    up && uevent.lines().any(|l| l == "DEVTYPE=vxlan")
 }
 
 /// Socket inodes bound to local UDP `port` (0 for kernel sockets), from `/proc/net/udp{,6}`.
@@ -1024,6 +1059,17 @@ mod tests {
             s.set_gso(g);
             assert_eq!(s.gso(), g);
         }
+    }
+
+    #[test]
+    fn a_vxlan_link_is_recognised_from_sysfs() {
+        // /sys/class/net/<link>/{uevent,flags} of a vxlan link, up and down, and of a veth
+        // that is up.
+        let vxlan = "DEVTYPE=vxlan\nINTERFACE=flannel.1\nIFINDEX=2\n";
+        assert!(is_vxlan_up(vxlan, "0x1003\n"));
+        assert!(!is_vxlan_up(vxlan, "0x1002\n"));
+        assert!(!is_vxlan_up("INTERFACE=eth0\nIFINDEX=4\n", "0x1003\n"));
+        assert!(!is_vxlan_up(vxlan, ""));
     }
 
     #[test]
