@@ -711,6 +711,7 @@ fn a_taken_vxlan_port_fails_the_start_naming_the_holder() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).expect("holder's comm");
     let (status, stderr) = run_until_exit(h, &["--local-store", s(&store), "--backend", "udp"]);
     assert!(!status.success(), "vxdp started on a taken port:\n{stderr}");
+    eprintln!("(a) {}", stderr.lines().last().unwrap_or_default());
     let holder_named = format!("{}[{pid}]", comm.trim());
     assert!(
         stderr.contains(&holder_named) && stderr.contains(&format!("UDP port {VXLAN_PORT}")),
@@ -741,9 +742,11 @@ fn a_taken_vxlan_port_fails_the_start_naming_the_holder() {
     h.ns.run(&["ip", "link", "set", "flannel.1", "up"]);
     let (status, stderr) = run_until_exit(h, &["--local-store", s(&store), "--backend", "udp"]);
     assert!(!status.success(), "vxdp started on a taken port:\n{stderr}");
+    eprintln!("(b) {}", stderr.lines().last().unwrap_or_default());
     assert!(
         stderr.contains(&format!("UDP port {VXLAN_PORT} is held by the kernel"))
-            && stderr.contains("vxlan link"),
+            && stderr.contains("vxlan link")
+            && stderr.contains("flannel.1"),
         "stderr does not say a kernel vxlan link holds the port:\n{stderr}"
     );
     assert_start_undone(h, &store);
