@@ -383,6 +383,12 @@ fn a_flanneld_kernel_peer_with_and_without_udp_checksums_talks_to_a_udp_node() {
             "{what}: GSO towards a kernel peer: {after:#}"
         );
         assert_no_unexpected_drops(what, &before, &after);
+        // Every inner segment reached either kernel with a checksum it accepts (a partial one
+        // left unmarked is dropped, and so is each retransmission of it).
+        for h in &c.hosts {
+            let bad = h.snmp("Tcp", "InCsumErrors");
+            assert_eq!(bad, 0, "{what}: h{} dropped {bad} TCP segments", h.index);
+        }
         // The kernel peer took vxdp's datagrams as VXLAN: none hit a closed port.
         assert_eq!(
             c.hosts[1].snmp("Udp", "NoPorts"),

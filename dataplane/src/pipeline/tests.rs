@@ -450,3 +450,38 @@ fn a_super_frame_that_arrives_whole_is_written_as_one_gso_frame() {
     assert_eq!(w.len(), 20_000usize.div_ceil(MTU - 40));
     assert!(w.iter().all(|s| s.len() <= 14 + MTU && tcp_checksum_ok(s)));
 }
+
+#[test]
+fn a_lone_segment_with_a_partial_checksum_reaches_the_tap_checksummable() {
+    // A kernel vxlan peer over veth leaves the inner TCP checksum partial; a segment without
+    // PSH that starts a super-frame no other segment joins is flushed alone. The kernel must
+    // get it either completed or marked partial, or it drops it (TcpInCsumErrors), and so
+    // every retransmission of it.
+    let (mut p, _tables) = pipeline(true);
+    let tap = MemTap::default();
+    let stats = WorkerStats::default();
+    let mut d = vec![datagram(&tcp_frame(
+        LOCAL_MAC.0,
+        PEER_MAC.0,
+        1,
+        1398,
+        0x10,
+        true,
+        1,
+    ))];
+    deliver(&mut p, &tap, &stats, PEER_IP, &mut d);
+    let w = tap.written.borrow();
+    assert_eq!(w.len(), 1);
+    let hdr = VnetHdr::parse(&w[0]).unwrap();
+    let frame = &w[0][VNET_HDR_LEN..];
+    let marked_partial = hdr.needs_csum() && (hdr.csum_start, hdr.csum_offset) == (34, 16);
+    assert!(
+        marked_partial || tcp_checksum_ok(frame),
+        "a partial checksum reached the TAP unmarked: {hdr:?}"
+    );
+    assert_eq!(
+        hdr.gso_type,
+        VnetHdr::GSO_NONE,
+        "one segment is not a super-frame"
+    );
+}
