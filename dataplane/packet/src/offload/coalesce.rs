@@ -381,7 +381,9 @@ impl<'f> Coalescer<'f> {
     /// Several segments: IPv4 total length and header checksum (or IPv6 payload length) fixed,
     /// the TCP checksum field holding the pseudo header sum, `F_NEEDS_CSUM` with `csum_start` at
     /// the TCP header and `csum_offset` 16, `GSO_TCPV4`/`GSO_TCPV6` with `gso_size` the first
-    /// segment's payload length. One segment: a zero vnet header and the frame as it arrived.
+    /// segment's payload length. One segment: the frame as it arrived, behind a zero vnet
+    /// header, or behind `F_NEEDS_CSUM` (no GSO) when its checksum field holds the partial
+    /// residue.
     pub fn flush(&mut self) -> Flushed<'_, 'f> {
         let n = core::mem::take(&mut self.len);
         if n == 0 {
@@ -422,7 +424,25 @@ impl<'f> Coalescer<'f> {
                 csum_offset: tcp::CHECKSUM_OFFSET as u16,
             }
         } else {
-            VnetHdr::default()
+            // A segment taken with the partial residue in its checksum field (not verified,
+            // see the module documentation) is partial: said so, or the kernel verifies the
+            // field, drops the frame, and every retransmission of it.
+            let t = p.tcp_start;
+            let partial = checksum::combine(&[p.pseudo, (n - t) as u16]);
+            let field =
+                TcpPacket::new_unchecked(&self.head[VNET_HDR_LEN + t..headers_end]).checksum();
+            if field == partial {
+                VnetHdr {
+                    flags: VnetHdr::F_NEEDS_CSUM,
+                    gso_type: VnetHdr::GSO_NONE,
+                    hdr_len: p.payload_start as u16,
+                    gso_size: 0,
+                    csum_start: t as u16,
+                    csum_offset: tcp::CHECKSUM_OFFSET as u16,
+                }
+            } else {
+                VnetHdr::default()
+            }
         };
         hdr.emit(&mut self.head[..VNET_HDR_LEN]);
         Flushed {
