@@ -622,9 +622,12 @@ async fn run_with_store<S: LeaseStore>(
         Err(e) => {
             // Nothing of ours is left to route to: give the subnet back.
             let _ = store.remove(&lease).await;
-            return Err(anyhow::Error::new(e).context(
-                    "starting the dataplane (see --backend: auto falls back from AF_XDP to UDP sockets to the kernel vxlan link)",
-                ));
+            // With an explicit --backend, say what auto would have done.
+            let what = match args.backend {
+                crate::cli::BackendChoice::Auto => "starting the dataplane",
+                _ => "starting the dataplane (--backend auto falls back from AF_XDP to the UDP sockets to the kernel vxlan link)",
+            };
+            return Err(anyhow::Error::new(e).context(what));
         }
     };
     tracing::info!("{summary}");

@@ -137,26 +137,26 @@ impl OffloadState {
 
 /// Why the sockets could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("UDP underlay: {step} failed: {source}{hint}")]
+#[error("UDP underlay: {step} failed: {cause}{hint}")]
 pub struct UdpError {
     step: String,
-    #[source]
-    source: io::Error,
+    // Printed in the message, not chained as a source: the chain would print it twice.
+    cause: io::Error,
     hint: String,
 }
 
 impl UdpError {
-    fn new(step: impl Into<String>, source: io::Error) -> UdpError {
+    fn new(step: impl Into<String>, cause: io::Error) -> UdpError {
         UdpError {
             step: step.into(),
-            source,
+            cause,
             hint: String::new(),
         }
     }
 
     /// The errno behind the failure.
     pub fn raw_os_error(&self) -> Option<i32> {
-        self.source.raw_os_error()
+        self.cause.raw_os_error()
     }
 
     /// Whether the VXLAN port is held by someone else.
