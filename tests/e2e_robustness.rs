@@ -1050,3 +1050,86 @@ fn a_peer_stays_reachable_when_the_kernel_drops_its_neighbour_entry() {
         summary.0
     );
 }
+
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A backend that fails half way through its start (here AF_XDP running out of file
+/// descriptors with two queues) must stop the workers it already started before `auto` tries
+/// the next one: a leftover worker keeps reading its TAP queue and, on AF_XDP, its socket stays
+/// in the XSKMAP, beside the fallback. The open-file limit is lowered step by step until the
+/// AF_XDP setup fails; at every step the daemon must run exactly the workers of the backend it
+/// reports.
+#[test]
+fn a_backend_that_fails_half_way_leaves_no_worker_running_beside_the_fallback() {
+    let mut c = Cluster::with_queues(1, 2);
+    let store = c.local_store(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+    let mut seen_failure = None;
+    for limit in (8..=80).rev().step_by(2) {
+        let nofile = format!("--nofile={limit}:{limit}");
+        let h = c.host(1);
+        h.start_wrapped(
+            &["prlimit", &nofile, "--"],
+            &[],
+            &[
+                "--local-store",
+                s(&store),
+                "--backend",
+                "auto",
+                "--xsk-bind",
+                "copy",
+                "--queues",
+                "2",
+            ],
+        );
+        let ready = testkit::wait_for(Duration::from_secs(10), || {
+            if h.daemon.as_mut().and_then(|d| d.exited()).is_some() {
+                return Some(None);
+            }
+            let st = h.try_status()?;
+            st["ready"].as_bool().filter(|r| *r).map(|_| Some(st))
+        });
+        let Some(Some(st)) = ready else {
+            // Too few descriptors for something else the daemon needs: it exits with an error.
+            eprintln!("nofile {limit}: vxdp did not start");
+            h.stop(libc::SIGTERM);
+            continue;
+        };
+        let pid = h.daemon.as_ref().map(|d| d.pid()).unwrap_or(0);
+        // Let a worker that should not be there show itself.
+        std::thread::sleep(Duration::from_millis(200));
+        let workers = thread_names(pid)
+            .into_iter()
+            .filter(|n| n.starts_with("vxdp-worker"))
+            .count();
+        let backend = st["backend"].as_str().unwrap_or_default().to_string();
+        let summary = st["summary"].as_str().unwrap_or_default().to_string();
+        eprintln!("nofile {limit}: {backend}, {workers} worker threads");
+        let expected = match backend.as_str() {
+            "kernel" => 0,
+            _ => 2,
+        };
+        assert_eq!(
+            workers, expected,
+            "nofile {limit}: backend {backend} runs {workers} worker threads, expected \
+             {expected} (a failed backend left its workers running): {summary}"
+        );
+        h.stop(libc::SIGTERM);
+        if summary.contains("AF_XDP failed") && seen_failure.is_none() {
+            seen_failure = Some((limit, backend, summary));
+        }
+    }
+    let (limit, backend, summary) =
+        seen_failure.expect("no open-file limit made the AF_XDP setup fail half way");
+    eprintln!("nofile {limit}: AF_XDP failed, {backend} runs: {summary}");
+}

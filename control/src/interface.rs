@@ -46,13 +46,12 @@ pub enum InterfaceError {
     )]
     CanReachNotV4(IpAddr),
     /// The kernel has no route to the `--iface-can-reach` address.
-    #[error("--iface-can-reach {addr}: {source}; check `ip route get {addr}`")]
+    #[error("--iface-can-reach {addr}: {cause}; check `ip route get {addr}`")]
     CanReachNoRoute {
         /// The address given.
         addr: IpAddr,
-        /// The failed lookup.
-        #[source]
-        source: NetlinkError,
+        /// The failed lookup (in the message, not chained: the chain would print it twice).
+        cause: NetlinkError,
     },
     /// The `--iface-can-reach` address is one of this host's own.
     #[error(
@@ -195,7 +194,7 @@ async fn interface_towards(
     let route = nl
         .route_to(addr)
         .await
-        .map_err(|source| InterfaceError::CanReachNoRoute { addr, source })?;
+        .map_err(|cause| InterfaceError::CanReachNoRoute { addr, cause })?;
     // flanneld would take `lo` here and run its VXLAN over the loopback.
     if route.local {
         return Err(InterfaceError::CanReachLocal(addr));

@@ -54,10 +54,10 @@ pub enum LeaseError {
         dir: String,
     },
     /// The value is not JSON.
-    #[error("lease value is not valid JSON: {source}; the lease is skipped")]
+    #[error("lease value is not valid JSON: {cause}; the lease is skipped")]
     Json {
-        /// The parser's complaint.
-        source: serde_json::Error,
+        /// The parser's complaint (in the message, not chained: the chain would print it twice).
+        cause: serde_json::Error,
     },
     /// The value is JSON but not an object.
     #[error(
@@ -458,7 +458,7 @@ impl LeaseAttrs {
     pub fn from_json(text: &str) -> Result<Self, LeaseError> {
         match GoObject::parse(text) {
             Ok(obj) => Self::from_go(&obj),
-            Err(go_json::ParseError::Json(source)) => Err(LeaseError::Json { source }),
+            Err(go_json::ParseError::Json(cause)) => Err(LeaseError::Json { cause }),
             Err(go_json::ParseError::NotAnObject(found)) => Err(LeaseError::NotAnObject { found }),
         }
     }

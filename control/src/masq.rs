@@ -195,13 +195,12 @@ pub enum MasqError {
     )]
     NoTool(String),
     /// A command could not be started.
-    #[error("cannot run `{command}`: {source}; {hint}")]
+    #[error("cannot run `{command}`: {cause}; {hint}")]
     Spawn {
         /// The command line.
         command: String,
-        /// Why it could not start.
-        #[source]
-        source: std::io::Error,
+        /// Why it could not start (in the message, not chained: the chain would print it twice).
+        cause: std::io::Error,
         /// What the operator can do.
         hint: String,
     },
@@ -633,13 +632,13 @@ fn quote(a: &str) -> String {
 fn run(tool: &Path, args: &[String], input: Option<&str>) -> Result<Ran, MasqError> {
     use std::io::Write as _;
     let command = command_line(tool, args);
-    let spawn_err = |source: std::io::Error| MasqError::Spawn {
+    let spawn_err = |cause: std::io::Error| MasqError::Spawn {
         command: command.clone(),
         hint: format!(
             "check that {} is installed and executable by vxdp",
             tool.display()
         ),
-        source,
+        cause,
     };
     let mut child = Command::new(tool)
         .args(args)

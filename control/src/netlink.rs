@@ -25,35 +25,35 @@ use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkVxlan, RouteMessageBu
 
 /// A failed netlink operation.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}: {source}")]
+#[error("{what}: {cause}")]
 pub struct NetlinkError {
     what: String,
-    #[source]
-    source: std::io::Error,
+    // In the message, not chained: the chain would print it twice.
+    cause: std::io::Error,
 }
 
 impl NetlinkError {
     fn new(what: impl Into<String>, err: rtnetlink::Error) -> Self {
-        let source = match &err {
+        let cause = match &err {
             rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
             other => std::io::Error::other(other.to_string()),
         };
         NetlinkError {
             what: what.into(),
-            source,
+            cause,
         }
     }
 
     fn other(what: impl Into<String>, msg: impl Into<String>) -> Self {
         NetlinkError {
             what: what.into(),
-            source: std::io::Error::other(msg.into()),
+            cause: std::io::Error::other(msg.into()),
         }
     }
 
     /// The errno behind the failure, if the kernel sent one.
     pub fn raw_os_error(&self) -> Option<i32> {
-        self.source.raw_os_error()
+        self.cause.raw_os_error()
     }
 }
 
@@ -306,7 +306,7 @@ impl Netlink {
     pub fn connect() -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| NetlinkError {
             what: "opening a route-netlink socket".into(),
-            source: e,
+            cause: e,
         })?;
         tokio::spawn(conn);
         Ok(Netlink { handle })

@@ -58,7 +58,7 @@ pub enum SubnetFileError {
     },
     /// A file system operation failed.
     #[error(
-        "could not {action} {path:?}: {source}; check that vxdp may write there, or choose \
+        "could not {action} {path:?}: {cause}; check that vxdp may write there, or choose \
          another path with --subnet-file"
     )]
     Io {
@@ -66,8 +66,8 @@ pub enum SubnetFileError {
         action: &'static str,
         /// On which path.
         path: PathBuf,
-        /// The error.
-        source: io::Error,
+        /// The error (in the message, not chained: the chain would print it twice).
+        cause: io::Error,
     },
 }
 
@@ -82,12 +82,12 @@ pub enum NoPreviousSubnet {
         path: PathBuf,
     },
     /// The file exists but cannot be read.
-    #[error("cannot read subnet file {path:?}: {source}; a new subnet will be chosen")]
+    #[error("cannot read subnet file {path:?}: {cause}; a new subnet will be chosen")]
     Unreadable {
         /// The path.
         path: PathBuf,
-        /// The error.
-        source: io::Error,
+        /// The error (in the message, not chained: the chain would print it twice).
+        cause: io::Error,
     },
     /// The file has no `FLANNEL_SUBNET`.
     #[error("subnet file {path:?} has no FLANNEL_SUBNET line; a new subnet will be chosen")]
@@ -172,10 +172,10 @@ pub fn write_subnet_file(
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), SubnetFileError> {
     let io_err = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
-        move |source| SubnetFileError::Io {
+        move |cause| SubnetFileError::Io {
             action,
             path,
-            source,
+            cause,
         }
     };
     let name = path.file_name().ok_or_else(|| SubnetFileError::NotAFile {
@@ -269,10 +269,10 @@ pub fn read_previous_subnet(path: &Path) -> Result<(Ipv4Net, Option<Ipv6Net>), N
                 path: path.to_path_buf(),
             })
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(NoPreviousSubnet::Unreadable {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })
         }
     };

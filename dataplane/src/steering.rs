@@ -89,24 +89,24 @@ pub enum XdpError {
     #[error("loading the XDP program failed: {0}. vxdp needs CAP_BPF and CAP_NET_ADMIN (or root) and a kernel with BTF-less XDP support; use --backend kernel to run without XDP")]
     Load(#[source] libbpf_rs::Error),
     /// Attaching in a given mode failed.
-    #[error("attaching XDP ({mode}) to {ifname} failed: {source}{hint}")]
+    #[error("attaching XDP ({mode}) to {ifname} failed: {cause}{hint}")]
     Attach {
         /// Interface name.
         ifname: String,
         /// The mode tried.
         mode: XdpMode,
-        /// The kernel's answer.
-        source: std::io::Error,
+        /// The kernel's answer (in the message, not chained: the chain would print it twice).
+        cause: std::io::Error,
         /// What the operator can do.
         hint: &'static str,
     },
     /// Updating a map failed.
-    #[error("updating the XDP {map} map failed: {source}")]
+    #[error("updating the XDP {map} map failed: {cause}")]
     Map {
         /// Which map.
         map: &'static str,
-        /// The kernel's answer.
-        source: libbpf_rs::Error,
+        /// The kernel's answer (in the message, not chained: the chain would print it twice).
+        cause: libbpf_rs::Error,
     },
 }
 
@@ -173,7 +173,7 @@ impl SteeringProgram {
             }
         }
         let (mode, errno) = last.unwrap_or((XdpMode::Generic, None));
-        let source = failures
+        let cause = failures
             .pop()
             .map(|f| f.error)
             .unwrap_or_else(|| std::io::Error::other("no XDP mode was allowed"));
@@ -181,7 +181,7 @@ impl SteeringProgram {
             ifname: config.ifname.clone(),
             mode,
             hint: attach_hint(errno),
-            source,
+            cause,
         })
     }
 
@@ -194,10 +194,7 @@ impl SteeringProgram {
     pub fn register_socket(&self, queue: u32, xsk_fd: RawFd) -> Result<(), XdpError> {
         self.xsks
             .update(&queue.to_ne_bytes(), &xsk_fd.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|source| XdpError::Map {
-                map: "xsks",
-                source,
-            })
+            .map_err(|cause| XdpError::Map { map: "xsks", cause })
     }
 
     /// Stops steering `queue` (its frames go to the kernel again).

@@ -55,12 +55,12 @@ fn set_offload(fd: RawFd, flags: libc::c_ulong) -> io::Result<()> {
 
 /// Errors of creating the device.
 #[derive(Debug, thiserror::Error)]
-#[error("TAP device {name}: {step} failed: {source}{hint}")]
+#[error("TAP device {name}: {step} failed: {cause}{hint}")]
 pub struct TapError {
     name: String,
     step: &'static str,
-    #[source]
-    source: io::Error,
+    // In the message, not chained: the chain would print it twice.
+    cause: io::Error,
     hint: &'static str,
 }
 
@@ -147,8 +147,8 @@ pub struct TapDevice {
 impl TapDevice {
     /// Creates the device, sets its MAC and MTU, brings it up, and opens `config.queues` queues.
     pub fn create(config: &TapConfig) -> Result<TapDevice, TapError> {
-        let err = |step: &'static str, source: io::Error| {
-            let hint = match source.raw_os_error() {
+        let err = |step: &'static str, cause: io::Error| {
+            let hint = match cause.raw_os_error() {
                 Some(libc::EBUSY) | Some(libc::EINVAL) if step == "create" => {
                     ". A device with this name exists and is not a vxdp TAP (a kernel vxlan link \
                      left by flanneld or `--backend kernel`?): delete it with `ip link del NAME` \
@@ -161,7 +161,7 @@ impl TapDevice {
             TapError {
                 name: config.name.clone(),
                 step,
-                source,
+                cause,
                 hint,
             }
         };

@@ -632,10 +632,10 @@ fn tls_options(opts: &EtcdOptions) -> Result<Option<TlsOptions>, StoreError> {
 
 /// A PEM file's bytes; says which flag's file cannot be read or is not PEM.
 fn read_pem(path: &Path, what: &'static str, flag: &str) -> Result<Vec<u8>, StoreError> {
-    let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| StoreError::Io {
         what,
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         return Err(StoreError::Other(format!(

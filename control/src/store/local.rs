@@ -46,10 +46,10 @@ fn io_err<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io {
+    move |cause| StoreError::Io {
         what,
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }
 
@@ -142,6 +142,11 @@ impl LocalStore {
                     leases.insert(key, lease);
                 }
                 Ok(None) => {} // removed between listing and reading
+                // A file that cannot be read now (out of descriptors, an I/O error) says nothing
+                // about the lease in it: skipping it would report it removed, and this node
+                // would take its own lease for revoked. The whole listing fails instead, and
+                // the watcher keeps what it knew until a listing succeeds.
+                Err(e @ StoreError::Io { .. }) => return Err(e),
                 Err(e) => tracing::warn!("skipping an undecodable lease: {e}"),
             }
         }
@@ -403,6 +408,24 @@ mod tests {
         store.remove(&mine).await.unwrap();
         let listing = store.list().await.unwrap();
         assert_eq!(listing.to_vec(), vec![taker]);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lease_fails_the_listing_instead_of_vanishing_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mine = lease("10.5.1.0-24", [192, 0, 2, 1], 1, Some(3600));
+        assert!(store.create(&mine).await.unwrap());
+        let garbage: SubnetKey = "10.5.2.0-24".parse().unwrap();
+        fs::write(store.lease_path(&garbage), "{not json").unwrap();
+        // Undecodable: skipped, as flanneld skips what it cannot decode.
+        assert_eq!(store.list().await.unwrap().to_vec(), vec![mine.clone()]);
+        // Unreadable (here a directory where the file should be; out of descriptors in the
+        // field): the listing fails rather than report the lease removed.
+        let path = store.lease_path(&mine.key());
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        assert!(matches!(store.list().await, Err(StoreError::Io { .. })));
     }
 
     #[tokio::test]

@@ -36,14 +36,14 @@ pub const ACQUIRE_ATTEMPTS: usize = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or directory of the local store could not be read or written.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {path}: {cause}")]
     Io {
         /// The operation.
         what: &'static str,
         /// The path.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not chained: the chain would print it twice).
+        cause: std::io::Error,
     },
     /// The store holds no network config.
     #[error("no network config in {where_}: {hint}")]

@@ -309,10 +309,10 @@ impl KubeStore {
             }
         };
         let net_conf =
-            std::fs::read_to_string(&opts.net_config_path).map_err(|source| StoreError::Io {
+            std::fs::read_to_string(&opts.net_config_path).map_err(|cause| StoreError::Io {
                 what: "reading the network config (--net-config-path)",
                 path: opts.net_config_path.display().to_string(),
-                source,
+                cause,
             })?;
 
         let shared = Shared::new();
