@@ -391,8 +391,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", default_value = crate::control_socket::DEFAULT_PATH, env = "VXDP_CONTROL_SOCKET", help_heading = "Health, status and logs")]
     pub control_socket: PathBuf,
 
-    /// Worker threads (= NIC queues used = TAP queues). Default: the NIC's RX queues, at most
-    /// one per CPU.
+    /// Worker threads (= TAP queues; with AF_XDP also the NIC queues used). Default: AF_XDP
+    /// the NIC's RX queues, at most one per CPU; UDP sockets one per CPU (of --worker-cpus if
+    /// given), at most 16.
     #[arg(
         long,
         value_name = "N",
