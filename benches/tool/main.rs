@@ -51,6 +51,35 @@ enum Command {
     Rtt(RttCommand),
     /// Snapshot of machine-wide CPU time and of the CPU time of processes that are not ours.
     Cpustat(CpustatArgs),
+    /// TCP bulk streams: where iperf3 is not installed (a machine without package access), the
+    /// same measurement of Gbit/s over N parallel connections.
+    #[command(subcommand)]
+    Tcp(TcpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TcpCommand {
+    /// Accept connections and count what they carry until the client is done.
+    Server {
+        /// Address and TCP port to listen on.
+        #[arg(long)]
+        bind: SocketAddrV4,
+        /// Connections to wait for.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
+    /// Send as fast as possible over N connections for S seconds.
+    Client {
+        /// Server address and port.
+        #[arg(long)]
+        dst: SocketAddrV4,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// How long to send.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +173,12 @@ fn main() -> std::process::ExitCode {
         Command::Rtt(RttCommand::Server { bind }) => rtt_server(bind),
         Command::Rtt(RttCommand::Client(a)) => rtt_client(&a),
         Command::Cpustat(a) => cpustat(&a),
+        Command::Tcp(TcpCommand::Server { bind, streams }) => tcp_server(bind, streams),
+        Command::Tcp(TcpCommand::Client {
+            dst,
+            streams,
+            seconds,
+        }) => tcp_client(dst, streams, seconds),
     };
     match result {
         Ok(doc) => {
@@ -799,4 +834,73 @@ fn cpustat(a: &CpustatArgs) -> anyhow::Result<serde_json::Value> {
         "softnet_dropped": softnet_col(1),
         "softnet_time_squeeze": softnet_col(2),
     }))
+}
+
+/// Receives `streams` connections and reports the bytes and the rate over the time from the
+/// first byte to the last close.
+fn tcp_server(bind: SocketAddrV4, streams: usize) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    let mut handles = Vec::new();
+    for _ in 0..streams {
+        let (mut conn, _) = listener.accept().context("accepting a stream")?;
+        handles.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            let mut first = None;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        first.get_or_insert_with(Instant::now);
+                        total += n as u64;
+                    }
+                }
+            }
+            (total, first, Instant::now())
+        }));
+    }
+    let mut bytes = 0u64;
+    let mut start: Option<Instant> = None;
+    let mut end: Option<Instant> = None;
+    for h in handles {
+        let (n, first, last) = h.join().map_err(|_| anyhow::anyhow!("a stream panicked"))?;
+        bytes += n;
+        if let Some(f) = first {
+            start = Some(start.map_or(f, |s| s.min(f)));
+        }
+        end = Some(end.map_or(last, |e| e.max(last)));
+    }
+    let secs = match (start, end) {
+        (Some(s), Some(e)) => e.duration_since(s).as_secs_f64().max(1e-9),
+        _ => 0.0,
+    };
+    Ok(json!({
+        "streams": streams,
+        "bytes": bytes,
+        "seconds": secs,
+        "gbit_s": if secs > 0.0 { bytes as f64 * 8.0 / secs / 1e9 } else { 0.0 },
+    }))
+}
+
+/// Sends over `streams` connections for `seconds`.
+fn tcp_client(dst: SocketAddrV4, streams: usize, seconds: f64) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut handles = Vec::new();
+    for _ in 0..streams {
+        let mut conn = std::net::TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
+        handles.push(std::thread::spawn(move || {
+            let buf = vec![0x5au8; 128 << 10];
+            let mut total = 0u64;
+            while Instant::now() < deadline {
+                match conn.write(&buf) {
+                    Ok(n) => total += n as u64,
+                    Err(_) => break,
+                }
+            }
+            total
+        }));
+    }
+    let sent: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    Ok(json!({ "streams": streams, "bytes": sent, "seconds": seconds }))
 }
