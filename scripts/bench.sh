@@ -7,7 +7,7 @@
 #   scripts/bench.sh --offloads off    the untuned host: veth (and vxlan link) offloads off
 #   scripts/bench.sh --offloads flannel-workaround
 #                                      defaults, but tx-checksum-ip-generic off on the vxlan links
-#   scripts/bench.sh --micro [ARGS]    the criterion micro-benchmarks (cargo bench --bench dataplane)
+#   scripts/bench.sh --micro [ARGS]    the criterion micro-benchmarks (the packet crate's, then the peer tables')
 #   BENCH_KEEP_RAW=1 scripts/bench.sh  also keep the raw outputs (iperf3 JSON, ...) under /tmp
 #
 # Contenders, each on a fresh pair of hosts (network namespaces h1, h2 with veth eth0,
@@ -108,7 +108,8 @@ while [ $# -gt 0 ]; do
     --micro)
       shift
       scripts/setup.sh
-      exec cargo bench --bench dataplane -- "$@"
+      cargo bench -p vxdp-packet --bench packet -- "$@"
+      exec cargo bench --bench tables -- "$@"
       ;;
     --rounds) ROUNDS=${2:?--rounds needs a number}; shift 2 ;;
     --quick) QUICK=1; shift ;;
