@@ -884,11 +884,16 @@ fn tcp_server(bind: SocketAddrV4, streams: usize) -> anyhow::Result<serde_json::
 }
 
 /// Sends over `streams` connections for `seconds`.
-fn tcp_client(dst: SocketAddrV4, streams: usize, seconds: f64) -> anyhow::Result<serde_json::Value> {
+fn tcp_client(
+    dst: SocketAddrV4,
+    streams: usize,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut handles = Vec::new();
     for _ in 0..streams {
-        let mut conn = std::net::TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
+        let mut conn =
+            std::net::TcpStream::connect(dst).with_context(|| format!("connecting to {dst}"))?;
         handles.push(std::thread::spawn(move || {
             let buf = vec![0x5au8; 128 << 10];
             let mut total = 0u64;

@@ -8,10 +8,10 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use packet::offload::{Coalescer, SegmentChecksum, TcpSegments, VnetHdr};
 use packet::tunnel::{
     decapsulate, encapsulate, flow_hash, Decap, DecapPolicy, OuterHeader, OuterParams,
 };
-use packet::offload::{Coalescer, SegmentChecksum, TcpSegments, VnetHdr};
 use packet::wire::{MacAddr, Vni};
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
