@@ -3,6 +3,11 @@
 //!
 //!   cargo bench --bench tables          (or scripts/bench.sh --micro)
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "benchmark addresses are made from small counters"
+)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,6 +7,11 @@
 //! - a thousand flanneld leases and twenty seconds of churn: the node converges to exactly
 //!   etcd's listing (peers, routes) and its memory stays bounded.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "random test leases are made by truncating random numbers"
+)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};

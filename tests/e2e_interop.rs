@@ -161,7 +161,7 @@ fn af_xdp_node_and_flanneld_kernel_node_exchange_traffic() {
             h1_ip,
             &c.hosts[1],
             "10.244.200.0".parse().unwrap(),
-            7200 + 2 * n as u16,
+            7200 + 2 * u16::try_from(n).expect("a handful of cases"),
             &what,
         );
         let after = c.hosts[0].status();

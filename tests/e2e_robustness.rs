@@ -16,6 +16,11 @@
 //! The tests of this file run one at a time (a lock): they measure throughput and timings on a
 //! small machine, where a neighbour test's traffic would skew them.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test frames and addresses are made from small counters"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -351,7 +351,7 @@ fn a_flanneld_kernel_peer_with_and_without_udp_checksums_talks_to_a_udp_node() {
             h1_ip,
             &c.hosts[1],
             KERNEL_PEER_NET,
-            7510 + 2 * n as u16,
+            7510 + 2 * u16::try_from(n).expect("a handful of cases"),
             TRANSFER,
         );
         let after = c.hosts[0].status();

@@ -254,8 +254,9 @@ pub fn allocate(
     }
 
     let pick = v4_free[rng.random_range(0..v4_free.len())];
-    let subnet = Ipv4Net::new(Ipv4Addr::from(pick as u32), config.subnet_len)
-        .map_err(|_| invalid_len(config))?;
+    let pick = u32::try_from(pick).map_err(|_| invalid_len(config))?;
+    let subnet =
+        Ipv4Net::new(Ipv4Addr::from(pick), config.subnet_len).map_err(|_| invalid_len(config))?;
     let (ipv6_subnet, ipv6_candidates) = match ipv6 {
         None => (None, 0),
         Some((free, len)) => {

@@ -12,6 +12,11 @@
 //! With `VXDP_OFFLOAD_CAPTURE=<dir>`, the first super-frame of each family the kernel hands over
 //! is written there (vnet header + frame), for fixtures and fuzz seeds.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test streams are made from counters by truncation; sequence numbers wrap on purpose"
+)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

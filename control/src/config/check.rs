@@ -77,7 +77,10 @@ impl Family {
                     min: prefix + 2,
                 })
             }
-            // n <= max_len here.
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "n <= max_len (at most 128) here"
+            )]
             n => n as u8,
         }))
     }
@@ -152,6 +155,10 @@ pub(super) fn check_ipv4(
     let subnet_len = IPV4
         .subnet_len(raw.subnet_len, prefix, &network.to_string())?
         .ok_or(ConfigError::NetworkTooSmall { network })?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "subnet_range works in the IPv4 network's range, below 2^32"
+    )]
     let v4 = |a: u128| Ipv4Addr::from(a as u32);
     let (min, max) = IPV4.subnet_range(
         u128::from(u32::from(network.addr())),

@@ -177,7 +177,7 @@ impl NetworkConfig {
         (0..)
             .map(move |i: u64| min + i * step)
             .take_while(move |a| *a <= max)
-            .filter_map(move |a| Ipv4Net::new(Ipv4Addr::from(a as u32), len).ok())
+            .filter_map(move |a| Ipv4Net::new(Ipv4Addr::from(u32::try_from(a).ok()?), len).ok())
     }
 
     /// The IPv6 subnets that may be leased, in order (none when IPv6 is off). There can be very

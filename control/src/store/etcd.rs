@@ -492,6 +492,10 @@ fn decode_value(kv: &KeyValue) -> Result<LeaseAttrs, String> {
 
 /// Whole seconds from `now` to `expiration`, rounded, at least 1 (etcd raises TTLs below its
 /// minimum, about 2 s, to it).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "lease TTLs are hours or days, far inside i64 seconds"
+)]
 fn ttl_seconds(expiration: OffsetDateTime, now: OffsetDateTime) -> i64 {
     ((expiration - now).as_seconds_f64().round() as i64).max(1)
 }

@@ -4,6 +4,11 @@
 //!
 //!   cargo bench -p vxdp-packet --bench packet          (or scripts/bench.sh --micro)
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "benchmark frames are sized by the benchmark, far below 16-bit limits"
+)]
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn payload() -> Vec<u8> {
-        (0..100).map(|i| i as u8).collect()
+        (0..100u8).collect()
     }
 
     /// An Ethernet/IPv4/TCP frame with a correct TCP checksum.

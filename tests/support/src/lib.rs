@@ -11,6 +11,11 @@
 //! Every namespace name carries a prefix unique to this process, so parallel test runs never
 //! touch each other's hosts, and only processes started here are ever killed (by PID).
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test frames, socket addresses and test data are sized by the kit itself; counters are truncated into test bytes on purpose"
+)]
+
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Output, Stdio};

@@ -265,7 +265,7 @@ impl Informer {
                             "watching the nodes at {}: nothing arrived for {} s, not even the \
                              end of the watch; the connection is presumed dead",
                             self.api_url,
-                            timeout_s + WATCH_GRACE.as_secs() as u32
+                            u64::from(timeout_s) + WATCH_GRACE.as_secs()
                         )),
                         progressed,
                     )

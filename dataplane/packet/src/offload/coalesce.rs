@@ -43,7 +43,7 @@ use core::fmt;
 
 use super::{VnetHdr, VNET_HDR_LEN};
 use crate::wire::{
-    checksum, ethernet, ipv4, ipv6, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    self, checksum, ethernet, ipv4, ipv6, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet,
     TcpFlags, TcpPacket,
 };
 
@@ -143,7 +143,7 @@ impl<'f> Segment<'f> {
     fn checksum_ok(&self, pseudo: u16) -> bool {
         let t = &self.frame[self.tcp_start..];
         // At most MAX_IP_LEN: parse checked the IP length.
-        let len = t.len() as u16;
+        let len = wire::len16(t.len());
         let partial = checksum::combine(&[pseudo, len]);
         let field = TcpPacket::new_unchecked(t).checksum();
         field == partial || checksum::combine(&[partial, checksum::data(t)]) == 0xffff
@@ -401,15 +401,15 @@ impl<'f> Coalescer<'f> {
             let t = p.tcp_start;
             // Lengths fit: appends kept the IP packet within MAX_IP_LEN.
             if p.ipv6 {
-                Ipv6Packet::new_unchecked(&mut frame[ip..t]).set_payload_len((n - t) as u16);
+                Ipv6Packet::new_unchecked(&mut frame[ip..t]).set_payload_len(wire::len16(n - t));
             } else {
                 let mut h = Ipv4Packet::new_unchecked(&mut frame[ip..t]);
-                h.set_total_len((n - ip) as u16);
+                h.set_total_len(wire::len16(n - ip));
                 h.fill_checksum();
             }
             // CHECKSUM_PARTIAL: the folded pseudo header sum, not complemented, as Linux's
             // tcp4_gro_complete leaves it.
-            let partial = checksum::combine(&[p.pseudo, (n - t) as u16]);
+            let partial = checksum::combine(&[p.pseudo, wire::len16(n - t)]);
             TcpPacket::new_unchecked(&mut frame[t..]).set_checksum(partial);
             VnetHdr {
                 flags: VnetHdr::F_NEEDS_CSUM,
@@ -418,27 +418,27 @@ impl<'f> Coalescer<'f> {
                 } else {
                     VnetHdr::GSO_TCPV4
                 },
-                hdr_len: p.payload_start as u16,
-                gso_size: p.gso_size as u16,
-                csum_start: t as u16,
-                csum_offset: tcp::CHECKSUM_OFFSET as u16,
+                hdr_len: wire::len16(p.payload_start),
+                gso_size: wire::len16(p.gso_size),
+                csum_start: wire::len16(t),
+                csum_offset: wire::len16(tcp::CHECKSUM_OFFSET),
             }
         } else {
             // A segment taken with the partial residue in its checksum field (not verified,
             // see the module documentation) is partial: said so, or the kernel verifies the
             // field, drops the frame, and every retransmission of it.
             let t = p.tcp_start;
-            let partial = checksum::combine(&[p.pseudo, (n - t) as u16]);
+            let partial = checksum::combine(&[p.pseudo, wire::len16(n - t)]);
             let field =
                 TcpPacket::new_unchecked(&self.head[VNET_HDR_LEN + t..headers_end]).checksum();
             if field == partial {
                 VnetHdr {
                     flags: VnetHdr::F_NEEDS_CSUM,
                     gso_type: VnetHdr::GSO_NONE,
-                    hdr_len: p.payload_start as u16,
+                    hdr_len: wire::len16(p.payload_start),
                     gso_size: 0,
-                    csum_start: t as u16,
-                    csum_offset: tcp::CHECKSUM_OFFSET as u16,
+                    csum_start: wire::len16(t),
+                    csum_offset: wire::len16(tcp::CHECKSUM_OFFSET),
                 }
             } else {
                 VnetHdr::default()
@@ -493,7 +493,7 @@ impl<'f> Coalescer<'f> {
         match p.ident {
             IdentMode::Undecided => offset == 1 || (s.df && offset == 0),
             // Segments merged never exceed MAX_SEGMENTS.
-            IdentMode::Incrementing => offset == self.segments as u16,
+            IdentMode::Incrementing => usize::from(offset) == self.segments,
             IdentMode::Fixed => offset == 0,
         }
     }
@@ -516,7 +516,7 @@ impl<'f> Coalescer<'f> {
             tcp_start: s.tcp_start,
             payload_start: s.payload_start,
             gso_size: payload.len(),
-            next_seq: s.seq.wrapping_add(payload.len() as u32),
+            next_seq: tcp::seq_add(s.seq, payload.len()),
             first_ident: s.ident,
             ident: IdentMode::Undecided,
             closed: false,
@@ -542,7 +542,7 @@ impl<'f> Coalescer<'f> {
         }
         self.payloads[self.segments] = payload;
         self.segments += 1;
-        p.next_seq = p.next_seq.wrapping_add(payload.len() as u32);
+        p.next_seq = tcp::seq_add(p.next_seq, payload.len());
         if s.psh {
             // Linux ORs the last segment's PSH into the super-frame's header.
             self.head[VNET_HDR_LEN + p.tcp_start + 13] |= TcpFlags::PSH;

@@ -76,7 +76,7 @@ mod tests {
         complete_checksum(&mut frame, udp, 6).unwrap();
         let after = u16::from_be_bytes([frame[udp + 6], frame[udp + 7]]);
         assert_ne!(before, after);
-        let udp_len = (frame.len() - udp) as u16;
+        let udp_len = crate::wire::len16(frame.len() - udp);
         let sum = ones_complement_sum(&[
             &frame[26..34],
             &[0, 17],

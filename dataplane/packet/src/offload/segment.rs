@@ -16,7 +16,8 @@
 
 use super::{OffloadError, VnetHdr};
 use crate::wire::{
-    checksum, ethernet, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, TcpFlags, TcpPacket,
+    self, checksum, ethernet, ipv4, tcp, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    TcpFlags, TcpPacket,
 };
 
 /// The inner TCP checksum a segment leaves with.
@@ -274,18 +275,18 @@ impl<'a> TcpSegments<'a> {
         let t = self.tcp_start;
         // Lengths fit 16 bits: a segment is never longer than the super-frame, whose IP length
         // field held its length.
-        let tcp_len = (len - t) as u16;
+        let tcp_len = wire::len16(len - t);
         if self.ipv6 {
             Ipv6Packet::new_unchecked(&mut head[ip..t]).set_payload_len(tcp_len);
         } else {
             let mut p = Ipv4Packet::new_unchecked(&mut head[ip..t]);
-            p.set_total_len((len - ip) as u16);
-            p.set_ident(self.ident.wrapping_add(i as u16));
+            p.set_total_len(wire::len16(len - ip));
+            p.set_ident(ipv4::ident_add(self.ident, i));
             p.fill_checksum();
         }
 
         let mut seg = TcpPacket::new_unchecked(&mut head[t..]);
-        seg.set_seq_number(self.seq.wrapping_add((i * self.mss) as u32));
+        seg.set_seq_number(tcp::seq_add(self.seq, i * self.mss));
         let mut flags = seg.flags().0;
         if i > 0 {
             flags &= !TcpFlags::CWR;
@@ -357,14 +358,14 @@ mod tests {
                 assert_eq!(usize::from(u16::from_be_bytes([s[16], s[17]])), n - 14);
                 assert_eq!(
                     u16::from_be_bytes([s[18], s[19]]),
-                    ident0.wrapping_add(i as u16)
+                    ipv4::ident_add(ident0, i)
                 );
                 assert_eq!(s[..16], frame[..16]);
                 assert_eq!(s[20..24], frame[20..24]);
                 assert_eq!(s[26..t], frame[26..t]);
             }
             let seq = u32::from_be_bytes(s[t + 4..t + 8].try_into().unwrap());
-            assert_eq!(seq, seq0.wrapping_add((i * mss) as u32), "segment {i} seq");
+            assert_eq!(seq, tcp::seq_add(seq0, i * mss), "segment {i} seq");
             let mut flags = flags0;
             if i > 0 {
                 flags &= !CWR;
@@ -463,8 +464,8 @@ mod tests {
         // Each segment is exactly what the sender would have sent without TSO.
         for (i, s) in segs.iter().enumerate() {
             let want = TcpOpts {
-                seq: o.seq.wrapping_add((i * 1448) as u32),
-                ident: o.ident + i as u16,
+                seq: tcp::seq_add(o.seq, i * 1448),
+                ident: ipv4::ident_add(o.ident, i),
                 payload_len: (64000 - i * 1448).min(1448),
                 flags: if i == 44 { ACK | PSH } else { ACK },
                 ..o.clone()
@@ -486,7 +487,7 @@ mod tests {
         for (i, s) in segs.iter().enumerate() {
             let last = i + 1 == segs.len();
             let want = TcpOpts {
-                seq: o.seq.wrapping_add((i * 1428) as u32),
+                seq: tcp::seq_add(o.seq, i * 1428),
                 payload_len: (o.payload_len - i * 1428).min(1428),
                 flags: if last { ACK | PSH | FIN } else { ACK },
                 ..o.clone()
@@ -573,11 +574,11 @@ mod tests {
             ..TcpOpts::default()
         };
         let (frame, mut hdr) = super_frame(&o, false, 1448);
-        for hdr_len in [0, 14, 66 + 1448, frame.len() as u16] {
+        for hdr_len in [0, 14, 66 + 1448, wire::len16(frame.len())] {
             hdr.hdr_len = hdr_len;
             segment_and_check(&frame, &hdr);
         }
-        hdr.hdr_len = frame.len() as u16 + 1;
+        hdr.hdr_len = wire::len16(frame.len()) + 1;
         assert!(matches!(
             TcpSegments::new(&frame, &hdr),
             Err(OffloadError::Malformed(_))

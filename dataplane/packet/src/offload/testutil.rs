@@ -26,13 +26,13 @@ pub(crate) const KERNEL_TSO_V6: &[u8] = include_bytes!("testdata/tso-v6.bin");
 /// Byte `p` of the test TCP stream: each sequence number has its own byte, so misplaced payload
 /// shows.
 pub(crate) fn stream_byte(p: u32) -> u8 {
-    (p.wrapping_mul(31).wrapping_add(7) ^ (p >> 8) ^ (p >> 16)) as u8
+    (p.wrapping_mul(31).wrapping_add(7) ^ (p >> 8) ^ (p >> 16)).to_le_bytes()[0]
 }
 
 /// The stream bytes from sequence number `seq` on.
 pub(crate) fn stream(seq: u32, len: usize) -> Vec<u8> {
-    (0..len as u32)
-        .map(|i| stream_byte(seq.wrapping_add(i)))
+    (0..len)
+        .map(|i| stream_byte(crate::wire::tcp::seq_add(seq, i)))
         .collect()
 }
 
@@ -95,7 +95,7 @@ impl TcpOpts {
     /// The next segment of the stream: sequence number advanced by this payload, ident + 1.
     pub fn next(&self) -> TcpOpts {
         TcpOpts {
-            seq: self.seq.wrapping_add(self.payload_len as u32),
+            seq: crate::wire::tcp::seq_add(self.seq, self.payload_len),
             ident: self.ident.wrapping_add(1),
             ..self.clone()
         }
@@ -165,9 +165,9 @@ pub(crate) fn super_frame(o: &TcpOpts, v6: bool, mss: u16) -> (Vec<u8>, VnetHdr)
         } else {
             VnetHdr::GSO_TCPV4
         },
-        hdr_len: (tcp_start + 20 + o.options.len()) as u16,
+        hdr_len: crate::wire::len16(tcp_start + 20 + o.options.len()),
         gso_size: mss,
-        csum_start: tcp_start as u16,
+        csum_start: crate::wire::len16(tcp_start),
         csum_offset: 16,
     };
     (frame, hdr)

@@ -5,8 +5,8 @@ use std::ops::RangeInclusive;
 
 use super::flow::{flow_hash, source_port};
 use crate::wire::{
-    checksum, ethernet, ipv4, ipv6, udp, vxlan, EtherType, EthernetFrame, EthernetRepr, IpProtocol,
-    Ipv4Packet, Ipv6Packet, Ipv6Repr, MacAddr, UdpPacket, Vni, VxlanPacket, VxlanRepr,
+    self, checksum, ethernet, ipv4, ipv6, udp, vxlan, EtherType, EthernetFrame, EthernetRepr,
+    IpProtocol, Ipv4Packet, Ipv6Packet, Ipv6Repr, MacAddr, UdpPacket, Vni, VxlanPacket, VxlanRepr,
 };
 
 /// Outer header length over IPv4: Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
@@ -235,7 +235,7 @@ pub fn encapsulate(
     if ip_header_len + udp_len > usize::from(u16::MAX) {
         return Err(EncapError::TooLong);
     }
-    let udp_len = udp_len as u16;
+    let udp_len = wire::len16(udp_len);
     let start = inner_start
         .checked_sub(outer.len)
         .ok_or(EncapError::NoHeadroom)?;
@@ -250,7 +250,7 @@ pub fn encapsulate(
     if outer.ipv6 {
         Ipv6Packet::new_unchecked(&mut hdr[ip_start..udp_start]).set_payload_len(udp_len);
     } else {
-        let total_len = ipv4::HEADER_LEN as u16 + udp_len;
+        let total_len = wire::len16(ipv4::HEADER_LEN) + udp_len;
         let mut ip = Ipv4Packet::new_unchecked(&mut hdr[ip_start..udp_start]);
         ip.set_total_len(total_len);
         ip.set_ident(ip_ident);

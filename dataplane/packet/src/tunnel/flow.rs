@@ -12,6 +12,10 @@ const P2: u64 = 0x8ebc_6af0_9c88_c6e3;
 
 /// 64x64 -> 128-bit multiply folded back to 64 bits: every input bit reaches every output bit.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "folding the halves together is the point"
+)]
 fn fold_mul(a: u64, b: u64) -> u64 {
     let r = u128::from(a) * u128::from(b);
     (r as u64) ^ ((r >> 64) as u64)
@@ -24,6 +28,10 @@ fn round(state: u64, a: u64, b: u64) -> u64 {
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "folding the halves together is the point"
+)]
 fn finish(state: u64, tag: u64) -> u32 {
     let h = fold_mul(state ^ tag, P2);
     (h ^ (h >> 32)) as u32
@@ -156,8 +164,12 @@ pub fn source_port(hash: u32, range: &RangeInclusive<u16>) -> u16 {
     }
     let span = u64::from(max - min) + 1;
     let hash = hash ^ (hash << 16);
-    // (hash * span) >> 32 < span <= 65536, and min + it <= max.
-    min + ((u64::from(hash) * span) >> 32) as u16
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "(hash * span) >> 32 < span <= 65536, and min + it <= max"
+    )]
+    let offset = ((u64::from(hash) * span) >> 32) as u16;
+    min + offset
 }
 
 #[cfg(test)]
@@ -277,6 +289,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the expected values are computed as the kernel does, by truncation"
+    )]
     fn source_port_follows_linux_formula_and_range() {
         let range = 32768..=60999u16;
         assert_eq!(source_port(0, &range), 32768);

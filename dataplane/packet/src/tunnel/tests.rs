@@ -1,6 +1,11 @@
 //! Encapsulation against captured kernel vxlan frames, decapsulation of them, round trips, and
 //! every drop reason.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test inputs and expected idents are made from counters by truncation"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use testkit::checksum::{internet_checksum, pseudo_header_v4};

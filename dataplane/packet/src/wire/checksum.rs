@@ -14,7 +14,12 @@ pub fn fold(mut sum: u64) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "after the folds above the sum is at most 0xffff"
+    )]
+    let folded = sum as u16;
+    folded
 }
 
 /// Ones'-complement sum of `data` as big-endian 16-bit words, an odd last byte padded with zero.

@@ -7,6 +7,18 @@ use super::{checksum, Error, Field, IpProtocol, Result};
 /// Length of a header without options.
 pub const HEADER_LEN: usize = 20;
 
+/// `ident` advanced by `n` packets: the identification field counts modulo 2^16, as Linux's
+/// segmentation numbers the segments of one super-frame.
+#[inline]
+pub fn ident_add(ident: u16, n: usize) -> u16 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the identification field is modulo 2^16, so is the advance"
+    )]
+    let advance = n as u16;
+    ident.wrapping_add(advance)
+}
+
 /// The "don't fragment" flag in the flags/fragment offset word.
 const FLAG_DF: u16 = 0x4000;
 /// The "more fragments" flag.
@@ -221,7 +233,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn set_header_len(&mut self, value: usize) {
         let b = &mut self.buffer.as_mut()[field::VER_IHL];
-        *b = (*b & 0xf0) | ((value / 4) as u8 & 0x0f);
+        *b = (*b & 0xf0) | ((value / 4).to_le_bytes()[0] & 0x0f);
     }
 
     /// Sets the DSCP and ECN byte.
@@ -379,7 +391,7 @@ impl Repr {
         packet.set_version(4);
         packet.set_header_len(HEADER_LEN);
         packet.set_dscp_ecn(0);
-        packet.set_total_len((HEADER_LEN + self.payload_len) as u16);
+        packet.set_total_len(super::len16(HEADER_LEN + self.payload_len));
         packet.set_ident(0);
         packet.clear_flags();
         packet.set_hop_limit(self.hop_limit);

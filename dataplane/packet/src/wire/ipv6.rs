@@ -75,7 +75,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     /// Traffic class (DSCP and ECN).
     #[inline]
     pub fn traffic_class(&self) -> u8 {
-        (self.word0() >> 20) as u8
+        (self.word0() >> 20).to_be_bytes()[3]
     }
 
     /// The 20-bit flow label.
@@ -244,7 +244,7 @@ impl Repr {
     #[inline]
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>) {
         packet.set_word0(6 << 28);
-        packet.set_payload_len(self.payload_len as u16);
+        packet.set_payload_len(super::len16(self.payload_len));
         packet.set_next_header(self.next_header);
         packet.set_hop_limit(self.hop_limit);
         packet.set_src_addr(self.src_addr);

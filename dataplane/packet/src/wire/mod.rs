@@ -29,6 +29,24 @@ pub use tcp::{Flags as TcpFlags, Packet as TcpPacket, Repr as TcpRepr};
 pub use udp::{Packet as UdpPacket, Repr as UdpRepr};
 pub use vxlan::{Packet as VxlanPacket, Repr as VxlanRepr, Vni};
 
+/// A length for a 16-bit length field (IPv4 total length, IPv6 payload length, UDP length, TCP
+/// pseudo-header length). Callers pass lengths of buffers they sized for such a header, so the
+/// value fits; a debug build checks it, since a wrapped length field corrupts the packet
+/// silently.
+#[inline]
+pub fn len16(len: usize) -> u16 {
+    debug_assert!(
+        len <= usize::from(u16::MAX),
+        "length {len} overflows a 16-bit field"
+    );
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "callers size buffers for 16-bit length fields (checked in debug builds)"
+    )]
+    let short = len as u16;
+    short
+}
+
 /// Why a buffer could not be read as a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

@@ -28,6 +28,18 @@ mod field {
 /// Offset of the checksum field: the `csum_offset` a vnet header gives for TCP.
 pub const CHECKSUM_OFFSET: usize = field::CHECKSUM.start;
 
+/// `seq` advanced by `bytes`: sequence numbers count modulo 2^32 (RFC 9293 section 3.4), and
+/// so does the advance.
+#[inline]
+pub fn seq_add(seq: u32, bytes: usize) -> u32 {
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "sequence space is modulo 2^32, so is the advance"
+    )]
+    let advance = bytes as u32;
+    seq.wrapping_add(advance)
+}
+
 /// The flag bits of byte 13.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct Flags(pub u8);
@@ -174,7 +186,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn verify_checksum(&self, pseudo: u16) -> bool {
         let segment = self.buffer.as_ref();
         // A segment is never longer than its IP packet's 16-bit length field.
-        let len = segment.len() as u16;
+        let len = super::len16(segment.len());
         checksum::combine(&[pseudo, len, checksum::data(segment)]) == 0xffff
     }
 }
@@ -228,7 +240,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
     pub fn set_header_len(&mut self, value: usize) {
         // At most 60 / 4 = 15: fits the four bits.
-        self.buffer.as_mut()[field::DATA_OFF] = ((value / 4) as u8) << 4;
+        self.buffer.as_mut()[field::DATA_OFF] = (value / 4).to_le_bytes()[0] << 4;
     }
 
     /// Sets the flags byte.

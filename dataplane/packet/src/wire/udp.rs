@@ -234,7 +234,7 @@ impl Repr {
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, packet: &mut Packet<T>, payload_len: usize) {
         packet.set_src_port(self.src_port);
         packet.set_dst_port(self.dst_port);
-        packet.set_len((HEADER_LEN + payload_len) as u16);
+        packet.set_len(super::len16(HEADER_LEN + payload_len));
         packet.set_checksum(0);
     }
 }

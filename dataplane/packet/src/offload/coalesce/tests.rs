@@ -229,7 +229,7 @@ fn gso_size_is_the_first_payload_and_a_short_segment_closes() {
     let mut opts = stream_of(&TcpOpts::default(), 5);
     opts[2].payload_len = 1000; // short: ends the super-frame
     for i in 3..5 {
-        opts[i].seq = opts[i - 1].seq.wrapping_add(opts[i - 1].payload_len as u32);
+        opts[i].seq = tcp::seq_add(opts[i - 1].seq, opts[i - 1].payload_len);
     }
     let input = frames(&opts, false);
     let written = check_round_trip(&input);
@@ -366,7 +366,7 @@ fn ident_rules_follow_linux() {
     // The kernel segments a fixed-ID super-frame with incrementing IDs (no FIXEDID in the vnet
     // header): everything else is as it came.
     for (i, (got, want)) in resegment(&written).iter().zip(&input).enumerate() {
-        assert_eq!(u16::from_be_bytes([got[18], got[19]]), i as u16);
+        assert_eq!(usize::from(u16::from_be_bytes([got[18], got[19]])), i);
         assert_eq!(got[..18], want[..18]);
         assert_eq!(got[26..], want[26..]);
         assert!(ipv4_checksum_ok(got));
@@ -390,7 +390,7 @@ fn ident_rules_follow_linux() {
     // IDs wrap.
     let mut wrap = inc.clone();
     for (i, o) in wrap.iter_mut().enumerate() {
-        o.ident = u16::MAX.wrapping_add(i as u16);
+        o.ident = ipv4::ident_add(u16::MAX, i);
     }
     assert_eq!(shape(&check_round_trip(&frames(&wrap, false))), [4]);
 }
