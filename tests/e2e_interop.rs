@@ -6,10 +6,11 @@
 
 mod common;
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{s, tcp_transfer, Cluster, Host};
+use common::{s, tcp_transfer, write_flanneld_local_lease, Cluster, FlanneldLink, Host};
 
 const KERNEL_PEER_MAC: &str = "02:aa:00:00:00:02";
 
@@ -21,94 +22,11 @@ fn config(vni: u32, port: u16) -> String {
 
 /// Makes `host` a flanneld-style kernel vxlan node holding 10.244.200.0/24: the link as
 /// flanneld creates it, its /32 address, and its lease in the store as flanneld's JSON.
-fn kernel_peer(host: &Host, store: &Path, vni: u32, port: u16, udpcsum: bool) {
-    let dev = format!("flannel.{vni}");
-    let ip = host.underlay_ip().to_string();
-    host.ns.run(&[
-        "ip",
-        "link",
-        "add",
-        &dev,
-        "type",
-        "vxlan",
-        "id",
-        &vni.to_string(),
-        "local",
-        &ip,
-        "dev",
-        "eth0",
-        "dstport",
-        &port.to_string(),
-        "nolearning",
-        if udpcsum { "udpcsum" } else { "noudpcsum" },
-    ]);
-    host.ns.run(&[
-        "ip",
-        "link",
-        "set",
-        &dev,
-        "address",
-        KERNEL_PEER_MAC,
-        "mtu",
-        "1450",
-        "up",
-    ]);
-    host.ns
-        .run(&["ip", "addr", "add", "10.244.200.0/32", "dev", &dev]);
-    std::fs::create_dir_all(store.join("subnets")).unwrap();
-    std::fs::write(
-        store.join("subnets").join("10.244.200.0-24"),
-        format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{KERNEL_PEER_MAC}"}}}}"#
-        ),
-    )
-    .unwrap();
-}
-
-/// Programs on the kernel node what flanneld would for the vxdp node `peer`: neighbour, FDB,
-/// onlink route, in flanneld's order.
-fn kernel_peer_learns(host: &Host, vni: u32, peer: &Host) {
-    let dev = format!("flannel.{vni}");
-    let gw = peer.overlay_ip().to_string();
-    let mac = peer.status()["lease"]["vtep_mac"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    host.ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        &gw,
-        "lladdr",
-        &mac,
-        "dev",
-        &dev,
-        "nud",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "bridge",
-        "fdb",
-        "append",
-        &mac,
-        "dev",
-        &dev,
-        "dst",
-        &peer.underlay_ip().to_string(),
-        "self",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "ip",
-        "route",
-        "replace",
-        &format!("{gw}/24"),
-        "via",
-        &gw,
-        "dev",
-        &dev,
-        "onlink",
-    ]);
+fn kernel_peer(host: &Host, store: &Path, vni: u32, port: u16, udpcsum: bool) -> FlanneldLink {
+    let net = Ipv4Addr::new(10, 244, 200, 0);
+    let link = host.flanneld_link(vni, port, KERNEL_PEER_MAC, net, Some(udpcsum));
+    write_flanneld_local_lease(store, net, host.underlay_ip(), vni, KERNEL_PEER_MAC);
+    link
 }
 
 fn both_ways(
@@ -148,12 +66,12 @@ fn af_xdp_node_and_flanneld_kernel_node_exchange_traffic() {
         let what = format!("udpcsum={udpcsum} vni={vni} port={port}");
         let mut c = Cluster::new(2);
         let store = c.local_store(&config(vni, cfg_port));
-        kernel_peer(&c.hosts[1], &store, vni, port, udpcsum);
+        let flannel = kernel_peer(&c.hosts[1], &store, vni, port, udpcsum);
         c.host(1)
             .start(&["--local-store", s(&store), "--backend", "xdp"]);
         c.host(1).wait_ready();
         c.host(1).wait_peers(1);
-        kernel_peer_learns(&c.hosts[1], vni, &c.hosts[0]);
+        c.hosts[1].flanneld_learns_host(&flannel, &c.hosts[0]);
         let before = c.hosts[0].status();
         let h1_ip = c.hosts[0].overlay_ip();
         both_ways(
@@ -199,10 +117,12 @@ fn af_xdp_node_and_kernel_backend_node_exchange_traffic() {
         .start(&["--local-store", s(&store), "--backend", "xdp"]);
     c.host(2)
         .start(&["--local-store", s(&store), "--backend", "kernel"]);
+    // Both sides: the kernel node programs its neighbour and FDB entries when its own watch
+    // sees host 1's lease, which may come after host 1 has seen host 2's.
     for i in 1..=2 {
         c.host(i).wait_ready();
+        c.host(i).wait_peers(1);
     }
-    c.host(1).wait_peers(1);
     let st2 = c.hosts[1].status();
     assert_eq!(st2["backend"], "kernel", "{st2:#}");
     assert!(

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{s, tcp_transfer, Cluster, Host};
+use common::{s, tcp_transfer, Cluster, FlanneldLink, Host};
 use testkit::kube::{KubeApiServer, NodeSpec};
 use testkit::wait_for;
 
@@ -89,7 +89,7 @@ impl KubeCluster {
 
 /// Programs `host`'s flannel.1 for the peer node `node` exactly as flanneld does on a lease
 /// event, from what the API says about that node: neighbour, FDB entry, onlink route.
-fn flanneld_learns(host: &Host, kc: &KubeCluster, node: &str) {
+fn flanneld_learns(host: &Host, link: &FlanneldLink, kc: &KubeCluster, node: &str) {
     let spec = kc.api.node(node).expect("the node exists");
     let cidr = spec["spec"]["podCIDR"]
         .as_str()
@@ -99,77 +99,13 @@ fn flanneld_learns(host: &Host, kc: &KubeCluster, node: &str) {
     let public_ip = kc.annotation(node, "public-ip");
     let data: serde_json::Value =
         serde_json::from_str(&kc.annotation(node, "backend-data")).expect("backend-data JSON");
-    let mac = data["VtepMAC"].as_str().expect("VtepMAC").to_string();
-    host.ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        &gw,
-        "lladdr",
-        &mac,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "bridge",
-        "fdb",
-        "append",
-        &mac,
-        "dev",
-        "flannel.1",
-        "dst",
-        &public_ip,
-        "self",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "ip",
-        "route",
-        "replace",
-        &cidr,
-        "via",
-        &gw,
-        "dev",
-        "flannel.1",
-        "onlink",
-    ]);
+    let mac = data["VtepMAC"].as_str().expect("VtepMAC");
+    host.flanneld_learns(link, &cidr, &gw, mac, &public_ip);
 }
 
 /// Makes `host` node-3's flanneld: its flannel.1 as flanneld creates it and its address.
-fn flanneld_node(host: &Host) {
-    let ip = host.underlay_ip().to_string();
-    host.ns.run(&[
-        "ip",
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &ip,
-        "dev",
-        "eth0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    host.ns.run(&[
-        "ip",
-        "link",
-        "set",
-        "flannel.1",
-        "address",
-        FLANNELD_MAC,
-        "mtu",
-        "1450",
-        "up",
-    ]);
-    host.ns
-        .run(&["ip", "addr", "add", "10.244.3.0/32", "dev", "flannel.1"]);
+fn flanneld_node(host: &Host) -> FlanneldLink {
+    host.flanneld_link(1, 8472, FLANNELD_MAC, Ipv4Addr::new(10, 244, 3, 0), None)
 }
 
 fn vtep_mac(h: &Host) -> String {
@@ -201,7 +137,7 @@ fn vxdp_and_flanneld_nodes_share_a_kubernetes_cluster_through_outages() {
         Ipv4Addr::new(192, 0, 2, 3),
         FLANNELD_MAC,
     ));
-    flanneld_node(&kc.c.hosts[2]);
+    let flannel1 = flanneld_node(&kc.c.hosts[2]);
 
     kc.start(1, &["NODE_NAME=node-1"], &["--backend", "xdp"]);
     kc.start(
@@ -250,7 +186,7 @@ fn vxdp_and_flanneld_nodes_share_a_kubernetes_cluster_through_outages() {
 
     // node-3's flanneld programs its peers from the API.
     for node in ["node-1", "node-2"] {
-        flanneld_learns(&kc.c.hosts[2], &kc, node);
+        flanneld_learns(&kc.c.hosts[2], &flannel1, &kc, node);
     }
     let ips: Vec<Ipv4Addr> = ["10.244.1.0", "10.244.2.0", "10.244.3.0"]
         .iter()

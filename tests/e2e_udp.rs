@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{counter, s, tcp_transfer, Cluster, Host, PatternStream, VXDP};
+use common::{
+    counter, s, tcp_transfer, write_flanneld_local_lease, Cluster, FlanneldLink, Host,
+    PatternStream, VXDP,
+};
 use serde_json::Value;
 use testkit::wait_for;
 
@@ -232,95 +235,22 @@ fn two_udp_nodes_forward_both_ways_with_gso_and_gro() {
 /// Makes `host` a flanneld-style kernel vxlan node holding 10.244.200.0/24 (VNI 1, port
 /// 8472): the link as flanneld creates it, its /32 address, and its lease in the store as
 /// flanneld's JSON. Programmed with `ip` alone, independent of vxdp's code.
-fn kernel_peer(host: &Host, store: &Path, udpcsum: bool) {
-    let ip = host.underlay_ip().to_string();
-    host.ns.run(&[
-        "ip",
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        &ip,
-        "dev",
-        "eth0",
-        "dstport",
-        &VXLAN_PORT.to_string(),
-        "nolearning",
-        if udpcsum { "udpcsum" } else { "noudpcsum" },
-    ]);
-    host.ns.run(&[
-        "ip",
-        "link",
-        "set",
-        "flannel.1",
-        "address",
+fn kernel_peer(host: &Host, store: &Path, udpcsum: bool) -> FlanneldLink {
+    let link = host.flanneld_link(
+        1,
+        VXLAN_PORT,
         KERNEL_PEER_MAC,
-        "mtu",
-        "1450",
-        "up",
-    ]);
-    host.ns.run(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{KERNEL_PEER_NET}/32"),
-        "dev",
-        "flannel.1",
-    ]);
-    std::fs::create_dir_all(store.join("subnets")).unwrap();
-    std::fs::write(
-        store.join("subnets").join("10.244.200.0-24"),
-        format!(
-            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_PEER_MAC}"}}}}"#
-        ),
-    )
-    .unwrap();
-}
-
-/// Programs on the kernel node what flanneld would for the vxdp node `peer`: neighbour, FDB,
-/// onlink route, in flanneld's order.
-fn kernel_peer_learns(host: &Host, peer: &Host) {
-    let gw = peer.overlay_ip().to_string();
-    let mac = peer.vtep_mac();
-    host.ns.run(&[
-        "ip",
-        "neigh",
-        "replace",
-        &gw,
-        "lladdr",
-        &mac,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "bridge",
-        "fdb",
-        "append",
-        &mac,
-        "dev",
-        "flannel.1",
-        "dst",
-        &peer.underlay_ip().to_string(),
-        "self",
-        "permanent",
-    ]);
-    host.ns.run(&[
-        "ip",
-        "route",
-        "replace",
-        &format!("{gw}/24"),
-        "via",
-        &gw,
-        "dev",
-        "flannel.1",
-        "onlink",
-    ]);
+        KERNEL_PEER_NET,
+        Some(udpcsum),
+    );
+    write_flanneld_local_lease(
+        store,
+        KERNEL_PEER_NET,
+        host.underlay_ip(),
+        1,
+        KERNEL_PEER_MAC,
+    );
+    link
 }
 
 #[test]
@@ -329,7 +259,7 @@ fn a_flanneld_kernel_peer_with_and_without_udp_checksums_talks_to_a_udp_node() {
         let what = if udpcsum { "udpcsum" } else { "noudpcsum" };
         let mut c = Cluster::new(2);
         let store = c.local_store(CONFIG);
-        kernel_peer(&c.hosts[1], &store, udpcsum);
+        let flannel1 = kernel_peer(&c.hosts[1], &store, udpcsum);
         let link = c.hosts[1]
             .ns
             .run(&["ip", "-d", "link", "show", "flannel.1"]);
@@ -342,7 +272,7 @@ fn a_flanneld_kernel_peer_with_and_without_udp_checksums_talks_to_a_udp_node() {
         c.host(1).wait_ready();
         c.host(1).wait_peers(1);
         assert_udp_backend(what, &c.hosts[0].status());
-        kernel_peer_learns(&c.hosts[1], &c.hosts[0]);
+        c.hosts[1].flanneld_learns_host(&flannel1, &c.hosts[0]);
 
         let before = c.hosts[0].status();
         let h1_ip = c.hosts[0].overlay_ip();

@@ -186,7 +186,11 @@ impl Host {
         let ok = wait_for(Duration::from_secs(10), || {
             let s = self.try_status()?;
             let peers = s["peers"].as_array()?;
-            let ready = |p: &Value| p["state"] == "resolved" || p["state"] == "kernel-routed";
+            // `programmed`: a kernel-backend node has written the peer's route, neighbour and FDB entries.
+            let ready = |p: &Value| {
+                ["resolved", "kernel-routed", "programmed"]
+                    .contains(&p["state"].as_str().unwrap_or(""))
+            };
             (peers.len() == n && peers.iter().all(ready)).then_some(())
         });
         assert!(
@@ -656,4 +660,134 @@ impl Pinger {
         let in_flight = !text.lines().any(|l| l.contains(&last));
         (nums[0] - u64::from(in_flight), nums[1])
     }
+}
+
+/// A node that runs flannel's vxlan backend in the kernel, programmed with `ip` and `bridge`
+/// alone as flanneld programs it (flannel `pkg/backend/vxlan/device.go`), independent of
+/// vxdp's code: the peer vxdp must interoperate with.
+pub struct FlanneldLink {
+    /// The link's name, `flannel.<VNI>`.
+    pub dev: String,
+}
+
+impl Host {
+    /// Creates `flannel.<vni>` as flanneld does (local address, `eth0`, `port`, nolearning;
+    /// `udpcsum` on or off, or the kernel's default when `None`), with `mac`, MTU 1450, up, and
+    /// the /32 address `subnet_gw`.
+    pub fn flanneld_link(
+        &self,
+        vni: u32,
+        port: u16,
+        mac: &str,
+        subnet_gw: Ipv4Addr,
+        udpcsum: Option<bool>,
+    ) -> FlanneldLink {
+        let dev = format!("flannel.{vni}");
+        let (ip, vni, port) = (
+            self.underlay_ip().to_string(),
+            vni.to_string(),
+            port.to_string(),
+        );
+        let mut add = vec![
+            "ip",
+            "link",
+            "add",
+            &dev,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "local",
+            &ip,
+            "dev",
+            "eth0",
+            "dstport",
+            &port,
+            "nolearning",
+        ];
+        match udpcsum {
+            Some(true) => add.push("udpcsum"),
+            Some(false) => add.push("noudpcsum"),
+            None => {}
+        }
+        self.ns.run(&add);
+        self.ns.run(&[
+            "ip", "link", "set", &dev, "address", mac, "mtu", "1450", "up",
+        ]);
+        self.ns
+            .run(&["ip", "addr", "add", &format!("{subnet_gw}/32"), "dev", &dev]);
+        FlanneldLink { dev }
+    }
+
+    /// What flanneld programs for a peer's lease, in its order: the neighbour entry for the
+    /// peer's gateway, the FDB entry toward its underlay address, the onlink route to its
+    /// subnet.
+    pub fn flanneld_learns(
+        &self,
+        link: &FlanneldLink,
+        subnet: &str,
+        gw: &str,
+        mac: &str,
+        underlay: &str,
+    ) {
+        let dev = link.dev.as_str();
+        self.ns.run(&[
+            "ip",
+            "neigh",
+            "replace",
+            gw,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        self.ns.run(&[
+            "bridge",
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            dev,
+            "dst",
+            underlay,
+            "self",
+            "permanent",
+        ]);
+        self.ns.run(&[
+            "ip", "route", "replace", subnet, "via", gw, "dev", dev, "onlink",
+        ]);
+    }
+
+    /// [`Host::flanneld_learns`] for a vxdp node `peer` on the same cluster (a /24 lease).
+    pub fn flanneld_learns_host(&self, link: &FlanneldLink, peer: &Host) {
+        let gw = peer.overlay_ip().to_string();
+        self.flanneld_learns(
+            link,
+            &format!("{gw}/24"),
+            &gw,
+            &peer.vtep_mac(),
+            &peer.underlay_ip().to_string(),
+        );
+    }
+}
+
+/// Writes a lease into a local store as flanneld's JSON, for a flanneld-style node.
+pub fn write_flanneld_local_lease(
+    store: &Path,
+    subnet: Ipv4Addr,
+    public_ip: Ipv4Addr,
+    vni: u32,
+    mac: &str,
+) {
+    let dir = store.join("subnets");
+    std::fs::create_dir_all(&dir).expect("create the store's subnets directory");
+    std::fs::write(
+        dir.join(format!("{subnet}-24")),
+        format!(
+            r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}"#
+        ),
+    )
+    .expect("write the flanneld lease");
 }
