@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod handover;
 pub mod next_hop;
 pub mod pipeline;
 pub mod privileges;

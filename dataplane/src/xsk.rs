@@ -666,9 +666,9 @@ impl XskSocket {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fcntl just returned this new descriptor.
-        Ok(XskStatsReader(Arc::new(unsafe {
-            OwnedFd::from_raw_fd(fd)
-        })))
+        Ok(XskStatsReader(Arc::new(std::sync::Mutex::new(Some(
+            unsafe { OwnedFd::from_raw_fd(fd) },
+        )))))
     }
 }
 
@@ -713,19 +713,30 @@ fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i
     Ok(())
 }
 
-/// Reads an AF_XDP socket's `XDP_STATISTICS`.
+/// Reads an AF_XDP socket's `XDP_STATISTICS` through a duplicate of its descriptor, which
+/// [`XskStatsReader::close`] lets go of for every clone: a handover must close the socket
+/// everywhere before the successor can bind the same queue.
 #[derive(Debug, Clone)]
-pub struct XskStatsReader(Arc<OwnedFd>);
+pub struct XskStatsReader(Arc<std::sync::Mutex<Option<OwnedFd>>>);
 
 impl XskStatsReader {
-    /// The kernel's counters for the socket (zeros if the query fails).
+    /// Closes the duplicate (for every clone); reads return zeros from then on.
+    pub fn close(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The kernel's counters for the socket (zeros if the query fails or it was closed).
     pub fn read(&self) -> XskKernelStats {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = guard.as_ref() else {
+            return XskKernelStats::default();
+        };
         let mut raw = xdpilone::xdp::XdpStatisticsV2::default();
         let mut len = std::mem::size_of_val(&raw) as libc::socklen_t;
         // SAFETY: getsockopt writes at most `len` bytes into `raw`.
         let rc = unsafe {
             libc::getsockopt(
-                self.0.as_raw_fd(),
+                fd.as_raw_fd(),
                 SOL_XDP,
                 XDP_STATISTICS,
                 (&mut raw as *mut xdpilone::xdp::XdpStatisticsV2).cast(),

@@ -44,7 +44,7 @@ use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::route::RouteProtocol;
 use packet::wire::MacAddr;
 
-use control::backend::{Backend, BackendError, Peer};
+use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};
 
 /// The kernel's default lifetime of learnt FDB entries, which flanneld's links show.
@@ -901,7 +901,16 @@ impl Backend for KernelBackend {
         Ok(())
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(self, teardown: Teardown) {
+        if teardown == Teardown::Keep {
+            // The kernel forwards on its own: the link, its entries and routes stay, and the
+            // next start reuses them (flanneld's ensureLink).
+            tracing::info!(
+                "kernel backend stopped: vxlan link {} and its routes stay for the next start",
+                self.config.device
+            );
+            return;
+        }
         for (subnet, prog) in &self.programmed {
             if let Programmed::Direct { public_ip } = prog {
                 if let Err(e) = self

@@ -28,7 +28,7 @@
 use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,20 +180,7 @@ impl UdpSockets {
     /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports.
     pub fn open(config: &UdpConfig) -> Result<UdpSockets, UdpError> {
         let rx = socket_v4(true).map_err(|e| UdpError::new("creating the receive socket", e))?;
-        set_opt(&rx, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
-            .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
-        set_buffer(&rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
-        let gro = config.gro && set_opt(&rx, libc::SOL_UDP, UDP_GRO, 1).is_ok();
-        if config.busy_poll {
-            // <asm-generic/socket.h> SO_BUSY_POLL: microseconds a receive call may busy-poll
-            // the NIC queue the last packet came from before it returns empty.
-            const SO_BUSY_POLL: libc::c_int = 46;
-            if let Err(e) = set_opt(&rx, libc::SOL_SOCKET, SO_BUSY_POLL, 50) {
-                tracing::warn!(
-                    "busy polling of the receive socket refused ({e}); spinning without it"
-                );
-            }
-        }
+        let gro = configure_rx(&rx, config)?;
         if let Err(e) = bind_v4(&rx, SocketAddrV4::new(config.local_ip, config.port)) {
             let mut err = UdpError::new(
                 format!("binding UDP {}:{}", config.local_ip, config.port),
@@ -206,35 +193,79 @@ impl UdpSockets {
             }
             return Err(err);
         }
+        let mut tx = Vec::with_capacity(config.tx_sockets);
+        for _ in 0..config.tx_sockets.max(1) {
+            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
+            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
+            configure_tx(&s)?;
+            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
+                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
+            tx.push(s);
+        }
+        UdpSockets::finish(config, rx, tx, gro)
+    }
+
+    /// Takes over sockets another vxdp process opened with the same config (see `handover`):
+    /// the receive socket must be bound to `local_ip:port` and each transmit socket to
+    /// `local_ip`, else they are refused (the config changed: open afresh instead). The
+    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies.
+    pub fn adopt(
+        config: &UdpConfig,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+    ) -> Result<UdpSockets, UdpError> {
+        let want = SocketAddrV4::new(config.local_ip, config.port);
+        let bound = local_addr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
+        if bound != want {
+            return Err(UdpError::new(
+                "taking over the receive socket",
+                io::Error::other(format!("it is bound to {bound}, not {want}")),
+            ));
+        }
+        let gro = configure_rx(&rx, config)?;
+        for s in &tx {
+            let at = local_addr(s).map_err(|e| UdpError::new("getsockname", e))?;
+            if *at.ip() != config.local_ip || at.port() == 0 {
+                return Err(UdpError::new(
+                    "taking over a transmit socket",
+                    io::Error::other(format!(
+                        "it is bound to {at}, not {}:<port>",
+                        config.local_ip
+                    )),
+                ));
+            }
+            configure_tx(s)?;
+        }
+        if tx.is_empty() {
+            return Err(UdpError::new(
+                "taking over the transmit sockets",
+                io::Error::other("none came"),
+            ));
+        }
+        UdpSockets::finish(config, rx, tx, gro)
+    }
+
+    fn finish(
+        config: &UdpConfig,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+        gro: bool,
+    ) -> Result<UdpSockets, UdpError> {
         let mut gso = if config.gso {
             GsoStatus::On
         } else {
             GsoStatus::Off
         };
-        let mut tx = Vec::with_capacity(config.tx_sockets);
-        let mut tx_ports = Vec::with_capacity(config.tx_sockets);
-        for _ in 0..config.tx_sockets.max(1) {
-            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
-            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
-            set_buffer(&s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
-            // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with
-            // DF the inner MTU would have to leave room on every path).
-            set_opt(
-                &s,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DONT,
-            )
-            .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
-            set_timeout(&s, libc::SO_SNDTIMEO, SEND_TIMEOUT)
-                .map_err(|e| UdpError::new("SO_SNDTIMEO", e))?;
-            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
-                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
-            if gso == GsoStatus::On && get_opt(&s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
+        let mut tx_ports = Vec::with_capacity(tx.len());
+        for s in &tx {
+            if gso == GsoStatus::On && get_opt(s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
                 gso = GsoStatus::Unsupported;
             }
-            tx_ports.push(local_port(&s).map_err(|e| UdpError::new("getsockname", e))?);
-            tx.push(s);
+            tx_ports.push(
+                local_addr(s)
+                    .map_err(|e| UdpError::new("getsockname", e))?
+                    .port(),
+            );
         }
         Ok(UdpSockets {
             rx,
@@ -243,6 +274,11 @@ impl UdpSockets {
             gso,
             gro,
         })
+    }
+
+    /// The descriptors, receive socket first, for a handover.
+    pub fn fds(&self) -> (BorrowedFd<'_>, Vec<BorrowedFd<'_>>) {
+        (self.rx.as_fd(), self.tx.iter().map(AsFd::as_fd).collect())
     }
 
     /// The source ports flows are spread over.
@@ -897,7 +933,41 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
     Ok(())
 }
 
-fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+/// Options of a receive socket (before `bind`, or again on a socket taken over): joins the
+/// `SO_REUSEPORT` group, a large buffer, GRO and busy polling as configured. Whether GRO is on.
+fn configure_rx(rx: &OwnedFd, config: &UdpConfig) -> Result<bool, UdpError> {
+    set_opt(rx, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+        .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
+    set_buffer(rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
+    let gro = set_opt(rx, libc::SOL_UDP, UDP_GRO, i32::from(config.gro)).is_ok() && config.gro;
+    // <asm-generic/socket.h> SO_BUSY_POLL: microseconds a receive call may busy-poll the NIC
+    // queue the last packet came from before it returns empty.
+    const SO_BUSY_POLL: libc::c_int = 46;
+    let busy_us = if config.busy_poll { 50 } else { 0 };
+    if let Err(e) = set_opt(rx, libc::SOL_SOCKET, SO_BUSY_POLL, busy_us) {
+        if config.busy_poll {
+            tracing::warn!("busy polling of the receive socket refused ({e}); spinning without it");
+        }
+    }
+    Ok(gro)
+}
+
+/// Options of a transmit socket (before `bind`, or again on a socket taken over).
+fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
+    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+    // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with DF the
+    // inner MTU would have to leave room on every path).
+    set_opt(
+        s,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
+    .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
+    set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
+}
+
+fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
     // SAFETY: plain old data.
     let mut sa: libc::sockaddr_in = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -912,7 +982,13 @@ fn local_port(fd: &OwnedFd) -> io::Result<u16> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u16::from_be(sa.sin_port))
+    if i32::from(sa.sin_family) != libc::AF_INET {
+        return Err(io::Error::other("not an IPv4 socket"));
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    ))
 }
 
 /// Who holds UDP `port` in this network namespace, in words an operator can act on: a
@@ -1095,13 +1171,13 @@ mod tests {
             busy_poll: false,
         };
         let first = UdpSockets::open(&config).unwrap();
-        let port = local_port(&first.rx).unwrap();
+        let port = local_addr(&first.rx).unwrap().port();
         assert_eq!(first.tx_ports().len(), 3);
         assert!(first.tx_ports().iter().all(|&p| p != 0 && p != port));
         // Another worker joins the SO_REUSEPORT group on the same port.
         let config = UdpConfig { port, ..config };
         let second = UdpSockets::open(&config).unwrap();
-        assert_eq!(local_port(&second.rx).unwrap(), port);
+        assert_eq!(local_addr(&second.rx).unwrap().port(), port);
         // A socket outside the group cannot take it, and the error names who holds it.
         let squatter = std::net::UdpSocket::bind(("127.0.0.1", port));
         assert!(squatter.is_err());

@@ -147,6 +147,71 @@ impl Netns {
         }
     }
 
+    /// Starts a long-running command inside as systemd starts a service with a file
+    /// descriptor store: `fds` become descriptors 3.. of the command, named in
+    /// `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (the command's own PID: `sh`
+    /// execs `ip netns exec`, which execs the command, all in one process).
+    pub fn spawn_with_listen_fds(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        fds: &[(String, std::os::fd::BorrowedFd<'_>)],
+        log: Option<&std::path::Path>,
+    ) -> ChildGuard {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"", "sh"])
+            .args(["ip", "netns", "exec", &self.name])
+            .args(args);
+        cmd.stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if !fds.is_empty() {
+            cmd.env("LISTEN_FDS", fds.len().to_string()).env(
+                "LISTEN_FDNAMES",
+                fds.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            );
+        }
+        if let Some(path) = log {
+            let f = File::create(path).expect("create log file");
+            cmd.stdout(f.try_clone().expect("dup log file")).stderr(f);
+        }
+        let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2
+        // (async-signal-safe) on descriptors this process holds open; `raw` was built before.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Out of the way of 3.. first, then into place (dup2 clears FD_CLOEXEC).
+                let mut high = [0i32; 256];
+                for (i, fd) in raw.iter().enumerate().take(256) {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD, 512);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate().take(raw.len().min(256)) {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(*fd);
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {args:?} in {}: {e}", self.name));
+        ChildGuard {
+            child: Some(child),
+            what: args.join(" "),
+        }
+    }
+
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live here.
     pub fn enter<F, R>(&self, f: F) -> R
     where
