@@ -412,3 +412,97 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// kill -9 under (a stand-in of) systemd with a file descriptor store: the TAP queues and
+/// sockets the store kept go to the next start, which resumes on them.
+fn kill_9_with_fd_store(backend: &str, port: u16) {
+    let mut c = Cluster::new(2);
+    let etcd = c.etcd_store(CONFIG);
+    let endpoint = etcd.endpoint();
+    let args: Vec<String> = ["--etcd-endpoints", &endpoint, "--backend", backend]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let systemd = common::FdStoreStandIn::bind(c.hosts[0].dir.join("notify.sock"));
+    let notify = format!("NOTIFY_SOCKET={}", systemd.path.display());
+    c.host(1).start_with_env(&[notify.as_str()], &argv(&args));
+    c.host(2)
+        .start(&["--etcd-endpoints", &endpoint, "--backend", "udp"]);
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(1);
+    }
+    let parked = testkit::wait_for(Duration::from_secs(5), || {
+        (systemd.ready_count() == 1 && systemd.names().contains(&"vxdp-manifest".to_string()))
+            .then(|| systemd.names().len())
+    })
+    .expect("nothing parked in the fd store before READY=1");
+    let r = Restartable { c, etcd, args };
+    let watch = Watch::start(&r, "kill9");
+    let ends = Ends::of(&r);
+    let Restartable { mut c, etcd, args } = r;
+    let mut resumed = Duration::ZERO;
+    let (to_h1, to_h2) = ends.streams_during(port, || {
+        assert_eq!(c.host(1).stop(libc::SIGKILL), None, "killed by a signal");
+        // systemd's RestartSec, shortened.
+        std::thread::sleep(Duration::from_millis(100));
+        let stored = systemd.stored();
+        let fds: Vec<(String, std::os::fd::BorrowedFd<'_>)> = stored
+            .iter()
+            .map(|(n, fd)| (n.clone(), std::os::fd::AsFd::as_fd(fd)))
+            .collect();
+        let h1 = &c.hosts[0];
+        let cmd = h1.vxdp_argv(&[], &[], "run", &argv(&args));
+        let t0 = Instant::now();
+        let daemon = h1.ns.spawn_with_listen_fds(
+            &argv(&cmd),
+            &[("NOTIFY_SOCKET", systemd.path.to_str().expect("utf-8"))],
+            &fds,
+            Some(&h1.log()),
+        );
+        let reply = testkit::enter_netns(&ends.n2, || {
+            testkit::packet::first_echo_reply(
+                ends.h1_ip,
+                Duration::from_millis(5),
+                t0 + Duration::from_secs(10),
+            )
+        })
+        .expect("ICMP probe socket");
+        resumed = reply.expect("no echo reply from node 1 within 10 s of the restart") - t0;
+        c.hosts[0].daemon = Some(daemon);
+        c.host(1).wait_ready();
+    });
+    let r = Restartable { c, etcd, args };
+    let what = format!("{backend} kill -9 with the fd store");
+    let (sent, lost) = watch.finish(&r, &what);
+    let report = format!(
+        "{what}: first echo reply {} ms after the new start, pings every 10 ms: {sent} sent, \
+         {lost} lost; TCP intact both ways, longest stall {:.0} / {:.0} ms",
+        resumed.as_millis(),
+        to_h1.longest_stall * 1e3,
+        to_h2.longest_stall * 1e3
+    );
+    eprintln!("{report}");
+    let log = r.c.hosts[0].log_text();
+    assert!(log.contains("systemd's fd store kept"), "{report}:\n{log}");
+    assert!(
+        to_h1.intact && to_h2.intact,
+        "{report}: {to_h1:?} {to_h2:?}"
+    );
+    assert!(resumed < Duration::from_millis(200), "{report}");
+    // Stored again by the new process, nothing stale left beside it.
+    let again = testkit::wait_for(Duration::from_secs(5), || {
+        (systemd.ready_count() == 2).then(|| systemd.names().len())
+    });
+    assert_eq!(again, Some(parked), "{:?}", systemd.names());
+}
+
+#[test]
+fn udp_backend_after_kill_9_resumes_on_the_fd_store() {
+    kill_9_with_fd_store("udp", 7670);
+}
+
+#[test]
+fn xdp_backend_after_kill_9_resumes_on_the_fd_store() {
+    kill_9_with_fd_store("xdp", 7680);
+}
