@@ -506,3 +506,25 @@ fn udp_backend_after_kill_9_resumes_on_the_fd_store() {
 fn xdp_backend_after_kill_9_resumes_on_the_fd_store() {
     kill_9_with_fd_store("xdp", 7680);
 }
+
+#[test]
+fn a_restart_with_another_backend_replaces_the_device_the_last_one_left() {
+    // A stop leaves the kernel backend's vxlan link or the userspace backends' TAP under the
+    // same name: the next start with the other kind replaces it, and traffic flows.
+    let mut r = Restartable::new("kernel");
+    let mut args = r.args.clone();
+    for backend in ["udp", "kernel"] {
+        assert_eq!(r.c.host(1).stop(libc::SIGTERM), Some(0));
+        let last = args.len() - 1;
+        args[last] = backend.to_string();
+        r.c.host(1).start(&argv(&args));
+        r.c.host(1).wait_ready();
+        assert_eq!(r.c.hosts[0].status()["backend"], backend);
+        r.c.host(2).wait_peers(1);
+        assert!(
+            r.c.hosts[1].ping(r.c.hosts[0].overlay_ip(), 2),
+            "no path after switching to {backend}:\n{}",
+            r.c.hosts[0].log_text()
+        );
+    }
+}

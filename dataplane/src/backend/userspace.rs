@@ -470,13 +470,26 @@ impl UserspaceBackend {
                 }
                 tap
             }
-            None => TapDevice::create(&TapConfig {
-                name: config.device.clone(),
-                mac: config.vtep_mac,
-                mtu,
-                queues,
-                offload: config.tap_offloads,
-            })?,
+            None => {
+                // A vxlan link of this name is what a kernel-backend run left (a stop keeps
+                // it): the TAP replaces it, as the kernel backend replaces a leftover TAP.
+                if let Some(old) = nl.link_details_by_name(&config.device).await? {
+                    if old.link.kind.as_deref() == Some("vxlan") {
+                        tracing::info!(
+                            device = %config.device,
+                            "replacing the vxlan link an earlier kernel-backend run left with the TAP"
+                        );
+                        nl.delete_link(old.link.index).await?;
+                    }
+                }
+                TapDevice::create(&TapConfig {
+                    name: config.device.clone(),
+                    mac: config.vtep_mac,
+                    mtu,
+                    queues,
+                    offload: config.tap_offloads,
+                })?
+            }
         };
         let queues = tap.queue_count();
         let mut handover: Vec<(FdRole, OwnedFd)> = Vec::new();
