@@ -92,7 +92,22 @@ impl ActiveBackend {
             ..userspace.clone()
         };
         let start_userspace = |config: UserspaceConfig, why: String| async move {
-            let b = UserspaceBackend::start(nl.clone(), config, inherited).await?;
+            // The TAP is persistent: one this attempt created must not outlive its failure.
+            let existed = nl.link_by_name(&config.device).await?.is_some();
+            let device = config.device.clone();
+            let b = match UserspaceBackend::start(nl.clone(), config, inherited).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if !existed {
+                        if let Ok(Some(link)) = nl.link_by_name(&device).await {
+                            if let Err(undo) = nl.delete_link(link.index).await {
+                                tracing::warn!("removing {device} after the failed start: {undo}");
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let summary = format!("{}; {why}", b.summary());
             Ok::<_, BackendStartError>((ActiveBackend::Userspace(Box::new(b)), summary))
         };
