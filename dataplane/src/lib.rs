@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod privileges;
 pub mod stats;
 pub mod steering;
+mod sys;
 pub mod tables;
 pub mod tap;
 pub mod underlay;

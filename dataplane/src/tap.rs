@@ -162,7 +162,7 @@ impl TapQueue {
             libc::writev(
                 self.fd(),
                 parts.as_ptr().cast::<libc::iovec>(),
-                parts.len() as libc::c_int,
+                libc::c_int::try_from(parts.len()).unwrap_or(libc::c_int::MAX),
             )
         };
         if n < 0 {
@@ -297,9 +297,9 @@ impl TapDevice {
             name: config.name.clone(),
             queues: queues
                 .into_iter()
-                // SAFETY: into_raw_fd gives up tun-rs's ownership of an open descriptor, which
-                // the OwnedFd now holds alone.
                 .map(|dev| TapQueue {
+                    // SAFETY: into_raw_fd gives up tun-rs's ownership of an open descriptor,
+                    // which the OwnedFd now holds alone.
                     fd: unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) },
                 })
                 .collect(),

@@ -414,7 +414,7 @@ fn open_xsk_sockets(
     frames: u32,
     bind_mode: BindMode,
 ) -> Result<Vec<XskSocket>, XskError> {
-    (0..queues as u32)
+    (0..u32::try_from(queues).unwrap_or(u32::MAX))
         .map(|queue| {
             XskSocket::open(&XskConfig {
                 ifname: ifname.to_string(),
@@ -575,18 +575,23 @@ impl UserspaceBackend {
                 let socket_mode = sockets[0].mode();
                 let mut workers_to_spawn = Vec::with_capacity(queues);
                 for ((queue, xsk), tap_queue) in sockets.into_iter().enumerate().zip(tap_queues) {
+                    // NIC queue indexes are what the kernel numbered: u32 (and u16 for the
+                    // worker's own id), far above any NIC's queue count.
+                    let nic_queue = u32::try_from(queue).expect("NIC queue indexes fit u32");
                     let socket = xsk.stats_reader().map_err(|e| {
                         BackendStartError::Config(format!("AF_XDP statistics: {e}"))
                     })?;
                     let mode = xsk.mode();
                     let fd = xsk.fd();
-                    let underlay =
-                        AfXdpUnderlay::new(xsk, policy.clone(), queue as u16).map_err(|e| {
-                            BackendStartError::Config(format!("AF_XDP queue {queue}: {e}"))
-                        })?;
+                    let underlay = AfXdpUnderlay::new(
+                        xsk,
+                        policy.clone(),
+                        u16::try_from(queue).unwrap_or(u16::MAX),
+                    )
+                    .map_err(|e| BackendStartError::Config(format!("AF_XDP queue {queue}: {e}")))?;
                     let stats = Arc::new(WorkerStats::default());
                     views.push(WorkerView {
-                        queue: queue as u32,
+                        queue: nic_queue,
                         core: core_of(queue),
                         stats: Arc::clone(&stats),
                         underlay: UnderlayView::AfXdp { mode, socket },
@@ -610,7 +615,10 @@ impl UserspaceBackend {
                             BackendStartError::Config(format!("spawning worker {queue}: {e}"))
                         })?;
                     // The worker's RX frames are on the fill ring: now steer VXLAN to it.
-                    program.register_socket(queue as u32, fd)?;
+                    program.register_socket(
+                        u32::try_from(queue).expect("NIC queue indexes fit u32"),
+                        fd,
+                    )?;
                 }
                 let why = failures
                     .iter()
@@ -685,7 +693,7 @@ impl UserspaceBackend {
                     first.get_or_insert((state.gso(), state.gro()));
                     let stats = Arc::new(WorkerStats::default());
                     views.push(WorkerView {
-                        queue: queue as u32,
+                        queue: u32::try_from(queue).unwrap_or(u32::MAX),
                         core: core_of(queue),
                         stats: Arc::clone(&stats),
                         underlay: UnderlayView::Udp {

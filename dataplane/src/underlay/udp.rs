@@ -29,6 +29,8 @@ use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::sys::{batch_u32, socklen_of};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -339,7 +341,7 @@ impl RxHeaders {
     #[inline]
     fn rearm(&mut self) {
         for m in &mut self.msgs {
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in>();
             m.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
@@ -452,7 +454,7 @@ impl UdpUnderlay {
         };
         q.len[i] = vxlan::HEADER_LEN + n;
         // At most 64 transmit sockets (tx_sockets is capped when configured).
-        q.socket[i] = socket as u8;
+        q.socket[i] = u8::try_from(socket).expect("at most 64 transmit sockets");
         q.dst[i] = dst;
         q.count += 1;
     }
@@ -476,7 +478,7 @@ impl UdpUnderlay {
             };
             let h = &mut msgs[n].msg_hdr;
             h.msg_name = &q.dst[i] as *const libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_namelen = socklen_of::<libc::sockaddr_in>();
             h.msg_iov = &mut iov[n];
             h.msg_iovlen = 1;
             n += 1;
@@ -488,7 +490,7 @@ impl UdpUnderlay {
             // SAFETY: `msgs[sent..n]` point at iovecs, addresses and buffers that live until
             // the call returns.
             let rc =
-                unsafe { libc::sendmmsg(fd, msgs[sent..n].as_mut_ptr(), (n - sent) as u32, 0) };
+                unsafe { libc::sendmmsg(fd, msgs[sent..n].as_mut_ptr(), batch_u32(n - sent), 0) };
             if rc > 0 {
                 let done = rc as usize;
                 let bytes: usize = msgs[sent..sent + done]
@@ -554,7 +556,7 @@ impl UdpUnderlay {
             }
             let count = end - start;
             // UDP_SEGMENT takes the size of every datagram but the last as a u16.
-            let gso_size = first_len as u16;
+            let gso_size = u16::try_from(first_len).expect("a datagram fits 64 KiB");
             let rc = send_gather(fd, dst, &iov, (count > 1).then_some(gso_size));
             drop(iov);
             match rc {
@@ -630,7 +632,7 @@ impl Underlay for UdpUnderlay {
             libc::recvmmsg(
                 self.rx.as_raw_fd(),
                 headers.msgs.as_mut_ptr(),
-                RX_MSGS as u32,
+                batch_u32(RX_MSGS),
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -786,13 +788,13 @@ fn send_gather(
     // SAFETY: plain old data; the fields used are set below.
     let mut h: libc::msghdr = unsafe { zeroed() };
     h.msg_name = dst as *const libc::sockaddr_in as *mut libc::c_void;
-    h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_namelen = socklen_of::<libc::sockaddr_in>();
     // IoSlice is ABI-compatible with iovec on Unix; sendmsg does not write through it.
     h.msg_iov = parts.as_ptr() as *mut libc::iovec;
     h.msg_iovlen = parts.len();
     if let Some(size) = gso_size {
         // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(2) } as usize;
         h.msg_control = control.as_mut_ptr().cast();
         h.msg_controllen = space;
         // SAFETY: msg_control points at `control`, which holds `space` bytes, enough for one
@@ -801,7 +803,7 @@ fn send_gather(
             let c = libc::CMSG_FIRSTHDR(&h);
             (*c).cmsg_level = libc::SOL_UDP;
             (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
             libc::CMSG_DATA(c).cast::<u16>().write_unaligned(size);
         }
     }
@@ -849,7 +851,7 @@ fn set_opt(
             level,
             name,
             (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            socklen_of::<libc::c_int>(),
         )
     };
     if rc != 0 {
@@ -860,7 +862,7 @@ fn set_opt(
 
 fn get_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len = socklen_of::<libc::c_int>();
     // SAFETY: getsockopt writes at most `len` bytes into `value`.
     let rc = unsafe {
         libc::getsockopt(
@@ -897,7 +899,7 @@ fn set_timeout(fd: &OwnedFd, name: libc::c_int, d: Duration) -> io::Result<()> {
             libc::SOL_SOCKET,
             name,
             (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
+            socklen_of::<libc::timeval>(),
         )
     };
     if rc != 0 {
@@ -908,7 +910,7 @@ fn set_timeout(fd: &OwnedFd, name: libc::c_int, d: Duration) -> io::Result<()> {
 
 fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET is 2"),
         sin_port: addr.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*addr.ip()).to_be(),
@@ -924,7 +926,7 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
         libc::bind(
             fd.as_raw_fd(),
             (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            socklen_of::<libc::sockaddr_in>(),
         )
     };
     if rc != 0 {
@@ -970,7 +972,7 @@ fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
 fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
     // SAFETY: plain old data.
     let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut len = socklen_of::<libc::sockaddr_in>();
     // SAFETY: getsockname writes at most `len` bytes into `sa`.
     let rc = unsafe {
         libc::getsockname(
