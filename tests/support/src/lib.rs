@@ -133,6 +133,16 @@ impl Netns {
     pub fn spawn(&self, args: &[&str], log: Option<&std::path::Path>) -> ChildGuard {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(args);
+        self.spawn_guarded(cmd, args, log)
+    }
+
+    /// Spawns `cmd` (which runs `args` here) with its output in `log`, under a guard.
+    fn spawn_guarded(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> ChildGuard {
         cmd.stdin(Stdio::null());
         if let Some(path) = log {
             let f = File::create(path).expect("create log file");
@@ -164,7 +174,6 @@ impl Netns {
         cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"", "sh"])
             .args(["ip", "netns", "exec", &self.name])
             .args(args);
-        cmd.stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -176,10 +185,6 @@ impl Netns {
                     .collect::<Vec<_>>()
                     .join(":"),
             );
-        }
-        if let Some(path) = log {
-            let f = File::create(path).expect("create log file");
-            cmd.stdout(f.try_clone().expect("dup log file")).stderr(f);
         }
         let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
         // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2
@@ -203,13 +208,7 @@ impl Netns {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {args:?} in {}: {e}", self.name));
-        ChildGuard {
-            child: Some(child),
-            what: args.join(" "),
-        }
+        self.spawn_guarded(cmd, args, log)
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live here.
