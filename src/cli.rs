@@ -34,6 +34,9 @@ pub enum Command {
     Peers(StatusArgs),
     /// List every lease in the store as the daemon sees it, its own included.
     Leases(StatusArgs),
+    /// Remove what a stopped vxdp left on this host (device, routes, masquerade rules, the
+    /// blackhole route) and release its lease. Takes the daemon's flags and environment.
+    Cleanup(Box<RunArgs>),
 }
 
 /// Which dataplane to run.
@@ -388,6 +391,12 @@ pub struct RunArgs {
         help_heading = "Host network (as flanneld)"
     )]
     pub subnet_file: PathBuf,
+
+    /// On SIGTERM/SIGINT, remove the device, routes and rules and release the lease (what
+    /// `vxdp cleanup` does). Off by default: as flanneld does, a stop leaves the node on the
+    /// network so that a restart or upgrade costs peers nothing.
+    #[arg(long, env = "VXDP_CLEANUP_ON_EXIT", num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), help_heading = "Dataplane (vxdp)")]
+    pub cleanup_on_exit: bool,
 
     /// Name of the overlay device (default vxdp.<VNI>).
     #[arg(

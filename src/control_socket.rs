@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
 /// Default path of the control socket.
@@ -52,15 +52,22 @@ impl ControlSocket {
         })
     }
 
-    /// Serves requests until the task is dropped.
-    pub async fn serve(self, handler: Handler) {
+    /// Serves requests until the task is dropped. A `handover` request (a successor vxdp, see
+    /// `takeover`) is not answered here: its connection goes to `handovers`, for the event
+    /// loop, which alone can stop the dataplane.
+    pub async fn serve(
+        self,
+        handler: Handler,
+        handovers: tokio::sync::mpsc::Sender<std::os::unix::net::UnixStream>,
+    ) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else {
                 continue;
             };
             let handler = Arc::clone(&handler);
+            let handovers = handovers.clone();
             tokio::spawn(async move {
-                if let Err(e) = answer(stream, handler).await {
+                if let Err(e) = answer(stream, handler, handovers).await {
                     tracing::debug!("control socket client: {e:#}");
                 }
             });
@@ -74,11 +81,36 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(stream: UnixStream, handler: Handler) -> anyhow::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read).take(4096);
-    reader.read_line(&mut line).await?;
+async fn answer(
+    stream: UnixStream,
+    handler: Handler,
+    handovers: tokio::sync::mpsc::Sender<std::os::unix::net::UnixStream>,
+) -> anyhow::Result<()> {
+    // Byte by byte up to the newline: nothing after it may be read away from a handover
+    // connection (the successor sends nothing more, but the socket is handed on whole).
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 4096 {
+        stream.readable().await?;
+        match stream.try_read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    if line.trim() == crate::takeover::REQUEST {
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        handovers
+            .send(std_stream)
+            .await
+            .map_err(|_| anyhow::anyhow!("the daemon is stopping: no handover"))?;
+        return Ok(());
+    }
+    let (_, mut write) = stream.into_split();
     let reply = handler(line.trim());
     let mut body = serde_json::to_vec_pretty(&reply)?;
     body.push(b'\n');
@@ -115,8 +147,11 @@ mod tests {
         let sock = ControlSocket::bind(&path).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let server =
-            tokio::spawn(sock.serve(Arc::new(|req: &str| serde_json::json!({ "asked": req }))));
+        let (handovers, _rx) = tokio::sync::mpsc::channel(1);
+        let server = tokio::spawn(sock.serve(
+            Arc::new(|req: &str| serde_json::json!({ "asked": req })),
+            handovers,
+        ));
         let p = path.clone();
         let reply = tokio::task::spawn_blocking(move || query(&p, "status"))
             .await

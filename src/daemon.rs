@@ -1,6 +1,7 @@
 //! The daemon's life: network config, external interface, lease, backend, subnet file,
-//! readiness, then the event loop (lease events, upkeep ticks, renewal, signals), then a clean
-//! shutdown that removes what it created.
+//! readiness, then the event loop (lease events, upkeep ticks, renewal, signals), then a stop
+//! that leaves the node on the network (lease, device, routes, rules stay for the next start,
+//! as flanneld leaves them) unless asked to clean up.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use control::backend::{Backend, PeerSync};
+use control::backend::{Backend, PeerSync, Teardown};
 use control::blackhole::BlackholeRoute;
 use control::config::NetworkConfig;
 use control::interface::{find_external_interface, ExternalInterface};
@@ -20,6 +21,7 @@ use control::store::etcd::{EtcdOptions, EtcdStore};
 use control::store::kube::{self as kube_store, KubeOptions, KubeStore, NodeIdentity};
 use control::store::local::LocalStore;
 use control::store::{self, AcquireError, LeaseStore, LeaseWatcher, StoreError};
+use control::subnet_alloc::Allocation;
 use control::{subnet_file, vtep_mac};
 use dataplane::backend::kernel::{KernelBackendConfig, KernelV6Config};
 use dataplane::backend::userspace::{
@@ -187,7 +189,7 @@ impl View {
 /// SIGTERM and SIGINT, listened to from the first moment of `run`: a signal that arrives while
 /// the daemon is still starting must not be lost (once any listener exists, the process no
 /// longer dies of it by default).
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
@@ -209,37 +211,13 @@ impl Signals {
     }
 }
 
-/// Tells systemd (Type=notify) we are ready; a no-op outside systemd.
-fn sd_notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("sd_notify: {e}");
-            return;
-        }
-    };
-    let bytes = path.as_encoded_bytes();
-    let result = if let Some(abstract_name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name)
-            .and_then(|addr| sock.send_to_addr(b"READY=1", &addr))
-    } else {
-        sock.send_to(b"READY=1", Path::new(&path))
-    };
-    if let Err(e) = result {
-        tracing::warn!("sd_notify READY=1 failed: {e}");
-    }
-}
-
-/// Runs the daemon until SIGINT/SIGTERM (Ok) or a fatal condition (Err).
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// Runs the daemon until SIGINT/SIGTERM (Ok) or a fatal condition (Err); or, with
+/// [`Mode::Cleanup`], removes what a stopped daemon left behind.
+pub async fn run(args: RunArgs, mode: Mode) -> anyhow::Result<()> {
     let mut signals = Signals::new()?;
     if args.kube_subnet_mgr {
         return match kube_store_from_args(&args, &mut signals).await? {
-            Some(store) => run_with_store(args.clone(), store, signals).await,
+            Some(store) => run_with_store(args.clone(), store, signals, mode).await,
             None => Ok(()),
         };
     }
@@ -247,7 +225,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(dir) => {
             let store = LocalStore::open(dir)
                 .with_context(|| format!("opening the local store {}", dir.display()))?;
-            run_with_store(args.clone(), store, signals).await
+            run_with_store(args.clone(), store, signals, mode).await
         }
         None => {
             let opts = EtcdOptions {
@@ -267,7 +245,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 Some(store) => store,
                 None => return Ok(()),
             };
-            run_with_store(args.clone(), store, signals).await
+            run_with_store(args.clone(), store, signals, mode).await
         }
     }
 }
@@ -407,24 +385,55 @@ async fn upkeep_blackhole(route: &BlackholeRoute, last_problem: &mut Option<Stri
     }
 }
 
-async fn run_with_store<S: LeaseStore>(
-    args: RunArgs,
-    store: S,
-    mut signals: Signals,
-) -> anyhow::Result<()> {
-    let nl = Netlink::connect()?;
+/// The network config: the file named by `--net-config-path`, else the store's (waiting while
+/// the store is unreachable). `None` when SIGTERM or SIGINT arrives meanwhile.
+pub(crate) async fn network_config<S: LeaseStore>(
+    args: &RunArgs,
+    store: &S,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<NetworkConfig>> {
     let config_json = match &args.net_config_path {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the network config {}", path.display()))?,
         None => {
             let what = format!("reading the network config from the {}", store.describe());
-            match retry_unavailable(&mut signals, &what, || store.network_config()).await? {
+            match retry_unavailable(signals, &what, || store.network_config()).await? {
                 Some(json) => json,
-                None => return Ok(()),
+                None => return Ok(None),
             }
         }
     };
-    let config = control::config::parse(&config_json).context("invalid network config")?;
+    control::config::parse(&config_json)
+        .context("invalid network config")
+        .map(Some)
+}
+
+/// What `run` is asked to do once the store is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the daemon.
+    Run,
+    /// Remove what a stopped daemon left on the host and release its lease (`vxdp cleanup`).
+    Cleanup,
+}
+
+async fn run_with_store<S: LeaseStore>(
+    args: RunArgs,
+    store: S,
+    mut signals: Signals,
+    mode: Mode,
+) -> anyhow::Result<()> {
+    if mode == Mode::Cleanup {
+        return crate::cleanup::run(&args, &store, &mut signals).await;
+    }
+    // What systemd's fd store kept from the last run (a restart or a crash). Out of the store
+    // at once: what is taken is stored again once ready, and what is not must not stay held.
+    let from_store = crate::systemd::take_from_store();
+    crate::systemd::remove_from_store(&from_store.names);
+    let nl = Netlink::connect()?;
+    let Some(config) = network_config(&args, &store, &mut signals).await? else {
+        return Ok(());
+    };
     if config.ipv6.is_some()
         && !matches!(
             args.backend,
@@ -506,6 +515,10 @@ async fn run_with_store<S: LeaseStore>(
         .assigned_lease(&config, &attrs)
         .await
         .with_context(|| format!("taking this node's lease from the {}", store.describe()))?;
+    // Whether this start wrote a lease that did not exist before: only such a lease is given
+    // back when the dataplane cannot start. One that was renewed may have peers routing to
+    // a dataplane an earlier run left in place.
+    let mut fresh_lease = false;
     let lease = match assigned {
         // Kubernetes: the lease is the node's pod CIDR, given, not acquired.
         Some(lease) => {
@@ -539,6 +552,7 @@ async fn run_with_store<S: LeaseStore>(
                 "lease acquired ({})",
                 acquired.allocation
             );
+            fresh_lease = !matches!(acquired.allocation, Allocation::Renew(_));
             acquired.lease
         }
     };
@@ -652,18 +666,39 @@ async fn run_with_store<S: LeaseStore>(
             vtep_mac6,
         ) {
             (Some(subnet), Some(local_ip), Some(vtep_mac)) => Some(KernelV6Config {
-                // Taking over flanneld's names keeps its IPv6 link's name scheme too.
-                device: if device == format!("flannel.{vni}") {
-                    format!("flannel-v6.{vni}")
-                } else {
-                    KernelBackendConfig::default_v6_device(vni)
-                },
+                device: KernelBackendConfig::v6_device_for(&device, vni),
                 local_ip,
                 vtep_mac,
                 subnet,
             }),
             _ => None,
         },
+    };
+    // A vxdp already running here hands its dataplane over (an upgrade); else systemd's
+    // store may hold the last run's descriptors.
+    let control_path = args.control_socket.clone();
+    let taken =
+        tokio::task::spawn_blocking(move || crate::takeover::request(&control_path)).await??;
+    let predecessor = taken.as_ref().map(|t| {
+        (
+            t.pid,
+            t.inherited.manifest.vxdp_version.clone(),
+            t.inherited.manifest.fds.len(),
+        )
+    });
+    let inherited = match taken {
+        Some(t) => Some(t.inherited),
+        None => {
+            if let Some(i) = &from_store.inherited {
+                tracing::info!(
+                    descriptors = i.manifest.fds.len(),
+                    pid = i.manifest.pid,
+                    "resuming on the TAP queues and sockets systemd's fd store kept from the \
+                     last run"
+                );
+            }
+            from_store.inherited
+        }
     };
     let (backend, summary) = match ActiveBackend::start(
         &nl,
@@ -682,13 +717,16 @@ async fn run_with_store<S: LeaseStore>(
         af_xdp_options,
         udp_options,
         kernel_config,
+        inherited,
     )
     .await
     {
         Ok(b) => b,
         Err(e) => {
-            // Nothing of ours is left to route to: give the subnet back.
-            let _ = store.remove(&lease).await;
+            // A lease written just now has nothing behind it: give the subnet back.
+            if fresh_lease {
+                let _ = store.remove(&lease).await;
+            }
             // With an explicit --backend, say what auto would have done.
             let what = match args.backend {
                 crate::cli::BackendChoice::Auto => "starting the dataplane",
@@ -698,6 +736,22 @@ async fn run_with_store<S: LeaseStore>(
         }
     };
     tracing::info!("{summary}");
+    if let Some((pid, version, fds)) = predecessor {
+        // Its control socket and health port go with it; ours are bound below.
+        let gone = tokio::task::spawn_blocking(move || {
+            crate::takeover::wait_for_exit(pid, Duration::from_secs(10))
+        })
+        .await?;
+        if !gone {
+            bail!("took over from vxdp pid {pid}, but it did not exit within 10 s");
+        }
+        tracing::info!(
+            pid,
+            version = %version,
+            descriptors = fds,
+            "took over forwarding from the vxdp that ran before (it has exited)"
+        );
+    }
     let probe = backend.userspace_probe();
     let backend_name = backend.name();
     let mut sync = PeerSync::new(backend, lease.subnet);
@@ -712,6 +766,8 @@ async fn run_with_store<S: LeaseStore>(
             .collect(),
     )
     .await;
+    // The tables hold every known peer: frames waiting in queues taken over can go.
+    sync.backend().begin_forwarding();
     let mut watcher = store.watch(&listing).await?;
     // The watcher runs in its own task: the event loop below selects on a channel, so its
     // other branches (ticks, renewals) can never cancel a watch half-way (a backoff sleep, a
@@ -743,16 +799,20 @@ async fn run_with_store<S: LeaseStore>(
     }));
     let control = ControlSocket::bind(&args.control_socket).await?;
     let handler_view = Arc::clone(&view);
-    let control_task = tokio::spawn(control.serve(Arc::new(move |request: &str| {
-        match request {
-            "status" | "" => handler_view
-                .lock()
-                .ok()
-                .and_then(|v| serde_json::to_value(v.to_doc()).ok())
-                .unwrap_or_else(|| json!({"error": "status unavailable"})),
-            other => json!({"error": format!("unknown request {other:?}; try status")}),
-        }
-    })));
+    let (handover_tx, mut handover_rx) = tokio::sync::mpsc::channel(1);
+    let control_task = tokio::spawn(control.serve(
+        Arc::new(move |request: &str| {
+            match request {
+                "status" | "" => handler_view
+                    .lock()
+                    .ok()
+                    .and_then(|v| serde_json::to_value(v.to_doc()).ok())
+                    .unwrap_or_else(|| json!({"error": "status unavailable"})),
+                other => json!({"error": format!("unknown request {other:?}; try status")}),
+            }
+        }),
+        handover_tx,
+    ));
 
     // flanneld's --ip-masq and --iptables-forward-rules (on by default).
     let masquerade = if args.ip_masq || args.iptables_forward_rules {
@@ -778,7 +838,7 @@ async fn run_with_store<S: LeaseStore>(
                 Some(Arc::new(m))
             }
             Err(e) if args.ip_masq => {
-                sync.shutdown().await;
+                sync.shutdown(Teardown::Remove).await;
                 let _ = store.remove(&lease).await;
                 return Err(anyhow::Error::new(e).context("installing the --ip-masq rules"));
             }
@@ -847,7 +907,11 @@ async fn run_with_store<S: LeaseStore>(
     )
     .with_context(|| format!("writing {}", args.subnet_file.display()))?;
     readiness.set_ready();
-    sd_notify_ready();
+    {
+        let (manifest, fds) = sync.backend().fd_store_set();
+        crate::systemd::store(&manifest, &fds);
+    }
+    crate::systemd::notify_ready();
     tracing::info!(subnet_file = %args.subnet_file.display(), "ready");
     // Kubernetes: NetworkUnavailable=False, beside the event loop (the API may be slow).
     let node_ready = store.node_ready(&lease);
@@ -861,7 +925,7 @@ async fn run_with_store<S: LeaseStore>(
     let margin = Duration::from_secs(u64::from(args.subnet_lease_renew_margin) * 60);
     let mut node = Node::new(
         lease.clone(),
-        LeasePolicy::new(ttl, margin),
+        LeasePolicy::new(ttl, margin).releasing_on_stop(args.cleanup_on_exit),
         OffsetDateTime::now_utc(),
     );
     let timeout = tokio::time::sleep(Duration::ZERO);
@@ -917,6 +981,26 @@ async fn run_with_store<S: LeaseStore>(
                 Vec::new()
             }
             _ = &mut timeout, if deadline.is_some() => node.handle_timeout(OffsetDateTime::now_utc()),
+            Some(stream) = handover_rx.recv() => {
+                tracing::info!("a new vxdp asks to take over: stopping the workers and handing over");
+                let (manifest, fds) = sync.backend_mut().stop_for_handover();
+                match dataplane::handover::send_with_fds(
+                    std::os::fd::AsFd::as_fd(&stream),
+                    &manifest.to_bytes(),
+                    &fds,
+                ) {
+                    Ok(()) => {
+                        tracing::info!(descriptors = fds.len(), "handed over; exiting, leaving everything to the new vxdp");
+                        node.handle(Input::HandedOver, OffsetDateTime::now_utc())
+                    }
+                    // The workers are stopped: without a successor nothing forwards. Exit
+                    // with an error and leave everything in place for the restart.
+                    Err(e) => node.handle(
+                        Input::DataplaneFailed(format!("handing over to the new vxdp failed: {e}")),
+                        OffsetDateTime::now_utc(),
+                    ),
+                }
+            }
         };
         while !actions.is_empty() {
             let mut next = Vec::new();
@@ -955,7 +1039,7 @@ async fn run_with_store<S: LeaseStore>(
                     }
                     Action::Exit(exit) => {
                         match &exit.reason {
-                            ExitReason::Signal(_) => {}
+                            ExitReason::Signal(_) | ExitReason::HandedOver => {}
                             ExitReason::Revoked => tracing::error!(subnet = %node.lease().subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down"),
                             ExitReason::TakenOver(by) => tracing::error!(subnet = %node.lease().subnet, other = %by, "this node's subnet was taken over by another node: shutting down"),
                             ExitReason::DataplaneFailed(why) => tracing::error!("the dataplane failed, shutting down so that the service manager restarts vxdp: {why}"),
@@ -969,7 +1053,7 @@ async fn run_with_store<S: LeaseStore>(
     };
     let lease = node.lease().clone();
     let outcome: anyhow::Result<()> = match &exit.reason {
-        ExitReason::Signal(_) => Ok(()),
+        ExitReason::Signal(_) | ExitReason::HandedOver => Ok(()),
         ExitReason::Revoked => Err(anyhow::anyhow!("lease {} was revoked", lease.subnet)),
         ExitReason::TakenOver(by) => Err(anyhow::anyhow!(
             "lease {} was taken over by {by}",
@@ -984,12 +1068,23 @@ async fn run_with_store<S: LeaseStore>(
     if let Some(t) = health_task {
         t.abort();
     }
-    sync.shutdown().await;
+    // A stop keeps what forwards (flanneld's behaviour): peers keep their routes to this node
+    // and the next start adopts it all. Only a released or lost subnet takes it away.
+    let teardown = if exit.release_subnet {
+        Teardown::Remove
+    } else {
+        Teardown::Keep
+    };
+    sync.shutdown(teardown).await;
     if let Some(m) = masquerade.and_then(|m| Arc::try_unwrap(m).ok()) {
-        match tokio::task::spawn_blocking(move || m.remove()).await {
-            Ok(Ok(())) => tracing::info!("masquerade/forward rules removed"),
-            Ok(Err(e)) => tracing::warn!("removing the masquerade/forward rules failed: {e}"),
-            Err(e) => tracing::warn!("masquerade removal task failed: {e}"),
+        if teardown == Teardown::Remove {
+            match tokio::task::spawn_blocking(move || m.remove()).await {
+                Ok(Ok(())) => tracing::info!("masquerade/forward rules removed"),
+                Ok(Err(e)) => tracing::warn!("removing the masquerade/forward rules failed: {e}"),
+                Err(e) => tracing::warn!("masquerade removal task failed: {e}"),
+            }
+        } else {
+            tracing::info!("masquerade/forward rules stay for the next start");
         }
     }
     // The blackhole route goes with the lease: kept for the next start only while the lease is

@@ -1,11 +1,14 @@
 //! vxdp: a userspace VXLAN dataplane, a drop-in replacement for flannel's vxlan backend.
 
+mod cleanup;
 mod cli;
 mod control_socket;
 mod daemon;
 mod health;
 mod metrics;
 mod status;
+mod systemd;
+mod takeover;
 
 use tracing_subscriber::EnvFilter;
 
@@ -37,8 +40,9 @@ fn main() -> std::process::ExitCode {
         Some(Command::Status(args)) => status::print(&args, status::View::Status),
         Some(Command::Peers(args)) => status::print(&args, status::View::Peers),
         Some(Command::Leases(args)) => status::print(&args, status::View::Leases),
-        Some(Command::Run(args)) => run(*args),
-        None => run(cli.run),
+        Some(Command::Run(args)) => run(*args, daemon::Mode::Run),
+        Some(Command::Cleanup(args)) => run(*args, daemon::Mode::Cleanup),
+        None => run(cli.run, daemon::Mode::Run),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -49,14 +53,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(args: cli::RunArgs) -> anyhow::Result<()> {
+fn run(args: cli::RunArgs, mode: daemon::Mode) -> anyhow::Result<()> {
     args.unsupported.check().map_err(anyhow::Error::msg)?;
     init_logging(args.log_format, args.verbosity);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("vxdp-control")
         .build()?;
-    let result = runtime.block_on(daemon::run(args));
+    let result = runtime.block_on(daemon::run(args, mode));
     if let Err(e) = &result {
         tracing::error!("{e:#}");
     }

@@ -8,20 +8,15 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::{tcp_transfer, Cluster};
+use common::{tcp_transfer, Cluster, FLANNEL_PREFIX as PREFIX};
 use testkit::etcd::EtcdServer;
 use testkit::wait_for;
 
-const PREFIX: &str = "/coreos.com/network";
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 
 fn cluster_with_etcd(hosts: u8) -> (Cluster, EtcdServer) {
     let c = Cluster::new(hosts);
-    c.underlay
-        .run(&["ip", "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
-    let etcd = EtcdServer::start_in_netns(c.underlay.name(), ETCD_IP);
-    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    let etcd = c.etcd_store(CONFIG);
     (c, etcd)
 }
 
@@ -234,8 +229,19 @@ fn restarts_keep_subnet_and_vtep_mac_and_revocation_stops_the_node() {
         c.hosts[0].log_text()
     );
 
-    // Stopped cleanly: the lease is released, and the subnet file brings the subnet back.
+    // Stopped, then cleaned up: the lease is released, and the subnet file brings the subnet
+    // back.
     assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    assert!(
+        etcd.get(&lease_key(&subnet)).is_some(),
+        "a stop released the lease"
+    );
+    let out = c.hosts[0].cleanup(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(etcd.get(&lease_key(&subnet)), None, "lease not released");
     c.host(1).start(&args);
     c.host(1).wait_ready();

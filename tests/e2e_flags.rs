@@ -191,8 +191,16 @@ fn ip_blackhole_route_covers_the_lease_while_vxdp_holds_it() {
     });
     assert!(back.is_some(), "not re-added:\n{}", h.log_text());
 
-    // A clean stop releases the lease, and the route goes with it.
+    // A stop keeps the lease, and the route keeps guarding it; `vxdp cleanup` releases the
+    // lease, and the route goes with it.
     assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    assert_eq!(blackholes(&c.hosts[0]).len(), 1);
+    let out = c.hosts[0].cleanup(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(blackholes(&c.hosts[0]).is_empty());
 
     // Without the flag there is none.

@@ -125,17 +125,49 @@ fn frames_cross_hosts_through_af_xdp_and_back() {
         assert!(gro > 0, "{name}: no GRO super-frames written");
     }
 
-    // Clean shutdown: exit 0, XDP detached, TAP and routes gone, lease released.
+    // A stop leaves the node on the network, as flanneld's does: exit 0, XDP detached (nothing
+    // black-holes VXLAN), the persistent TAP with its routes, the lease, and every peer's
+    // route to this node stay.
     let lease_file = store
         .join("subnets")
         .join(c.hosts[0].flannel_subnet().replace(".1/", ".0-"));
     assert!(lease_file.exists(), "{} missing", lease_file.display());
+    let routes_before = c.hosts[0].ns.run(&["ip", "route"]);
     assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    // The kernel marks routes `linkdown` while no queue of the TAP is attached.
+    let routes_after = c.hosts[0].ns.run(&["ip", "route"]).replace(" linkdown", "");
+    let eth0 = c.hosts[0].ns.run(&["ip", "link", "show", "dev", "eth0"]);
+    assert!(!eth0.contains("xdp"), "XDP left attached: {eth0}");
     let link = c.hosts[0].ns.run(&["ip", "link", "show"]);
-    assert!(!link.contains("xdp"), "XDP left attached: {link}");
+    assert!(
+        link.contains("vxdp.1"),
+        "TAP removed by a plain stop: {link}"
+    );
+    assert_eq!(
+        routes_after, routes_before,
+        "a plain stop changed the routes"
+    );
+    assert!(lease_file.exists(), "a plain stop released the lease");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.hosts[1].peer_count(), 2, "{:#}", c.hosts[1].status());
+    assert!(
+        c.hosts[1]
+            .ns
+            .run(&["ip", "route"])
+            .contains(&h1_ip.to_string()),
+        "a peer withdrew its route to a stopped node"
+    );
+
+    // `vxdp cleanup` takes it all away: TAP, routes, lease; the others drop the peer.
+    let out = c.hosts[0].cleanup(&["--local-store", s(&store)]);
+    assert!(
+        out.status.success(),
+        "vxdp cleanup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = c.hosts[0].ns.run(&["ip", "link", "show"]);
     assert!(!link.contains("vxdp.1"), "TAP left behind: {link}");
     assert!(!lease_file.exists(), "lease not released");
-    // The others notice within a second or so and drop the peer.
     let gone = testkit::wait_for(Duration::from_secs(3), || {
         (c.hosts[1].peer_count() == 1).then_some(())
     });
@@ -308,9 +340,23 @@ fn readiness_is_signalled_to_systemd_and_the_health_endpoint() {
             "127.0.0.1",
         ],
     );
-    let mut buf = [0u8; 64];
-    let n = sock.recv(&mut buf).expect("READY=1 from vxdp");
-    assert_eq!(&buf[..n], b"READY=1");
+    // The TAP queues and sockets go to the fd store first (FDSTORE=1, tested in
+    // e2e_restarts), then READY=1.
+    let mut buf = [0u8; 256];
+    let mut stored = 0;
+    loop {
+        let n = sock.recv(&mut buf).expect("READY=1 from vxdp");
+        if &buf[..n] == b"READY=1" {
+            break;
+        }
+        assert!(
+            buf[..n].starts_with(b"FDSTORE=1\n"),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        stored += 1;
+    }
+    assert!(stored > 1, "the manifest and descriptors were not stored");
     assert!(
         c.hosts[0].subnet_file().exists(),
         "READY before the subnet file was written"
@@ -340,7 +386,7 @@ fn readiness_is_signalled_to_systemd_and_the_health_endpoint() {
 }
 
 #[test]
-fn ip_masq_rules_live_and_die_with_the_daemon() {
+fn ip_masq_rules_outlive_a_stop_are_not_doubled_by_a_restart_and_go_with_cleanup() {
     let mut c = Cluster::new(1);
     let store = c.local_store(CONFIG);
     c.host(1).start(&["--local-store", s(&store), "--ip-masq"]);
@@ -388,7 +434,34 @@ fn ip_masq_rules_live_and_die_with_the_daemon() {
             .then_some(())
     });
     assert!(repaired.is_some(), "the POSTROUTING jump was not repaired");
+    // Rules as iptables-save lists them, without its timestamps and packet counters.
+    let rules = |c: &Cluster| -> Vec<String> {
+        c.hosts[0]
+            .ns
+            .run(&["iptables-save"])
+            .lines()
+            .filter(|l| l.starts_with('-'))
+            .map(str::to_string)
+            .collect()
+    };
+    let installed = rules(&c);
     assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    assert_eq!(rules(&c), installed, "a plain stop changed the rules");
+    // The next start adopts them: not one rule twice.
+    c.host(1).start(&["--local-store", s(&store), "--ip-masq"]);
+    c.host(1).wait_ready();
+    assert_eq!(
+        rules(&c),
+        installed,
+        "a restart changed or doubled the rules"
+    );
+    assert_eq!(c.host(1).stop(libc::SIGTERM), Some(0));
+    let out = c.hosts[0].cleanup(&["--local-store", s(&store), "--ip-masq"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let after = c.hosts[0].ns.run(&["iptables-save"]);
     assert!(!after.contains("FLANNEL"), "rules left behind:\n{after}");
 }
@@ -422,6 +495,7 @@ fn after_setup_only_net_admin_and_net_raw_remain_and_workers_have_none() {
     let mut c = Cluster::new(2);
     let store = c.local_store(CONFIG);
     // Host 1 on AF_XDP (the most privileged setup), host 2 on the UDP sockets.
+    // --cleanup-on-exit: the stop below removes the rules with only what is left.
     for (i, backend) in [(1, "xdp"), (2, "udp")] {
         c.host(i).start(&[
             "--backend",
@@ -429,6 +503,7 @@ fn after_setup_only_net_admin_and_net_raw_remain_and_workers_have_none() {
             "--local-store",
             s(&store),
             "--ip-masq",
+            "--cleanup-on-exit",
         ]);
     }
     for i in 1..=2 {
@@ -486,6 +561,7 @@ fn without_cap_ipc_lock_umem_fits_memlock_or_the_error_names_the_limit() {
     c.host(1).wait_ready();
     c.host(2).wait_ready();
     c.host(1).wait_peers(1);
+    c.host(2).wait_peers(1);
     let log = c.hosts[0].log_text();
     assert!(
         log.contains("RLIMIT_MEMLOCK") && log.contains("2048 frames per queue"),

@@ -115,6 +115,19 @@ impl Peer {
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+/// What a stopping backend leaves on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// Everything that forwards stays (device, address, routes, neighbour and FDB entries), as
+    /// flanneld leaves flannel.1 when it stops: a restart or upgrade adopts it, and peers never
+    /// lose their path to this node. Only what would black-hole traffic without this process
+    /// goes (the XDP program).
+    Keep,
+    /// Everything the backend created is removed (`vxdp cleanup`, `--cleanup-on-exit`, a lease
+    /// that is no longer ours).
+    Remove,
+}
+
 /// A dataplane: it programs peers. `add_peer` for a subnet it already has replaces it whole.
 pub trait Backend: Send {
     /// `xdp` or `kernel`.
@@ -134,8 +147,9 @@ pub trait Backend: Send {
     /// died): the daemon stops and exits non-zero, so that the service manager restarts it.
     fn tick(&mut self) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Undoes everything the backend created on this host.
-    fn shutdown(self) -> impl Future<Output = ()> + Send;
+    /// Stops forwarding; with [`Teardown::Remove`], also undoes everything the backend created
+    /// on this host.
+    fn shutdown(self, teardown: Teardown) -> impl Future<Output = ()> + Send;
 }
 
 /// Applies lease events to a backend, skipping this node's own lease.
@@ -271,9 +285,9 @@ impl<B: Backend> PeerSync<B> {
         }
     }
 
-    /// Stops the backend, undoing what it created.
-    pub async fn shutdown(self) {
-        self.backend.shutdown().await;
+    /// Stops the backend, leaving or undoing what it created.
+    pub async fn shutdown(self, teardown: Teardown) {
+        self.backend.shutdown(teardown).await;
     }
 }
 
@@ -307,7 +321,7 @@ mod tests {
         async fn tick(&mut self) -> Result<(), BackendError> {
             Ok(())
         }
-        async fn shutdown(self) {}
+        async fn shutdown(self, _: Teardown) {}
     }
 
     fn lease(subnet: &str, ip: [u8; 4], mac_last: u8) -> Lease {

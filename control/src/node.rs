@@ -22,6 +22,11 @@ pub struct LeasePolicy {
     pub renew_margin: Duration,
     /// Wait after a failed renewal (flannel: a minute; shorter for short test TTLs).
     pub renew_retry: Duration,
+    /// Whether a requested stop (SIGTERM/SIGINT) deletes the lease and removes everything the
+    /// node set up (`--cleanup-on-exit`). Off by default, as in flanneld: a stop keeps the
+    /// lease (it lapses by its TTL if the node never comes back) and the dataplane state, so
+    /// that a restart or upgrade never makes peers withdraw their routes to this node.
+    pub release_on_stop: bool,
 }
 
 impl LeasePolicy {
@@ -34,6 +39,15 @@ impl LeasePolicy {
             renew_retry: Duration::from_secs(60)
                 .min(ttl / 4)
                 .max(Duration::from_secs(1)),
+            release_on_stop: false,
+        }
+    }
+
+    /// The same policy, with `release_on_stop` set.
+    pub fn releasing_on_stop(self, release_on_stop: bool) -> LeasePolicy {
+        LeasePolicy {
+            release_on_stop,
+            ..self
         }
     }
 }
@@ -51,6 +65,8 @@ pub enum Input {
     Stop(&'static str),
     /// The dataplane can no longer forward (a worker died).
     DataplaneFailed(String),
+    /// Forwarding was handed over to a successor process (an upgrade).
+    HandedOver,
 }
 
 /// What the shell is to do.
@@ -78,6 +94,8 @@ pub enum ExitReason {
     TakenOver(String),
     /// The dataplane failed; the service manager should restart vxdp.
     DataplaneFailed(String),
+    /// A successor process took over forwarding: everything stays, it is the successor's now.
+    HandedOver,
 }
 
 /// How to stop: why, and what to leave behind.
@@ -85,19 +103,20 @@ pub enum ExitReason {
 pub struct Exit {
     /// Why.
     pub reason: ExitReason,
-    /// Delete this node's lease from the store. Only on a clean, requested stop: after an error
-    /// the next start (the service manager's restart) renews it instead, and a lost lease is
-    /// not ours to delete.
+    /// Delete this node's lease from the store. Only on a requested stop with
+    /// [`LeasePolicy::release_on_stop`]: otherwise the next start renews it, and a lost lease
+    /// is not ours to delete.
     pub release_lease: bool,
-    /// Remove what guards the subnet on this host (the blackhole route): with the lease, or
-    /// when the subnet is no longer ours and may become another node's.
+    /// Remove everything this node set up for its subnet (device, routes, masquerade rules, the
+    /// blackhole route): with the lease, or when the subnet is no longer ours and may become
+    /// another node's. Otherwise all of it stays for the next start to adopt.
     pub release_subnet: bool,
 }
 
 impl Exit {
     /// Whether the exit is an error (non-zero exit status).
     pub fn is_error(&self) -> bool {
-        !matches!(self.reason, ExitReason::Signal(_))
+        !matches!(self.reason, ExitReason::Signal(_) | ExitReason::HandedOver)
     }
 }
 
@@ -175,6 +194,7 @@ impl Node {
             }
             Input::Stop(signal) => self.exit(ExitReason::Signal(signal)),
             Input::DataplaneFailed(why) => self.exit(ExitReason::DataplaneFailed(why)),
+            Input::HandedOver => self.exit(ExitReason::HandedOver),
         }
     }
 
@@ -208,10 +228,10 @@ impl Node {
 
     fn exit(&mut self, reason: ExitReason) -> Vec<Action> {
         let lost = matches!(reason, ExitReason::Revoked | ExitReason::TakenOver(_));
-        let requested = matches!(reason, ExitReason::Signal(_));
+        let release = matches!(reason, ExitReason::Signal(_)) && self.policy.release_on_stop;
         let exit = Exit {
-            release_lease: requested,
-            release_subnet: requested || lost,
+            release_lease: release,
+            release_subnet: release || lost,
             reason,
         };
         self.exit = Some(exit.clone());
@@ -366,8 +386,22 @@ mod tests {
     }
 
     #[test]
-    fn a_signal_releases_and_a_failed_dataplane_keeps_the_lease_for_the_restart() {
+    fn a_signal_keeps_everything_unless_asked_to_release_and_a_failed_dataplane_keeps_it_too() {
         let mut n = node();
+        assert_eq!(
+            n.handle(Input::Stop("SIGTERM"), T0),
+            vec![Action::Exit(Exit {
+                reason: ExitReason::Signal("SIGTERM"),
+                release_lease: false,
+                release_subnet: false,
+            })],
+            "flanneld's stop: lease and dataplane stay for the next start"
+        );
+        let mut n = Node::new(
+            lease("10.5.1.0-24", 1, Some(T0 + 24 * HOUR)),
+            LeasePolicy::new(24 * HOUR, HOUR).releasing_on_stop(true),
+            T0,
+        );
         assert_eq!(
             n.handle(Input::Stop("SIGINT"), T0),
             vec![Action::Exit(Exit {
@@ -376,6 +410,17 @@ mod tests {
                 release_subnet: true,
             })]
         );
+        // A handover leaves everything to the successor, even with release_on_stop.
+        let mut n = Node::new(
+            lease("10.5.1.0-24", 1, Some(T0 + 24 * HOUR)),
+            LeasePolicy::new(24 * HOUR, HOUR).releasing_on_stop(true),
+            T0,
+        );
+        let actions = n.handle(Input::HandedOver, T0);
+        let [Action::Exit(exit)] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        assert!(!exit.is_error() && !exit.release_lease && !exit.release_subnet);
         let mut n = node();
         let actions = n.handle(Input::DataplaneFailed("worker 0 died".into()), T0);
         let [Action::Exit(exit)] = actions.as_slice() else {

@@ -5,11 +5,13 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod handover;
 pub mod next_hop;
 pub mod pipeline;
 pub mod privileges;
 pub mod stats;
 pub mod steering;
+mod sys;
 pub mod tables;
 pub mod tap;
 pub mod underlay;

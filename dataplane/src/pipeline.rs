@@ -372,10 +372,10 @@ fn super_frame_header(frame: &mut [u8], mtu: usize) -> Option<VnetHdr> {
         } else {
             VnetHdr::GSO_TCPV4
         },
-        hdr_len: (tcp_start + tcp_header_len) as u16,
+        hdr_len: packet::wire::len16(tcp_start + tcp_header_len),
         gso_size: u16::try_from(mss).ok()?,
-        csum_start: tcp_start as u16,
-        csum_offset: tcp::CHECKSUM_OFFSET as u16,
+        csum_start: packet::wire::len16(tcp_start),
+        csum_offset: packet::wire::len16(tcp::CHECKSUM_OFFSET),
     })
 }
 

@@ -99,6 +99,10 @@ fn drop_thread_to(keep: u64) -> Result<(), i32> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the 64 capability bits go into two 32-bit words, low then high, on purpose"
+    )]
     let data = [
         CapData {
             effective: keep as u32,

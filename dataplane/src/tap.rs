@@ -1,14 +1,15 @@
 //! The overlay-side device: a multi-queue TAP (`tun-rs`), one queue per worker.
 //!
 //! The kernel routes packets for remote subnets into it; workers read Ethernet frames straight
-//! into UMEM frames and write decapsulated frames back. The device is not persistent: if vxdp
-//! dies, the kernel deletes it together with its address and routes, so nothing stale is left
-//! routing into a dead process.
+//! into UMEM frames and write decapsulated frames back. The device is persistent (`TUNSETPERSIST`),
+//! as flanneld's flannel.1 outlives flanneld: when vxdp stops or restarts, the device keeps its
+//! address and every pod route through it, peers keep theirs to this node, and the next start
+//! attaches its queues to the same device. `vxdp cleanup` deletes it.
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-use tun_rs::{DeviceBuilder, Layer, SyncDevice};
+use tun_rs::{DeviceBuilder, Layer};
 
 use packet::wire::MacAddr;
 
@@ -28,7 +29,7 @@ pub struct TapConfig {
 }
 
 /// The offloads the kernel granted the TAP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TapOffloads {
     /// Frames are prefixed with a 10-byte `virtio_net_hdr` in both directions.
     pub vnet_hdr: bool,
@@ -43,6 +44,21 @@ const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUN_F_CSUM: libc::c_ulong = 0x01;
 const TUN_F_TSO4: libc::c_ulong = 0x02;
 const TUN_F_TSO6: libc::c_ulong = 0x04;
+/// `TUNSETPERSIST` (`_IOW('T', 203, int)`) and `TUNGETIFF` (`_IOR('T', 210, unsigned int)`).
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// `IFF_VNET_HDR` from <linux/if_tun.h>.
+pub const IFF_VNET_HDR: u16 = 0x4000;
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on an open descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Sets the device-wide offload flags through `fd`.
 fn set_offload(fd: RawFd, flags: libc::c_ulong) -> io::Result<()> {
@@ -64,21 +80,53 @@ pub struct TapError {
     hint: &'static str,
 }
 
-/// One queue of the TAP device: a non-blocking file descriptor.
+/// One queue of the TAP device: a non-blocking file descriptor. A plain descriptor rather than
+/// tun-rs's device, so that a queue handed over from another process (see `handover`) is the
+/// same type as one opened here.
 pub struct TapQueue {
-    dev: SyncDevice,
+    fd: OwnedFd,
 }
 
 impl std::fmt::Debug for TapQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TapQueue(fd {})", self.dev.as_raw_fd())
+        write!(f, "TapQueue(fd {})", self.fd.as_raw_fd())
     }
 }
 
 impl TapQueue {
+    /// A queue another vxdp process opened and handed over. `fd` must be a TAP queue of a
+    /// device created by `TapDevice::create` (checked with `TUNGETIFF`), so that its framing
+    /// (vnet header or not) is what the offloads say.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<TapQueue> {
+        let mut ifr = [0u8; 40];
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes) into the buffer it is given.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF as _, ifr.as_mut_ptr()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(TapQueue { fd })
+    }
+
+    /// The device name and flags (`IFF_VNET_HDR` etc.) of the queue, from `TUNGETIFF`.
+    pub fn interface(&self) -> io::Result<(String, u16)> {
+        let mut ifr = [0u8; 40];
+        // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes) into the buffer it is given.
+        if unsafe { libc::ioctl(self.fd(), TUNGETIFF as _, ifr.as_mut_ptr()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let name_len = ifr[..16].iter().position(|&b| b == 0).unwrap_or(16);
+        let name = String::from_utf8_lossy(&ifr[..name_len]).into_owned();
+        Ok((name, u16::from_ne_bytes([ifr[16], ifr[17]])))
+    }
+
+    /// The descriptor, to hand to another process.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// The queue's file descriptor, for poll.
     pub fn fd(&self) -> RawFd {
-        self.dev.as_raw_fd()
+        self.fd.as_raw_fd()
     }
 
     /// Reads one frame; `WouldBlock` when the queue is empty.
@@ -114,7 +162,7 @@ impl TapQueue {
             libc::writev(
                 self.fd(),
                 parts.as_ptr().cast::<libc::iovec>(),
-                parts.len() as libc::c_int,
+                libc::c_int::try_from(parts.len()).unwrap_or(libc::c_int::MAX),
             )
         };
         if n < 0 {
@@ -231,10 +279,30 @@ impl TapDevice {
                 }
             }
         }
+        // Persistent: the device, its address and the routes through it outlive this process
+        // (a restart, an upgrade, a crash), as flanneld's vxlan link outlives flanneld.
+        // SAFETY: TUNSETPERSIST takes its argument by value; the fd is an open TAP queue.
+        if unsafe {
+            libc::ioctl(
+                queues[0].as_raw_fd(),
+                TUNSETPERSIST as _,
+                1 as libc::c_ulong,
+            )
+        } < 0
+        {
+            return Err(err("make persistent", io::Error::last_os_error()));
+        }
         queues[0].enabled(true).map_err(|e| err("bring up", e))?;
         Ok(TapDevice {
             name: config.name.clone(),
-            queues: queues.into_iter().map(|dev| TapQueue { dev }).collect(),
+            queues: queues
+                .into_iter()
+                .map(|dev| TapQueue {
+                    // SAFETY: into_raw_fd gives up tun-rs's ownership of an open descriptor,
+                    // which the OwnedFd now holds alone.
+                    fd: unsafe { OwnedFd::from_raw_fd(dev.into_raw_fd()) },
+                })
+                .collect(),
             offloads,
         })
     }
@@ -249,7 +317,35 @@ impl TapDevice {
         &self.name
     }
 
-    /// Hands the queues out (one per worker); the device lives as long as any queue does.
+    /// Queues handed over by another vxdp process (see `handover`), all of device `name`, with
+    /// the offloads that process set on the device.
+    pub fn from_queues(
+        name: &str,
+        queues: Vec<TapQueue>,
+        offloads: TapOffloads,
+    ) -> io::Result<TapDevice> {
+        let first = queues
+            .first()
+            .ok_or_else(|| io::Error::other("no TAP queue was handed over"))?;
+        let (dev, flags) = first.interface()?;
+        if dev != name {
+            return Err(io::Error::other(format!(
+                "the handed-over TAP queues belong to {dev}, not {name}"
+            )));
+        }
+        if (flags & IFF_VNET_HDR != 0) != offloads.vnet_hdr {
+            return Err(io::Error::other(
+                "the handed-over TAP queues' vnet header setting is not the one described",
+            ));
+        }
+        Ok(TapDevice {
+            name: name.to_string(),
+            queues,
+            offloads,
+        })
+    }
+
+    /// Hands the queues out (one per worker); the device outlives them (it is persistent).
     pub fn into_queues(self) -> Vec<TapQueue> {
         self.queues
     }

@@ -183,6 +183,9 @@ impl<U: Underlay> Worker<U> {
 /// forwarding on its TAP queue (and, with `--backend auto`, beside the fallback started next).
 pub struct WorkerSet {
     stop: Arc<StopSignal>,
+    /// Workers wait at this gate until [`WorkerSet::release`]: frames taken over from a
+    /// predecessor must not be read before the peer tables can forward them.
+    gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     threads: Vec<(usize, Option<JoinHandle<io::Result<()>>>)>,
 }
 
@@ -199,6 +202,7 @@ impl WorkerSet {
     pub fn new() -> io::Result<WorkerSet> {
         Ok(WorkerSet {
             stop: Arc::new(StopSignal::new()?),
+            gate: Arc::default(),
             threads: Vec::new(),
         })
     }
@@ -217,6 +221,7 @@ impl WorkerSet {
         setup: impl FnOnce() + Send + 'static,
     ) -> io::Result<()> {
         let index = worker.index;
+        let gate = Arc::clone(&self.gate);
         let thread = std::thread::Builder::new()
             .name(format!("vxdp-worker-{index}"))
             .spawn(move || {
@@ -224,10 +229,23 @@ impl WorkerSet {
                     core_affinity::set_for_current(core_affinity::CoreId { id });
                 }
                 setup();
+                let (open, opened) = &*gate;
+                let mut go = open.lock().unwrap_or_else(|e| e.into_inner());
+                while !*go {
+                    go = opened.wait(go).unwrap_or_else(|e| e.into_inner());
+                }
+                drop(go);
                 worker.run()
             })?;
         self.threads.push((index, Some(thread)));
         Ok(())
+    }
+
+    /// Lets the workers started so far (and any started later) begin forwarding.
+    pub fn release(&self) {
+        let (open, opened) = &*self.gate;
+        *open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        opened.notify_all();
     }
 
     /// How many workers were started.
@@ -269,6 +287,8 @@ impl WorkerSet {
     /// Stops every worker and waits for them; errors they ended with are logged.
     pub fn stop_and_join(&mut self) {
         self.stop.stop();
+        // Workers still at the gate go through it and see the stop at once.
+        self.release();
         for (index, slot) in &mut self.threads {
             if let Some(t) = slot.take() {
                 match t.join() {

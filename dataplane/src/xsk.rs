@@ -482,7 +482,10 @@ impl XskSocket {
         // below the mapping's length, which is a multiple of the frame size, and the mapping
         // outlives `&'a self`.
         unsafe {
-            std::slice::from_raw_parts_mut(self.frames.base.as_ptr().add(frame.addr as usize), size)
+            std::slice::from_raw_parts_mut(
+                self.frames.base.as_ptr().add(umem_offset(frame.addr)),
+                size,
+            )
         }
     }
 
@@ -495,7 +498,7 @@ impl XskSocket {
     pub fn fill(&mut self, frames: &mut Vec<Frame>) -> usize {
         let mut done = 0;
         while done < frames.len() {
-            let mut w = self.fill.fill((frames.len() - done) as u32);
+            let mut w = self.fill.fill(crate::sys::batch_u32(frames.len() - done));
             let n = w.insert(frames[done..].iter().map(|f| f.addr)) as usize;
             w.commit();
             if n == 0 {
@@ -515,7 +518,7 @@ impl XskSocket {
             // A descriptor outside the UMEM never comes from a correct kernel; skipping it
             // loses nothing of ours.
             if let Some(frame) = self.frames.token(desc.addr) {
-                let offset = (desc.addr - frame.addr) as usize;
+                let offset = umem_offset(desc.addr - frame.addr);
                 let len = (desc.len as usize).min(self.frames.frame_size as usize - offset);
                 out.push(RxFrame { frame, offset, len });
                 n += 1;
@@ -530,10 +533,10 @@ impl XskSocket {
     pub fn transmit(&mut self, frames: &mut Vec<TxFrame>) -> usize {
         let mut done = 0;
         while done < frames.len() {
-            let mut w = self.tx.transmit((frames.len() - done) as u32);
+            let mut w = self.tx.transmit(crate::sys::batch_u32(frames.len() - done));
             let n = w.insert(frames[done..].iter().map(|f| xdpilone::xdp::XdpDesc {
                 addr: f.frame.addr + f.offset as u64,
-                len: f.len as u32,
+                len: u32::try_from(f.len).expect("a frame fits its UMEM frame"),
                 options: 0,
             })) as usize;
             w.commit();
@@ -616,7 +619,7 @@ impl XskSocket {
                     libc::SOL_SOCKET,
                     name,
                     (&value as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    crate::sys::socklen_of::<libc::c_int>(),
                 )
             };
             if rc != 0 {
@@ -666,9 +669,9 @@ impl XskSocket {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: fcntl just returned this new descriptor.
-        Ok(XskStatsReader(Arc::new(unsafe {
-            OwnedFd::from_raw_fd(fd)
-        })))
+        Ok(XskStatsReader(Arc::new(std::sync::Mutex::new(Some(
+            unsafe { OwnedFd::from_raw_fd(fd) },
+        )))))
     }
 }
 
@@ -687,7 +690,7 @@ fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i
         shared_umem_fd: u32,
     }
     let addr = SockaddrXdp {
-        family: libc::AF_XDP as u16,
+        family: u16::try_from(libc::AF_XDP).expect("AF_XDP is 44"),
         flags: XDP_USE_NEED_WAKEUP
             | match mode {
                 SocketMode::ZeroCopy => XDP_ZEROCOPY,
@@ -702,7 +705,7 @@ fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i
         libc::bind(
             fd,
             (&addr as *const SockaddrXdp).cast(),
-            std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
+            crate::sys::socklen_of::<SockaddrXdp>(),
         )
     };
     if rc != 0 {
@@ -713,19 +716,30 @@ fn bind_xsk(fd: i32, ifindex: u32, queue: u32, mode: SocketMode) -> Result<(), i
     Ok(())
 }
 
-/// Reads an AF_XDP socket's `XDP_STATISTICS`.
+/// Reads an AF_XDP socket's `XDP_STATISTICS` through a duplicate of its descriptor, which
+/// [`XskStatsReader::close`] lets go of for every clone: a handover must close the socket
+/// everywhere before the successor can bind the same queue.
 #[derive(Debug, Clone)]
-pub struct XskStatsReader(Arc<OwnedFd>);
+pub struct XskStatsReader(Arc<std::sync::Mutex<Option<OwnedFd>>>);
 
 impl XskStatsReader {
-    /// The kernel's counters for the socket (zeros if the query fails).
+    /// Closes the duplicate (for every clone); reads return zeros from then on.
+    pub fn close(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The kernel's counters for the socket (zeros if the query fails or it was closed).
     pub fn read(&self) -> XskKernelStats {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = guard.as_ref() else {
+            return XskKernelStats::default();
+        };
         let mut raw = xdpilone::xdp::XdpStatisticsV2::default();
-        let mut len = std::mem::size_of_val(&raw) as libc::socklen_t;
+        let mut len = crate::sys::socklen_of::<xdpilone::xdp::XdpStatisticsV2>();
         // SAFETY: getsockopt writes at most `len` bytes into `raw`.
         let rc = unsafe {
             libc::getsockopt(
-                self.0.as_raw_fd(),
+                fd.as_raw_fd(),
                 SOL_XDP,
                 XDP_STATISTICS,
                 (&mut raw as *mut xdpilone::xdp::XdpStatisticsV2).cast(),
@@ -742,6 +756,13 @@ impl XskStatsReader {
             tx_invalid_descs: raw.tx_invalid_descs,
         }
     }
+}
+
+/// A UMEM address as an offset into the mapping: the UMEM is mapped in this process, so every
+/// address in it fits `usize`.
+#[inline]
+fn umem_offset(addr: u64) -> usize {
+    usize::try_from(addr).expect("UMEM addresses lie within the mapping")
 }
 
 /// `SOL_XDP` and `XDP_STATISTICS` from <linux/if_xdp.h>.

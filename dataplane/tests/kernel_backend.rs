@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use control::backend::{Backend, Peer};
+use control::backend::{Backend, Peer, Teardown};
 use control::netlink::{FdbEntry, Netlink};
 use dataplane::backend::kernel::{KernelBackend, KernelBackendConfig};
 use packet::wire::MacAddr;
@@ -338,8 +338,8 @@ fn the_link_is_created_as_flanneld_creates_it() {
             other.summary()
         );
 
-        rt.block_on(other.shutdown());
-        rt.block_on(backend.shutdown());
+        rt.block_on(other.shutdown(Teardown::Remove));
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, "vxdp.7"), "vxdp.7 left behind");
         assert!(!link_exists(&h.a, DEV), "vxdp.1 left behind");
     });
@@ -429,7 +429,7 @@ fn peers_are_programmed_in_flanneld_order_replaced_and_removed_without_leftovers
         rt.block_on(backend.remove_peer(&b3))
             .expect("remove B again");
 
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, DEV), "vxdp.1 left behind");
     });
 }
@@ -511,7 +511,7 @@ fn a_deleted_or_downed_link_comes_back_with_its_address_and_every_peer() {
             .expect("kernel backend upkeep never fails");
         assert_eq!(ifindex(&h.a, DEV), index);
 
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, DEV), "vxdp.1 left behind");
     });
 }
@@ -567,7 +567,7 @@ fn an_existing_link_is_reused_when_compatible_and_recreated_when_not() {
         let addrs = lines(&h.a.run(&["ip", "-4", "-o", "addr", "show", "dev", DEV]));
         assert_eq!(addrs.len(), 1, "{addrs:?}");
         assert!(addrs[0].contains("inet 10.5.1.0/32 "), "{addrs:?}");
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, DEV));
 
         // Another VNI: deleted and created anew.
@@ -603,7 +603,7 @@ fn an_existing_link_is_reused_when_compatible_and_recreated_when_not() {
             backend.summary()
         );
         assert!(vxlan_line(&h.a, DEV).starts_with("vxlan id 1 dev eth0 "));
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
 
         // Another port, and a device of another kind under the name.
         h.a.run(&[
@@ -629,7 +629,7 @@ fn an_existing_link_is_reused_when_compatible_and_recreated_when_not() {
             "{}",
             backend.summary()
         );
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         h.a.run(&[
             "ip", "link", "add", DEV, "type", "veth", "peer", "name", "vxdpx",
         ]);
@@ -640,7 +640,7 @@ fn an_existing_link_is_reused_when_compatible_and_recreated_when_not() {
             backend.summary()
         );
         assert!(vxlan_line(&h.a, DEV).starts_with("vxlan id 1 dev eth0 "));
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, DEV));
     });
 }
@@ -703,7 +703,7 @@ fn direct_routing_gives_on_link_peers_a_plain_route_and_others_vxlan() {
         assert_no_entries_mention(&h, MAC_B);
 
         // Direct routes live on eth0: shutdown removes them explicitly.
-        rt.block_on(backend.shutdown());
+        rt.block_on(backend.shutdown(Teardown::Remove));
         assert!(!link_exists(&h.a, DEV));
         let r = routes(&h.a);
         assert!(r.iter().all(|l| !l.starts_with("10.5.")), "{r:?}");

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::{require_root, run, unique_prefix, wait_for, ChildGuard, Netns};
 
+/// Where [`Cluster::etcd_store`] runs etcd.
+pub const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// flannel's etcd prefix.
+pub const FLANNEL_PREFIX: &str = "/coreos.com/network";
+
 /// The vxdp binary under test.
 pub const VXDP: &str = env!("CARGO_BIN_EXE_vxdp");
 
@@ -58,12 +63,68 @@ impl Host {
             "vxdp already running on host {}",
             self.index
         );
+        let args = self.vxdp_argv(wrapper, env, "run", extra);
+        self.spawn_daemon(&args);
+    }
+
+    /// Starts `binary` (another vxdp build) as this host's daemon, with `extra` arguments.
+    pub fn start_binary(&mut self, binary: &str, extra: &[&str]) {
+        assert!(
+            self.daemon.is_none(),
+            "vxdp already running on host {}",
+            self.index
+        );
+        let args = self.binary_argv(binary, &[], &[], "run", extra);
+        self.spawn_daemon(&args);
+    }
+
+    fn spawn_daemon(&mut self, args: &[String]) {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = self.log();
+        // Append: a restarted daemon keeps the earlier log for post-mortems.
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        drop(f);
+        self.daemon = Some(self.ns.spawn(&argv, Some(&log)));
+    }
+
+    /// Runs `vxdp cleanup` with the flags a daemon started with `extra` had; its output.
+    pub fn cleanup(&self, extra: &[&str]) -> std::process::Output {
+        let args = self.vxdp_argv(&[], &[], "cleanup", extra);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ns.try_run(&argv)
+    }
+
+    /// The command line of `vxdp <subcommand>` on this host: `wrapper`, environment, then
+    /// the host's interface, subnet file and control socket, then `extra`.
+    pub fn vxdp_argv(
+        &self,
+        wrapper: &[&str],
+        env: &[&str],
+        subcommand: &str,
+        extra: &[&str],
+    ) -> Vec<String> {
+        self.binary_argv(VXDP, wrapper, env, subcommand, extra)
+    }
+
+    /// [`Host::vxdp_argv`] for another vxdp binary (an upgrade's old or new build).
+    pub fn binary_argv(
+        &self,
+        binary: &str,
+        wrapper: &[&str],
+        env: &[&str],
+        subcommand: &str,
+        extra: &[&str],
+    ) -> Vec<String> {
         let subnet_file = self.subnet_file();
         let control = self.control_socket();
         let mut args: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
         args.extend(["env".into(), "RUST_LOG=info".into()]);
         args.extend(env.iter().map(|e| e.to_string()));
-        args.extend([VXDP.into(), "run".into()]);
+        args.extend([binary.into(), subcommand.into()]);
         // eth0 unless the test chooses the interface itself (--iface, --iface-regex,
         // --iface-can-reach).
         if !extra.iter().any(|a| a.starts_with("--iface")) {
@@ -80,16 +141,7 @@ impl Host {
             args.extend(["--worker-cpus".into(), "none".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = self.log();
-        // Append: a restarted daemon keeps the earlier log for post-mortems.
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open log");
-        drop(f);
-        self.daemon = Some(self.ns.spawn(&argv, Some(&log)));
+        args
     }
 
     /// Waits until the daemon wrote its subnet file and answers on its control socket.
@@ -545,6 +597,16 @@ impl Cluster {
         store
     }
 
+    /// An etcd server on the underlay at [`ETCD_IP`], holding this network config at
+    /// flannel's prefix; its endpoint is `http://192.0.2.254:2379`.
+    pub fn etcd_store(&self, config: &str) -> testkit::etcd::EtcdServer {
+        self.underlay
+            .run(&["ip", "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+        let etcd = testkit::etcd::EtcdServer::start_in_netns(self.underlay.name(), ETCD_IP);
+        etcd.put(&format!("{FLANNEL_PREFIX}/config"), config);
+        etcd
+    }
+
     pub fn host(&mut self, i: u8) -> &mut Host {
         &mut self.hosts[usize::from(i) - 1]
     }
@@ -797,4 +859,145 @@ pub fn write_flanneld_local_lease(
         ),
     )
     .expect("write the flanneld lease");
+}
+
+/// A stand-in for systemd's side of sd_notify(3) with a file descriptor store: a datagram
+/// socket that reads `READY=1`, `FDSTORE=1`/`FDNAME=` (keeping the descriptors that come with
+/// them, as systemd does) and `FDSTOREREMOVE=1`, written against the protocol, not vxdp's code.
+pub struct FdStoreStandIn {
+    /// The socket path, for `NOTIFY_SOCKET`.
+    pub path: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<FdStoreState>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct FdStoreState {
+    ready: u32,
+    fds: Vec<(String, std::os::fd::OwnedFd)>,
+}
+
+impl FdStoreStandIn {
+    pub fn bind(path: PathBuf) -> FdStoreStandIn {
+        let _ = std::fs::remove_file(&path);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(FdStoreState::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !sp.load(std::sync::atomic::Ordering::Relaxed) {
+                let Some((text, fds)) = recv_notify(&sock) else {
+                    continue;
+                };
+                let mut s = st.lock().unwrap();
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FDNAME="))
+                    .unwrap_or("stored")
+                    .to_string();
+                for line in text.lines() {
+                    match line {
+                        "READY=1" => s.ready += 1,
+                        "FDSTORE=1" => {}
+                        "FDSTOREREMOVE=1" => s.fds.retain(|(n, _)| *n != name),
+                        _ => {}
+                    }
+                }
+                if text.lines().any(|l| l == "FDSTORE=1") {
+                    s.fds.extend(fds.into_iter().map(|fd| (name.clone(), fd)));
+                }
+            }
+        });
+        FdStoreStandIn {
+            path,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// How many `READY=1` came.
+    pub fn ready_count(&self) -> u32 {
+        self.state.lock().unwrap().ready
+    }
+
+    /// Names of the stored descriptors, in store order.
+    pub fn names(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .fds
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Duplicates of the stored descriptors with their names, for the next start.
+    pub fn stored(&self) -> Vec<(String, std::os::fd::OwnedFd)> {
+        self.state
+            .lock()
+            .unwrap()
+            .fds
+            .iter()
+            .map(|(n, fd)| (n.clone(), fd.try_clone().expect("dup stored fd")))
+            .collect()
+    }
+}
+
+impl Drop for FdStoreStandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One notify datagram and the descriptors that came with it (`SCM_RIGHTS`).
+fn recv_notify(
+    sock: &std::os::unix::net::UnixDatagram,
+) -> Option<(String, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 4096];
+    let mut control = [0u8; 1024];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; it points at the live buffers above.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    // SAFETY: recvmsg into the buffers msg points at.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return None;
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel wrote well-formed control messages within msg_controllen.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let data = libc::CMSG_DATA(c).cast::<i32>();
+                for i in 0..count {
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(
+                        data.add(i),
+                    )));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((
+        String::from_utf8_lossy(&buf[..n as usize]).into_owned(),
+        fds,
+    ))
 }

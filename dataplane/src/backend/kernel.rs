@@ -44,7 +44,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::route::RouteProtocol;
 use packet::wire::MacAddr;
 
-use control::backend::{Backend, BackendError, Peer};
+use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};
 
 /// The kernel's default lifetime of learnt FDB entries, which flanneld's links show.
@@ -112,6 +112,16 @@ impl KernelBackendConfig {
     /// vxdp's default IPv6 link name for `vni` (flanneld: `flannel-v6.<VNI>`).
     pub fn default_v6_device(vni: u32) -> String {
         format!("vxdp-v6.{vni}")
+    }
+
+    /// The IPv6 link's name beside the IPv4 link `device`: `flannel-v6.<VNI>` when vxdp takes
+    /// over flanneld's `flannel.<VNI>`, else `vxdp-v6.<VNI>`.
+    pub fn v6_device_for(device: &str, vni: u32) -> String {
+        if device == format!("flannel.{vni}") {
+            format!("flannel-v6.{vni}")
+        } else {
+            Self::default_v6_device(vni)
+        }
     }
 
     /// The config of the IPv6 link, as a link config of its own.
@@ -406,7 +416,7 @@ impl KernelBackend {
             Some(c) => match KernelLink::start(nl, c).await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    v4.shutdown().await;
+                    v4.shutdown(Teardown::Remove).await;
                     return Err(e);
                 }
             },
@@ -987,7 +997,16 @@ impl KernelLink {
         }
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(self, teardown: Teardown) {
+        if teardown == Teardown::Keep {
+            // The kernel forwards on its own: the link, its entries and routes stay, and the
+            // next start reuses them (flanneld's ensureLink).
+            tracing::info!(
+                "kernel backend stopped: vxlan link {} and its routes stay for the next start",
+                self.config.device
+            );
+            return;
+        }
         for (subnet, prog) in &self.programmed {
             if let Programmed::Direct { public_ip } = prog {
                 if let Err(e) = self.nl.delete_route(*subnet, *public_ip, None).await {
@@ -1066,11 +1085,11 @@ impl Backend for KernelBackend {
         Ok(())
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(self, teardown: Teardown) {
         if let Some(v6) = self.v6 {
-            v6.shutdown().await;
+            v6.shutdown(teardown).await;
         }
-        self.v4.shutdown().await;
+        self.v4.shutdown(teardown).await;
     }
 }
 

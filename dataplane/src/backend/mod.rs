@@ -15,12 +15,14 @@ pub mod userspace;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use control::backend::{Backend, BackendError, Peer};
+use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::netlink::{Netlink, NetlinkError};
 
 use self::kernel::{KernelBackend, KernelBackendConfig};
 use self::userspace::{UnderlayKind, UserspaceBackend, UserspaceConfig, UserspaceStatusProbe};
+use crate::handover::{Inherited, Manifest, FORMAT_VERSION};
 use crate::xsk::{BindMode, XskSocket};
+use std::os::fd::BorrowedFd;
 
 /// Which backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,17 +82,38 @@ impl ActiveBackend {
         af_xdp: userspace::AfXdpOptions,
         udp: userspace::UdpOptions,
         kernel: KernelBackendConfig,
+        inherited: Option<Inherited>,
     ) -> Result<(ActiveBackend, String), BackendStartError> {
+        // Taken from by whichever userspace start runs; auto may try two.
+        let inherited = std::sync::Mutex::new(inherited);
+        let inherited = &inherited;
         let with = |underlay: UnderlayKind| UserspaceConfig {
             underlay,
             ..userspace.clone()
         };
         let start_userspace = |config: UserspaceConfig, why: String| async move {
-            let b = UserspaceBackend::start(nl.clone(), config).await?;
+            // The TAP is persistent: one this attempt created must not outlive its failure.
+            let existed = nl.link_by_name(&config.device).await?.is_some();
+            let device = config.device.clone();
+            let b = match UserspaceBackend::start(nl.clone(), config, inherited).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if !existed {
+                        if let Ok(Some(link)) = nl.link_by_name(&device).await {
+                            if let Err(undo) = nl.delete_link(link.index).await {
+                                tracing::warn!("removing {device} after the failed start: {undo}");
+                            }
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let summary = format!("{}; {why}", b.summary());
             Ok::<_, BackendStartError>((ActiveBackend::Userspace(Box::new(b)), summary))
         };
         let start_kernel = |why: String| async move {
+            // Sockets taken over but not used would hold the VXLAN port the link needs.
+            drop(inherited.lock().map(|mut i| i.take()));
             let b = KernelBackend::start(nl.clone(), kernel).await?;
             let summary = format!("{}; {why}", b.summary());
             Ok::<_, BackendStartError>((ActiveBackend::Kernel(Box::new(b)), summary))
@@ -150,6 +173,31 @@ impl ActiveBackend {
         }
     }
 
+    /// Lets the dataplane forward, once the peers known at start are programmed (the kernel
+    /// backend forwards on its own).
+    pub fn begin_forwarding(&self) {
+        if let ActiveBackend::Userspace(b) = self {
+            b.begin_forwarding();
+        }
+    }
+
+    /// Stops forwarding for a successor process; the manifest and descriptors to hand it.
+    /// The kernel backend hands over nothing: the kernel forwards on its own.
+    pub fn stop_for_handover(&mut self) -> (Manifest, Vec<BorrowedFd<'_>>) {
+        match self {
+            ActiveBackend::Userspace(b) => b.stop_for_handover(),
+            ActiveBackend::Kernel(b) => (kernel_manifest(b.device()), Vec::new()),
+        }
+    }
+
+    /// The manifest and descriptors to park in systemd's fd store.
+    pub fn fd_store_set(&self) -> (Manifest, Vec<BorrowedFd<'_>>) {
+        match self {
+            ActiveBackend::Userspace(b) => b.fd_store_set(),
+            ActiveBackend::Kernel(b) => (kernel_manifest(b.device()), Vec::new()),
+        }
+    }
+
     /// The userspace dataplane's status view, when it runs.
     pub fn userspace_probe(&self) -> Option<UserspaceStatusProbe> {
         match self {
@@ -188,11 +236,23 @@ impl Backend for ActiveBackend {
         }
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(self, teardown: Teardown) {
         match self {
-            ActiveBackend::Userspace(b) => (*b).shutdown().await,
-            ActiveBackend::Kernel(b) => (*b).shutdown().await,
+            ActiveBackend::Userspace(b) => (*b).shutdown(teardown).await,
+            ActiveBackend::Kernel(b) => (*b).shutdown(teardown).await,
         }
+    }
+}
+
+fn kernel_manifest(device: &str) -> Manifest {
+    Manifest {
+        format: FORMAT_VERSION,
+        vxdp_version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        backend: "kernel".into(),
+        device: device.to_string(),
+        tap_offloads: None,
+        fds: Vec::new(),
     }
 }
 

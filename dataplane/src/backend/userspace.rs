@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use control::backend::{Backend, BackendError, Peer};
+use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::interface::ExternalInterface;
 use control::netlink::Netlink;
 use ipnet::{IpNet, Ipv4Net};
@@ -18,12 +19,13 @@ use packet::wire::{MacAddr, Vni};
 use serde::{Deserialize, Serialize};
 
 use super::{directly_reachable, BackendStartError, DropAlarm};
+use crate::handover::{duplicate, FdRole, Inherited, Manifest, FORMAT_VERSION};
 use crate::next_hop::{NextHop, PathStatus, PathTracker};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::stats::{WorkerCounters, WorkerStats};
 use crate::steering::{SteeringConfig, SteeringProgram, XdpCounters, XdpCountersReader, XdpMode};
 use crate::tables::{PeerEntry, PeerTables};
-use crate::tap::{TapConfig, TapDevice};
+use crate::tap::{TapConfig, TapDevice, TapOffloads, TapQueue};
 use crate::underlay::af_xdp::AfXdpUnderlay;
 use crate::underlay::udp::{GsoStatus, OffloadState, UdpConfig, UdpSockets, UdpUnderlay};
 use crate::worker::{Worker, WorkerSet};
@@ -250,6 +252,70 @@ pub struct UserspaceBackend {
     af_xdp: Option<AfXdpPaths>,
     summary: String,
     drop_alarm: DropAlarm,
+    /// Duplicates of every TAP queue and underlay socket the workers use, with their roles:
+    /// what a successor process gets (see `handover`). They also keep the queues attached and
+    /// the sockets bound while the workers are stopped for a handover.
+    handover: Vec<(FdRole, OwnedFd)>,
+    tap_offloads: TapOffloads,
+}
+
+/// What a predecessor process left this start, split by what takes it.
+struct Adopted {
+    /// The TAP queues and the offloads their device was given; empty when none came.
+    tap: Vec<OwnedFd>,
+    tap_offloads: Option<TapOffloads>,
+    /// Per worker, its receive socket and transmit sockets.
+    udp: Vec<Option<(OwnedFd, Vec<OwnedFd>)>>,
+}
+
+impl Adopted {
+    /// Takes what fits `config` out of `inherited`: nothing when the device differs.
+    fn take(inherited: &Mutex<Option<Inherited>>, config: &UserspaceConfig) -> Adopted {
+        let mut guard = inherited.lock().unwrap_or_else(|e| e.into_inner());
+        let mut adopted = Adopted {
+            tap: Vec::new(),
+            tap_offloads: None,
+            udp: Vec::new(),
+        };
+        let Some(inh) = guard.as_mut() else {
+            return adopted;
+        };
+        if inh.manifest.device != config.device {
+            tracing::warn!(
+                "the descriptors handed over are for {}, this node's device is {}: not taken",
+                inh.manifest.device,
+                config.device
+            );
+            return adopted;
+        }
+        adopted.tap = inh.take_tap_queues();
+        adopted.tap_offloads = inh.manifest.tap_offloads;
+        if matches!(config.underlay, UnderlayKind::Udp(_)) {
+            for queue in 0..adopted.tap.len() {
+                adopted.udp.push(inh.take_udp(queue));
+            }
+        }
+        adopted
+    }
+
+    /// The TAP device from the queues taken over, if any came and they fit.
+    fn tap_device(&mut self, name: &str) -> Option<TapDevice> {
+        if self.tap.is_empty() {
+            return None;
+        }
+        let offloads = self.tap_offloads?;
+        let queues: std::io::Result<Vec<TapQueue>> = std::mem::take(&mut self.tap)
+            .into_iter()
+            .map(TapQueue::from_fd)
+            .collect();
+        match queues.and_then(|q| TapDevice::from_queues(name, q, offloads)) {
+            Ok(dev) => Some(dev),
+            Err(e) => {
+                tracing::warn!("the TAP queues handed over cannot be used ({e}): opening new ones");
+                None
+            }
+        }
+    }
 }
 
 fn nic_rx_queues(ifname: &str) -> usize {
@@ -348,7 +414,7 @@ fn open_xsk_sockets(
     frames: u32,
     bind_mode: BindMode,
 ) -> Result<Vec<XskSocket>, XskError> {
-    (0..queues as u32)
+    (0..u32::try_from(queues).unwrap_or(u32::MAX))
         .map(|queue| {
             XskSocket::open(&XskConfig {
                 ifname: ifname.to_string(),
@@ -377,7 +443,9 @@ impl UserspaceBackend {
     pub async fn start(
         nl: Netlink,
         config: UserspaceConfig,
+        inherited: &Mutex<Option<Inherited>>,
     ) -> Result<UserspaceBackend, BackendStartError> {
+        let mut adopted = Adopted::take(inherited, &config);
         let ifname = config.external.link.name.clone();
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
         let cpus = config.worker_cpus.clone();
@@ -391,13 +459,45 @@ impl UserspaceBackend {
             BackendStartError::Config(format!("VNI {} does not fit 24 bits", config.vni))
         })?;
 
-        let tap = TapDevice::create(&TapConfig {
-            name: config.device.clone(),
-            mac: config.vtep_mac,
-            mtu,
-            queues,
-            offload: config.tap_offloads,
-        })?;
+        let tap = match adopted.tap_device(&config.device) {
+            Some(tap) => {
+                if tap.queue_count() != queues {
+                    tracing::info!(
+                        "running {} worker(s), as many as the TAP queues taken over ({queues} \
+                         configured; a restart without a predecessor applies it)",
+                        tap.queue_count()
+                    );
+                }
+                tap
+            }
+            None => {
+                // A vxlan link of this name is what a kernel-backend run left (a stop keeps
+                // it): the TAP replaces it, as the kernel backend replaces a leftover TAP.
+                if let Some(old) = nl.link_details_by_name(&config.device).await? {
+                    if old.link.kind.as_deref() == Some("vxlan") {
+                        tracing::info!(
+                            device = %config.device,
+                            "replacing the vxlan link an earlier kernel-backend run left with the TAP"
+                        );
+                        nl.delete_link(old.link.index).await?;
+                    }
+                }
+                TapDevice::create(&TapConfig {
+                    name: config.device.clone(),
+                    mac: config.vtep_mac,
+                    mtu,
+                    queues,
+                    offload: config.tap_offloads,
+                })?
+            }
+        };
+        let queues = tap.queue_count();
+        let mut handover: Vec<(FdRole, OwnedFd)> = Vec::new();
+        let keep = |fd: BorrowedFd<'_>| {
+            duplicate(fd).map_err(|e| {
+                BackendStartError::Config(format!("keeping a descriptor for a handover: {e}"))
+            })
+        };
         let offloads = tap.offloads();
         let tap_link = nl.link_by_name(&config.device).await?.ok_or_else(|| {
             BackendStartError::Config(format!("the TAP device {} vanished", config.device))
@@ -431,6 +531,9 @@ impl UserspaceBackend {
             }
         };
         let tap_queues = tap.into_queues();
+        for (queue, q) in tap_queues.iter().enumerate() {
+            handover.push((FdRole::TapQueue { queue }, keep(q.as_fd())?));
+        }
         let stop = workers.stop_signal();
         let busy_poll = config.busy_poll;
         let pipeline_for = || Pipeline::new(tables.reader(), pipeline_config.clone());
@@ -472,18 +575,23 @@ impl UserspaceBackend {
                 let socket_mode = sockets[0].mode();
                 let mut workers_to_spawn = Vec::with_capacity(queues);
                 for ((queue, xsk), tap_queue) in sockets.into_iter().enumerate().zip(tap_queues) {
+                    // NIC queue indexes are what the kernel numbered: u32 (and u16 for the
+                    // worker's own id), far above any NIC's queue count.
+                    let nic_queue = u32::try_from(queue).expect("NIC queue indexes fit u32");
                     let socket = xsk.stats_reader().map_err(|e| {
                         BackendStartError::Config(format!("AF_XDP statistics: {e}"))
                     })?;
                     let mode = xsk.mode();
                     let fd = xsk.fd();
-                    let underlay =
-                        AfXdpUnderlay::new(xsk, policy.clone(), queue as u16).map_err(|e| {
-                            BackendStartError::Config(format!("AF_XDP queue {queue}: {e}"))
-                        })?;
+                    let underlay = AfXdpUnderlay::new(
+                        xsk,
+                        policy.clone(),
+                        u16::try_from(queue).unwrap_or(u16::MAX),
+                    )
+                    .map_err(|e| BackendStartError::Config(format!("AF_XDP queue {queue}: {e}")))?;
                     let stats = Arc::new(WorkerStats::default());
                     views.push(WorkerView {
-                        queue: queue as u32,
+                        queue: nic_queue,
                         core: core_of(queue),
                         stats: Arc::clone(&stats),
                         underlay: UnderlayView::AfXdp { mode, socket },
@@ -507,7 +615,10 @@ impl UserspaceBackend {
                             BackendStartError::Config(format!("spawning worker {queue}: {e}"))
                         })?;
                     // The worker's RX frames are on the fill ring: now steer VXLAN to it.
-                    program.register_socket(queue as u32, fd)?;
+                    program.register_socket(
+                        u32::try_from(queue).expect("NIC queue indexes fit u32"),
+                        fd,
+                    )?;
                 }
                 let why = failures
                     .iter()
@@ -560,14 +671,29 @@ impl UserspaceBackend {
                 }
                 let mut first: Option<(GsoStatus, bool)> = None;
                 for (queue, tap_queue) in tap_queues.into_iter().enumerate() {
-                    let sockets = UdpSockets::open(&udp_config)?;
+                    let taken = adopted.udp.get_mut(queue).and_then(Option::take);
+                    let sockets = match taken {
+                        Some((rx, tx)) => match UdpSockets::adopt(&udp_config, rx, tx) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                tracing::warn!(queue, "the sockets handed over cannot be used ({e}): opening new ones");
+                                UdpSockets::open(&udp_config)?
+                            }
+                        },
+                        None => UdpSockets::open(&udp_config)?,
+                    };
+                    let (rx, tx) = sockets.fds();
+                    handover.push((FdRole::UdpRx { queue }, keep(rx)?));
+                    for (index, fd) in tx.into_iter().enumerate() {
+                        handover.push((FdRole::UdpTx { queue, index }, keep(fd)?));
+                    }
                     let source_ports = sockets.tx_ports().to_vec();
                     let underlay = UdpUnderlay::new(sockets, &udp_config);
                     let state = underlay.state();
                     first.get_or_insert((state.gso(), state.gro()));
                     let stats = Arc::new(WorkerStats::default());
                     views.push(WorkerView {
-                        queue: queue as u32,
+                        queue: u32::try_from(queue).unwrap_or(u32::MAX),
                         core: core_of(queue),
                         stats: Arc::clone(&stats),
                         underlay: UnderlayView::Udp {
@@ -646,7 +772,49 @@ impl UserspaceBackend {
             summary,
             drop_alarm: DropAlarm::default(),
             config,
+            handover,
+            tap_offloads: offloads,
         })
+    }
+
+    /// Lets the workers forward. Called once the peers known at start are in the tables, so
+    /// that frames waiting in queues taken over from a predecessor find their peer.
+    pub fn begin_forwarding(&self) {
+        self.workers.release();
+    }
+
+    /// Stops forwarding so that another process can take over: the workers stop reading
+    /// (frames wait in the TAP queues and socket buffers, held open by the handover set) and
+    /// the XDP program is detached (AF_XDP: the successor attaches its own). Returns the
+    /// manifest and descriptors to send.
+    pub fn stop_for_handover(&mut self) -> (Manifest, Vec<BorrowedFd<'_>>) {
+        self.workers.stop_and_join();
+        self.steering.take();
+        // The AF_XDP sockets went with their workers but for the status view's duplicates:
+        // closed too, or the successor could not bind the same NIC queues.
+        for view in &self.views {
+            if let UnderlayView::AfXdp { socket, .. } = &view.underlay {
+                socket.close();
+            }
+        }
+        self.fd_store_set()
+    }
+
+    /// The manifest and descriptors to park in systemd's fd store while running.
+    pub fn fd_store_set(&self) -> (Manifest, Vec<BorrowedFd<'_>>) {
+        let manifest = Manifest {
+            format: FORMAT_VERSION,
+            vxdp_version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            backend: self.kind().to_string(),
+            device: self.config.device.clone(),
+            tap_offloads: Some(self.tap_offloads),
+            fds: self.handover.iter().map(|(r, _)| *r).collect(),
+        };
+        (
+            manifest,
+            self.handover.iter().map(|(_, fd)| fd.as_fd()).collect(),
+        )
     }
 
     /// The one-line description of the modes chosen and why.
@@ -885,24 +1053,40 @@ impl Backend for UserspaceBackend {
         Ok(())
     }
 
-    async fn shutdown(mut self) {
+    async fn shutdown(mut self, teardown: Teardown) {
         self.workers.stop_and_join();
         // Detach XDP: from here VXLAN goes to the kernel, nothing is redirected into closed
         // sockets.
         self.steering.take();
+        if teardown == Teardown::Keep {
+            // The TAP is persistent: its address and the pod routes through it stay, frames
+            // for peers wait for the next start, and peers keep their routes to this node.
+            tracing::info!(
+                "{} backend stopped: {} and its routes stay for the next start",
+                self.kind(),
+                self.config.device
+            );
+            return;
+        }
         for (subnet, public_ip) in std::mem::take(&mut self.direct) {
             let _ = self
                 .nl
                 .delete_route(IpNet::V4(subnet), IpAddr::V4(public_ip), None)
                 .await;
         }
-        // The workers owned the TAP queues: with them gone the kernel deleted the device,
-        // its address and every route through it.
-        tracing::info!(
-            "{} backend stopped: {} removed",
-            self.kind(),
-            self.config.device
-        );
+        // Deleting the device removes its address and every route through it.
+        match self.nl.delete_link(self.tap_index).await {
+            Ok(()) => tracing::info!(
+                "{} backend stopped: {} removed",
+                self.kind(),
+                self.config.device
+            ),
+            Err(e) => tracing::warn!(
+                "{} backend stopped, but removing {} failed: {e}",
+                self.kind(),
+                self.config.device
+            ),
+        }
     }
 }
 

@@ -1,5 +1,9 @@
 //! The pipeline driven with an in-memory TAP and underlay: every branch of both directions,
 //! checked against independently built frames and testkit's reference checksum.
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "test frames are built from small, known sizes and sequence numbers"
+)]
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

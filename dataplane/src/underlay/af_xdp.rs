@@ -173,11 +173,15 @@ impl Underlay for AfXdpUnderlay {
         F: FnMut(&mut [RxDatagram<'_>]),
     {
         self.rx.clear();
-        let mut n = self.xsk.receive(RX_BATCH as u32, &mut self.rx);
+        let mut n = self
+            .xsk
+            .receive(crate::sys::batch_u32(RX_BATCH), &mut self.rx);
         if n == 0 && self.busy_poll {
             // Nothing on the ring: let the kernel poll the NIC queue now, then look again.
             self.xsk.poke_rx();
-            n = self.xsk.receive(RX_BATCH as u32, &mut self.rx);
+            n = self
+                .xsk
+                .receive(crate::sys::batch_u32(RX_BATCH), &mut self.rx);
         }
         if n == 0 {
             return 0;
@@ -275,7 +279,9 @@ impl Underlay for AfXdpUnderlay {
     }
 
     fn reclaim(&mut self, _stats: &WorkerStats) -> usize {
-        let mut n = self.xsk.complete(2 * TX_BATCH as u32, &mut self.tx_free);
+        let mut n = self
+            .xsk
+            .complete(crate::sys::batch_u32(2 * TX_BATCH), &mut self.tx_free);
         if !self.rx_unreturned.is_empty() {
             n += self.xsk.fill(&mut self.rx_unreturned);
         }

@@ -28,7 +28,9 @@
 use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::sys::{batch_u32, socklen_of};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,20 +182,7 @@ impl UdpSockets {
     /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports.
     pub fn open(config: &UdpConfig) -> Result<UdpSockets, UdpError> {
         let rx = socket_v4(true).map_err(|e| UdpError::new("creating the receive socket", e))?;
-        set_opt(&rx, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
-            .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
-        set_buffer(&rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
-        let gro = config.gro && set_opt(&rx, libc::SOL_UDP, UDP_GRO, 1).is_ok();
-        if config.busy_poll {
-            // <asm-generic/socket.h> SO_BUSY_POLL: microseconds a receive call may busy-poll
-            // the NIC queue the last packet came from before it returns empty.
-            const SO_BUSY_POLL: libc::c_int = 46;
-            if let Err(e) = set_opt(&rx, libc::SOL_SOCKET, SO_BUSY_POLL, 50) {
-                tracing::warn!(
-                    "busy polling of the receive socket refused ({e}); spinning without it"
-                );
-            }
-        }
+        let gro = configure_rx(&rx, config)?;
         if let Err(e) = bind_v4(&rx, SocketAddrV4::new(config.local_ip, config.port)) {
             let mut err = UdpError::new(
                 format!("binding UDP {}:{}", config.local_ip, config.port),
@@ -206,35 +195,79 @@ impl UdpSockets {
             }
             return Err(err);
         }
+        let mut tx = Vec::with_capacity(config.tx_sockets);
+        for _ in 0..config.tx_sockets.max(1) {
+            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
+            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
+            configure_tx(&s)?;
+            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
+                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
+            tx.push(s);
+        }
+        UdpSockets::finish(config, rx, tx, gro)
+    }
+
+    /// Takes over sockets another vxdp process opened with the same config (see `handover`):
+    /// the receive socket must be bound to `local_ip:port` and each transmit socket to
+    /// `local_ip`, else they are refused (the config changed: open afresh instead). The
+    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies.
+    pub fn adopt(
+        config: &UdpConfig,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+    ) -> Result<UdpSockets, UdpError> {
+        let want = SocketAddrV4::new(config.local_ip, config.port);
+        let bound = local_addr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
+        if bound != want {
+            return Err(UdpError::new(
+                "taking over the receive socket",
+                io::Error::other(format!("it is bound to {bound}, not {want}")),
+            ));
+        }
+        let gro = configure_rx(&rx, config)?;
+        for s in &tx {
+            let at = local_addr(s).map_err(|e| UdpError::new("getsockname", e))?;
+            if *at.ip() != config.local_ip || at.port() == 0 {
+                return Err(UdpError::new(
+                    "taking over a transmit socket",
+                    io::Error::other(format!(
+                        "it is bound to {at}, not {}:<port>",
+                        config.local_ip
+                    )),
+                ));
+            }
+            configure_tx(s)?;
+        }
+        if tx.is_empty() {
+            return Err(UdpError::new(
+                "taking over the transmit sockets",
+                io::Error::other("none came"),
+            ));
+        }
+        UdpSockets::finish(config, rx, tx, gro)
+    }
+
+    fn finish(
+        config: &UdpConfig,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+        gro: bool,
+    ) -> Result<UdpSockets, UdpError> {
         let mut gso = if config.gso {
             GsoStatus::On
         } else {
             GsoStatus::Off
         };
-        let mut tx = Vec::with_capacity(config.tx_sockets);
-        let mut tx_ports = Vec::with_capacity(config.tx_sockets);
-        for _ in 0..config.tx_sockets.max(1) {
-            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
-            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
-            set_buffer(&s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
-            // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with
-            // DF the inner MTU would have to leave room on every path).
-            set_opt(
-                &s,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                libc::IP_PMTUDISC_DONT,
-            )
-            .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
-            set_timeout(&s, libc::SO_SNDTIMEO, SEND_TIMEOUT)
-                .map_err(|e| UdpError::new("SO_SNDTIMEO", e))?;
-            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
-                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
-            if gso == GsoStatus::On && get_opt(&s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
+        let mut tx_ports = Vec::with_capacity(tx.len());
+        for s in &tx {
+            if gso == GsoStatus::On && get_opt(s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
                 gso = GsoStatus::Unsupported;
             }
-            tx_ports.push(local_port(&s).map_err(|e| UdpError::new("getsockname", e))?);
-            tx.push(s);
+            tx_ports.push(
+                local_addr(s)
+                    .map_err(|e| UdpError::new("getsockname", e))?
+                    .port(),
+            );
         }
         Ok(UdpSockets {
             rx,
@@ -243,6 +276,11 @@ impl UdpSockets {
             gso,
             gro,
         })
+    }
+
+    /// The descriptors, receive socket first, for a handover.
+    pub fn fds(&self) -> (BorrowedFd<'_>, Vec<BorrowedFd<'_>>) {
+        (self.rx.as_fd(), self.tx.iter().map(AsFd::as_fd).collect())
     }
 
     /// The source ports flows are spread over.
@@ -303,7 +341,7 @@ impl RxHeaders {
     #[inline]
     fn rearm(&mut self) {
         for m in &mut self.msgs {
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in>();
             m.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
@@ -416,7 +454,7 @@ impl UdpUnderlay {
         };
         q.len[i] = vxlan::HEADER_LEN + n;
         // At most 64 transmit sockets (tx_sockets is capped when configured).
-        q.socket[i] = socket as u8;
+        q.socket[i] = u8::try_from(socket).expect("at most 64 transmit sockets");
         q.dst[i] = dst;
         q.count += 1;
     }
@@ -440,7 +478,7 @@ impl UdpUnderlay {
             };
             let h = &mut msgs[n].msg_hdr;
             h.msg_name = &q.dst[i] as *const libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_namelen = socklen_of::<libc::sockaddr_in>();
             h.msg_iov = &mut iov[n];
             h.msg_iovlen = 1;
             n += 1;
@@ -452,7 +490,7 @@ impl UdpUnderlay {
             // SAFETY: `msgs[sent..n]` point at iovecs, addresses and buffers that live until
             // the call returns.
             let rc =
-                unsafe { libc::sendmmsg(fd, msgs[sent..n].as_mut_ptr(), (n - sent) as u32, 0) };
+                unsafe { libc::sendmmsg(fd, msgs[sent..n].as_mut_ptr(), batch_u32(n - sent), 0) };
             if rc > 0 {
                 let done = rc as usize;
                 let bytes: usize = msgs[sent..sent + done]
@@ -518,7 +556,7 @@ impl UdpUnderlay {
             }
             let count = end - start;
             // UDP_SEGMENT takes the size of every datagram but the last as a u16.
-            let gso_size = first_len as u16;
+            let gso_size = u16::try_from(first_len).expect("a datagram fits 64 KiB");
             let rc = send_gather(fd, dst, &iov, (count > 1).then_some(gso_size));
             drop(iov);
             match rc {
@@ -594,7 +632,7 @@ impl Underlay for UdpUnderlay {
             libc::recvmmsg(
                 self.rx.as_raw_fd(),
                 headers.msgs.as_mut_ptr(),
-                RX_MSGS as u32,
+                batch_u32(RX_MSGS),
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -750,13 +788,13 @@ fn send_gather(
     // SAFETY: plain old data; the fields used are set below.
     let mut h: libc::msghdr = unsafe { zeroed() };
     h.msg_name = dst as *const libc::sockaddr_in as *mut libc::c_void;
-    h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    h.msg_namelen = socklen_of::<libc::sockaddr_in>();
     // IoSlice is ABI-compatible with iovec on Unix; sendmsg does not write through it.
     h.msg_iov = parts.as_ptr() as *mut libc::iovec;
     h.msg_iovlen = parts.len();
     if let Some(size) = gso_size {
         // SAFETY: CMSG_SPACE is a pure computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(2) } as usize;
         h.msg_control = control.as_mut_ptr().cast();
         h.msg_controllen = space;
         // SAFETY: msg_control points at `control`, which holds `space` bytes, enough for one
@@ -765,7 +803,7 @@ fn send_gather(
             let c = libc::CMSG_FIRSTHDR(&h);
             (*c).cmsg_level = libc::SOL_UDP;
             (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as usize;
             libc::CMSG_DATA(c).cast::<u16>().write_unaligned(size);
         }
     }
@@ -813,7 +851,7 @@ fn set_opt(
             level,
             name,
             (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
+            socklen_of::<libc::c_int>(),
         )
     };
     if rc != 0 {
@@ -824,7 +862,7 @@ fn set_opt(
 
 fn get_opt(fd: &OwnedFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    let mut len = socklen_of::<libc::c_int>();
     // SAFETY: getsockopt writes at most `len` bytes into `value`.
     let rc = unsafe {
         libc::getsockopt(
@@ -861,7 +899,7 @@ fn set_timeout(fd: &OwnedFd, name: libc::c_int, d: Duration) -> io::Result<()> {
             libc::SOL_SOCKET,
             name,
             (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
+            socklen_of::<libc::timeval>(),
         )
     };
     if rc != 0 {
@@ -872,7 +910,7 @@ fn set_timeout(fd: &OwnedFd, name: libc::c_int, d: Duration) -> io::Result<()> {
 
 fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET is 2"),
         sin_port: addr.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*addr.ip()).to_be(),
@@ -888,7 +926,7 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
         libc::bind(
             fd.as_raw_fd(),
             (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            socklen_of::<libc::sockaddr_in>(),
         )
     };
     if rc != 0 {
@@ -897,10 +935,44 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
     Ok(())
 }
 
-fn local_port(fd: &OwnedFd) -> io::Result<u16> {
+/// Options of a receive socket (before `bind`, or again on a socket taken over): joins the
+/// `SO_REUSEPORT` group, a large buffer, GRO and busy polling as configured. Whether GRO is on.
+fn configure_rx(rx: &OwnedFd, config: &UdpConfig) -> Result<bool, UdpError> {
+    set_opt(rx, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)
+        .map_err(|e| UdpError::new("SO_REUSEPORT", e))?;
+    set_buffer(rx, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, 8 << 20);
+    let gro = set_opt(rx, libc::SOL_UDP, UDP_GRO, i32::from(config.gro)).is_ok() && config.gro;
+    // <asm-generic/socket.h> SO_BUSY_POLL: microseconds a receive call may busy-poll the NIC
+    // queue the last packet came from before it returns empty.
+    const SO_BUSY_POLL: libc::c_int = 46;
+    let busy_us = if config.busy_poll { 50 } else { 0 };
+    if let Err(e) = set_opt(rx, libc::SOL_SOCKET, SO_BUSY_POLL, busy_us) {
+        if config.busy_poll {
+            tracing::warn!("busy polling of the receive socket refused ({e}); spinning without it");
+        }
+    }
+    Ok(gro)
+}
+
+/// Options of a transmit socket (before `bind`, or again on a socket taken over).
+fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
+    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+    // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with DF the
+    // inner MTU would have to leave room on every path).
+    set_opt(
+        s,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_DONT,
+    )
+    .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
+    set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
+}
+
+fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
     // SAFETY: plain old data.
     let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let mut len = socklen_of::<libc::sockaddr_in>();
     // SAFETY: getsockname writes at most `len` bytes into `sa`.
     let rc = unsafe {
         libc::getsockname(
@@ -912,7 +984,13 @@ fn local_port(fd: &OwnedFd) -> io::Result<u16> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(u16::from_be(sa.sin_port))
+    if i32::from(sa.sin_family) != libc::AF_INET {
+        return Err(io::Error::other("not an IPv4 socket"));
+    }
+    Ok(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    ))
 }
 
 /// Who holds UDP `port` in this network namespace, in words an operator can act on: a
@@ -1095,13 +1173,13 @@ mod tests {
             busy_poll: false,
         };
         let first = UdpSockets::open(&config).unwrap();
-        let port = local_port(&first.rx).unwrap();
+        let port = local_addr(&first.rx).unwrap().port();
         assert_eq!(first.tx_ports().len(), 3);
         assert!(first.tx_ports().iter().all(|&p| p != 0 && p != port));
         // Another worker joins the SO_REUSEPORT group on the same port.
         let config = UdpConfig { port, ..config };
         let second = UdpSockets::open(&config).unwrap();
-        assert_eq!(local_port(&second.rx).unwrap(), port);
+        assert_eq!(local_addr(&second.rx).unwrap().port(), port);
         // A socket outside the group cannot take it, and the error names who holds it.
         let squatter = std::net::UdpSocket::bind(("127.0.0.1", port));
         assert!(squatter.is_err());

@@ -133,6 +133,16 @@ impl Netns {
     pub fn spawn(&self, args: &[&str], log: Option<&std::path::Path>) -> ChildGuard {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).args(args);
+        self.spawn_guarded(cmd, args, log)
+    }
+
+    /// Spawns `cmd` (which runs `args` here) with its output in `log`, under a guard.
+    fn spawn_guarded(
+        &self,
+        mut cmd: Command,
+        args: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> ChildGuard {
         cmd.stdin(Stdio::null());
         if let Some(path) = log {
             let f = File::create(path).expect("create log file");
@@ -145,6 +155,60 @@ impl Netns {
             child: Some(child),
             what: args.join(" "),
         }
+    }
+
+    /// Starts a long-running command inside as systemd starts a service with a file
+    /// descriptor store: `fds` become descriptors 3.. of the command, named in
+    /// `LISTEN_FDNAMES`, with `LISTEN_FDS` and `LISTEN_PID` (the command's own PID: `sh`
+    /// execs `ip netns exec`, which execs the command, all in one process).
+    pub fn spawn_with_listen_fds(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        fds: &[(String, std::os::fd::BorrowedFd<'_>)],
+        log: Option<&std::path::Path>,
+    ) -> ChildGuard {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"", "sh"])
+            .args(["ip", "netns", "exec", &self.name])
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if !fds.is_empty() {
+            cmd.env("LISTEN_FDS", fds.len().to_string()).env(
+                "LISTEN_FDNAMES",
+                fds.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            );
+        }
+        let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2
+        // (async-signal-safe) on descriptors this process holds open; `raw` was built before.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Out of the way of 3.. first, then into place (dup2 clears FD_CLOEXEC).
+                let mut high = [0i32; 256];
+                for (i, fd) in raw.iter().enumerate().take(256) {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD, 512);
+                    if high[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, fd) in high.iter().enumerate().take(raw.len().min(256)) {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(*fd);
+                }
+                Ok(())
+            });
+        }
+        self.spawn_guarded(cmd, args, log)
     }
 
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live here.
