@@ -53,6 +53,8 @@ struct View {
     config: NetworkConfig,
     external: ExternalInterface,
     device: String,
+    /// The IPv6 overlay's link, in a dual-stack network.
+    v6_device: Option<String>,
     mtu: u32,
     lease: Lease,
     peers: Vec<control::backend::Peer>,
@@ -142,16 +144,23 @@ impl View {
                 index: self.external.link.index,
                 public_ip: self.external.public_ip.to_string(),
                 mtu: self.external.link.mtu,
+                public_ipv6: self
+                    .config
+                    .ipv6
+                    .and(self.external.public_ipv6)
+                    .map(|a| a.to_string()),
             },
             device: DeviceStatus {
                 name: self.device.clone(),
                 mtu: self.mtu,
                 vtep_mac: vtep_mac.clone(),
+                v6_name: self.v6_device.clone(),
             },
             network: NetworkStatus {
                 network: self.config.network.to_string(),
                 vni: self.config.backend.vni,
                 port: self.config.vxlan_port(),
+                ipv6_network: self.config.ipv6.map(|v6| v6.network.to_string()),
             },
             lease: LeaseStatus {
                 subnet: self.lease.subnet.to_string(),
@@ -159,6 +168,14 @@ impl View {
                 vtep_mac,
                 expiration: self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
                 expiration_unix: self.lease.expiration.map(|e| e.unix_timestamp()),
+                ipv6_subnet: self.lease.ipv6_subnet.map(|n| n.to_string()),
+                public_ipv6: self.lease.attrs.public_ipv6.map(|a| a.to_string()),
+                vtep_mac_v6: self
+                    .lease
+                    .attrs
+                    .vxlan_v6_data()
+                    .ok()
+                    .map(|d| d.vtep_mac.to_string()),
             },
             last_watch_event_age_seconds: self.last_watch_event.elapsed().as_secs_f64(),
             peers: self
@@ -172,6 +189,13 @@ impl View {
                         vtep_mac: p.vtep_mac.to_string(),
                         next_hop_mac: path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
                         state: path.map_or_else(|| default_state.to_string(), |x| x.state.clone()),
+                        ipv6_subnet: p.ipv6.as_ref().map(|v6| v6.subnet.to_string()),
+                        public_ipv6: p
+                            .ipv6
+                            .as_ref()
+                            .and_then(|v6| v6.public_ip)
+                            .map(|a| a.to_string()),
+                        vtep_mac_v6: p.ipv6.as_ref().map(|v6| v6.vtep_mac.to_string()),
                     }
                 })
                 .collect(),
@@ -445,6 +469,15 @@ async fn run_with_store<S: LeaseStore>(
         bail!(
             "the network config enables IPv6, which vxdp carries on the kernel backend only so \
              far: use --backend kernel (or auto), or set EnableIPv6 to false"
+        );
+    }
+    if config.ipv6.is_some() && args.kube_subnet_mgr {
+        // vxdp's Kubernetes subnet manager reads and publishes the IPv4 pod CIDR and
+        // annotations only (backend-v6-data and public-ipv6 are not written yet).
+        bail!(
+            "the network config enables IPv6, but vxdp's Kubernetes subnet manager carries IPv4 \
+             leases only so far: use the etcd or local store for a dual-stack network, or set \
+             EnableIPv6 to false"
         );
     }
     if config.backend.gbp || config.backend.learning {
@@ -787,6 +820,9 @@ async fn run_with_store<S: LeaseStore>(
         config: config.clone(),
         external: external.clone(),
         device: device.clone(),
+        v6_device: config
+            .ipv6
+            .map(|_| KernelBackendConfig::v6_device_for(&device, vni)),
         mtu,
         lease: lease.clone(),
         peers: sync.peers().values().cloned().collect(),

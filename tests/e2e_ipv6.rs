@@ -285,6 +285,27 @@ fn dual_stack_kernel_nodes_and_a_flanneld_node_carry_ipv4_and_ipv6() {
         "{}",
         h1.log_text()
     );
+    // `vxdp status` shows both halves of the lease and of every peer.
+    let st = h1.status();
+    assert_eq!(
+        st["lease"]["ipv6_subnet"],
+        format!("{}/64", overlay6(h1)),
+        "{st:#}"
+    );
+    assert_eq!(
+        st["lease"]["public_ipv6"],
+        underlay6(1).to_string(),
+        "{st:#}"
+    );
+    assert_eq!(st["device"]["v6_name"], "vxdp-v6.1", "{st:#}");
+    assert_eq!(st["network"]["ipv6_network"], "fd00:5::/48", "{st:#}");
+    let fl_peer = st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == format!("{FL_NET4}/24")))
+        .unwrap_or_else(|| panic!("the flanneld node among the peers: {st:#}"));
+    assert_eq!(fl_peer["ipv6_subnet"], format!("{FL_NET6}/64"), "{st:#}");
+    assert_eq!(fl_peer["public_ipv6"], underlay6(3).to_string(), "{st:#}");
+    assert_eq!(fl_peer["vtep_mac_v6"], FL_MAC6, "{st:#}");
     // Each vxdp node programmed the flanneld node's IPv6 half as flanneld would.
     let r6 = routes(h1, "-6");
     assert!(
