@@ -254,6 +254,7 @@ fn without_tap_offloads_frames_cross_one_by_one() {
         c.host(i).wait_ready();
     }
     c.host(1).wait_peers(1);
+    c.host(2).wait_peers(1);
     let st = c.hosts[0].status();
     assert!(
         st["summary"]
@@ -510,6 +511,7 @@ fn after_setup_only_net_admin_and_net_raw_remain_and_workers_have_none() {
         c.host(i).wait_ready();
     }
     c.host(1).wait_peers(1);
+    c.host(2).wait_peers(1);
     const NET_ADMIN_AND_RAW: u64 = (1 << 12) | (1 << 13);
     for h in &c.hosts {
         let caps = thread_caps(h.daemon.as_ref().unwrap().pid());

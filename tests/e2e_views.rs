@@ -41,6 +41,7 @@ fn status_peers_leases_metrics_and_logs_describe_the_running_node() {
     c.host(1).wait_ready();
     c.host(2).wait_ready();
     c.host(1).wait_peers(1);
+    c.host(2).wait_peers(1);
     let h2_ip = c.hosts[1].overlay_ip();
     assert!(c.hosts[0].ping(h2_ip, 5));
     let sock = c.hosts[0].control_socket();
