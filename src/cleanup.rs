@@ -19,6 +19,8 @@ use control::store::LeaseStore;
 use control::subnet_file;
 use ipnet::IpNet;
 
+use dataplane::backend::kernel::KernelBackendConfig;
+
 use crate::cli::RunArgs;
 use crate::daemon::{network_config, Signals};
 
@@ -47,6 +49,7 @@ pub async fn run<S: LeaseStore>(
         &args.iface_regex,
         args.iface_can_reach,
         hints.public_ip.or(args.public_ip),
+        args.public_ipv6,
     )
     .await?;
     let device = args
@@ -55,15 +58,25 @@ pub async fn run<S: LeaseStore>(
         .unwrap_or_else(|| format!("vxdp.{}", config.backend.vni));
 
     // The device first: with it go its address, the pod routes through it and (kernel
-    // backend) its neighbour and FDB entries.
-    match nl.link_by_name(&device).await? {
-        Some(link) => {
-            nl.delete_link(link.index)
-                .await
-                .with_context(|| format!("deleting {device}"))?;
-            tracing::info!(device = %device, "overlay device removed");
+    // backend) its neighbour and FDB entries. A dual-stack network's kernel backend also has
+    // the IPv6 link.
+    let mut devices = vec![device.clone()];
+    if config.ipv6.is_some() {
+        devices.push(KernelBackendConfig::v6_device_for(
+            &device,
+            config.backend.vni,
+        ));
+    }
+    for device in &devices {
+        match nl.link_by_name(device).await? {
+            Some(link) => {
+                nl.delete_link(link.index)
+                    .await
+                    .with_context(|| format!("deleting {device}"))?;
+                tracing::info!(device = %device, "overlay device removed");
+            }
+            None => tracing::info!(device = %device, "no overlay device to remove"),
         }
-        None => tracing::info!(device = %device, "no overlay device to remove"),
     }
 
     let listing = store
@@ -89,18 +102,18 @@ pub async fn run<S: LeaseStore>(
 
     // The subnets whose rules and blackhole route may be here: this node's leases, and the
     // one subnet.env names (the lease may have lapsed already).
-    let mut subnets: Vec<_> = own.iter().map(|l| l.subnet).collect();
-    if let Ok((previous, _)) = subnet_file::read_previous_subnet(&args.subnet_file) {
+    let mut subnets: Vec<_> = own.iter().map(|l| (l.subnet, l.ipv6_subnet)).collect();
+    if let Ok(previous) = subnet_file::read_previous_subnet(&args.subnet_file) {
         if !subnets.contains(&previous) {
             subnets.push(previous);
         }
     }
-    for subnet in &subnets {
+    for (subnet, ipv6_subnet) in &subnets {
         if args.ip_masq || args.iptables_forward_rules {
             let mut cfg = MasqConfig::for_lease(
                 &config,
                 *subnet,
-                None,
+                *ipv6_subnet,
                 args.ip_masq,
                 args.iptables_forward_rules,
             );

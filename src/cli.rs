@@ -347,6 +347,17 @@ pub struct RunArgs {
     )]
     pub public_ip: Option<IpAddr>,
 
+    /// IPv6 address accessible by other nodes for inter-host traffic of the IPv6 overlay
+    /// (default: the external interface's global IPv6 address). Used only when the network
+    /// config has `EnableIPv6`.
+    #[arg(
+        long,
+        value_name = "IPV6",
+        env = "FLANNELD_PUBLIC_IPV6",
+        help_heading = "Host network (as flanneld)"
+    )]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+
     /// Dataplane: AF_XDP (xdp), UDP sockets with GSO/GRO (udp), the kernel vxlan link
     /// (kernel), or the best available (auto: xdp where the NIC has zero-copy AF_XDP, else
     /// udp, else kernel).
@@ -480,8 +491,6 @@ pub struct UnsupportedFlanneldFlags {
     #[arg(skip)]
     from_env: Vec<String>,
     #[arg(long, hide = true)]
-    public_ipv6: Option<String>,
-    #[arg(long, hide = true)]
     charon_executable_path: Option<String>,
     #[arg(long, hide = true)]
     charon_viciuri: Option<String>,
@@ -492,9 +501,7 @@ impl UnsupportedFlanneldFlags {
     pub fn check(&self) -> Result<(), String> {
         // Empty means unset, as in flanneld; [`command`] turns a boolean flag's false into "".
         let given = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
-        let msg = if given(&self.public_ipv6) {
-            "--public-ipv6 is not implemented: vxdp runs over an IPv4 underlay"
-        } else if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
+        let msg = if given(&self.charon_executable_path) || given(&self.charon_viciuri) {
             "the IPsec backend's --charon-* flags do not apply: vxdp implements the vxlan backend"
         } else {
             return Ok(());
@@ -740,10 +747,16 @@ mod tests {
             !err.contains("environment"),
             "given on the command line: {err}"
         );
-        let err = refusal(&["vxdp", "run", "-public-ipv6=fd00::1"]).unwrap();
-        assert!(err.contains("--public-ipv6"), "{err}");
-        let err = refusal(&["vxdp", "--public-ipv6", "fd00::1"]).unwrap();
-        assert!(err.contains("IPv4 underlay"), "{err}");
+        let err = refusal(&["vxdp", "run", "-charon-executable-path=/x"]).unwrap();
+        assert!(err.contains("--charon-*"), "{err}");
+        // The IPv6 underlay address is a real flag now.
+        assert_eq!(refusal(&["vxdp", "--public-ipv6", "2001:db8::1"]), None);
+        let cli = parse_args(&["vxdp", "run", "-public-ipv6=2001:db8::1"]).unwrap();
+        let Some(Command::Run(run)) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(run.public_ipv6, Some("2001:db8::1".parse().unwrap()));
+        assert!(parse_args(&["vxdp", "--public-ipv6", "192.0.2.1"]).is_err());
         let err = refusal(&["vxdp", "--charon-viciuri=unix:///x"]).unwrap();
         assert!(err.contains("--charon-*"), "{err}");
         assert_eq!(refusal(&["vxdp"]), None);
@@ -751,7 +764,7 @@ mod tests {
 
     #[test]
     fn an_empty_refused_flag_is_unset_as_in_flanneld() {
-        assert_eq!(refusal(&["vxdp", "--public-ipv6="]), None);
+        assert_eq!(refusal(&["vxdp", "--charon-viciuri="]), None);
     }
 
     #[test]
@@ -760,7 +773,7 @@ mod tests {
         let run = cmd.find_subcommand("run").unwrap();
         for c in [&cmd, run] {
             let ids = refused_ids(c);
-            assert!(ids.len() >= 3, "the refused group is found: {ids:?}");
+            assert!(ids.len() >= 2, "the refused group is found: {ids:?}");
             for id in ids {
                 let arg = c.get_arguments().find(|a| a.get_id() == &id).unwrap();
                 let long = arg.get_long().unwrap();

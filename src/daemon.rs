@@ -23,7 +23,7 @@ use control::store::local::LocalStore;
 use control::store::{self, AcquireError, LeaseStore, LeaseWatcher, StoreError};
 use control::subnet_alloc::Allocation;
 use control::{subnet_file, vtep_mac};
-use dataplane::backend::kernel::KernelBackendConfig;
+use dataplane::backend::kernel::{KernelBackendConfig, KernelV6Config};
 use dataplane::backend::userspace::{
     AfXdpOptions, UdpOptions, UnderlayKind, UserspaceConfig, UserspaceStatusProbe,
 };
@@ -53,6 +53,8 @@ struct View {
     config: NetworkConfig,
     external: ExternalInterface,
     device: String,
+    /// The IPv6 overlay's link, in a dual-stack network.
+    v6_device: Option<String>,
     mtu: u32,
     lease: Lease,
     peers: Vec<control::backend::Peer>,
@@ -142,16 +144,23 @@ impl View {
                 index: self.external.link.index,
                 public_ip: self.external.public_ip.to_string(),
                 mtu: self.external.link.mtu,
+                public_ipv6: self
+                    .config
+                    .ipv6
+                    .and(self.external.public_ipv6)
+                    .map(|a| a.to_string()),
             },
             device: DeviceStatus {
                 name: self.device.clone(),
                 mtu: self.mtu,
                 vtep_mac: vtep_mac.clone(),
+                v6_name: self.v6_device.clone(),
             },
             network: NetworkStatus {
                 network: self.config.network.to_string(),
                 vni: self.config.backend.vni,
                 port: self.config.vxlan_port(),
+                ipv6_network: self.config.ipv6.map(|v6| v6.network.to_string()),
             },
             lease: LeaseStatus {
                 subnet: self.lease.subnet.to_string(),
@@ -159,6 +168,14 @@ impl View {
                 vtep_mac,
                 expiration: self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
                 expiration_unix: self.lease.expiration.map(|e| e.unix_timestamp()),
+                ipv6_subnet: self.lease.ipv6_subnet.map(|n| n.to_string()),
+                public_ipv6: self.lease.attrs.public_ipv6.map(|a| a.to_string()),
+                vtep_mac_v6: self
+                    .lease
+                    .attrs
+                    .vxlan_v6_data()
+                    .ok()
+                    .map(|d| d.vtep_mac.to_string()),
             },
             last_watch_event_age_seconds: self.last_watch_event.elapsed().as_secs_f64(),
             peers: self
@@ -172,6 +189,13 @@ impl View {
                         vtep_mac: p.vtep_mac.to_string(),
                         next_hop_mac: path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
                         state: path.map_or_else(|| default_state.to_string(), |x| x.state.clone()),
+                        ipv6_subnet: p.ipv6.as_ref().map(|v6| v6.subnet.to_string()),
+                        public_ipv6: p
+                            .ipv6
+                            .as_ref()
+                            .and_then(|v6| v6.public_ip)
+                            .map(|a| a.to_string()),
+                        vtep_mac_v6: p.ipv6.as_ref().map(|v6| v6.vtep_mac.to_string()),
                     }
                 })
                 .collect(),
@@ -434,13 +458,26 @@ async fn run_with_store<S: LeaseStore>(
     let Some(config) = network_config(&args, &store, &mut signals).await? else {
         return Ok(());
     };
-    if let Some(v6) = &config.ipv6 {
-        // flannel carries the IPv6 overlay over an IPv6 underlay (PublicIPv6, BackendV6Data);
-        // running the IPv4 half alone would leave pods without the IPv6 they were promised.
+    if config.ipv6.is_some()
+        && !matches!(
+            args.backend,
+            crate::cli::BackendChoice::Auto | crate::cli::BackendChoice::Kernel
+        )
+    {
+        // The userspace dataplanes encapsulate over an IPv4 underlay only so far; carrying
+        // the IPv4 half alone would leave pods without the IPv6 they were promised.
         bail!(
-            "the network config enables IPv6 ({}), but vxdp runs over an IPv4 underlay only: set \
-             EnableIPv6 to false, or run flanneld's kernel vxlan on dual-stack nodes",
-            v6.network
+            "the network config enables IPv6, which vxdp carries on the kernel backend only so \
+             far: use --backend kernel (or auto), or set EnableIPv6 to false"
+        );
+    }
+    if config.ipv6.is_some() && args.kube_subnet_mgr {
+        // vxdp's Kubernetes subnet manager reads and publishes the IPv4 pod CIDR and
+        // annotations only (backend-v6-data and public-ipv6 are not written yet).
+        bail!(
+            "the network config enables IPv6, but vxdp's Kubernetes subnet manager carries IPv4 \
+             leases only so far: use the etcd or local store for a dual-stack network, or set \
+             EnableIPv6 to false"
         );
     }
     if config.backend.gbp || config.backend.learning {
@@ -472,8 +509,15 @@ async fn run_with_store<S: LeaseStore>(
         &args.iface_regex,
         args.iface_can_reach,
         public_ip,
+        args.public_ipv6,
     )
     .await?;
+    // The IPv6 underlay address of a dual-stack network (flanneld's PublicIPv6), checked
+    // before any lease is taken.
+    let public_ipv6 = match config.ipv6 {
+        Some(_) => Some(external.require_ipv6()?),
+        None => None,
+    };
     tracing::info!(
         iface = %external.link.name,
         public_ip = %external.public_ip,
@@ -488,7 +532,16 @@ async fn run_with_store<S: LeaseStore>(
             vni,
         )
     });
-    let attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
+    let mut attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
+    // flanneld gives its IPv6 link a MAC of its own (BackendV6Data); vxdp's is stable too,
+    // derived from the IPv6 underlay address, so it differs from the IPv4 one.
+    let vtep_mac6 = public_ipv6.map(|v6| {
+        vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), std::net::IpAddr::V6(v6), vni)
+    });
+    if let (Some(v6), Some(mac6)) = (public_ipv6, vtep_mac6) {
+        tracing::info!(public_ipv6 = %v6, vtep_mac6 = %mac6, "IPv6 overlay over the IPv6 underlay");
+        attrs = attrs.with_ipv6(v6, mac6);
+    }
     let previous = subnet_file::read_previous_subnet(&args.subnet_file).ok();
     let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
     let assigned = store
@@ -537,7 +590,31 @@ async fn run_with_store<S: LeaseStore>(
         }
     };
 
-    let mtu = config.mtu_for(external.link.mtu, false);
+    if let (Some(v6), None) = (&config.ipv6, lease.ipv6_subnet) {
+        let _ = store.remove(&lease).await;
+        bail!(
+            "the network config enables IPv6 ({}), but the {} gave lease {} no IPv6 subnet: \
+             check that the IPv6 network has free subnets",
+            v6.network,
+            store.describe(),
+            lease.subnet
+        );
+    }
+    // One overlay MTU for the TAP or both links: the IPv6 family runs over the IPv6 underlay,
+    // whose headers take 70 bytes, so a dual-stack node needs 20 bytes more than IPv4 alone.
+    let mtu = config.mtu_for(external.link.mtu, config.ipv6.is_some());
+    let flanneld_mtu = config.mtu_for(external.link.mtu, false);
+    if mtu != flanneld_mtu {
+        tracing::info!(
+            mtu,
+            flanneld_mtu,
+            "FLANNEL_MTU is {mtu}, not the {flanneld_mtu} flanneld writes: the IPv6 overlay runs \
+             over an IPv6 underlay, whose outer headers take 70 bytes, not the 50 flanneld \
+             subtracts (flannel issue #1781); with {flanneld_mtu} full-sized IPv6 overlay \
+             packets would not fit the underlay MTU {}",
+            external.link.mtu
+        );
+    }
     let device = args.device.clone().unwrap_or_else(|| format!("vxdp.{vni}"));
     let worker_cpus = match &args.worker_cpus {
         WorkerCpus::Auto => core_affinity::get_core_ids()
@@ -608,14 +685,27 @@ async fn run_with_store<S: LeaseStore>(
         device: device.clone(),
         vni,
         port: config.vxlan_port(),
-        local_ip: external.public_ip,
+        local_ip: std::net::IpAddr::V4(external.public_ip),
         underlay_ifindex: external.link.index,
         vtep_mac,
         mtu,
         learning: config.backend.learning,
         gbp: config.backend.gbp,
-        subnet: lease.subnet,
+        subnet: IpNet::V4(lease.subnet),
         direct_routing: config.backend.direct_routing,
+        ipv6: match (
+            lease.ipv6_subnet,
+            external.iface_addr6.or(public_ipv6),
+            vtep_mac6,
+        ) {
+            (Some(subnet), Some(local_ip), Some(vtep_mac)) => Some(KernelV6Config {
+                device: KernelBackendConfig::v6_device_for(&device, vni),
+                local_ip,
+                vtep_mac,
+                subnet,
+            }),
+            _ => None,
+        },
     };
     // A vxdp already running here hands its dataplane over (an upgrade); else systemd's
     // store may hold the last run's descriptors.
@@ -648,6 +738,11 @@ async fn run_with_store<S: LeaseStore>(
     let (backend, summary) = match ActiveBackend::start(
         &nl,
         match args.backend {
+            // Only the kernel links carry IPv6 so far (checked above for explicit choices).
+            crate::cli::BackendChoice::Auto if config.ipv6.is_some() => {
+                tracing::info!("--backend auto: the network config enables IPv6, which the kernel backend carries");
+                BackendChoice::Kernel
+            }
             crate::cli::BackendChoice::Auto => BackendChoice::Auto,
             crate::cli::BackendChoice::Xdp => BackendChoice::Xdp,
             crate::cli::BackendChoice::Udp => BackendChoice::Udp,
@@ -727,6 +822,9 @@ async fn run_with_store<S: LeaseStore>(
         config: config.clone(),
         external: external.clone(),
         device: device.clone(),
+        v6_device: config
+            .ipv6
+            .map(|_| KernelBackendConfig::v6_device_for(&device, vni)),
         mtu,
         lease: lease.clone(),
         peers: sync.peers().values().cloned().collect(),
@@ -759,7 +857,7 @@ async fn run_with_store<S: LeaseStore>(
         let mut cfg = MasqConfig::for_lease(
             &config,
             lease.subnet,
-            None,
+            lease.ipv6_subnet,
             args.ip_masq,
             args.iptables_forward_rules,
         );
@@ -847,7 +945,7 @@ async fn run_with_store<S: LeaseStore>(
         &args.subnet_file,
         &config,
         lease.subnet,
-        None,
+        lease.ipv6_subnet,
         mtu,
         args.ip_masq,
     )

@@ -80,6 +80,19 @@ pub fn render(doc: &StatusDoc) -> String {
         "Peers programmed into the dataplane.",
     );
     o.sample("vxdp_peers", &[], doc.peers.len());
+    if doc.lease.ipv6_subnet.is_some() {
+        o.family(
+            "vxdp_peers_ipv6",
+            "gauge",
+            "Peers whose IPv6 half (IPv6 subnet and PublicIPv6) is programmed (dual stack).",
+        );
+        let v6 = doc
+            .peers
+            .iter()
+            .filter(|p| p.ipv6_subnet.is_some() && p.public_ipv6.is_some())
+            .count();
+        o.sample("vxdp_peers_ipv6", &[], v6);
+    }
     if let Some(exp) = doc.lease.expiration_unix {
         o.family(
             "vxdp_lease_expiration_timestamp_seconds",

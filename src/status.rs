@@ -60,6 +60,9 @@ pub struct IfaceStatus {
     pub public_ip: String,
     /// Its MTU.
     pub mtu: u32,
+    /// The IPv6 VTEP address peers send the IPv6 overlay to (dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<String>,
 }
 
 /// The overlay device.
@@ -71,6 +74,9 @@ pub struct DeviceStatus {
     pub mtu: u32,
     /// This node's VtepMAC.
     pub vtep_mac: String,
+    /// The IPv6 overlay's link (`vxdp-v6.<VNI>`, kernel backend, dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6_name: Option<String>,
 }
 
 /// flannel's network config.
@@ -82,6 +88,9 @@ pub struct NetworkStatus {
     pub vni: u32,
     /// The VXLAN UDP port.
     pub port: u16,
+    /// The IPv6 overlay network (`IPv6Network`), with `EnableIPv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_network: Option<String>,
 }
 
 /// This node's lease.
@@ -97,6 +106,15 @@ pub struct LeaseStatus {
     pub expiration: Option<String>,
     /// The same as Unix time.
     pub expiration_unix: Option<i64>,
+    /// The IPv6 subnet of a dual-stack lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<String>,
+    /// Its PublicIPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<String>,
+    /// Its IPv6 VtepMAC (`BackendV6Data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac_v6: Option<String>,
 }
 
 /// One peer.
@@ -112,6 +130,15 @@ pub struct PeerStatus {
     pub next_hop_mac: Option<String>,
     /// `resolved`, `resolving`, `kernel-routed`, `direct-routing`, `programmed` or a problem.
     pub state: String,
+    /// Its IPv6 subnet (dual stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_subnet: Option<String>,
+    /// Its PublicIPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ipv6: Option<String>,
+    /// Its IPv6 VtepMAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac_v6: Option<String>,
 }
 
 /// One lease in the store.
@@ -190,6 +217,22 @@ pub fn render_peers(doc: &StatusDoc) -> String {
             or_dash(&p.next_hop_mac),
             p.state,
         );
+        // The IPv6 half of a dual-stack peer, on a line of its own.
+        if let Some(sn6) = &p.ipv6_subnet {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<16} {:<18} {:<18} {}",
+                sn6,
+                or_dash(&p.public_ipv6),
+                or_dash(&p.vtep_mac_v6),
+                "-",
+                if p.public_ipv6.is_some() {
+                    p.state.as_str()
+                } else {
+                    "no PublicIPv6: IPv4 only"
+                },
+            );
+        }
     }
     out
 }
@@ -260,6 +303,17 @@ pub fn render(doc: &StatusDoc) -> String {
         doc.lease.vtep_mac,
         or_dash(&doc.lease.expiration),
     );
+    if let Some(sn6) = &doc.lease.ipv6_subnet {
+        let _ = writeln!(
+            out,
+            "lease6 {}  network6 {}  public-ipv6 {}  vtep-mac {}  device {}",
+            sn6,
+            or_dash(&doc.network.ipv6_network),
+            or_dash(&doc.lease.public_ipv6),
+            or_dash(&doc.lease.vtep_mac_v6),
+            doc.device.v6_name.as_deref().unwrap_or(&doc.device.name),
+        );
+    }
     let _ = writeln!(out);
     out.push_str(&render_peers(doc));
     if !doc.workers.is_empty() {
@@ -336,16 +390,19 @@ pub(crate) mod tests {
                 index: 2,
                 public_ip: "192.0.2.1".into(),
                 mtu: 1500,
+                public_ipv6: None,
             },
             device: DeviceStatus {
                 name: "vxdp.1".into(),
                 mtu: 1450,
                 vtep_mac: "02:00:00:00:00:01".into(),
+                v6_name: None,
             },
             network: NetworkStatus {
                 network: "10.244.0.0/16".into(),
                 vni: 1,
                 port: 8472,
+                ipv6_network: None,
             },
             lease: LeaseStatus {
                 subnet: "10.244.3.0/24".into(),
@@ -353,6 +410,7 @@ pub(crate) mod tests {
                 vtep_mac: "02:00:00:00:00:01".into(),
                 expiration: Some("2026-11-22T00:00:00Z".into()),
                 expiration_unix: Some(1_800_000_000),
+                ..LeaseStatus::default()
             },
             last_watch_event_age_seconds: 1.5,
             peers: vec![PeerStatus {
@@ -361,6 +419,7 @@ pub(crate) mod tests {
                 vtep_mac: "02:00:00:00:00:02".into(),
                 next_hop_mac: Some("aa:bb:cc:dd:ee:ff".into()),
                 state: "resolved".into(),
+                ..PeerStatus::default()
             }],
             leases: vec![
                 LeaseRow {
@@ -414,6 +473,52 @@ pub(crate) mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[1].contains("this node") && lines[1].contains("2026-11-22T00:00:00Z"));
         assert!(lines[2].contains("never (reservation)") && lines[2].contains("host-gw"));
+    }
+
+    /// A dual-stack kernel-backend node's document.
+    fn dual_stack_sample() -> StatusDoc {
+        let mut doc = sample();
+        doc.backend = "kernel".into();
+        doc.workers.clear();
+        doc.iface.public_ipv6 = Some("2001:db8::1".into());
+        doc.device.v6_name = Some("vxdp-v6.1".into());
+        doc.network.ipv6_network = Some("fd00:5::/48".into());
+        doc.lease.ipv6_subnet = Some("fd00:5:0:3::/64".into());
+        doc.lease.public_ipv6 = Some("2001:db8::1".into());
+        doc.lease.vtep_mac_v6 = Some("02:00:00:00:06:01".into());
+        doc.peers[0].ipv6_subnet = Some("fd00:5:0:7::/64".into());
+        doc.peers[0].public_ipv6 = Some("2001:db8::2".into());
+        doc.peers[0].vtep_mac_v6 = Some("02:00:00:00:06:02".into());
+        doc.peers[0].state = "programmed".into();
+        doc
+    }
+
+    #[test]
+    fn dual_stack_fields_show_and_are_absent_without_ipv6() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert!(json["lease"].get("ipv6_subnet").is_none(), "{json:#}");
+        assert!(json["peers"][0].get("public_ipv6").is_none(), "{json:#}");
+        let doc = dual_stack_sample();
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<StatusDoc>(&json).unwrap(), doc);
+        let text = render(&doc);
+        assert!(
+            text.contains("lease6 fd00:5:0:3::/64  network6 fd00:5::/48  public-ipv6 2001:db8::1  vtep-mac 02:00:00:00:06:01  device vxdp-v6.1"),
+            "{text}"
+        );
+        let v6_row = text
+            .lines()
+            .find(|l| l.starts_with("fd00:5:0:7::/64"))
+            .unwrap_or_else(|| panic!("the peer's IPv6 row: {text}"));
+        assert!(
+            v6_row.contains("2001:db8::2")
+                && v6_row.contains("02:00:00:00:06:02")
+                && v6_row.ends_with("programmed"),
+            "{v6_row}"
+        );
+        let metrics = crate::metrics::render(&doc);
+        assert!(metrics.contains("\nvxdp_peers_ipv6 1\n"), "{metrics}");
+        assert!(!crate::metrics::render(&sample()).contains("vxdp_peers_ipv6"));
     }
 
     #[test]

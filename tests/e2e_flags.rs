@@ -56,14 +56,14 @@ fn vxdp_exit(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn refused_flags_are_refused_from_their_flanneld_variables_too() {
-    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "fd00::1")], &[]);
+    let (code, err) = vxdp_exit(&[("FLANNELD_CHARON_VICIURI", "unix:///x")], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("unsupported flanneld flag: --public-ipv6"),
+        err.contains("unsupported flanneld flag: the IPsec backend's --charon-*"),
         "{err}"
     );
     assert!(
-        err.contains("set in the environment by FLANNELD_PUBLIC_IPV6"),
+        err.contains("set in the environment by FLANNELD_CHARON_VICIURI"),
         "{err}"
     );
     assert!(
@@ -71,22 +71,33 @@ fn refused_flags_are_refused_from_their_flanneld_variables_too() {
         "refused before any etcd: {err}"
     );
 
-    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "2001:db8::1")], &["run"]);
+    let (code, err) = vxdp_exit(&[("FLANNELD_CHARON_EXECUTABLE_PATH", "/x")], &["run"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains("IPv4 underlay") && err.contains("FLANNELD_PUBLIC_IPV6"),
+        err.contains("vxlan backend") && err.contains("FLANNELD_CHARON_EXECUTABLE_PATH"),
         "{err}"
     );
 
     // Empty (unset for flanneld): nothing is asked that vxdp lacks, and it goes on (here to a
     // local store that does not exist).
     let store = "/nonexistent/vxdp-store";
-    let (code, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "")], &["--local-store", store]);
+    let (code, err) = vxdp_exit(
+        &[("FLANNELD_CHARON_VICIURI", "")],
+        &["--local-store", store],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("unsupported"), "{err}");
+    assert!(err.contains(store), "{err}");
+    // FLANNELD_PUBLIC_IPV6 is a real setting now: it is not refused.
+    let (code, err) = vxdp_exit(
+        &[("FLANNELD_PUBLIC_IPV6", "2001:db8::1")],
+        &["--local-store", store],
+    );
     assert_eq!(code, Some(1), "{err}");
     assert!(!err.contains("unsupported"), "{err}");
     assert!(err.contains(store), "{err}");
     // Only the daemon refuses: `vxdp status` is not flanneld.
-    let (_, err) = vxdp_exit(&[("FLANNELD_PUBLIC_IPV6", "fd00::1")], &["status"]);
+    let (_, err) = vxdp_exit(&[("FLANNELD_CHARON_VICIURI", "unix:///x")], &["status"]);
     assert!(!err.contains("unsupported"), "{err}");
 }
 

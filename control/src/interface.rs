@@ -1,7 +1,7 @@
 //! The external interface: where vxdp sends and receives VXLAN, chosen as flanneld chooses it
 //! (`--iface`, `--iface-regex`, else the default route's interface).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::netlink::{Netlink, NetlinkError};
 
@@ -14,6 +14,20 @@ pub struct ExternalInterface {
     pub iface_addr: std::net::Ipv4Addr,
     /// The address peers send to (`--public-ip`, else `iface_addr`).
     pub public_ip: std::net::Ipv4Addr,
+    /// Its IPv6 address for the IPv6 overlay's VTEP (flannel's `iface_v6_addr`): the IPv6
+    /// address `--iface`/`--iface-regex` matched, else its first global IPv6 address; `None`
+    /// when it has none.
+    pub iface_addr6: Option<Ipv6Addr>,
+    /// The IPv6 address peers send the IPv6 overlay to (`--public-ipv6`, else `iface_addr6`).
+    pub public_ipv6: Option<Ipv6Addr>,
+}
+
+impl ExternalInterface {
+    /// The IPv6 underlay address, or why there is none, for a network with `EnableIPv6`.
+    pub fn require_ipv6(&self) -> Result<Ipv6Addr, InterfaceError> {
+        self.public_ipv6
+            .ok_or_else(|| InterfaceError::NoIpv6Address(self.link.name.clone()))
+    }
 }
 
 /// Why no usable interface was found.
@@ -36,6 +50,13 @@ pub enum InterfaceError {
     /// The interface has no IPv4 address.
     #[error("interface {0} has no IPv4 address: vxdp needs one as its VTEP address (or pass --iface with another interface)")]
     NoAddress(String),
+    /// IPv6 is enabled but the interface has no global IPv6 address.
+    #[error(
+        "the network config enables IPv6, but interface {0} has no global IPv6 address to carry \
+         the IPv6 overlay: add one (`ip -6 addr add ... dev {0}`), pass --public-ipv6, or choose \
+         another interface with --iface"
+    )]
+    NoIpv6Address(String),
     /// `--public-ip` is not IPv4.
     #[error("--public-ip {0} is not an IPv4 address; IPv6 underlays are given with --public-ipv6")]
     PublicIpNotV4(IpAddr),
@@ -75,12 +96,17 @@ pub enum InterfaceError {
 /// matching an interface's IP address or, failing that, its name, else the interface and source
 /// address of the kernel's route to `--iface-can-reach` (`ip route get ADDR`), else, when none of
 /// the three is given, the interface of the default route.
+///
+/// The IPv6 underlay address (for `EnableIPv6`) is found on the same interface, as flanneld's
+/// `LookupExtIface` does: the IPv6 address `--iface` or `--iface-regex` matched, else the link's
+/// first global IPv6 address; `public_ipv6` (`--public-ipv6`) overrides what peers are told.
 pub async fn find_external_interface(
     nl: &Netlink,
     ifaces: &[String],
     iface_regexes: &[String],
     iface_can_reach: Option<IpAddr>,
     public_ip: Option<IpAddr>,
+    public_ipv6: Option<Ipv6Addr>,
 ) -> Result<ExternalInterface, InterfaceError> {
     let regexes = iface_regexes
         .iter()
@@ -90,6 +116,8 @@ pub async fn find_external_interface(
         .collect::<Result<Vec<_>, _>>()?;
     // The source address the kernel picks towards --iface-can-reach, when that decided.
     let mut route_src = None;
+    // The IPv6 address that --iface or --iface-regex matched, if it was one.
+    let mut matched_v6 = None;
     let link = if ifaces.is_empty() && regexes.is_empty() && iface_can_reach.is_none() {
         let index = nl
             .default_route_link(false)
@@ -109,6 +137,9 @@ pub async fn find_external_interface(
                         .iter()
                         .any(|(a, _)| *a == ip)
                     {
+                        if let IpAddr::V6(v6) = ip {
+                            matched_v6 = Some(v6);
+                        }
                         found = Some(link);
                         break 'search;
                     }
@@ -125,6 +156,9 @@ pub async fn find_external_interface(
                 for link in &links {
                     for (ip, _) in nl.addresses(link.index).await? {
                         if re.is_match(&ip.to_string()) {
+                            if let IpAddr::V6(v6) = ip {
+                                matched_v6 = Some(v6);
+                            }
                             found = Some(link.clone());
                             break 'regex;
                         }
@@ -175,11 +209,33 @@ pub async fn find_external_interface(
         Some(IpAddr::V4(v4)) => v4,
         Some(other) => return Err(InterfaceError::PublicIpNotV4(other)),
     };
+    let iface_addr6 = match matched_v6 {
+        Some(v6) => Some(v6),
+        None => nl
+            .addresses(link.index)
+            .await?
+            .into_iter()
+            .find_map(|(ip, _)| match ip {
+                IpAddr::V6(v6) if is_global_v6(v6) => Some(v6),
+                _ => None,
+            }),
+    };
     Ok(ExternalInterface {
         link,
         iface_addr,
         public_ip,
+        iface_addr6,
+        public_ipv6: public_ipv6.or(iface_addr6),
     })
+}
+
+/// Whether `a` can be an IPv6 VTEP address: not loopback, unspecified, multicast or link-local
+/// (fe80::/10 is only meaningful with a scope; flanneld skips it too).
+fn is_global_v6(a: Ipv6Addr) -> bool {
+    !(a.is_loopback()
+        || a.is_unspecified()
+        || a.is_multicast()
+        || (a.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 /// The link and IPv4 source address the kernel would use to send to `addr` (flannel's

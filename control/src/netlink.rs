@@ -130,10 +130,10 @@ pub struct VxlanAttrs {
     pub vni: u32,
     /// Underlay device index (`dev`), if the link is bound to one.
     pub dev: Option<u32>,
-    /// Outer source address (`local`).
-    pub local: Option<Ipv4Addr>,
+    /// Outer source address (`local`): IPv4, or IPv6 for a link over an IPv6 underlay.
+    pub local: Option<IpAddr>,
     /// Multicast group or default remote (`group` / `remote`).
-    pub group: Option<Ipv4Addr>,
+    pub group: Option<IpAddr>,
     /// UDP destination port (`dstport`).
     pub port: Option<u16>,
     /// Learning of remote MACs from received frames (`learning` / `nolearning`).
@@ -155,8 +155,10 @@ impl VxlanAttrs {
             match info {
                 InfoVxlan::Id(v) => a.vni = *v,
                 InfoVxlan::Link(i) if *i != 0 => a.dev = Some(*i),
-                InfoVxlan::Local(ip) if !ip.is_unspecified() => a.local = Some(*ip),
-                InfoVxlan::Group(ip) if !ip.is_unspecified() => a.group = Some(*ip),
+                InfoVxlan::Local(ip) if !ip.is_unspecified() => a.local = Some(IpAddr::V4(*ip)),
+                InfoVxlan::Local6(ip) if !ip.is_unspecified() => a.local = Some(IpAddr::V6(*ip)),
+                InfoVxlan::Group(ip) if !ip.is_unspecified() => a.group = Some(IpAddr::V4(*ip)),
+                InfoVxlan::Group6(ip) if !ip.is_unspecified() => a.group = Some(IpAddr::V6(*ip)),
                 InfoVxlan::Port(p) if *p != 0 => a.port = Some(*p),
                 InfoVxlan::Learning(b) => a.learning = *b,
                 InfoVxlan::L2Miss(b) => a.l2miss = *b,
@@ -177,11 +179,15 @@ impl VxlanAttrs {
         if let Some(dev) = self.dev {
             v.push(InfoVxlan::Link(dev));
         }
-        if let Some(local) = self.local {
-            v.push(InfoVxlan::Local(local));
+        match self.local {
+            Some(IpAddr::V4(local)) => v.push(InfoVxlan::Local(local)),
+            Some(IpAddr::V6(local)) => v.push(InfoVxlan::Local6(local)),
+            None => {}
         }
-        if let Some(group) = self.group {
-            v.push(InfoVxlan::Group(group));
+        match self.group {
+            Some(IpAddr::V4(group)) => v.push(InfoVxlan::Group(group)),
+            Some(IpAddr::V6(group)) => v.push(InfoVxlan::Group6(group)),
+            None => {}
         }
         v.extend([
             InfoVxlan::Ttl(0),
@@ -1039,7 +1045,7 @@ mod tests {
         let a = VxlanAttrs {
             vni: 1,
             dev: Some(2),
-            local: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            local: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
             group: None,
             port: Some(8472),
             learning: false,
@@ -1066,6 +1072,15 @@ mod tests {
         ];
         let parsed = VxlanAttrs::from_infos(&dumped);
         assert_eq!((parsed.vni, parsed.dev, parsed.local), (5, None, None));
+        // A link over an IPv6 underlay (flanneld's flannel-v6.<VNI>) has `local6`.
+        let v6 = VxlanAttrs {
+            local: Some(IpAddr::V6("2001:db8::1".parse().unwrap())),
+            ..a
+        };
+        let infos = v6.to_infos();
+        assert!(infos.contains(&InfoVxlan::Local6("2001:db8::1".parse().unwrap())));
+        assert!(!infos.iter().any(|i| matches!(i, InfoVxlan::Local(_))));
+        assert_eq!(VxlanAttrs::from_infos(&infos), v6);
     }
 
     #[test]

@@ -296,6 +296,83 @@ async fn acquire_writes_what_flanneld_writes() {
     assert_eq!(etcd.key_lease(&reserved), None);
 }
 
+/// A dual-stack flanneld node's lease (flannel's `MakeSubnetKey` with an IPv6 subnet, and
+/// `LeaseAttrs` with `PublicIPv6` and `BackendV6Data`).
+const FLANNELD_DUAL: &str = r#"{"PublicIP":"192.168.64.3","PublicIPv6":"2001:db8::3","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+const CONFIG_DUAL: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
+
+#[tokio::test]
+async fn dual_stack_leases_are_flannels_keys_and_json() {
+    let etcd = EtcdServer::start();
+    etcd.put(&format!("{DEFAULT_ETCD_PREFIX}/config"), CONFIG_DUAL);
+    let store = connect(&etcd).await;
+    let cfg = config::parse(&store.network_config().await.unwrap()).unwrap();
+    let day = Duration::from_secs(24 * 3600);
+    let attrs = flanneld_attrs().with_ipv6(
+        "2001:db8::3".parse().unwrap(),
+        "c6:d2:32:6f:8f:45".parse().unwrap(),
+    );
+
+    let mine = acquire(&store, &cfg, &attrs, None, day, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    let v6 = mine
+        .lease
+        .ipv6_subnet
+        .expect("an IPv6 subnet in a dual-stack lease");
+    assert_eq!(v6.prefix_len(), 64);
+    assert!(cfg.is_compatible(mine.lease.subnet, Some(v6)));
+    let my_key = mine.lease.key().etcd_key(DEFAULT_ETCD_PREFIX);
+    // flannel's key: `<v4>-<len>&<v6>-<len>`.
+    assert_eq!(
+        my_key,
+        format!(
+            "{DEFAULT_ETCD_PREFIX}/subnets/{}-24&{}-64",
+            mine.lease.subnet.network(),
+            v6.network()
+        )
+    );
+    assert_eq!(etcd.get(&my_key).as_deref(), Some(FLANNELD_DUAL));
+    assert_eq!(etcd.key_lease(&my_key).expect("an etcd lease").0, 86400);
+
+    // A dual-stack lease written by flanneld is listed and watched with both halves.
+    let listing = store.list().await.unwrap();
+    let mut watcher = store.watch(&listing).await.unwrap();
+    let theirs = key("10.5.77.0-24&fd00:5:0:77::-64");
+    let theirs_json = r#"{"PublicIP":"192.168.64.4","PublicIPv6":"2001:db8::4","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:46"},"BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:47"}}"#;
+    etcd.put(&theirs, theirs_json);
+    let events = next_within(&mut watcher, 10).await;
+    let l = match events.as_slice() {
+        [LeaseEvent::Added(l)] => l.clone(),
+        other => panic!("expected one addition, got {other:#?}"),
+    };
+    assert_eq!(l.ipv6_subnet, Some("fd00:5:0:77::/64".parse().unwrap()));
+    assert_eq!(l.attrs.public_ipv6, Some("2001:db8::4".parse().unwrap()));
+    assert_eq!(
+        l.attrs.vxlan_v6_data().unwrap().vtep_mac,
+        "c6:d2:32:6f:8f:47".parse::<MacAddr>().unwrap()
+    );
+    let peer = control::backend::Peer::from_lease(&l).unwrap();
+    let peer6 = peer.ipv6.expect("the peer's IPv6 half");
+    assert_eq!(peer6.public_ip, Some("2001:db8::4".parse().unwrap()));
+
+    // Removal by etcdctl is a removal of the dual-stack lease.
+    etcd.del(&theirs);
+    let events = next_within(&mut watcher, 10).await;
+    assert_eq!(removed(&events), set(&["10.5.77.0-24&fd00:5:0:77::-64"]));
+
+    // Renewal keeps both halves; on restart the node finds its own dual-stack lease again.
+    let renewed = renew(&store, &mine.lease, day, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(renewed.key(), mine.lease.key());
+    assert_eq!(etcd.get(&my_key).as_deref(), Some(FLANNELD_DUAL));
+    let again = acquire(&store, &cfg, &attrs, None, day, OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert_eq!(again.lease.key(), mine.lease.key());
+}
+
 #[tokio::test]
 async fn watch_reports_etcdctl_changes() {
     let etcd = EtcdServer::start();

@@ -11,7 +11,7 @@
 //! thread that entered the host (`Netns::enter`), with its own single-threaded runtime.
 //! These tests need root; without it they fail, never skip.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use control::blackhole::BlackholeRoute;
 use control::interface::{find_external_interface, ExternalInterface, InterfaceError};
@@ -76,7 +76,7 @@ fn choose(
     ns.enter(|| {
         runtime().block_on(async {
             let nl = Netlink::connect().expect("netlink");
-            find_external_interface(&nl, &ifaces, &regexes, can_reach, None).await
+            find_external_interface(&nl, &ifaces, &regexes, can_reach, None, None).await
         })
     })
 }
@@ -135,6 +135,99 @@ fn iface_and_iface_regex_come_before_iface_can_reach() {
     // Without --iface-can-reach that is an error naming what was given.
     let e = choose(ns, &["nosuch0"], &[], None).unwrap_err().to_string();
     assert!(e.contains("nosuch0"), "{e}");
+}
+
+/// `find_external_interface` with `--public-ipv6` too.
+fn choose_v6(
+    ns: &Netns,
+    ifaces: &[&str],
+    regexes: &[&str],
+    public_ipv6: Option<&str>,
+) -> ExternalInterface {
+    let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+    let regexes: Vec<String> = regexes.iter().map(|s| s.to_string()).collect();
+    let public_ipv6: Option<Ipv6Addr> = public_ipv6.map(|a| a.parse().expect("test address"));
+    ns.enter(|| {
+        runtime().block_on(async {
+            let nl = Netlink::connect().expect("netlink");
+            find_external_interface(&nl, &ifaces, &regexes, None, None, public_ipv6)
+                .await
+                .expect("an interface")
+        })
+    })
+}
+
+#[test]
+fn ipv6_underlay_address_is_chosen_as_flanneld_chooses_it() {
+    let h = host();
+    let ns = &h.host;
+    let v6 = |s: &str| Some(s.parse::<Ipv6Addr>().unwrap());
+    // Link-local addresses exist on both links from the start and are never taken.
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "eth1",
+        "nodad",
+    ]);
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::7/64",
+        "dev",
+        "eth1",
+        "nodad",
+    ]);
+    // By name: the link's first global IPv6 address.
+    let ext = choose_v6(ns, &["eth0"], &[], None);
+    assert_eq!(
+        (ext.iface_addr6, ext.public_ipv6),
+        (v6("2001:db8::1"), v6("2001:db8::1"))
+    );
+    // By one of its IPv6 addresses: that link, and that address as the VTEP.
+    let ext = choose_v6(ns, &["2001:db8:1::7"], &[], None);
+    assert_eq!(ext.link.name, "eth1");
+    assert_eq!(ext.iface_addr, "198.51.100.1".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(ext.iface_addr6, v6("2001:db8:1::7"));
+    // By a regex over IPv6 addresses.
+    let ext = choose_v6(ns, &[], &["^2001:db8:1::7$"], None);
+    assert_eq!(
+        (ext.link.name.as_str(), ext.iface_addr6),
+        ("eth1", v6("2001:db8:1::7"))
+    );
+    // --public-ipv6 is what peers are told; the interface address stays.
+    let ext = choose_v6(ns, &["eth0"], &[], Some("2001:db8:ff::1"));
+    assert_eq!(
+        (ext.iface_addr6, ext.public_ipv6),
+        (v6("2001:db8::1"), v6("2001:db8:ff::1"))
+    );
+    assert_eq!(
+        ext.require_ipv6().unwrap(),
+        "2001:db8:ff::1".parse::<Ipv6Addr>().unwrap()
+    );
+    // A link with only its link-local address has no IPv6 VTEP address, and says what to do.
+    ns.run(&[
+        "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global",
+    ]);
+    let ext = choose_v6(ns, &["eth0"], &[], None);
+    assert_eq!(ext.iface_addr6, None);
+    let e = ext.require_ipv6().unwrap_err().to_string();
+    assert!(e.contains("eth0") && e.contains("--public-ipv6"), "{e}");
 }
 
 #[test]

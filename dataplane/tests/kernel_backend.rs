@@ -132,7 +132,7 @@ async fn config(nl: &Netlink) -> KernelBackendConfig {
         device: KernelBackendConfig::default_device(1),
         vni: 1,
         port: 8472,
-        local_ip: Ipv4Addr::new(192, 0, 2, 1),
+        local_ip: std::net::IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         underlay_ifindex: eth0.index,
         vtep_mac: MAC_A.parse().unwrap(),
         mtu: 1450,
@@ -140,6 +140,7 @@ async fn config(nl: &Netlink) -> KernelBackendConfig {
         gbp: false,
         subnet: SUBNET_A.parse().unwrap(),
         direct_routing: false,
+        ipv6: None,
     }
 }
 

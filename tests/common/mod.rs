@@ -520,7 +520,14 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Sends `len` pattern bytes over TCP from `from` to `to` (listening on `to_ip:port`), and
 /// returns whether the receiver got exactly those bytes.
-pub fn tcp_transfer(from: &Host, to: &Host, to_ip: Ipv4Addr, port: u16, len: usize) -> bool {
+pub fn tcp_transfer(
+    from: &Host,
+    to: &Host,
+    to_ip: impl Into<std::net::IpAddr>,
+    port: u16,
+    len: usize,
+) -> bool {
+    let to_ip: std::net::IpAddr = to_ip.into();
     let data = pattern(u64::from(port) * 7919 + len as u64, len);
     let listener = to
         .ns

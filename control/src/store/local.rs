@@ -390,6 +390,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dual_stack_leases_are_stored_under_flannels_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let dual = Lease::new(
+            "10.5.1.0-24&fd00:5:0:1::-64".parse().unwrap(),
+            attrs([192, 0, 2, 1], 1)
+                .with_ipv6("2001:db8::1".parse().unwrap(), MacAddr([2, 0, 0, 0, 0, 9])),
+            Some(now + time::Duration::seconds(3600)),
+        );
+        assert!(store.create(&dual).await.unwrap());
+        let path = dir.path().join("subnets/10.5.1.0-24&fd00:5:0:1::-64");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(
+            r#"{"PublicIP":"192.0.2.1","PublicIPv6":"2001:db8::1","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:09"},"Expiration":""#
+        ), "{text}");
+        let listing = store.list().await.unwrap();
+        assert_eq!(listing.to_vec(), vec![dual.clone()]);
+        // Deleting the file (an operator removing the lease) is a removal for the watcher.
+        let mut w = store.watch(&listing).await.unwrap();
+        fs::remove_file(&path).unwrap();
+        let events = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        assert_eq!(events, vec![LeaseEvent::Removed(dual)]);
+    }
+
+    #[tokio::test]
     async fn create_is_exclusive_until_the_lease_lapses() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();

@@ -37,10 +37,10 @@
 //!   deletes the link (flanneld leaves `flannel.<VNI>` in place on exit).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_route::route::RouteProtocol;
 use packet::wire::MacAddr;
 
@@ -52,6 +52,8 @@ pub const AGEING_SECS: u32 = 300;
 /// Outer Ethernet + IPv4 + UDP + VXLAN headers: an IPv4 underlay needs this much over the
 /// overlay MTU (the kernel refuses a larger MTU on a link bound to a device).
 pub const IPV4_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (a 40-byte outer header instead of 20).
+pub const IPV6_OVERHEAD: u32 = 70;
 /// First wait before retrying to recreate a deleted link.
 pub const RECREATE_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to recreate a deleted link.
@@ -66,8 +68,8 @@ pub struct KernelBackendConfig {
     pub vni: u32,
     /// VXLAN UDP destination port (8472 when the network config says 0).
     pub port: u16,
-    /// The external interface's address: the outer source (`local`).
-    pub local_ip: Ipv4Addr,
+    /// The external interface's address: the outer source (`local`); IPv4 for the IPv4 link.
+    pub local_ip: IpAddr,
     /// The external interface (`dev`).
     pub underlay_ifindex: u32,
     /// This node's VtepMAC: the link's MAC, stable across restarts.
@@ -78,16 +80,69 @@ pub struct KernelBackendConfig {
     pub learning: bool,
     /// VXLAN Group Based Policy extension (backend `GBP`).
     pub gbp: bool,
-    /// This node's lease; its base address goes on the link as a /32.
-    pub subnet: Ipv4Net,
+    /// This node's lease; its base address goes on the link as a /32 (IPv6: /128).
+    pub subnet: IpNet,
     /// DirectRouting: peers reachable without a gateway get a plain route to their PublicIP.
     pub direct_routing: bool,
+    /// The IPv6 overlay of a dual-stack network: a second link over the IPv6 underlay, as
+    /// flanneld's `flannel-v6.<VNI>`. Same VNI, port, MTU and options as the IPv4 link.
+    pub ipv6: Option<KernelV6Config>,
+}
+
+/// The IPv6 link of a dual-stack network (flanneld's `flannel-v6.<VNI>`): what differs from
+/// the IPv4 link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelV6Config {
+    /// The link's name: `vxdp-v6.<VNI>` by default.
+    pub device: String,
+    /// The external interface's IPv6 address: the outer source (`local6`).
+    pub local_ip: Ipv6Addr,
+    /// This node's IPv6 VtepMAC (`BackendV6Data`): the link's MAC.
+    pub vtep_mac: MacAddr,
+    /// This node's IPv6 lease; its base address goes on the link as a /128.
+    pub subnet: Ipv6Net,
 }
 
 impl KernelBackendConfig {
     /// vxdp's default link name for `vni`.
     pub fn default_device(vni: u32) -> String {
         format!("vxdp.{vni}")
+    }
+
+    /// vxdp's default IPv6 link name for `vni` (flanneld: `flannel-v6.<VNI>`).
+    pub fn default_v6_device(vni: u32) -> String {
+        format!("vxdp-v6.{vni}")
+    }
+
+    /// The IPv6 link's name beside the IPv4 link `device`: `flannel-v6.<VNI>` when vxdp takes
+    /// over flanneld's `flannel.<VNI>`, else `vxdp-v6.<VNI>`.
+    pub fn v6_device_for(device: &str, vni: u32) -> String {
+        if device == format!("flannel.{vni}") {
+            format!("flannel-v6.{vni}")
+        } else {
+            Self::default_v6_device(vni)
+        }
+    }
+
+    /// The config of the IPv6 link, as a link config of its own.
+    fn v6_link(&self) -> Option<KernelBackendConfig> {
+        self.ipv6.as_ref().map(|v6| KernelBackendConfig {
+            device: v6.device.clone(),
+            local_ip: IpAddr::V6(v6.local_ip),
+            vtep_mac: v6.vtep_mac,
+            subnet: IpNet::V6(v6.subnet),
+            ipv6: None,
+            ..self.clone()
+        })
+    }
+
+    /// Outer headers the underlay of this link adds.
+    fn overhead(&self) -> u32 {
+        if self.local_ip.is_ipv6() {
+            IPV6_OVERHEAD
+        } else {
+            IPV4_OVERHEAD
+        }
     }
 
     /// The vxlan attributes the link must have.
@@ -261,12 +316,12 @@ impl Backoff {
 enum Programmed {
     /// Neighbour gateway -> VtepMAC, FDB VtepMAC -> PublicIP, route via gateway onlink.
     Vxlan {
-        gateway: Ipv4Addr,
+        gateway: IpAddr,
         vtep_mac: MacAddr,
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
     },
     /// `subnet via PublicIP` (DirectRouting).
-    Direct { public_ip: Ipv4Addr },
+    Direct { public_ip: IpAddr },
 }
 
 /// How the link came to be.
@@ -286,19 +341,59 @@ enum LinkHealth {
     Missing,
 }
 
-/// The running kernel backend.
+/// One address family's view of a peer: what one vxlan link programs for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FamilyPeer {
+    subnet: IpNet,
+    gateway: IpAddr,
+    public_ip: IpAddr,
+    vtep_mac: MacAddr,
+}
+
+impl FamilyPeer {
+    fn v4(peer: &Peer) -> FamilyPeer {
+        FamilyPeer {
+            subnet: IpNet::V4(peer.subnet),
+            gateway: IpAddr::V4(peer.gateway()),
+            public_ip: IpAddr::V4(peer.public_ip),
+            vtep_mac: peer.vtep_mac,
+        }
+    }
+
+    /// The IPv6 half, when the peer has one it can be reached on (a PublicIPv6).
+    fn v6(peer: &Peer) -> Option<FamilyPeer> {
+        let v6 = peer.ipv6.as_ref()?;
+        Some(FamilyPeer {
+            subnet: IpNet::V6(v6.subnet),
+            gateway: IpAddr::V6(v6.subnet.network()),
+            public_ip: IpAddr::V6(v6.public_ip?),
+            vtep_mac: v6.vtep_mac,
+        })
+    }
+}
+
+/// The running kernel backend: the IPv4 vxlan link and, in a dual-stack network, the IPv6 one.
 #[derive(Debug)]
 pub struct KernelBackend {
+    v4: KernelLink,
+    v6: Option<KernelLink>,
+    /// Each peer's IPv6 half as programmed on the IPv6 link, by its IPv4 subnet (the lease).
+    v6_of: BTreeMap<Ipv4Net, FamilyPeer>,
+}
+
+/// One vxlan link and the peers programmed on it.
+#[derive(Debug)]
+struct KernelLink {
     nl: Netlink,
     config: KernelBackendConfig,
     /// The link's index; `None` while it is missing.
     index: Option<u32>,
     /// Every peer the backend was given, programmed or not.
-    peers: BTreeMap<Ipv4Net, Peer>,
+    peers: BTreeMap<IpNet, FamilyPeer>,
     /// What is in the kernel, per peer subnet.
-    programmed: BTreeMap<Ipv4Net, Programmed>,
+    programmed: BTreeMap<IpNet, Programmed>,
     /// Peers that failed to be programmed again after the link was restored.
-    pending: BTreeSet<Ipv4Net>,
+    pending: BTreeSet<IpNet>,
     backoff: Backoff,
     summary: String,
 }
@@ -308,16 +403,66 @@ fn is_gone(e: &NetlinkError) -> bool {
 }
 
 impl KernelBackend {
-    /// Creates (or reuses, or recreates) the vxlan link, configures its address and sets it up.
+    /// Creates (or reuses, or recreates) the vxlan link(s), configures their addresses and sets
+    /// them up.
     pub async fn start(
         nl: Netlink,
         config: KernelBackendConfig,
     ) -> Result<KernelBackend, KernelBackendError> {
+        let v6_config = config.v6_link();
+        let v4 = KernelLink::start(nl.clone(), config).await?;
+        let v6 = match v6_config {
+            None => None,
+            Some(c) => match KernelLink::start(nl, c).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    v4.shutdown(Teardown::Remove).await;
+                    return Err(e);
+                }
+            },
+        };
+        Ok(KernelBackend {
+            v4,
+            v6,
+            v6_of: BTreeMap::new(),
+        })
+    }
+
+    /// The one-line description of the link(s) for the mode log.
+    pub fn summary(&self) -> String {
+        match &self.v6 {
+            None => self.v4.summary.clone(),
+            Some(v6) => format!("{}; IPv6: {}", self.v4.summary, v6.summary),
+        }
+    }
+
+    /// The IPv4 vxlan link's name.
+    pub fn device(&self) -> &str {
+        &self.v4.config.device
+    }
+
+    /// The IPv4 vxlan link's index; `None` while it is missing and not yet recreated.
+    pub fn link_index(&self) -> Option<u32> {
+        self.v4.index
+    }
+
+    /// The IPv6 vxlan link's name, in a dual-stack network.
+    pub fn v6_device(&self) -> Option<&str> {
+        self.v6.as_ref().map(|l| l.config.device.as_str())
+    }
+}
+
+impl KernelLink {
+    /// Creates (or reuses, or recreates) the vxlan link, configures its address and sets it up.
+    async fn start(
+        nl: Netlink,
+        config: KernelBackendConfig,
+    ) -> Result<KernelLink, KernelBackendError> {
         let underlay = nl
             .link_by_index(config.underlay_ifindex)
             .await?
             .ok_or(KernelBackendError::NoUnderlay(config.underlay_ifindex))?;
-        let needed = config.mtu.saturating_add(IPV4_OVERHEAD);
+        let needed = config.mtu.saturating_add(config.overhead());
         if needed > underlay.mtu {
             return Err(KernelBackendError::MtuTooLarge {
                 mtu: config.mtu,
@@ -360,7 +505,7 @@ impl KernelBackend {
             }
         );
         tracing::info!("{summary}");
-        Ok(KernelBackend {
+        Ok(KernelLink {
             nl,
             index: Some(details.link.index),
             config,
@@ -372,22 +517,7 @@ impl KernelBackend {
         })
     }
 
-    /// The one-line description of the link for the mode log.
-    pub fn summary(&self) -> String {
-        self.summary.clone()
-    }
-
-    /// The vxlan link's name.
-    pub fn device(&self) -> &str {
-        &self.config.device
-    }
-
-    /// The vxlan link's index; `None` while it is missing and not yet recreated.
-    pub fn link_index(&self) -> Option<u32> {
-        self.index
-    }
-
-    fn err(&self, what: &str, subnet: Ipv4Net, e: impl std::fmt::Display) -> BackendError {
+    fn err(&self, what: &str, subnet: IpNet, e: impl std::fmt::Display) -> BackendError {
         BackendError(format!(
             "{what} peer {subnet} on {}: {e}",
             self.config.device
@@ -396,13 +526,13 @@ impl KernelBackend {
 
     /// flannel's `ip.DirectRouting`: the kernel routes the PublicIP without a gateway (and, for
     /// vxdp, out of the external interface).
-    async fn directly_reachable(&self, public_ip: Ipv4Addr) -> bool {
+    async fn directly_reachable(&self, public_ip: IpAddr) -> bool {
         super::directly_reachable(&self.nl, public_ip, self.config.underlay_ifindex).await
     }
 
     /// Whether another programmed peer than `subnet` uses the FDB entry `mac` -> `ip` (a node
     /// holding two leases for a while, after it moved to a new subnet).
-    fn fdb_shared(&self, subnet: Ipv4Net, mac: MacAddr, ip: Ipv4Addr) -> bool {
+    fn fdb_shared(&self, subnet: IpNet, mac: MacAddr, ip: IpAddr) -> bool {
         self.programmed.iter().any(|(s, p)| {
             *s != subnet
                 && matches!(p, Programmed::Vxlan { vtep_mac, public_ip, .. }
@@ -411,7 +541,7 @@ impl KernelBackend {
     }
 
     /// Programs `peer` on link `index`, replacing whatever its subnet had.
-    async fn program(&mut self, index: u32, peer: &Peer) -> Result<(), BackendError> {
+    async fn program(&mut self, index: u32, peer: &FamilyPeer) -> Result<(), BackendError> {
         if self.config.direct_routing && self.directly_reachable(peer.public_ip).await {
             self.program_direct(index, peer).await
         } else {
@@ -419,16 +549,10 @@ impl KernelBackend {
         }
     }
 
-    async fn program_direct(&mut self, index: u32, peer: &Peer) -> Result<(), BackendError> {
+    async fn program_direct(&mut self, index: u32, peer: &FamilyPeer) -> Result<(), BackendError> {
         let subnet = peer.subnet;
         self.nl
-            .replace_route(
-                IpNet::V4(subnet),
-                IpAddr::V4(peer.public_ip),
-                None,
-                false,
-                RouteProtocol::Boot,
-            )
+            .replace_route(subnet, peer.public_ip, None, false, RouteProtocol::Boot)
             .await
             .map_err(|e| self.err("DirectRouting", subnet, e))?;
         let previous = self.programmed.insert(
@@ -445,9 +569,9 @@ impl KernelBackend {
         Ok(())
     }
 
-    async fn program_vxlan(&mut self, index: u32, peer: &Peer) -> Result<(), BackendError> {
+    async fn program_vxlan(&mut self, index: u32, peer: &FamilyPeer) -> Result<(), BackendError> {
         let subnet = peer.subnet;
-        let gateway = peer.gateway();
+        let gateway = peer.gateway;
         let new = Programmed::Vxlan {
             gateway,
             vtep_mac: peer.vtep_mac,
@@ -457,38 +581,32 @@ impl KernelBackend {
 
         // 1. neighbour: the gateway resolves to the peer's VtepMAC without ARP.
         self.nl
-            .replace_permanent_neighbour(index, IpAddr::V4(gateway), peer.vtep_mac)
+            .replace_permanent_neighbour(index, gateway, peer.vtep_mac)
             .await
             .map_err(|e| self.err("programming", subnet, e))?;
         // 2. FDB: frames to the VtepMAC go to the PublicIP.
         if let Err(e) = self
             .nl
-            .replace_fdb(index, peer.vtep_mac, IpAddr::V4(peer.public_ip))
+            .replace_fdb(index, peer.vtep_mac, peer.public_ip)
             .await
         {
-            let _ = self.nl.delete_neighbour(index, IpAddr::V4(gateway)).await;
+            let _ = self.nl.delete_neighbour(index, gateway).await;
             self.forget_after_failure(index, subnet, previous).await;
             return Err(self.err("programming", subnet, e));
         }
         // 3. route, last: before it the kernel would have to ARP for the gateway.
         if let Err(e) = self
             .nl
-            .replace_route(
-                IpNet::V4(subnet),
-                IpAddr::V4(gateway),
-                Some(index),
-                true,
-                RouteProtocol::Boot,
-            )
+            .replace_route(subnet, gateway, Some(index), true, RouteProtocol::Boot)
             .await
         {
             if !self.fdb_shared(subnet, peer.vtep_mac, peer.public_ip) {
                 let _ = self
                     .nl
-                    .delete_fdb(index, peer.vtep_mac, IpAddr::V4(peer.public_ip))
+                    .delete_fdb(index, peer.vtep_mac, peer.public_ip)
                     .await;
             }
-            let _ = self.nl.delete_neighbour(index, IpAddr::V4(gateway)).await;
+            let _ = self.nl.delete_neighbour(index, gateway).await;
             self.forget_after_failure(index, subnet, previous).await;
             return Err(self.err("programming", subnet, e));
         }
@@ -505,11 +623,7 @@ impl KernelBackend {
             if (vtep_mac, public_ip) != (peer.vtep_mac, peer.public_ip)
                 && !self.fdb_shared(subnet, vtep_mac, public_ip)
             {
-                if let Err(e) = self
-                    .nl
-                    .delete_fdb(index, vtep_mac, IpAddr::V4(public_ip))
-                    .await
-                {
+                if let Err(e) = self.nl.delete_fdb(index, vtep_mac, public_ip).await {
                     tracing::warn!(subnet = %subnet, "removing the replaced FDB entry: {e}");
                 }
             }
@@ -522,7 +636,7 @@ impl KernelBackend {
     async fn forget_after_failure(
         &mut self,
         index: u32,
-        subnet: Ipv4Net,
+        subnet: IpNet,
         previous: Option<Programmed>,
     ) {
         if let Some(old) = previous {
@@ -536,11 +650,11 @@ impl KernelBackend {
     async fn remove_entries(
         &self,
         index: u32,
-        subnet: Ipv4Net,
+        subnet: IpNet,
         prog: Programmed,
         route: bool,
     ) -> Option<NetlinkError> {
-        let dst = IpNet::V4(subnet);
+        let dst = subnet;
         let mut first = None;
         let mut keep = |r: Result<(), NetlinkError>| {
             if let Err(e) = r {
@@ -556,24 +670,16 @@ impl KernelBackend {
                 public_ip,
             } => {
                 if route {
-                    keep(
-                        self.nl
-                            .delete_route(dst, IpAddr::V4(gateway), Some(index))
-                            .await,
-                    );
+                    keep(self.nl.delete_route(dst, gateway, Some(index)).await);
                 }
                 if !self.fdb_shared(subnet, vtep_mac, public_ip) {
-                    keep(
-                        self.nl
-                            .delete_fdb(index, vtep_mac, IpAddr::V4(public_ip))
-                            .await,
-                    );
+                    keep(self.nl.delete_fdb(index, vtep_mac, public_ip).await);
                 }
-                keep(self.nl.delete_neighbour(index, IpAddr::V4(gateway)).await);
+                keep(self.nl.delete_neighbour(index, gateway).await);
             }
             Programmed::Direct { public_ip } => {
                 if route {
-                    keep(self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await);
+                    keep(self.nl.delete_route(dst, public_ip, None).await);
                 }
             }
         }
@@ -617,7 +723,7 @@ impl KernelBackend {
             }
         };
         self.index = Some(index);
-        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let peers: Vec<FamilyPeer> = self.peers.values().cloned().collect();
         self.pending.clear();
         for peer in &peers {
             if let Err(e) = self.program(index, peer).await {
@@ -809,14 +915,17 @@ async fn configure_link(
         }
         nl.set_link_mtu(index, config.mtu).await?;
     }
-    let own = IpAddr::V4(config.subnet.network());
+    let own = config.subnet.network();
+    let own_len = if own.is_ipv4() { 32 } else { 128 };
     for (ip, prefix) in nl.addresses(index).await? {
-        if ip.is_ipv4() && (ip, prefix) != (own, 32) {
+        // The kernel's own fe80::/64 stays, as flanneld's EnsureV6AddressOnLink keeps it.
+        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if ip.is_ipv4() == own.is_ipv4() && !link_local && (ip, prefix) != (own, own_len) {
             nl.delete_address(index, ip, prefix).await?;
             tracing::info!(device = %name, "removed IP address {ip}/{prefix} from {name}");
         }
     }
-    nl.ensure_address(index, own, 32).await?;
+    nl.ensure_address(index, own, own_len).await?;
     nl.set_up(index).await?;
     let mac = nl.link_by_index(index).await?.and_then(|l| l.mac);
     if mac != Some(config.vtep_mac) {
@@ -832,12 +941,8 @@ async fn configure_link(
     Ok(())
 }
 
-impl Backend for KernelBackend {
-    fn name(&self) -> &'static str {
-        "kernel"
-    }
-
-    async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
+impl KernelLink {
+    async fn add_peer(&mut self, peer: &FamilyPeer) -> Result<(), BackendError> {
         self.peers.insert(peer.subnet, peer.clone());
         let Some(index) = self.index else {
             // The link is gone; tick() recreates it and programs every peer then.
@@ -867,7 +972,7 @@ impl Backend for KernelBackend {
         Ok(())
     }
 
-    async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
+    async fn remove_peer(&mut self, previous: &FamilyPeer) -> Result<(), BackendError> {
         let subnet = previous.subnet;
         self.peers.remove(&subnet);
         self.pending.remove(&subnet);
@@ -875,17 +980,14 @@ impl Backend for KernelBackend {
         let Some(index) = self.index else {
             // The vxlan entries went with the link; a DirectRouting route did not.
             if let Some(Programmed::Direct { public_ip }) = programmed {
-                let r = self
-                    .nl
-                    .delete_route(IpNet::V4(subnet), IpAddr::V4(public_ip), None)
-                    .await;
+                let r = self.nl.delete_route(subnet, public_ip, None).await;
                 r.map_err(|e| self.err("removing", subnet, e))?;
             }
             return Ok(());
         };
         // Not known as programmed (a failed attempt): remove what that peer would have had.
         let prog = programmed.unwrap_or(Programmed::Vxlan {
-            gateway: previous.gateway(),
+            gateway: previous.gateway,
             vtep_mac: previous.vtep_mac,
             public_ip: previous.public_ip,
         });
@@ -893,12 +995,6 @@ impl Backend for KernelBackend {
             None => Ok(()),
             Some(e) => Err(self.err("removing", subnet, e)),
         }
-    }
-
-    async fn tick(&mut self) -> Result<(), BackendError> {
-        // The kernel forwards on its own: upkeep repairs, it never fails the daemon.
-        self.repair_link().await;
-        Ok(())
     }
 
     async fn shutdown(self, teardown: Teardown) {
@@ -913,11 +1009,7 @@ impl Backend for KernelBackend {
         }
         for (subnet, prog) in &self.programmed {
             if let Programmed::Direct { public_ip } = prog {
-                if let Err(e) = self
-                    .nl
-                    .delete_route(IpNet::V4(*subnet), IpAddr::V4(*public_ip), None)
-                    .await
-                {
+                if let Err(e) = self.nl.delete_route(*subnet, *public_ip, None).await {
                     tracing::warn!(subnet = %subnet, "removing the DirectRouting route: {e}");
                 }
             }
@@ -939,17 +1031,80 @@ impl Backend for KernelBackend {
     }
 }
 
+impl Backend for KernelBackend {
+    fn name(&self) -> &'static str {
+        "kernel"
+    }
+
+    async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
+        self.v4.add_peer(&FamilyPeer::v4(peer)).await?;
+        let Some(v6) = &mut self.v6 else {
+            return Ok(());
+        };
+        let new = FamilyPeer::v6(peer);
+        // What this peer had on the IPv6 link and no longer has (a new IPv6 subnet, or none).
+        let stale = match (self.v6_of.get(&peer.subnet), &new) {
+            (Some(old), Some(new)) if old.subnet == new.subnet => None,
+            (old, _) => old.cloned(),
+        };
+        if let Some(old) = stale {
+            self.v6_of.remove(&peer.subnet);
+            v6.remove_peer(&old).await?;
+        }
+        match new {
+            Some(p) => {
+                v6.add_peer(&p).await?;
+                self.v6_of.insert(peer.subnet, p);
+            }
+            None => tracing::warn!(
+                subnet = %peer.subnet,
+                "peer's lease has no IPv6 subnet with a PublicIPv6 (IPv6 turned on since it \
+                 registered, or it runs IPv4 only): its pods are reachable over IPv4 only"
+            ),
+        }
+        Ok(())
+    }
+
+    async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
+        let r4 = self.v4.remove_peer(&FamilyPeer::v4(previous)).await;
+        if let Some(v6) = &mut self.v6 {
+            let known = self.v6_of.remove(&previous.subnet);
+            if let Some(p) = known.or_else(|| FamilyPeer::v6(previous)) {
+                v6.remove_peer(&p).await?;
+            }
+        }
+        r4
+    }
+
+    async fn tick(&mut self) -> Result<(), BackendError> {
+        // The kernel forwards on its own: upkeep repairs, it never fails the daemon.
+        self.v4.repair_link().await;
+        if let Some(v6) = &mut self.v6 {
+            v6.repair_link().await;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(self, teardown: Teardown) {
+        if let Some(v6) = self.v6 {
+            v6.shutdown(teardown).await;
+        }
+        self.v4.shutdown(teardown).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use control::netlink::Link;
+    use std::net::Ipv4Addr;
 
     fn wanted() -> VxlanAttrs {
         KernelBackendConfig {
             device: KernelBackendConfig::default_device(1),
             vni: 1,
             port: 8472,
-            local_ip: Ipv4Addr::new(192, 0, 2, 1),
+            local_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
             underlay_ifindex: 2,
             vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             mtu: 1450,
@@ -957,8 +1112,66 @@ mod tests {
             gbp: false,
             subnet: "10.5.1.0/24".parse().unwrap(),
             direct_routing: false,
+            ipv6: None,
         }
         .vxlan_attrs()
+    }
+
+    #[test]
+    fn the_ipv6_link_is_the_ipv4_one_over_the_ipv6_underlay() {
+        let v4 = KernelBackendConfig {
+            device: KernelBackendConfig::default_device(7),
+            vni: 7,
+            port: 8472,
+            local_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            underlay_ifindex: 2,
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            mtu: 1430,
+            learning: false,
+            gbp: false,
+            subnet: "10.5.1.0/24".parse().unwrap(),
+            direct_routing: false,
+            ipv6: Some(KernelV6Config {
+                device: KernelBackendConfig::default_v6_device(7),
+                local_ip: "2001:db8::1".parse().unwrap(),
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+                subnet: "fd00:0:0:1::/64".parse().unwrap(),
+            }),
+        };
+        assert_eq!(v4.overhead(), 50);
+        let v6 = v4.v6_link().unwrap();
+        assert_eq!(v6.device, "vxdp-v6.7");
+        assert_eq!(v6.overhead(), 70);
+        assert_eq!(v6.ipv6, None);
+        assert_eq!((v6.vni, v6.port, v6.mtu), (7, 8472, 1430));
+        let a = v6.vxlan_attrs();
+        assert_eq!(a.local, Some("2001:db8::1".parse().unwrap()));
+        assert_eq!((a.dev, a.udp_csum, a.ageing), (Some(2), true, Some(300)));
+        assert_eq!(v6.link_spec().mac, MacAddr([2, 0, 0, 0, 0, 2]));
+        // A peer's halves: its IPv6 gateway is its IPv6 subnet's base, sent to its PublicIPv6.
+        let peer = Peer {
+            subnet: "10.5.2.0/24".parse().unwrap(),
+            public_ip: "192.0.2.2".parse().unwrap(),
+            vtep_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+            ipv6: Some(control::backend::PeerV6 {
+                subnet: "fd00:0:0:2::/64".parse().unwrap(),
+                public_ip: Some("2001:db8::2".parse().unwrap()),
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 4]),
+            }),
+        };
+        let h = FamilyPeer::v6(&peer).unwrap();
+        assert_eq!(h.gateway, "fd00:0:0:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(h.public_ip, "2001:db8::2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            FamilyPeer::v4(&peer).gateway,
+            "10.5.2.0".parse::<IpAddr>().unwrap()
+        );
+        // Without a PublicIPv6 the IPv6 half cannot be reached.
+        let mut no_v6_ip = peer.clone();
+        if let Some(v6) = &mut no_v6_ip.ipv6 {
+            v6.public_ip = None;
+        }
+        assert_eq!(FamilyPeer::v6(&no_v6_ip), None);
     }
 
     fn existing(vxlan: Option<VxlanAttrs>, kind: &str) -> LinkDetails {
@@ -1014,7 +1227,7 @@ mod tests {
             ),
             (
                 VxlanAttrs {
-                    local: Some(Ipv4Addr::new(192, 0, 2, 9)),
+                    local: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9))),
                     ..w.clone()
                 },
                 "vtep (external) IP: 192.0.2.9 (wanted 192.0.2.1)",

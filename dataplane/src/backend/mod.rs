@@ -13,7 +13,7 @@ pub mod kernel;
 pub mod userspace;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::netlink::{Netlink, NetlinkError};
@@ -68,7 +68,7 @@ pub enum ActiveBackend {
     /// TAP + workers over AF_XDP or UDP.
     Userspace(Box<UserspaceBackend>),
     /// A kernel vxlan link.
-    Kernel(KernelBackend),
+    Kernel(Box<KernelBackend>),
 }
 
 impl ActiveBackend {
@@ -121,7 +121,7 @@ impl ActiveBackend {
             drop(inherited.lock().map(|mut i| i.take()));
             let b = KernelBackend::start(nl.clone(), kernel).await?;
             let summary = format!("{}; {why}", b.summary());
-            Ok::<_, BackendStartError>((ActiveBackend::Kernel(b), summary))
+            Ok::<_, BackendStartError>((ActiveBackend::Kernel(Box::new(b)), summary))
         };
         match choice {
             BackendChoice::Kernel => start_kernel("--backend kernel".into()).await,
@@ -244,7 +244,7 @@ impl Backend for ActiveBackend {
     async fn shutdown(self, teardown: Teardown) {
         match self {
             ActiveBackend::Userspace(b) => (*b).shutdown(teardown).await,
-            ActiveBackend::Kernel(b) => b.shutdown(teardown).await,
+            ActiveBackend::Kernel(b) => (*b).shutdown(teardown).await,
         }
     }
 }
@@ -264,8 +264,8 @@ fn kernel_manifest(device: &str) -> Manifest {
 /// flannel's `ip.DirectRouting` test, for every backend: the kernel routes the peer's PublicIP
 /// without a gateway, and (vxdp's addition) out of the external interface `ifindex`. A failed
 /// lookup is logged and counts as not reachable: the peer gets the overlay route.
-pub async fn directly_reachable(nl: &Netlink, public_ip: Ipv4Addr, ifindex: u32) -> bool {
-    match nl.route_to(IpAddr::V4(public_ip)).await {
+pub async fn directly_reachable(nl: &Netlink, public_ip: IpAddr, ifindex: u32) -> bool {
+    match nl.route_to(public_ip).await {
         Ok(r) => r.gateway.is_none() && r.oif == ifindex,
         Err(e) => {
             tracing::warn!(peer = %public_ip, "DirectRouting check: {e}");

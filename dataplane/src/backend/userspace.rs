@@ -956,7 +956,12 @@ impl Backend for UserspaceBackend {
         let previous = self.peers.get(&peer.subnet).cloned();
         let dst = IpNet::V4(peer.subnet);
         if self.config.direct_routing
-            && directly_reachable(&self.nl, peer.public_ip, self.config.external.link.index).await
+            && directly_reachable(
+                &self.nl,
+                std::net::IpAddr::V4(peer.public_ip),
+                self.config.external.link.index,
+            )
+            .await
         {
             self.nl
                 .replace_gateway_route(dst, IpAddr::V4(peer.public_ip))

@@ -1,0 +1,419 @@
+//! Dual-stack overlays end to end: hosts whose underlay carries IPv4 (192.0.2.0/24) and IPv6
+//! (2001:db8::/64) on one bridge, an overlay of 10.5.0.0/16 and fd00:5::/48, and
+//!
+//! - vxdp nodes (kernel backend: `vxdp.1` and `vxdp-v6.1`, the latter programmed as flanneld
+//!   programs `flannel-v6.1`),
+//! - a flanneld-style node: `flannel.1` and `flannel-v6.1` created and programmed by the test
+//!   with `ip`/`bridge` exactly as flanneld does (independent of vxdp's code), and its lease
+//!   written into etcd as flanneld's JSON under flannel's dual-stack key.
+//!
+//! Checked: ping and ping6 both ways between every pair, byte-compared TCP over IPv6 both ways,
+//! IPv4 and IPv6 TCP at the same time, subnet.env as flanneld writes it (but FLANNEL_MTU, whose
+//! reason is logged), and a lease removed from the store withdrawing both families' routes.
+//! (Leases are removed through the store, not by stopping a daemon: a stopped node keeps its
+//! lease for a hitless restart.)
+//!
+//! Needs root; without it the tests fail, never skip.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use common::{tcp_transfer, Cluster, Host};
+use ipnet::Ipv6Net;
+use testkit::etcd::EtcdServer;
+use testkit::wait_for;
+
+const PREFIX: &str = "/coreos.com/network";
+const CONFIG: &str = r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#;
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+
+/// The flanneld-style node's leases and VtepMACs.
+const FL_NET4: &str = "10.5.77.0";
+const FL_NET6: &str = "fd00:5:0:77::";
+const FL_MAC4: &str = "02:aa:00:00:77:04";
+const FL_MAC6: &str = "02:aa:00:00:77:06";
+
+/// Host `i`'s IPv6 underlay address.
+fn underlay6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, u16::from(i))
+}
+
+/// A cluster of `n` hosts with the IPv6 underlay added (`nodad`: no duplicate address
+/// detection delay) and etcd in the underlay namespace holding the dual-stack config.
+fn dual_stack_cluster(n: u8) -> (Cluster, EtcdServer) {
+    let c = Cluster::new(n);
+    for h in &c.hosts {
+        h.ns.run(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", underlay6(h.index)),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+    }
+    c.underlay
+        .run(&["ip", "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+    let etcd = EtcdServer::start_in_netns(c.underlay.name(), ETCD_IP);
+    etcd.put(&format!("{PREFIX}/config"), CONFIG);
+    (c, etcd)
+}
+
+fn subnet_env(h: &Host) -> BTreeMap<String, String> {
+    std::fs::read_to_string(h.subnet_file())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The base address of a vxdp node's IPv6 lease (on its IPv6 link as a /128).
+fn overlay6(h: &Host) -> Ipv6Addr {
+    let env = subnet_env(h);
+    let sn: Ipv6Net = env
+        .get("FLANNEL_IPV6_SUBNET")
+        .unwrap_or_else(|| panic!("no FLANNEL_IPV6_SUBNET on host {}: {env:?}", h.index))
+        .parse()
+        .expect("FLANNEL_IPV6_SUBNET is an IPv6 prefix");
+    sn.network()
+}
+
+/// Pings `dst` (either family) until three echoes in a row come back, for up to 10 s: the
+/// overlay's IPv6 address needs its duplicate address detection (about a second) before the
+/// kernel uses it as a source.
+fn pings(from: &Host, dst: IpAddr) -> bool {
+    let fam = if dst.is_ipv6() { "-6" } else { "-4" };
+    let dst = dst.to_string();
+    wait_for(Duration::from_secs(10), || {
+        from.ns
+            .try_run(&["ping", fam, "-c", "3", "-i", "0.1", "-W", "1", &dst])
+            .status
+            .success()
+            .then_some(())
+    })
+    .is_some()
+}
+
+fn both_ways(a: &Host, a_ip: IpAddr, b: &Host, b_ip: IpAddr, port: u16) {
+    let what = format!("h{} {a_ip} <-> h{} {b_ip}", a.index, b.index);
+    assert!(pings(a, b_ip), "{what}: ping h{} -> {b_ip}", a.index);
+    assert!(pings(b, a_ip), "{what}: ping h{} -> {a_ip}", b.index);
+    assert!(
+        tcp_transfer(a, b, b_ip, port, 2 << 20),
+        "{what}: TCP h{} -> h{}",
+        a.index,
+        b.index
+    );
+    assert!(
+        tcp_transfer(b, a, a_ip, port + 1, 2 << 20),
+        "{what}: TCP h{} -> h{}",
+        b.index,
+        a.index
+    );
+}
+
+/// Makes `h` a flanneld-style dual-stack node: both links as flanneld creates them (local
+/// address, `eth0`, port 8472, nolearning, its MAC, up), the lease base addresses (/32 and
+/// /128), and its lease in etcd as flanneld writes it. MTU: 1450 on `flannel.1` as flanneld
+/// computes it; on `flannel-v6.1` the kernel refuses 1450 over a 1500-byte link (it keeps 70
+/// bytes of IPv6 headroom, flannel #1781), so 1430, what such a node ends up working with.
+fn flanneld_node(h: &Host, etcd: &EtcdServer) {
+    let ip4 = h.underlay_ip().to_string();
+    let ip6 = underlay6(h.index).to_string();
+    for (dev, local, mac, addr, mtu) in [
+        ("flannel.1", &ip4, FL_MAC4, format!("{FL_NET4}/32"), "1450"),
+        (
+            "flannel-v6.1",
+            &ip6,
+            FL_MAC6,
+            format!("{FL_NET6}/128"),
+            "1430",
+        ),
+    ] {
+        h.ns.run(&[
+            "ip",
+            "link",
+            "add",
+            dev,
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            local,
+            "dev",
+            "eth0",
+            "dstport",
+            "8472",
+            "nolearning",
+        ]);
+        h.ns.run(&["ip", "link", "set", dev, "address", mac, "mtu", mtu, "up"]);
+        h.ns.run(&["ip", "addr", "add", &addr, "dev", dev]);
+    }
+    etcd.put(
+        &format!("{PREFIX}/subnets/{FL_NET4}-24&{FL_NET6}-64"),
+        &format!(
+            r#"{{"PublicIP":"{ip4}","PublicIPv6":"{ip6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{FL_MAC4}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{FL_MAC6}"}}}}"#
+        ),
+    );
+}
+
+/// What flanneld programs on `fl` for the vxdp node `peer`'s lease, in its order, both families.
+fn flanneld_learns(fl: &Host, peer: &Host) {
+    let gw4 = peer.overlay_ip().to_string();
+    let gw6 = overlay6(peer).to_string();
+    let mac4 = peer.vtep_mac();
+    let mac6 = peer
+        .ns
+        .run(&["cat", "/sys/class/net/vxdp-v6.1/address"])
+        .trim()
+        .to_string();
+    let (ul4, ul6) = (
+        peer.underlay_ip().to_string(),
+        underlay6(peer.index).to_string(),
+    );
+    for (dev, gw, mac, ul, len) in [
+        ("flannel.1", &gw4, &mac4, &ul4, 24),
+        ("flannel-v6.1", &gw6, &mac6, &ul6, 64),
+    ] {
+        fl.ns.run(&[
+            "ip",
+            "neigh",
+            "replace",
+            gw,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        fl.ns.run(&[
+            "bridge",
+            "fdb",
+            "append",
+            mac,
+            "dev",
+            dev,
+            "dst",
+            ul,
+            "self",
+            "permanent",
+        ]);
+        fl.ns.run(&[
+            "ip",
+            "route",
+            "replace",
+            &format!("{gw}/{len}"),
+            "via",
+            gw,
+            "dev",
+            dev,
+            "onlink",
+        ]);
+    }
+}
+
+fn routes(h: &Host, family: &str) -> String {
+    h.ns.run(&["ip", family, "route", "show"])
+}
+
+#[test]
+fn dual_stack_kernel_nodes_and_a_flanneld_node_carry_ipv4_and_ipv6() {
+    let (mut c, etcd) = dual_stack_cluster(3);
+    let endpoints = etcd.endpoint();
+    flanneld_node(&c.hosts[2], &etcd);
+    // One node lets auto choose (the kernel carries IPv6), one asks for the kernel.
+    c.host(1)
+        .start(&["--etcd-endpoints", &endpoints, "--backend", "auto"]);
+    c.host(2)
+        .start(&["--etcd-endpoints", &endpoints, "--backend", "kernel"]);
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(2);
+    }
+    let (h1, h2, fl) = (&c.hosts[0], &c.hosts[1], &c.hosts[2]);
+    flanneld_learns(fl, h1);
+    flanneld_learns(fl, h2);
+
+    // subnet.env: flanneld's lines for this config, but FLANNEL_MTU 1500 - 70.
+    for h in [h1, h2] {
+        let text = std::fs::read_to_string(h.subnet_file()).unwrap();
+        let env = subnet_env(h);
+        let sn4 = &env["FLANNEL_SUBNET"];
+        let sn6 = &env["FLANNEL_IPV6_SUBNET"];
+        let flanneld = format!(
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET={sn4}\nFLANNEL_IPV6_NETWORK=fd00:5::/48\n\
+             FLANNEL_IPV6_SUBNET={sn6}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(
+            text,
+            flanneld.replace("FLANNEL_MTU=1450", "FLANNEL_MTU=1430"),
+            "host {}",
+            h.index
+        );
+        assert!(sn6.ends_with("::1/64"), "{sn6}");
+        let log = h.log_text();
+        assert!(
+            log.contains("FLANNEL_MTU is 1430, not the 1450 flanneld writes")
+                && log.contains("#1781"),
+            "the MTU reason is logged on host {}:\n{log}",
+            h.index
+        );
+        // The IPv6 link, as flanneld programs flannel-v6.1: local6, the external interface,
+        // dstport 8472, nolearning, the /128, MTU as the IPv4 link's.
+        let link = h.ns.run(&["ip", "-d", "link", "show", "vxdp-v6.1"]);
+        assert!(
+            link.contains(&format!("vxlan id 1 local {} dev eth0", underlay6(h.index)))
+                && link.contains("dstport 8472")
+                && link.contains("nolearning")
+                && link.contains("mtu 1430"),
+            "{link}"
+        );
+        let addrs = h.ns.run(&["ip", "-6", "addr", "show", "dev", "vxdp-v6.1"]);
+        assert!(addrs.contains(&format!("{}/128", overlay6(h))), "{addrs}");
+    }
+    assert!(
+        h1.log_text()
+            .contains("--backend auto: the network config enables IPv6"),
+        "{}",
+        h1.log_text()
+    );
+    // `vxdp status` shows both halves of the lease and of every peer.
+    let st = h1.status();
+    assert_eq!(
+        st["lease"]["ipv6_subnet"],
+        format!("{}/64", overlay6(h1)),
+        "{st:#}"
+    );
+    assert_eq!(
+        st["lease"]["public_ipv6"],
+        underlay6(1).to_string(),
+        "{st:#}"
+    );
+    assert_eq!(st["device"]["v6_name"], "vxdp-v6.1", "{st:#}");
+    assert_eq!(st["network"]["ipv6_network"], "fd00:5::/48", "{st:#}");
+    let fl_peer = st["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == format!("{FL_NET4}/24")))
+        .unwrap_or_else(|| panic!("the flanneld node among the peers: {st:#}"));
+    assert_eq!(fl_peer["ipv6_subnet"], format!("{FL_NET6}/64"), "{st:#}");
+    assert_eq!(fl_peer["public_ipv6"], underlay6(3).to_string(), "{st:#}");
+    assert_eq!(fl_peer["vtep_mac_v6"], FL_MAC6, "{st:#}");
+    // Each vxdp node programmed the flanneld node's IPv6 half as flanneld would.
+    let r6 = routes(h1, "-6");
+    assert!(
+        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp-v6.1")),
+        "{r6}"
+    );
+    let neigh = h1
+        .ns
+        .run(&["ip", "-6", "neigh", "show", "dev", "vxdp-v6.1"]);
+    assert!(
+        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
+        "{neigh}"
+    );
+    let fdb = h1.ns.run(&["bridge", "fdb", "show", "dev", "vxdp-v6.1"]);
+    assert!(
+        fdb.contains(&format!("{FL_MAC6} dst {} self permanent", underlay6(3))),
+        "{fdb}"
+    );
+
+    // Every pair, both families, both ways: vxdp<->vxdp and vxdp<->flanneld.
+    let fl4: IpAddr = FL_NET4.parse().unwrap();
+    let fl6: IpAddr = FL_NET6.parse().unwrap();
+    let (h1_4, h2_4) = (IpAddr::V4(h1.overlay_ip()), IpAddr::V4(h2.overlay_ip()));
+    let (h1_6, h2_6) = (IpAddr::V6(overlay6(h1)), IpAddr::V6(overlay6(h2)));
+    both_ways(h1, h1_6, h2, h2_6, 7600);
+    both_ways(h1, h1_6, fl, fl6, 7610);
+    both_ways(h2, h2_6, fl, fl6, 7620);
+    for (a, a4, b, b4) in [
+        (h1, h1_4, h2, h2_4),
+        (h1, h1_4, fl, fl4),
+        (h2, h2_4, fl, fl4),
+    ] {
+        assert!(
+            pings(a, b4) && pings(b, a4),
+            "IPv4 h{} <-> h{}",
+            a.index,
+            b.index
+        );
+    }
+    // IPv4 and IPv6 at the same time between the same nodes.
+    std::thread::scope(|s| {
+        let v4 = s.spawn(|| tcp_transfer(h1, h2, h2_4, 7630, 8 << 20));
+        let v6 = s.spawn(|| tcp_transfer(h2, h1, h1_6, 7631, 8 << 20));
+        assert!(
+            v4.join().expect("IPv4 thread"),
+            "IPv4 TCP h1 -> h2 beside IPv6"
+        );
+        assert!(
+            v6.join().expect("IPv6 thread"),
+            "IPv6 TCP h2 -> h1 beside IPv4"
+        );
+    });
+
+    // The flanneld node's lease removed from etcd: both families' routes are withdrawn.
+    etcd.del(&format!("{PREFIX}/subnets/{FL_NET4}-24&{FL_NET6}-64"));
+    for h in [h1, h2] {
+        let gone = wait_for(Duration::from_secs(10), || {
+            let r4 = routes(h, "-4");
+            let r6 = routes(h, "-6");
+            (!r4.contains(FL_NET4) && !r6.contains(FL_NET6)).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "host {} still routes the removed lease:\n{}\n{}",
+            h.index,
+            routes(h, "-4"),
+            routes(h, "-6")
+        );
+        let neigh = h.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp-v6.1"]);
+        assert!(!neigh.contains(FL_NET6), "{neigh}");
+        let fdb = h.ns.run(&["bridge", "fdb", "show", "dev", "vxdp-v6.1"]);
+        assert!(!fdb.contains(FL_MAC6), "{fdb}");
+    }
+    // The vxdp nodes still reach each other over both families.
+    assert!(
+        pings(h1, h2_6) && pings(h1, h2_4),
+        "h1 -> h2 after the removal"
+    );
+    eprintln!("interop (dual stack): kernel<->kernel ok, kernel<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways, IPv4+IPv6 at once)");
+}
+
+#[test]
+fn udp_and_xdp_backends_refuse_ipv6_until_they_carry_it() {
+    let (mut c, etcd) = dual_stack_cluster(1);
+    let endpoints = etcd.endpoint();
+    for backend in ["udp", "xdp"] {
+        let h = c.host(1);
+        h.start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
+        let exited = wait_for(Duration::from_secs(20), || {
+            h.daemon.as_mut().and_then(|d| d.exited())
+        });
+        assert!(
+            exited.is_some_and(|s| !s.success()),
+            "--backend {backend} exits"
+        );
+        h.daemon = None;
+        let log = h.log_text();
+        assert!(
+            log.contains("enables IPv6") && log.contains("--backend kernel"),
+            "{log}"
+        );
+    }
+    // Nothing was leased for the refused starts.
+    let leases = etcd.etcdctl(&[
+        "get",
+        "--prefix",
+        &format!("{PREFIX}/subnets/"),
+        "--keys-only",
+    ]);
+    assert!(leases.trim().is_empty(), "{leases}");
+}
