@@ -1003,3 +1003,63 @@ fn recv_notify(
         fds,
     ))
 }
+
+/// A pod behind a host's `cni0` bridge, wired as flannel's CNI (the bridge plugin with
+/// host-local IPAM from subnet.env) wires one: `cni0` holds the lease's first address, the
+/// pod's `eth0` the next, MTU `FLANNEL_MTU` on the bridge and both veth ends, the pod's default
+/// route via `cni0`, forwarding on in the host. Traffic between pods is forwarded by the host.
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+}
+
+impl Cluster {
+    /// Adds a pod to host `i` (its daemon must have written subnet.env).
+    pub fn add_pod(&self, i: u8) -> Pod {
+        let host = &self.hosts[usize::from(i) - 1];
+        let env = std::fs::read_to_string(host.subnet_file()).expect("subnet.env");
+        let field = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} missing from subnet.env:\n{env}"))
+                .to_string()
+        };
+        let mtu = field("FLANNEL_MTU");
+        let subnet = field("FLANNEL_SUBNET"); // 10.244.X.1/24
+        let (gw, plen) = subnet.split_once('/').expect("FLANNEL_SUBNET");
+        let gw: Ipv4Addr = gw.parse().expect("FLANNEL_SUBNET address");
+        let ip = Ipv4Addr::from(u32::from(gw) + 1);
+        let ns = Netns::new(&self.prefix, &format!("p{i}"));
+        let h = &host.ns;
+        h.run(&["ip", "link", "add", "cni0", "mtu", &mtu, "type", "bridge"]);
+        h.run(&["ip", "addr", "add", &subnet, "dev", "cni0"]);
+        h.run(&["ip", "link", "set", "cni0", "up"]);
+        let veth = format!("veth{i}");
+        run(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "mtu",
+            &mtu,
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth,
+            "mtu",
+            &mtu,
+            "netns",
+            h.name(),
+        ]);
+        h.run(&["ip", "link", "set", &veth, "master", "cni0", "up"]);
+        h.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns.run(&["ip", "addr", "add", &format!("{ip}/{plen}"), "dev", "eth0"]);
+        ns.run(&["ip", "link", "set", "eth0", "up"]);
+        ns.run(&["ip", "route", "add", "default", "via", &gw.to_string()]);
+        Pod { ns, ip }
+    }
+}
