@@ -169,10 +169,9 @@ fn flanneld_learns(fl: &Host, peer: &Host) {
     let gw4 = peer.overlay_ip().to_string();
     let gw6 = overlay6(peer).to_string();
     let mac4 = peer.vtep_mac();
-    let mac6 = peer
-        .ns
-        .run(&["cat", "/sys/class/net/vxdp-v6.1/address"])
-        .trim()
+    let mac6 = peer.status()["lease"]["vtep_mac_v6"]
+        .as_str()
+        .expect("lease.vtep_mac_v6 in the status of a dual-stack node")
         .to_string();
     let (ul4, ul6) = (
         peer.underlay_ip().to_string(),
@@ -388,27 +387,127 @@ fn dual_stack_kernel_nodes_and_a_flanneld_node_carry_ipv4_and_ipv6() {
 }
 
 #[test]
-fn udp_and_xdp_backends_refuse_ipv6_until_they_carry_it() {
-    let (mut c, etcd) = dual_stack_cluster(1);
+fn dual_stack_udp_nodes_with_kernel_and_flanneld_nodes() {
+    // h1, h2: the UDP backend; h3: the kernel backend; h4: flanneld-style.
+    let (mut c, etcd) = dual_stack_cluster(4);
     let endpoints = etcd.endpoint();
-    for backend in ["udp", "xdp"] {
-        let h = c.host(1);
-        h.start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
-        let exited = wait_for(Duration::from_secs(20), || {
-            h.daemon.as_mut().and_then(|d| d.exited())
-        });
+    flanneld_node(&c.hosts[3], &etcd);
+    for (i, backend) in [(1, "udp"), (2, "udp"), (3, "kernel")] {
+        c.host(i)
+            .start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
+    }
+    for i in 1..=3 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(3);
+    }
+    let (h1, h2, h3, fl) = (&c.hosts[0], &c.hosts[1], &c.hosts[2], &c.hosts[3]);
+    for h in [h1, h2, h3] {
+        flanneld_learns(fl, h);
+    }
+    // The UDP node: one TAP with both lease addresses, one VtepMAC for both families, the
+    // IPv6 peers routed through the TAP with permanent neighbours, IPv6 sockets on the port.
+    let st = h1.status();
+    assert_eq!(st["backend"], "udp", "{st:#}");
+    assert_eq!(
+        st["lease"]["vtep_mac_v6"], st["lease"]["vtep_mac"],
+        "{st:#}"
+    );
+    let addrs = h1.ns.run(&["ip", "-6", "addr", "show", "dev", "vxdp.1"]);
+    assert!(addrs.contains(&format!("{}/128", overlay6(h1))), "{addrs}");
+    let r6 = routes(h1, "-6");
+    assert!(
+        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp.1")),
+        "{r6}"
+    );
+    let neigh = h1.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp.1"]);
+    assert!(
+        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
+        "{neigh}"
+    );
+    let socks = h1.ns.run(&["ss", "-uln", "sport", "= :8472"]);
+    assert!(
+        socks.contains(&format!("[{}]:8472", underlay6(1))),
+        "{socks}"
+    );
+
+    let fl6: IpAddr = FL_NET6.parse().unwrap();
+    let fl4: IpAddr = FL_NET4.parse().unwrap();
+    let v6 = |h: &Host| IpAddr::V6(overlay6(h));
+    let v4 = |h: &Host| IpAddr::V4(h.overlay_ip());
+    // udp<->udp, udp<->kernel, udp<->flanneld-style: IPv6 both ways, then IPv4.
+    both_ways(h1, v6(h1), h2, v6(h2), 7700);
+    both_ways(h1, v6(h1), h3, v6(h3), 7710);
+    both_ways(h1, v6(h1), fl, fl6, 7720);
+    for (a, b, b4) in [(h1, h2, v4(h2)), (h1, h3, v4(h3)), (h1, fl, fl4)] {
         assert!(
-            exited.is_some_and(|s| !s.success()),
-            "--backend {backend} exits"
-        );
-        h.daemon = None;
-        let log = h.log_text();
-        assert!(
-            log.contains("enables IPv6") && log.contains("--backend kernel"),
-            "{log}"
+            pings(a, b4) && pings(b, v4(a)),
+            "IPv4 h{} <-> h{}",
+            a.index,
+            b.index
         );
     }
-    // Nothing was leased for the refused starts.
+    // IPv4 and IPv6 at the same time, udp <-> udp.
+    std::thread::scope(|s| {
+        let t4 = s.spawn(|| tcp_transfer(h1, h2, v4(h2), 7730, 8 << 20));
+        let t6 = s.spawn(|| tcp_transfer(h2, h1, v6(h1), 7731, 8 << 20));
+        assert!(
+            t4.join().expect("IPv4 thread"),
+            "IPv4 TCP h1 -> h2 beside IPv6"
+        );
+        assert!(
+            t6.join().expect("IPv6 thread"),
+            "IPv6 TCP h2 -> h1 beside IPv4"
+        );
+    });
+    // It went through the UDP sockets, and nothing was dropped as an unknown peer.
+    let st = h1.status();
+    assert!(
+        // 3 x 2 MB and 8 MB of IPv6 TCP came to h1.
+        st["totals"]["underlay_rx_bytes"].as_u64().unwrap_or(0) > 14 << 20,
+        "{st:#}"
+    );
+    assert_eq!(
+        common::counter(&st, &["totals", "rx_drops", "unknown_peer"]),
+        0,
+        "{st:#}"
+    );
+
+    // The flanneld node's lease removed from etcd: the UDP node withdraws both families.
+    etcd.del(&format!("{PREFIX}/subnets/{FL_NET4}-24&{FL_NET6}-64"));
+    let gone = wait_for(Duration::from_secs(10), || {
+        let r4 = routes(h1, "-4");
+        let r6 = routes(h1, "-6");
+        (!r4.contains(FL_NET4) && !r6.contains(FL_NET6)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "h1 still routes the removed lease:\n{}\n{}",
+        routes(h1, "-4"),
+        routes(h1, "-6")
+    );
+    let neigh = h1.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp.1"]);
+    assert!(!neigh.contains(FL_NET6), "{neigh}");
+    assert!(pings(h1, v6(h2)), "h1 -> h2 over IPv6 after the removal");
+    eprintln!("interop (dual stack): udp<->udp ok, udp<->kernel ok, udp<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways, IPv4+IPv6 at once)");
+}
+
+#[test]
+fn xdp_backend_refuses_ipv6_until_it_carries_it() {
+    let (mut c, etcd) = dual_stack_cluster(1);
+    let endpoints = etcd.endpoint();
+    let h = c.host(1);
+    h.start(&["--etcd-endpoints", &endpoints, "--backend", "xdp"]);
+    let exited = wait_for(Duration::from_secs(20), || {
+        h.daemon.as_mut().and_then(|d| d.exited())
+    });
+    assert!(exited.is_some_and(|s| !s.success()), "--backend xdp exits");
+    h.daemon = None;
+    let log = h.log_text();
+    assert!(
+        log.contains("enables IPv6") && log.contains("--backend udp"),
+        "{log}"
+    );
+    // Nothing was leased for the refused start.
     let leases = etcd.etcdctl(&[
         "get",
         "--prefix",

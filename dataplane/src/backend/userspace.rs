@@ -6,14 +6,14 @@
 //! routing and ARP, the underlay next hops are resolved over netlink and refreshed every tick.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::interface::ExternalInterface;
 use control::netlink::Netlink;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
 use packet::wire::{MacAddr, Vni};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::next_hop::{NextHop, PathStatus, PathTracker};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::stats::{WorkerCounters, WorkerStats};
 use crate::steering::{SteeringConfig, SteeringProgram, XdpCounters, XdpCountersReader, XdpMode};
-use crate::tables::{PeerEntry, PeerTables};
+use crate::tables::{PeerEntry, PeerEntryV6, PeerTables};
 use crate::tap::{TapConfig, TapDevice, TapOffloads, TapQueue};
 use crate::underlay::af_xdp::AfXdpUnderlay;
 use crate::underlay::udp::{GsoStatus, OffloadState, UdpConfig, UdpSockets, UdpUnderlay};
@@ -108,6 +108,18 @@ pub struct UserspaceConfig {
     pub busy_poll: bool,
     /// The underlay.
     pub underlay: UnderlayKind,
+    /// The IPv6 overlay of a dual-stack network (UDP underlay only so far).
+    pub ipv6: Option<UserspaceV6Config>,
+}
+
+/// The IPv6 half of a dual-stack node: inner IPv6 through the same TAP, outer IPv6 to peers'
+/// PublicIPv6. The TAP's one MAC is this node's VtepMAC for both families.
+#[derive(Debug, Clone)]
+pub struct UserspaceV6Config {
+    /// This node's IPv6 lease; its base address goes on the TAP as a /128.
+    pub subnet: Ipv6Net,
+    /// The IPv6 underlay address the IPv6 sockets bind to.
+    pub local_ip: Ipv6Addr,
 }
 
 /// State of one peer's underlay path (AF_XDP resolves next hops itself).
@@ -445,6 +457,14 @@ impl UserspaceBackend {
         config: UserspaceConfig,
         inherited: &Mutex<Option<Inherited>>,
     ) -> Result<UserspaceBackend, BackendStartError> {
+        if config.ipv6.is_some() && matches!(config.underlay, UnderlayKind::AfXdp(_)) {
+            // Nothing is created yet: the caller may fall back to another backend.
+            return Err(BackendStartError::Config(
+                "the AF_XDP backend does not carry IPv6 yet (EnableIPv6): use --backend udp or \
+                 kernel"
+                    .into(),
+            ));
+        }
         let mut adopted = Adopted::take(inherited, &config);
         let ifname = config.external.link.name.clone();
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -505,10 +525,15 @@ impl UserspaceBackend {
         // The lease's base address as a /32: no subnet route, no broadcast route (flanneld).
         nl.ensure_address(tap_link.index, IpAddr::V4(config.subnet.network()), 32)
             .await?;
+        // Dual stack: the IPv6 lease's base address as a /128, likewise.
+        if let Some(v6) = &config.ipv6 {
+            nl.ensure_address(tap_link.index, IpAddr::V6(v6.subnet.network()), 128)
+                .await?;
+        }
 
         let policy = DecapPolicy {
             local_ip4: Some(config.external.public_ip),
-            local_ip6: None,
+            local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
             port: config.port,
             vni,
             local_mac: config.vtep_mac,
@@ -650,6 +675,7 @@ impl UserspaceBackend {
             UnderlayKind::Udp(o) => {
                 let udp_config = UdpConfig {
                     local_ip: config.external.public_ip,
+                    local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni,
                     tx_sockets: o.source_ports.clamp(1, 64),
@@ -688,7 +714,7 @@ impl UserspaceBackend {
                         handover.push((FdRole::UdpTx { queue, index }, keep(fd)?));
                     }
                     let source_ports = sockets.tx_ports().to_vec();
-                    let underlay = UdpUnderlay::new(sockets, &udp_config);
+                    let underlay = UdpUnderlay::new(sockets, &udp_config)?;
                     let state = underlay.state();
                     first.get_or_insert((state.gso(), state.gro()));
                     let stats = Arc::new(WorkerStats::default());
@@ -921,6 +947,67 @@ impl UserspaceBackend {
     fn err(what: String, e: impl std::fmt::Display) -> BackendError {
         BackendError(format!("{what}: {e}"))
     }
+
+    /// The IPv6 half of `peer` for the tables, in a dual-stack network (none when the lease
+    /// has no IPv6 subnet or no PublicIPv6: the peer is reachable over IPv4 only).
+    fn entry_v6(&self, peer: &Peer) -> Option<PeerEntryV6> {
+        self.config.ipv6.as_ref()?;
+        let v6 = peer.ipv6.as_ref()?;
+        Some(PeerEntryV6 {
+            vtep_mac: v6.vtep_mac,
+            vtep_ip: v6.public_ip?,
+            outer: None,
+        })
+    }
+
+    /// The IPv6 overlay's route to `peer`'s IPv6 subnet through the TAP and the permanent
+    /// neighbour entry of its gateway (flanneld's `AddV6ARP` on flannel-v6: the kernel then
+    /// never solicits it); what a previous lease of the peer had is replaced or removed.
+    async fn program_v6(&self, previous: Option<&Peer>, peer: &Peer) -> Result<(), BackendError> {
+        if self.config.ipv6.is_none() {
+            return Ok(());
+        }
+        let new = peer
+            .ipv6
+            .as_ref()
+            .filter(|v6| v6.public_ip.is_some())
+            .map(|v6| (v6.subnet, v6.vtep_mac));
+        if let Some(old) = previous.and_then(|p| p.ipv6.as_ref()) {
+            if new.is_none_or(|(subnet, _)| subnet != old.subnet) {
+                let _ = self.unprogram_v6(previous.unwrap_or(peer)).await;
+            }
+        }
+        let Some((subnet, mac)) = new else {
+            if peer.ipv6.is_some() {
+                tracing::warn!(subnet = %peer.subnet, "peer's lease has an IPv6 subnet but no PublicIPv6: its pods are reachable over IPv4 only");
+            }
+            return Ok(());
+        };
+        let gw = IpAddr::V6(subnet.network());
+        let what = || format!("peer {} (IPv6 {subnet})", peer.subnet);
+        self.nl
+            .replace_permanent_neighbour(self.tap_index, gw, mac)
+            .await
+            .map_err(|e| Self::err(what(), e))?;
+        self.nl
+            .replace_onlink_route(IpNet::V6(subnet), gw, self.tap_index)
+            .await
+            .map_err(|e| Self::err(what(), e))
+    }
+
+    /// Removes what [`Self::program_v6`] put in for `peer`; missing entries are fine.
+    async fn unprogram_v6(&self, peer: &Peer) -> Result<(), control::netlink::NetlinkError> {
+        let Some(v6) = peer.ipv6.as_ref().filter(|_| self.config.ipv6.is_some()) else {
+            return Ok(());
+        };
+        let gw = IpAddr::V6(v6.subnet.network());
+        let r = self
+            .nl
+            .delete_route(IpNet::V6(v6.subnet), gw, Some(self.tap_index))
+            .await;
+        let _ = self.nl.delete_neighbour(self.tap_index, gw).await;
+        r
+    }
 }
 
 impl Backend for UserspaceBackend {
@@ -943,7 +1030,24 @@ impl Backend for UserspaceBackend {
                 .replace_gateway_route(dst, IpAddr::V4(peer.public_ip))
                 .await
                 .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
-            self.tables.update(|w| w.remove(&peer.subnet));
+            // The IPv6 half, if any, still goes through the overlay: keep its entry.
+            let v6 = self.entry_v6(peer);
+            self.tables.update(|w| match v6 {
+                Some(v6) => w.upsert(
+                    peer.subnet,
+                    PeerEntry {
+                        vtep_mac: peer.vtep_mac,
+                        vtep_ip: IpAddr::V4(peer.public_ip),
+                        gateway_v4: None,
+                        outer: None,
+                        v6: Some(v6),
+                    },
+                ),
+                None => {
+                    w.remove(&peer.subnet);
+                }
+            });
+            self.program_v6(previous.as_ref(), peer).await?;
             self.direct.insert(peer.subnet, peer.public_ip);
             self.set_path(
                 peer.public_ip,
@@ -970,9 +1074,11 @@ impl Backend for UserspaceBackend {
                     vtep_ip: IpAddr::V4(peer.public_ip),
                     gateway_v4: Some(peer.gateway()),
                     outer,
+                    v6: self.entry_v6(peer),
                 },
             )
         });
+        self.program_v6(previous.as_ref(), peer).await?;
         self.nl
             .replace_onlink_route(dst, IpAddr::V4(peer.gateway()), self.tap_index)
             .await
@@ -998,6 +1104,7 @@ impl Backend for UserspaceBackend {
 
     async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
         self.peers.remove(&previous.subnet);
+        let r6 = self.unprogram_v6(previous).await;
         let dst = IpNet::V4(previous.subnet);
         let result = if let Some(public_ip) = self.direct.remove(&previous.subnet) {
             self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await
@@ -1025,7 +1132,8 @@ impl Backend for UserspaceBackend {
                 p.remove(&previous.public_ip);
             }
         }
-        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))
+        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))?;
+        r6.map_err(|e| Self::err(format!("peer {} (IPv6)", previous.subnet), e))
     }
 
     async fn tick(&mut self) -> Result<(), BackendError> {

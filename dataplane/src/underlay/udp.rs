@@ -18,6 +18,13 @@
 //! spread flows. Outer UDP checksums are on (GSO needs them; kernel peers accept them), DF is
 //! clear and the TTL is the system default, as the kernel's vxlan link sends.
 //!
+//! Dual stack (`local_ip6` set): a second receive socket on `[local_ip6]:port` (IPv6 only, in
+//! its own `SO_REUSEPORT` group) and a second pool of transmit sockets on `[local_ip6]`, for
+//! peers whose VTEP is an IPv6 address (the IPv6 half of a dual-stack lease). The worker polls
+//! one descriptor: an epoll set holding both receive sockets. Over IPv6 the kernel always
+//! computes the outer UDP checksum (RFC 8200 section 8.1; vxlan links do not accept zero from
+//! it either unless told `udp6zerocsumrx`).
+//!
 //! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload, on
 //! kernels before 2024; `EINVAL`; `EMSGSIZE`: a datagram longer than the path MTU, which GSO
 //! never fragments) gets each datagram sent on its own (fragmented where needed, DF being
@@ -27,7 +34,7 @@
 
 use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::sys::{batch_u32, socklen_of};
@@ -70,6 +77,8 @@ pub struct UdpConfig {
     /// This node's underlay address: the receive sockets bind to it, and it is every outer
     /// source address.
     pub local_ip: Ipv4Addr,
+    /// This node's IPv6 underlay address, in a dual-stack network: IPv6 sockets bind to it.
+    pub local_ip6: Option<Ipv6Addr>,
     /// The VXLAN port (flannel: 8472): where receive sockets listen and peers are sent to.
     pub port: u16,
     /// The network identifier put in every VXLAN header.
@@ -172,6 +181,8 @@ impl UdpError {
 pub struct UdpSockets {
     rx: OwnedFd,
     tx: Vec<OwnedFd>,
+    /// The IPv6 receive socket and transmit sockets, in a dual-stack network.
+    v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     tx_ports: Vec<u16>,
     gso: GsoStatus,
     gro: bool,
@@ -205,6 +216,36 @@ impl UdpSockets {
             tx.push(s);
         }
         UdpSockets::finish(config, rx, tx, gro)
+    }
+
+    /// The IPv6 receive socket on `[local_ip6]:port` and as many transmit sockets as IPv4
+    /// has, when the config has an IPv6 address.
+    fn open_v6(config: &UdpConfig) -> Result<Option<(OwnedFd, Vec<OwnedFd>)>, UdpError> {
+        let Some(ip6) = config.local_ip6 else {
+            return Ok(None);
+        };
+        let rx =
+            socket_v6(true).map_err(|e| UdpError::new("creating the IPv6 receive socket", e))?;
+        configure_rx(&rx, config)?;
+        if let Err(e) = bind_v6(&rx, SocketAddrV6::new(ip6, config.port, 0, 0)) {
+            let mut err = UdpError::new(format!("binding UDP [{ip6}]:{}", config.port), e);
+            if err.is_port_in_use() {
+                err.hint = format!(". {}", describe_port_holder(config.port));
+            } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                err.hint = format!(". {ip6} is not an address of this host (or still tentative)");
+            }
+            return Err(err);
+        }
+        let mut tx = Vec::with_capacity(config.tx_sockets);
+        for _ in 0..config.tx_sockets.max(1) {
+            let s = socket_v6(false)
+                .map_err(|e| UdpError::new("creating an IPv6 transmit socket", e))?;
+            configure_tx_v6(&s)?;
+            bind_v6(&s, SocketAddrV6::new(ip6, 0, 0, 0))
+                .map_err(|e| UdpError::new(format!("binding UDP [{ip6}]:0"), e))?;
+            tx.push(s);
+        }
+        Ok(Some((rx, tx)))
     }
 
     /// Takes over sockets another vxdp process opened with the same config (see `handover`):
@@ -258,6 +299,10 @@ impl UdpSockets {
         } else {
             GsoStatus::Off
         };
+        // The IPv6 sockets are opened afresh also when the IPv4 ones were handed over: a
+        // handover carries the IPv4 set, and the new IPv6 receive socket joins the old one's
+        // SO_REUSEPORT group until the old process exits.
+        let v6 = UdpSockets::open_v6(config)?;
         let mut tx_ports = Vec::with_capacity(tx.len());
         for s in &tx {
             if gso == GsoStatus::On && get_opt(s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
@@ -272,13 +317,15 @@ impl UdpSockets {
         Ok(UdpSockets {
             rx,
             tx,
+            v6,
             tx_ports,
             gso,
             gro,
         })
     }
 
-    /// The descriptors, receive socket first, for a handover.
+    /// The IPv4 descriptors, receive socket first, for a handover (the IPv6 ones are opened
+    /// again by the successor).
     pub fn fds(&self) -> (BorrowedFd<'_>, Vec<BorrowedFd<'_>>) {
         (self.rx.as_fd(), self.tx.iter().map(AsFd::as_fd).collect())
     }
@@ -296,8 +343,51 @@ struct SendQueue {
     slot_len: usize,
     len: [usize; SEND_SLOTS],
     socket: [u8; SEND_SLOTS],
-    dst: [libc::sockaddr_in; SEND_SLOTS],
+    dst: [Dest; SEND_SLOTS],
     count: usize,
+}
+
+/// A peer's VXLAN address as `sendmsg` takes it: IPv4 or IPv6.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union SockAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+/// A destination and the length of its address.
+#[derive(Clone, Copy)]
+struct Dest {
+    addr: SockAddr,
+    len: libc::socklen_t,
+    v6: bool,
+}
+
+impl Dest {
+    fn v4(addr: SocketAddrV4) -> Dest {
+        Dest {
+            addr: SockAddr {
+                v4: sockaddr_v4(addr),
+            },
+            len: socklen_of::<libc::sockaddr_in>(),
+            v6: false,
+        }
+    }
+
+    fn v6(addr: SocketAddrV6) -> Dest {
+        Dest {
+            addr: SockAddr {
+                v6: sockaddr_v6(addr),
+            },
+            len: socklen_of::<libc::sockaddr_in6>(),
+            v6: true,
+        }
+    }
+
+    /// For `msg_name`: the kernel reads `len` bytes of it and does not write.
+    fn as_ptr(&self) -> *mut libc::c_void {
+        &self.addr as *const SockAddr as *mut libc::c_void
+    }
 }
 
 /// What `recvmmsg` fills per call: message headers, iovecs, source addresses and control
@@ -306,7 +396,8 @@ struct SendQueue {
 struct RxHeaders {
     msgs: [libc::mmsghdr; RX_MSGS],
     iov: [libc::iovec; RX_MSGS],
-    names: [libc::sockaddr_in; RX_MSGS],
+    /// Room for either family's source address.
+    names: [libc::sockaddr_in6; RX_MSGS],
     control: [[u64; 8]; RX_MSGS],
 }
 
@@ -326,7 +417,7 @@ impl RxHeaders {
                 iov_len: chunk.len(),
             };
             let iov: *mut libc::iovec = &mut h.iov[i];
-            let name: *mut libc::sockaddr_in = &mut h.names[i];
+            let name: *mut libc::sockaddr_in6 = &mut h.names[i];
             let control: *mut u64 = h.control[i].as_mut_ptr();
             let m = &mut h.msgs[i].msg_hdr;
             m.msg_name = name.cast();
@@ -341,7 +432,7 @@ impl RxHeaders {
     #[inline]
     fn rearm(&mut self) {
         for m in &mut self.msgs {
-            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in>();
+            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in6>();
             m.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
@@ -352,7 +443,13 @@ impl RxHeaders {
 /// The UDP half of a worker.
 pub struct UdpUnderlay {
     rx: OwnedFd,
+    /// The IPv6 receive socket (dual stack).
+    rx6: Option<OwnedFd>,
+    /// Both receive sockets, for the worker's poll (dual stack).
+    epoll: Option<OwnedFd>,
+    /// The IPv4 transmit sockets, then the IPv6 ones from `tx6_start` on.
     tx: Vec<OwnedFd>,
+    tx6_start: usize,
     port: u16,
     vxlan_header: [u8; vxlan::HEADER_LEN],
     max_frame: usize,
@@ -378,8 +475,9 @@ impl std::fmt::Debug for UdpUnderlay {
 }
 
 impl UdpUnderlay {
-    /// A worker's underlay over `sockets`.
-    pub fn new(sockets: UdpSockets, config: &UdpConfig) -> UdpUnderlay {
+    /// A worker's underlay over `sockets`. Fails only when the epoll set joining the two
+    /// receive sockets of a dual-stack network cannot be made.
+    pub fn new(sockets: UdpSockets, config: &UdpConfig) -> Result<UdpUnderlay, UdpError> {
         let state = Arc::new(OffloadState::default());
         state.set_gso(sockets.gso);
         state.gro.store(sockets.gro, Ordering::Relaxed);
@@ -388,9 +486,23 @@ impl UdpUnderlay {
         let slot_len = vxlan::HEADER_LEN + config.max_frame;
         let mut rx_bufs = vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice();
         let rx_headers = RxHeaders::new(&mut rx_bufs);
-        UdpUnderlay {
+        let mut tx = sockets.tx;
+        let tx6_start = tx.len();
+        let (rx6, epoll) = match sockets.v6 {
+            None => (None, None),
+            Some((rx6, tx6)) => {
+                tx.extend(tx6);
+                let ep = epoll_of(&[&sockets.rx, &rx6])
+                    .map_err(|e| UdpError::new("an epoll set for the two receive sockets", e))?;
+                (Some(rx6), Some(ep))
+            }
+        };
+        Ok(UdpUnderlay {
             rx: sockets.rx,
-            tx: sockets.tx,
+            rx6,
+            epoll,
+            tx,
+            tx6_start,
             port: config.port,
             vxlan_header,
             max_frame: config.max_frame,
@@ -404,12 +516,11 @@ impl UdpUnderlay {
                 slot_len,
                 len: [0; SEND_SLOTS],
                 socket: [0; SEND_SLOTS],
-                // SAFETY: sockaddr_in is plain old data; all zeros is a valid value.
-                dst: [unsafe { zeroed() }; SEND_SLOTS],
+                dst: [Dest::v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); SEND_SLOTS],
                 count: 0,
             },
             arena: vec![0u8; MAX_GSO_SEGMENTS * SEGMENT_HEADER_ROOM].into_boxed_slice(),
-        }
+        })
     }
 
     /// The offload state, for the status.
@@ -417,19 +528,28 @@ impl UdpUnderlay {
         Arc::clone(&self.state)
     }
 
-    /// The peer's VXLAN address, or `None` for a family these sockets cannot reach.
+    /// The peer's VXLAN address, or `None` for a family these sockets cannot reach (an IPv6
+    /// VTEP without IPv6 sockets).
     #[inline]
-    fn destination(&self, peer: &PeerVtep) -> Option<libc::sockaddr_in> {
+    fn destination(&self, peer: &PeerVtep) -> Option<Dest> {
         match peer.vtep_ip {
-            IpAddr::V4(ip) => Some(sockaddr_v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V4(ip) => Some(Dest::v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V6(ip) if self.rx6.is_some() => {
+                Some(Dest::v6(SocketAddrV6::new(ip, self.port, 0, 0)))
+            }
             IpAddr::V6(_) => None,
         }
     }
 
-    /// The transmit socket of the flow `frame` belongs to.
+    /// The transmit socket of the flow `frame` belongs to, among those of `dst`'s family.
     #[inline]
-    fn socket_for(&self, frame: &[u8]) -> usize {
-        flow_hash(frame) as usize % self.tx.len()
+    fn socket_for(&self, frame: &[u8], dst: &Dest) -> usize {
+        let (first, count) = if dst.v6 {
+            (self.tx6_start, self.tx.len() - self.tx6_start)
+        } else {
+            (0, self.tx6_start)
+        };
+        first + flow_hash(frame) as usize % count.max(1)
     }
 
     /// Queues `[VXLAN header][inner frame]`, written by `fill`, for `sendmmsg`.
@@ -437,7 +557,7 @@ impl UdpUnderlay {
     fn enqueue(
         &mut self,
         socket: usize,
-        dst: libc::sockaddr_in,
+        dst: Dest,
         stats: &WorkerStats,
         fill: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) {
@@ -453,8 +573,8 @@ impl UdpUnderlay {
             return;
         };
         q.len[i] = vxlan::HEADER_LEN + n;
-        // At most 64 transmit sockets (tx_sockets is capped when configured).
-        q.socket[i] = u8::try_from(socket).expect("at most 64 transmit sockets");
+        // At most 64 transmit sockets per family (tx_sockets is capped when configured).
+        q.socket[i] = u8::try_from(socket).expect("at most 128 transmit sockets");
         q.dst[i] = dst;
         q.count += 1;
     }
@@ -477,8 +597,8 @@ impl UdpUnderlay {
                 iov_len: slot.len(),
             };
             let h = &mut msgs[n].msg_hdr;
-            h.msg_name = &q.dst[i] as *const libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = socklen_of::<libc::sockaddr_in>();
+            h.msg_name = q.dst[i].as_ptr();
+            h.msg_namelen = q.dst[i].len;
             h.msg_iov = &mut iov[n];
             h.msg_iovlen = 1;
             n += 1;
@@ -523,7 +643,7 @@ impl UdpUnderlay {
     fn send_gso(
         &mut self,
         socket: usize,
-        dst: &libc::sockaddr_in,
+        dst: &Dest,
         segments: &TcpSegments<'_>,
         stats: &WorkerStats,
     ) -> Option<usize> {
@@ -618,11 +738,17 @@ impl UdpUnderlay {
     }
 }
 
-impl Underlay for UdpUnderlay {
-    fn receive<F>(&mut self, stats: &WorkerStats, mut deliver: F) -> usize
+impl UdpUnderlay {
+    /// One `recvmmsg` on the IPv4 (or, with `v6`, the IPv6) receive socket.
+    fn receive_from<F>(&mut self, v6: bool, stats: &WorkerStats, deliver: &mut F) -> usize
     where
         F: FnMut(&mut [RxDatagram<'_>]),
     {
+        let fd = match (v6, &self.rx6) {
+            (false, _) => self.rx.as_raw_fd(),
+            (true, Some(rx6)) => rx6.as_raw_fd(),
+            (true, None) => return 0,
+        };
         let headers = &mut *self.rx_headers;
         headers.rearm();
         // SAFETY: every message points at its own iovec, address and control buffer in
@@ -630,7 +756,7 @@ impl Underlay for UdpUnderlay {
         // otherwise borrowed during the call.
         let rc = unsafe {
             libc::recvmmsg(
-                self.rx.as_raw_fd(),
+                fd,
                 headers.msgs.as_mut_ptr(),
                 batch_u32(RX_MSGS),
                 libc::MSG_DONTWAIT,
@@ -658,9 +784,7 @@ impl Underlay for UdpUnderlay {
                 frames += 1;
                 continue;
             }
-            let source = IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                headers.names[i].sin_addr.s_addr,
-            )));
+            let source = source_of(&headers.names[i]);
             let stride = gro_size(h).filter(|&s| s > 0 && s < len);
             if stride.is_some() {
                 stats.gro_buffers.add(1);
@@ -689,6 +813,19 @@ impl Underlay for UdpUnderlay {
         stats.underlay_rx_bytes.add(bytes as u64);
         frames
     }
+}
+
+impl Underlay for UdpUnderlay {
+    fn receive<F>(&mut self, stats: &WorkerStats, mut deliver: F) -> usize
+    where
+        F: FnMut(&mut [RxDatagram<'_>]),
+    {
+        let mut frames = self.receive_from(false, stats, &mut deliver);
+        if self.rx6.is_some() {
+            frames += self.receive_from(true, stats, &mut deliver);
+        }
+        frames
+    }
 
     fn can_send(&mut self, _stats: &WorkerStats) -> bool {
         true
@@ -703,7 +840,7 @@ impl Underlay for UdpUnderlay {
             stats.tx_drop(TxDrop::EncapFailed);
             return;
         }
-        let socket = self.socket_for(frame);
+        let socket = self.socket_for(frame, &dst);
         self.enqueue(socket, dst, stats, |out| {
             out.get_mut(..frame.len())?.copy_from_slice(frame);
             Some(frame.len())
@@ -715,7 +852,7 @@ impl Underlay for UdpUnderlay {
             stats.tx_drops(TxDrop::SendFailed, segments.len() as u64);
             return;
         };
-        let socket = self.socket_for(segments.super_frame());
+        let socket = self.socket_for(segments.super_frame(), &dst);
         // Datagrams queued earlier on this socket leave first: a flow's order is kept.
         self.flush(stats);
         let mut first_unsent = 0;
@@ -735,7 +872,7 @@ impl Underlay for UdpUnderlay {
             return;
         }
         // Each socket's datagrams in one sendmmsg; a bit per socket that has any.
-        let mut pending: u64 = 0;
+        let mut pending: u128 = 0;
         for &s in &self.queue.socket[..self.queue.count] {
             pending |= 1 << s;
         }
@@ -752,7 +889,10 @@ impl Underlay for UdpUnderlay {
     }
 
     fn poll_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
+        match &self.epoll {
+            Some(ep) => ep.as_raw_fd(),
+            None => self.rx.as_raw_fd(),
+        }
     }
 
     fn has_outstanding(&self) -> bool {
@@ -780,15 +920,15 @@ fn gro_size(h: &libc::msghdr) -> Option<usize> {
 /// `sendmsg` of `parts` to `dst`, with `UDP_SEGMENT` when `gso_size` is given.
 fn send_gather(
     fd: RawFd,
-    dst: &libc::sockaddr_in,
+    dst: &Dest,
     parts: &[IoSlice<'_>],
     gso_size: Option<u16>,
 ) -> io::Result<usize> {
     let mut control = [0u64; 4];
     // SAFETY: plain old data; the fields used are set below.
     let mut h: libc::msghdr = unsafe { zeroed() };
-    h.msg_name = dst as *const libc::sockaddr_in as *mut libc::c_void;
-    h.msg_namelen = socklen_of::<libc::sockaddr_in>();
+    h.msg_name = dst.as_ptr();
+    h.msg_namelen = dst.len;
     // IoSlice is ABI-compatible with iovec on Unix; sendmsg does not write through it.
     h.msg_iov = parts.as_ptr() as *mut libc::iovec;
     h.msg_iovlen = parts.len();
@@ -818,6 +958,106 @@ fn send_gather(
             return Err(e);
         }
     }
+}
+
+/// The source address `recvmmsg` wrote: an IPv4 or IPv6 socket address.
+fn source_of(name: &libc::sockaddr_in6) -> IpAddr {
+    if i32::from(name.sin6_family) == libc::AF_INET6 {
+        return IpAddr::V6(Ipv6Addr::from(name.sin6_addr.s6_addr));
+    }
+    // SAFETY: an AF_INET address: the kernel wrote a sockaddr_in, which is shorter than the
+    // sockaddr_in6 it sits in and needs no stricter alignment.
+    let v4 = unsafe { &*(name as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+    IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)))
+}
+
+/// An epoll set that is readable when any of `fds` is (level-triggered).
+fn epoll_of(fds: &[&OwnedFd]) -> io::Result<OwnedFd> {
+    // SAFETY: plain epoll_create1; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: epoll_create1 just returned this descriptor.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    for fd in fds {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd.as_raw_fd() as u64,
+        };
+        // SAFETY: epoll_ctl with a valid epoll descriptor, socket and event.
+        let rc = unsafe {
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(ep)
+}
+
+fn socket_v6(nonblocking: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_DGRAM
+                | libc::SOCK_CLOEXEC
+                | if nonblocking { libc::SOCK_NONBLOCK } else { 0 },
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) just returned this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // IPv6 only: IPv4 VXLAN stays on the IPv4 sockets (bound to the IPv4 VTEP address).
+    set_opt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    Ok(fd)
+}
+
+fn sockaddr_v6(addr: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).expect("AF_INET6 is 10"),
+        sin6_port: addr.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: addr.ip().octets(),
+        },
+        sin6_scope_id: 0,
+    }
+}
+
+fn bind_v6(fd: &OwnedFd, addr: SocketAddrV6) -> io::Result<()> {
+    let sa = sockaddr_v6(addr);
+    // SAFETY: bind with a sockaddr_in6 and its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in6).cast(),
+            socklen_of::<libc::sockaddr_in6>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Options of an IPv6 transmit socket: as IPv4's, with the IPv6 MTU discovery option.
+fn configure_tx_v6(s: &OwnedFd) -> Result<(), UdpError> {
+    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+    // No path MTU discovery: the kernel fragments a datagram longer than the path at the
+    // source (IPv6 routers never do), as the kernel's vxlan link does.
+    set_opt(
+        s,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::IPV6_PMTUDISC_DONT,
+    )
+    .map_err(|e| UdpError::new("IPV6_MTU_DISCOVER", e))?;
+    set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
 }
 
 fn socket_v4(nonblocking: bool) -> io::Result<OwnedFd> {
@@ -1164,6 +1404,7 @@ mod tests {
     fn sockets_bind_and_a_second_group_member_shares_the_port() {
         let config = UdpConfig {
             local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
             port: 0,
             vni: Vni::new(1).unwrap(),
             tx_sockets: 3,
@@ -1186,11 +1427,72 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_sockets_carry_each_family_to_its_peers() {
+        let v4_only = UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
+            port: 0,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 2,
+            max_frame: 1514,
+            gso: true,
+            gro: false,
+            busy_poll: false,
+        };
+        let first = UdpSockets::open(&v4_only).unwrap();
+        let port = local_addr(&first.rx).unwrap().port();
+        let config = UdpConfig {
+            port,
+            local_ip6: Some(Ipv6Addr::LOCALHOST),
+            ..v4_only
+        };
+        let mut underlay = UdpUnderlay::new(UdpSockets::open(&config).unwrap(), &config).unwrap();
+        assert_eq!(underlay.tx.len(), 4, "two transmit sockets per family");
+        let stats = WorkerStats::default();
+        let frame = [0x5au8; 60];
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ] {
+            let peer = PeerVtep {
+                vtep_ip: ip,
+                outer: None,
+            };
+            underlay.send(&peer, &frame, &stats);
+        }
+        underlay.flush(&stats);
+        // The IPv6 datagram reaches the IPv6 socket (only this underlay is bound there); the
+        // IPv4 one lands on either member of the IPv4 group.
+        let mut sources = Vec::new();
+        for _ in 0..50 {
+            underlay.receive(&stats, |batch| {
+                for d in batch.iter() {
+                    assert_eq!(&d.data[vxlan::HEADER_LEN..], &frame[..]);
+                    sources.push(d.source);
+                }
+            });
+            if sources.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            sources.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            "{sources:?}"
+        );
+        assert_eq!(stats.snapshot().underlay_tx_frames, 2);
+        // One descriptor to poll: the epoll set of both receive sockets.
+        assert_ne!(underlay.poll_fd(), underlay.rx.as_raw_fd());
+        drop(first);
+    }
+
+    #[test]
     fn port_in_use_error_names_the_holder() {
         let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = held.local_addr().unwrap().port();
         let err = UdpSockets::open(&UdpConfig {
             local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
             port,
             vni: Vni::new(1).unwrap(),
             tx_sockets: 1,
