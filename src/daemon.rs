@@ -183,7 +183,13 @@ impl View {
                 .peers
                 .iter()
                 .map(|p| {
-                    let path = paths.get(&p.public_ip);
+                    let path = paths.get(&std::net::IpAddr::V4(p.public_ip));
+                    // The IPv6 half's underlay path (AF_XDP resolves it by NDP).
+                    let path6 = p
+                        .ipv6
+                        .as_ref()
+                        .and_then(|v6| v6.public_ip)
+                        .and_then(|ip| paths.get(&std::net::IpAddr::V6(ip)));
                     PeerStatus {
                         subnet: p.subnet.to_string(),
                         public_ip: p.public_ip.to_string(),
@@ -197,6 +203,7 @@ impl View {
                             .and_then(|v6| v6.public_ip)
                             .map(|a| a.to_string()),
                         vtep_mac_v6: p.ipv6.as_ref().map(|v6| v6.vtep_mac.to_string()),
+                        state_v6: path6.map(|x| x.state.clone()),
                     }
                 })
                 .collect(),
@@ -459,14 +466,6 @@ async fn run_with_store<S: LeaseStore>(
     let Some(config) = network_config(&args, &store, &mut signals).await? else {
         return Ok(());
     };
-    if config.ipv6.is_some() && args.backend == crate::cli::BackendChoice::Xdp {
-        // The AF_XDP dataplane steers and encapsulates over an IPv4 underlay only so far;
-        // carrying the IPv4 half alone would leave pods without the IPv6 they were promised.
-        bail!(
-            "the network config enables IPv6, which vxdp's AF_XDP backend does not carry yet: \
-             use --backend udp or --backend kernel (or auto), or set EnableIPv6 to false"
-        );
-    }
     if config.ipv6.is_some() && args.kube_subnet_mgr {
         // vxdp's Kubernetes subnet manager reads and publishes the IPv4 pod CIDR and
         // annotations only (backend-v6-data and public-ipv6 are not written yet).
@@ -530,10 +529,14 @@ async fn run_with_store<S: LeaseStore>(
     });
     let mut attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
     // flanneld gives its IPv6 link a MAC of its own (BackendV6Data), and so does vxdp's
-    // kernel backend (stable, derived from the IPv6 underlay address). The UDP backend has
-    // one TAP, whose one MAC receives both families: it announces that MAC for IPv6 too.
+    // kernel backend (stable, derived from the IPv6 underlay address). The userspace
+    // backends have one TAP, whose one MAC receives both families: they announce that MAC for
+    // IPv6 too.
     let vtep_mac6 = public_ipv6.map(|v6| {
-        if args.backend == crate::cli::BackendChoice::Udp {
+        if matches!(
+            args.backend,
+            crate::cli::BackendChoice::Udp | crate::cli::BackendChoice::Xdp
+        ) {
             vtep_mac
         } else {
             vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), std::net::IpAddr::V6(v6), vni)

@@ -1,17 +1,19 @@
 //! Dual-stack overlays end to end: hosts whose underlay carries IPv4 (192.0.2.0/24) and IPv6
-//! (2001:db8::/64) on one bridge, an overlay of 10.5.0.0/16 and fd00:5::/48, and
+//! (2001:db8::/64) on one bridge, an overlay of 10.5.0.0/16 and fd00:5::/48, etcd in the
+//! underlay namespace, and
 //!
-//! - vxdp nodes (kernel backend: `vxdp.1` and `vxdp-v6.1`, the latter programmed as flanneld
-//!   programs `flannel-v6.1`),
+//! - vxdp nodes on each backend: kernel (`vxdp.1` and `vxdp-v6.1`, the latter programmed as
+//!   flanneld programs `flannel-v6.1`), UDP and AF_XDP (one TAP carrying both families),
 //! - a flanneld-style node: `flannel.1` and `flannel-v6.1` created and programmed by the test
 //!   with `ip`/`bridge` exactly as flanneld does (independent of vxdp's code), and its lease
 //!   written into etcd as flanneld's JSON under flannel's dual-stack key.
 //!
-//! Checked: ping and ping6 both ways between every pair, byte-compared TCP over IPv6 both ways,
-//! IPv4 and IPv6 TCP at the same time, subnet.env as flanneld writes it (but FLANNEL_MTU, whose
-//! reason is logged), and a lease removed from the store withdrawing both families' routes.
-//! (Leases are removed through the store, not by stopping a daemon: a stopped node keeps its
-//! lease for a hitless restart.)
+//! Interop matrix covered: kernel<->kernel, kernel<->flanneld-style, udp<->udp, udp<->kernel,
+//! udp<->flanneld-style, xdp<->udp, xdp<->kernel, xdp<->flanneld-style. Checked: ping and ping6
+//! both ways, byte-compared TCP over IPv6 both ways, IPv4 and IPv6 TCP at the same time,
+//! subnet.env as flanneld writes it (but FLANNEL_MTU, whose reason is logged), and a lease
+//! removed from the store withdrawing both families' routes. (Leases are removed through the
+//! store, not by stopping a daemon: a stopped node keeps its lease for a hitless restart.)
 //!
 //! Needs root; without it the tests fail, never skip.
 
@@ -492,27 +494,56 @@ fn dual_stack_udp_nodes_with_kernel_and_flanneld_nodes() {
 }
 
 #[test]
-fn xdp_backend_refuses_ipv6_until_it_carries_it() {
-    let (mut c, etcd) = dual_stack_cluster(1);
+fn dual_stack_af_xdp_node_with_udp_kernel_and_flanneld_nodes() {
+    // h1: AF_XDP (copy mode on veth); h2: UDP; h3: kernel; h4: flanneld-style.
+    let (mut c, etcd) = dual_stack_cluster(4);
     let endpoints = etcd.endpoint();
-    let h = c.host(1);
-    h.start(&["--etcd-endpoints", &endpoints, "--backend", "xdp"]);
-    let exited = wait_for(Duration::from_secs(20), || {
-        h.daemon.as_mut().and_then(|d| d.exited())
-    });
-    assert!(exited.is_some_and(|s| !s.success()), "--backend xdp exits");
-    h.daemon = None;
-    let log = h.log_text();
-    assert!(
-        log.contains("enables IPv6") && log.contains("--backend udp"),
-        "{log}"
+    flanneld_node(&c.hosts[3], &etcd);
+    for (i, backend) in [(1, "xdp"), (2, "udp"), (3, "kernel")] {
+        c.host(i)
+            .start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
+    }
+    for i in 1..=3 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(3);
+    }
+    let (h1, h2, h3, fl) = (&c.hosts[0], &c.hosts[1], &c.hosts[2], &c.hosts[3]);
+    for h in [h1, h2, h3] {
+        flanneld_learns(fl, h);
+    }
+    let st = h1.status();
+    assert_eq!(st["backend"], "xdp", "{st:#}");
+    let fl6: IpAddr = FL_NET6.parse().unwrap();
+    let v6 = |h: &Host| IpAddr::V6(overlay6(h));
+    let v4 = |h: &Host| IpAddr::V4(h.overlay_ip());
+    let before = h1.status();
+    // xdp<->udp, xdp<->kernel, xdp<->flanneld-style over IPv6, both ways; then IPv4.
+    both_ways(h1, v6(h1), h2, v6(h2), 7800);
+    both_ways(h1, v6(h1), h3, v6(h3), 7810);
+    both_ways(h1, v6(h1), fl, fl6, 7820);
+    for (b, b4) in [(h2, v4(h2)), (h3, v4(h3)), (fl, FL_NET4.parse().unwrap())] {
+        assert!(
+            pings(h1, b4) && pings(b, v4(h1)),
+            "IPv4 h1 <-> h{}",
+            b.index
+        );
+    }
+    // Through AF_XDP both ways, the IPv6 next hops resolved by NDP, no peer unknown.
+    let after = h1.status();
+    let delta = |k: &str| {
+        after["totals"][k].as_u64().unwrap_or(0) - before["totals"][k].as_u64().unwrap_or(0)
+    };
+    assert!(delta("underlay_rx_bytes") > 6 << 20, "{after:#}");
+    assert!(delta("underlay_tx_bytes") > 6 << 20, "{after:#}");
+    assert_eq!(
+        common::counter(&after, &["totals", "rx_drops", "unknown_peer"]),
+        0,
+        "{after:#}"
     );
-    // Nothing was leased for the refused start.
-    let leases = etcd.etcdctl(&[
-        "get",
-        "--prefix",
-        &format!("{PREFIX}/subnets/"),
-        "--keys-only",
-    ]);
-    assert!(leases.trim().is_empty(), "{leases}");
+    let fl_peer = after["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["subnet"] == format!("{FL_NET4}/24")))
+        .unwrap_or_else(|| panic!("the flanneld node among the peers: {after:#}"));
+    assert_eq!(fl_peer["state_v6"], "resolved", "{after:#}");
+    eprintln!("interop (dual stack): xdp<->udp ok, xdp<->kernel ok, xdp<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways)");
 }

@@ -194,7 +194,7 @@ struct WorkerView {
 pub struct UserspaceStatusProbe {
     workers: Vec<WorkerView>,
     xdp_mode: Option<XdpMode>,
-    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    paths: Arc<Mutex<BTreeMap<IpAddr, PeerPath>>>,
     xdp_counters: Option<XdpCountersReader>,
 }
 
@@ -230,8 +230,8 @@ impl UserspaceStatusProbe {
         self.xdp_mode
     }
 
-    /// Underlay path per peer PublicIP.
-    pub fn paths(&self) -> BTreeMap<Ipv4Addr, PeerPath> {
+    /// Underlay path per peer PublicIP (and PublicIPv6).
+    pub fn paths(&self) -> BTreeMap<IpAddr, PeerPath> {
         self.paths.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
@@ -260,7 +260,7 @@ pub struct UserspaceBackend {
     tables: Arc<PeerTables>,
     peers: BTreeMap<Ipv4Net, Peer>,
     direct: BTreeMap<Ipv4Net, Ipv4Addr>,
-    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    paths: Arc<Mutex<BTreeMap<IpAddr, PeerPath>>>,
     af_xdp: Option<AfXdpPaths>,
     summary: String,
     drop_alarm: DropAlarm,
@@ -457,14 +457,6 @@ impl UserspaceBackend {
         config: UserspaceConfig,
         inherited: &Mutex<Option<Inherited>>,
     ) -> Result<UserspaceBackend, BackendStartError> {
-        if config.ipv6.is_some() && matches!(config.underlay, UnderlayKind::AfXdp(_)) {
-            // Nothing is created yet: the caller may fall back to another backend.
-            return Err(BackendStartError::Config(
-                "the AF_XDP backend does not carry IPv6 yet (EnableIPv6): use --backend udp or \
-                 kernel"
-                    .into(),
-            ));
-        }
         let mut adopted = Adopted::take(inherited, &config);
         let ifname = config.external.link.name.clone();
         let online = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -570,7 +562,8 @@ impl UserspaceBackend {
                     ifindex: config.external.link.index,
                     ifname: ifname.clone(),
                     local_ip4: Some(config.external.public_ip),
-                    local_ip6: None,
+                    // Dual stack: IPv6 VXLAN to the IPv6 VTEP address is steered too.
+                    local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni: config.vni,
                 };
@@ -866,12 +859,18 @@ impl UserspaceBackend {
         }
     }
 
-    fn outer_for(&self, peer_ip: Ipv4Addr, hop: &NextHop) -> Option<OuterHeader> {
+    /// The outer headers towards `peer_ip` (either family: IPv6 from the IPv6 VTEP address,
+    /// with the UDP checksum RFC 8200 makes mandatory, which `OuterHeader` always sets).
+    fn outer_for(&self, peer_ip: IpAddr, hop: &NextHop) -> Option<OuterHeader> {
+        let src_ip = match peer_ip {
+            IpAddr::V4(_) => IpAddr::V4(self.config.external.public_ip),
+            IpAddr::V6(_) => IpAddr::V6(self.config.ipv6.as_ref()?.local_ip),
+        };
         let params = OuterParams {
             src_mac: hop.src_mac,
             dst_mac: hop.dst_mac,
-            src_ip: IpAddr::V4(self.config.external.public_ip),
-            dst_ip: IpAddr::V4(peer_ip),
+            src_ip,
+            dst_ip: peer_ip,
             dst_port: self.config.port,
             vni: Vni::new(self.config.vni)?,
             udp_checksum: self.af_xdp.as_ref().is_some_and(|a| a.udp_checksum),
@@ -881,7 +880,7 @@ impl UserspaceBackend {
         OuterHeader::new(&params).ok()
     }
 
-    fn set_path(&self, ip: Ipv4Addr, path: PeerPath) {
+    fn set_path(&self, ip: IpAddr, path: PeerPath) {
         if let Ok(mut p) = self.paths.lock() {
             p.insert(ip, path);
         }
@@ -889,7 +888,7 @@ impl UserspaceBackend {
 
     /// AF_XDP: refreshes the underlay paths to `peers` and puts every changed next hop into the
     /// tables (one snapshot for all of them). UDP: the kernel routes; nothing to resolve.
-    async fn refresh_paths(&mut self, peers: Vec<Ipv4Addr>) {
+    async fn refresh_paths(&mut self, peers: Vec<IpAddr>) {
         let Some(af_xdp) = self.af_xdp.as_mut() else {
             for ip in peers {
                 self.set_path(
@@ -908,13 +907,13 @@ impl UserspaceBackend {
             .refresh(peers.iter().copied(), std::time::Instant::now())
             .await;
         if !changed.is_empty() {
-            let outers: Vec<(Ipv4Addr, Option<OuterHeader>)> = changed
+            let outers: Vec<(IpAddr, Option<OuterHeader>)> = changed
                 .iter()
                 .map(|(ip, hop)| (*ip, hop.and_then(|h| self.outer_for(*ip, &h))))
                 .collect();
             self.tables.update(|w| {
                 for (ip, outer) in outers {
-                    w.set_outer(IpAddr::V4(ip), outer);
+                    w.set_outer(ip, outer);
                 }
             });
         }
@@ -948,15 +947,34 @@ impl UserspaceBackend {
         BackendError(format!("{what}: {e}"))
     }
 
+    /// The underlay addresses `peer` is reached at: its PublicIP and, dual stack, its
+    /// PublicIPv6.
+    fn vtep_ips(&self, peer: &Peer) -> Vec<IpAddr> {
+        let mut ips = vec![IpAddr::V4(peer.public_ip)];
+        if self.config.ipv6.is_some() {
+            if let Some(v6) = peer.ipv6.as_ref().and_then(|v6| v6.public_ip) {
+                ips.push(IpAddr::V6(v6));
+            }
+        }
+        ips
+    }
+
     /// The IPv6 half of `peer` for the tables, in a dual-stack network (none when the lease
     /// has no IPv6 subnet or no PublicIPv6: the peer is reachable over IPv4 only).
     fn entry_v6(&self, peer: &Peer) -> Option<PeerEntryV6> {
         self.config.ipv6.as_ref()?;
         let v6 = peer.ipv6.as_ref()?;
+        let vtep_ip = v6.public_ip?;
+        // AF_XDP: the outer headers, once the IPv6 next hop is resolved (NDP, by the kernel).
+        let outer = self.af_xdp.as_ref().and_then(|a| {
+            a.tracker
+                .next_hop(IpAddr::V6(vtep_ip))
+                .and_then(|hop| self.outer_for(IpAddr::V6(vtep_ip), &hop))
+        });
         Some(PeerEntryV6 {
             vtep_mac: v6.vtep_mac,
-            vtep_ip: v6.public_ip?,
-            outer: None,
+            vtep_ip,
+            outer,
         })
     }
 
@@ -1050,7 +1068,7 @@ impl Backend for UserspaceBackend {
             self.program_v6(previous.as_ref(), peer).await?;
             self.direct.insert(peer.subnet, peer.public_ip);
             self.set_path(
-                peer.public_ip,
+                IpAddr::V4(peer.public_ip),
                 PeerPath {
                     next_hop_mac: None,
                     via: Some(IpAddr::V4(peer.public_ip)),
@@ -1063,8 +1081,8 @@ impl Backend for UserspaceBackend {
         self.direct.remove(&peer.subnet);
         let outer = self.af_xdp.as_ref().and_then(|a| {
             a.tracker
-                .next_hop(peer.public_ip)
-                .and_then(|hop| self.outer_for(peer.public_ip, &hop))
+                .next_hop(IpAddr::V4(peer.public_ip))
+                .and_then(|hop| self.outer_for(IpAddr::V4(peer.public_ip), &hop))
         });
         self.tables.update(|w| {
             w.upsert(
@@ -1092,12 +1110,13 @@ impl Backend for UserspaceBackend {
                 .await;
         }
         self.peers.insert(peer.subnet, peer.clone());
+        let vteps = self.vtep_ips(peer);
         let unresolved = self
             .af_xdp
             .as_ref()
-            .is_some_and(|a| a.tracker.next_hop(peer.public_ip).is_none());
+            .is_some_and(|a| vteps.iter().any(|ip| a.tracker.next_hop(*ip).is_none()));
         if unresolved || self.af_xdp.is_none() {
-            self.refresh_paths(vec![peer.public_ip]).await;
+            self.refresh_paths(vteps).await;
         }
         Ok(())
     }
@@ -1120,16 +1139,17 @@ impl Backend for UserspaceBackend {
                 .await;
             r
         };
-        if !self
-            .peers
-            .values()
-            .any(|p| p.public_ip == previous.public_ip)
-        {
+        let still_used: std::collections::BTreeSet<IpAddr> =
+            self.peers.values().flat_map(|p| self.vtep_ips(p)).collect();
+        for ip in self.vtep_ips(previous) {
+            if still_used.contains(&ip) {
+                continue;
+            }
             if let Some(a) = self.af_xdp.as_mut() {
-                a.tracker.forget(previous.public_ip);
+                a.tracker.forget(ip);
             }
             if let Ok(mut p) = self.paths.lock() {
-                p.remove(&previous.public_ip);
+                p.remove(&ip);
             }
         }
         result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))?;
@@ -1150,11 +1170,11 @@ impl Backend for UserspaceBackend {
         // can restart it (the TAP queue went with it), so the whole daemon stops.
         self.workers.check_alive().map_err(BackendError)?;
         if self.af_xdp.is_some() {
-            let ips: std::collections::BTreeSet<Ipv4Addr> = self
+            let ips: std::collections::BTreeSet<IpAddr> = self
                 .peers
                 .iter()
                 .filter(|(s, _)| !self.direct.contains_key(s))
-                .map(|(_, p)| p.public_ip)
+                .flat_map(|(_, p)| self.vtep_ips(p))
                 .collect();
             self.refresh_paths(ips.into_iter().collect()).await;
         }
