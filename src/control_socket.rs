@@ -58,7 +58,7 @@ impl ControlSocket {
     pub async fn serve(
         self,
         handler: Handler,
-        handovers: tokio::sync::mpsc::Sender<std::os::unix::net::UnixStream>,
+        handovers: tokio::sync::mpsc::Sender<(std::os::unix::net::UnixStream, String)>,
     ) {
         loop {
             let Ok((stream, _)) = self.listener.accept().await else {
@@ -84,7 +84,7 @@ impl Drop for ControlSocket {
 async fn answer(
     stream: UnixStream,
     handler: Handler,
-    handovers: tokio::sync::mpsc::Sender<std::os::unix::net::UnixStream>,
+    handovers: tokio::sync::mpsc::Sender<(std::os::unix::net::UnixStream, String)>,
 ) -> anyhow::Result<()> {
     // Byte by byte up to the newline: nothing after it may be read away from a handover
     // connection (the successor sends nothing more, but the socket is handed on whole).
@@ -101,11 +101,11 @@ async fn answer(
         }
     }
     let line = String::from_utf8_lossy(&line).into_owned();
-    if line.trim() == crate::takeover::REQUEST {
+    if line.split_whitespace().next() == Some(crate::takeover::REQUEST) {
         let std_stream = stream.into_std()?;
         std_stream.set_nonblocking(false)?;
         handovers
-            .send(std_stream)
+            .send((std_stream, line.trim().to_string()))
             .await
             .map_err(|_| anyhow::anyhow!("the daemon is stopping: no handover"))?;
         return Ok(());

@@ -721,15 +721,17 @@ async fn run_with_store<S: LeaseStore>(
     let control_path = args.control_socket.clone();
     let taken =
         tokio::task::spawn_blocking(move || crate::takeover::request(&control_path)).await??;
-    let predecessor = taken.as_ref().map(|t| {
-        (
-            t.pid,
-            t.inherited.manifest.vxdp_version.clone(),
-            t.inherited.manifest.fds.len(),
-        )
-    });
-    let inherited = match taken {
-        Some(t) => Some(t.inherited),
+    let mut from_store = from_store;
+    let (inherited, predecessor) = match taken {
+        Some(t) => {
+            // The predecessor's own descriptors win; the store's copies must not stay open
+            // (an unread socket in the SO_REUSEPORT group would take a share of the traffic).
+            drop(from_store.inherited.take());
+            let version = t.inherited.manifest.vxdp_version.clone();
+            let fds = t.inherited.manifest.fds.len();
+            let (inherited, predecessor) = t.split();
+            (Some(inherited), Some((predecessor, version, fds)))
+        }
         None => {
             if let Some(i) = &from_store.inherited {
                 tracing::info!(
@@ -739,7 +741,7 @@ async fn run_with_store<S: LeaseStore>(
                      last run"
                 );
             }
-            from_store.inherited
+            (from_store.inherited.take(), None)
         }
     };
     let (backend, summary) = match ActiveBackend::start(
@@ -778,12 +780,12 @@ async fn run_with_store<S: LeaseStore>(
         }
     };
     tracing::info!("{summary}");
-    if let Some((pid, version, fds)) = predecessor {
+    if let Some((predecessor, version, fds)) = predecessor {
         // Its control socket and health port go with it; ours are bound below.
-        let gone = tokio::task::spawn_blocking(move || {
-            crate::takeover::wait_for_exit(pid, Duration::from_secs(10))
-        })
-        .await?;
+        let pid = predecessor.pid;
+        let gone =
+            tokio::task::spawn_blocking(move || predecessor.wait_gone(Duration::from_secs(10)))
+                .await?;
         if !gone {
             bail!("took over from vxdp pid {pid}, but it did not exit within 10 s");
         }
@@ -883,8 +885,14 @@ async fn run_with_store<S: LeaseStore>(
                 Some(Arc::new(m))
             }
             Err(e) if args.ip_masq => {
-                sync.shutdown(Teardown::Remove).await;
-                let _ = store.remove(&lease).await;
+                // A lease and dataplane this start adopted may have peers routing to them:
+                // only what this start created goes (the service manager's restart retries).
+                if fresh_lease {
+                    sync.shutdown(Teardown::Remove).await;
+                    let _ = store.remove(&lease).await;
+                } else {
+                    sync.shutdown(Teardown::Keep).await;
+                }
                 return Err(anyhow::Error::new(e).context("installing the --ip-masq rules"));
             }
             Err(e) => {
@@ -976,6 +984,9 @@ async fn run_with_store<S: LeaseStore>(
     let timeout = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timeout);
 
+    // A successor this process handed over to: told of the end by this connection closing.
+    let mut handed_over_to: Option<std::os::unix::net::UnixStream> = None;
+
     // The shell: wait for the next thing to happen, tell the core, carry out what it says.
     let exit: Exit = 'running: loop {
         let deadline = node.next_timeout();
@@ -1026,16 +1037,29 @@ async fn run_with_store<S: LeaseStore>(
                 Vec::new()
             }
             _ = &mut timeout, if deadline.is_some() => node.handle_timeout(OffsetDateTime::now_utc()),
-            Some(stream) = handover_rx.recv() => {
+            Some((stream, line)) = handover_rx.recv() => {
+                match handover_refusal(&stream, &line) {
+                    Some(why) => {
+                        tracing::warn!("a new vxdp asked to take over: {why}; running on");
+                        let body = json!({"error": why}).to_string();
+                        let _ = std::io::Write::write_all(&mut &stream, body.as_bytes());
+                        Vec::new()
+                    }
+                    None => {
                 tracing::info!("a new vxdp asks to take over: stopping the workers and handing over");
                 let (manifest, fds) = sync.backend_mut().stop_for_handover();
-                match dataplane::handover::send_with_fds(
+                let sent = dataplane::handover::send_handover(
                     std::os::fd::AsFd::as_fd(&stream),
-                    &manifest.to_bytes(),
+                    &manifest,
                     &fds,
-                ) {
+                );
+                let count = fds.len();
+                // Open until this process has let go of its control socket and health port:
+                // the successor waits for its end.
+                handed_over_to = Some(stream);
+                match sent {
                     Ok(()) => {
-                        tracing::info!(descriptors = fds.len(), "handed over; exiting, leaving everything to the new vxdp");
+                        tracing::info!(descriptors = count, "handed over; exiting, leaving everything to the new vxdp");
                         node.handle(Input::HandedOver, OffsetDateTime::now_utc())
                     }
                     // The workers are stopped: without a successor nothing forwards. Exit
@@ -1044,6 +1068,8 @@ async fn run_with_store<S: LeaseStore>(
                         Input::DataplaneFailed(format!("handing over to the new vxdp failed: {e}")),
                         OffsetDateTime::now_utc(),
                     ),
+                }
+                    }
                 }
             }
         };
@@ -1110,9 +1136,13 @@ async fn run_with_store<S: LeaseStore>(
     control_task.abort();
     watch_task.abort();
     node_ready_task.abort();
+    let _ = control_task.await;
     if let Some(t) = health_task {
         t.abort();
+        let _ = t.await;
     }
+    // The control socket file is removed and the health port closed: a successor may bind them.
+    drop(handed_over_to);
     // A stop keeps what forwards (flanneld's behaviour): peers keep their routes to this node
     // and the next start adopts it all. Only a released or lost subnet takes it away.
     let teardown = if exit.release_subnet {
@@ -1132,8 +1162,9 @@ async fn run_with_store<S: LeaseStore>(
             tracing::info!("masquerade/forward rules stay for the next start");
         }
     }
-    // The blackhole route goes with the lease: kept for the next start only while the lease is
-    // kept (an error exit), since a released or lost subnet may become another node's.
+    // The blackhole route goes with the lease: kept for the next start whenever the lease is
+    // kept (a plain stop, an error exit), removed when the subnet is released or lost, since it
+    // may become another node's.
     if let Some(b) = &blackhole {
         if exit.release_subnet {
             match b.remove().await {
@@ -1151,6 +1182,37 @@ async fn run_with_store<S: LeaseStore>(
         }
     }
     outcome
+}
+
+/// Why a handover request on `stream` is refused, if it is: another manifest format, or a
+/// successor that already hung up (a timed-out one), which stopping the workers would leave
+/// the node without.
+fn handover_refusal(stream: &std::os::unix::net::UnixStream, line: &str) -> Option<String> {
+    let format = dataplane::handover::FORMAT_VERSION;
+    match crate::takeover::requested_format(line) {
+        Some(f) if f == format => {}
+        Some(f) => {
+            return Some(format!(
+                "it reads handover format {f}, this vxdp sends format {format}"
+            ))
+        }
+        None => {
+            return Some(format!(
+                "the request names no handover format (this vxdp sends {format})"
+            ))
+        }
+    }
+    let mut fds = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(stream),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }];
+    // SAFETY: poll on one valid descriptor with a zero timeout.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    if ready > 0 && fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+        return Some("it has already given up waiting".into());
+    }
+    None
 }
 
 /// Whether every CPU in `cpus` is kept from the scheduler's general use (the kernel's

@@ -165,6 +165,21 @@ pub fn store(manifest: &Manifest, fds: &[BorrowedFd<'_>]) -> Vec<String> {
     if std::env::var_os("NOTIFY_SOCKET").is_none() {
         return Vec::new();
     }
+    // systemd 254 and later say how many descriptors the store takes (FileDescriptorStoreMax=);
+    // it drops any beyond, silently on this side. A partial set is no use to the next start.
+    let room = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(room) = room {
+        if room < fds.len() + 1 {
+            tracing::warn!(
+                "systemd's fd store takes {room} descriptors, vxdp would park {}: nothing parked, \
+                 a restart opens new queues and sockets (raise FileDescriptorStoreMax= in the unit)",
+                fds.len() + 1
+            );
+            return Vec::new();
+        }
+    }
     let mut stored = Vec::new();
     let result = (|| -> std::io::Result<()> {
         let memfd = manifest_memfd(manifest)?;

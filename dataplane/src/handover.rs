@@ -209,7 +209,8 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) 
     // SAFETY: CMSG_SPACE only computes a size.
     let space = usize::try_from(unsafe { libc::CMSG_SPACE(payload_len) })
         .map_err(|_| io::Error::other("control message too large"))?;
-    let mut control = vec![0u8; space.max(1)];
+    // u64 words: the cmsghdr written through CMSG_FIRSTHDR needs its alignment.
+    let mut control = vec![0u64; space.div_ceil(8).max(1)];
     let mut iov = libc::iovec {
         iov_base: data.as_ptr().cast_mut().cast(),
         iov_len: data.len(),
@@ -221,8 +222,8 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) 
     if !raw.is_empty() {
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space;
-        // SAFETY: msg_control holds CMSG_SPACE(payload_len) bytes, room for one header and the
-        // descriptors; CMSG_FIRSTHDR of such a buffer is non-null and aligned.
+        // SAFETY: msg_control holds CMSG_SPACE(payload_len) bytes in u64 words, room for one
+        // aligned header and the descriptors; CMSG_FIRSTHDR of such a buffer is non-null.
         unsafe {
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -254,7 +255,8 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
     // SAFETY: CMSG_SPACE only computes a size.
     let space = usize::try_from(unsafe { libc::CMSG_SPACE(payload_len) })
         .map_err(|_| io::Error::other("control message too large"))?;
-    let mut control = vec![0u8; space];
+    // u64 words: the cmsghdrs read through CMSG_FIRSTHDR need their alignment.
+    let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -296,6 +298,48 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize,
         ));
     }
     Ok((usize::try_from(n).unwrap_or(0), fds))
+}
+
+/// Sends a whole handover on the connected Unix stream `sock`: the manifest with the first
+/// [`MAX_FDS`] descriptors, then one byte (`+`) with each further batch (the kernel passes at
+/// most 253 per message; 16 UDP workers with 16 source ports each hold 288).
+pub fn send_handover(
+    sock: BorrowedFd<'_>,
+    manifest: &Manifest,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut batches = fds.chunks(MAX_FDS);
+    send_with_fds(sock, &manifest.to_bytes(), batches.next().unwrap_or(&[]))?;
+    for batch in batches {
+        send_with_fds(sock, b"+", batch)?;
+    }
+    Ok(())
+}
+
+/// Receives what [`send_handover`] sent: the manifest's bytes (or whatever single message came
+/// instead, such as an error document) and every descriptor it names.
+pub fn recv_handover(sock: BorrowedFd<'_>) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 256 << 10];
+    let (n, mut fds) = recv_with_fds(sock, &mut buf)?;
+    buf.truncate(n);
+    // The kernel does not merge a message carrying descriptors into the next read, so the
+    // first read is the manifest alone; a document that is not one ends the exchange.
+    let Ok(manifest) = Manifest::parse(&buf) else {
+        return Ok((buf, fds));
+    };
+    let mut byte = [0u8; 1];
+    while fds.len() < manifest.fds.len() {
+        let (n, more) = recv_with_fds(sock, &mut byte)?;
+        if n == 0 {
+            return Err(io::Error::other(format!(
+                "the handover ended after {} of {} descriptors",
+                fds.len(),
+                manifest.fds.len()
+            )));
+        }
+        fds.extend(more);
+    }
+    Ok((buf, fds))
 }
 
 /// A duplicate of `fd` (close-on-exec) that keeps the open file alive on its own.
@@ -390,6 +434,32 @@ mod tests {
         assert_eq!(read(0, 2), "tx");
         assert_eq!(read(1, 3), "tap");
         assert_eq!(read(2, 2), "rx");
+    }
+
+    #[test]
+    fn more_descriptors_than_one_message_takes_cross_in_batches() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (r, _w) = std::io::pipe().unwrap();
+        let n = MAX_FDS * 2 + 7;
+        let roles = (0..n)
+            .map(|index| FdRole::UdpTx { queue: 0, index })
+            .collect();
+        let m = manifest(roles);
+        let fds: Vec<BorrowedFd<'_>> = (0..n).map(|_| r.as_fd()).collect();
+        let sender = std::thread::scope(|s| {
+            let t = s.spawn(|| send_handover(a.as_fd(), &m, &fds));
+            let got = recv_handover(b.as_fd()).unwrap();
+            t.join().unwrap().unwrap();
+            got
+        });
+        let (bytes, got) = sender;
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+        assert_eq!(got.len(), n);
+        // A document that is not a manifest ends the exchange as it is.
+        send_with_fds(a.as_fd(), br#"{"error":"no"}"#, &[]).unwrap();
+        let (bytes, got) = recv_handover(b.as_fd()).unwrap();
+        assert_eq!(bytes, br#"{"error":"no"}"#);
+        assert!(got.is_empty());
     }
 
     #[test]

@@ -324,19 +324,21 @@ impl TapDevice {
         queues: Vec<TapQueue>,
         offloads: TapOffloads,
     ) -> io::Result<TapDevice> {
-        let first = queues
-            .first()
-            .ok_or_else(|| io::Error::other("no TAP queue was handed over"))?;
-        let (dev, flags) = first.interface()?;
-        if dev != name {
-            return Err(io::Error::other(format!(
-                "the handed-over TAP queues belong to {dev}, not {name}"
-            )));
+        if queues.is_empty() {
+            return Err(io::Error::other("no TAP queue was handed over"));
         }
-        if (flags & IFF_VNET_HDR != 0) != offloads.vnet_hdr {
-            return Err(io::Error::other(
-                "the handed-over TAP queues' vnet header setting is not the one described",
-            ));
+        for q in &queues {
+            let (dev, flags) = q.interface()?;
+            if dev != name {
+                return Err(io::Error::other(format!(
+                    "the handed-over TAP queues belong to {dev}, not {name}"
+                )));
+            }
+            if (flags & IFF_VNET_HDR != 0) != offloads.vnet_hdr {
+                return Err(io::Error::other(
+                    "the handed-over TAP queues' vnet header setting is not the one described",
+                ));
+            }
         }
         Ok(TapDevice {
             name: name.to_string(),

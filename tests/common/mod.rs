@@ -963,7 +963,8 @@ fn recv_notify(
 ) -> Option<(String, Vec<std::os::fd::OwnedFd>)> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let mut buf = [0u8; 4096];
-    let mut control = [0u8; 1024];
+    // u64 words: the cmsghdrs read through CMSG_FIRSTHDR need their alignment.
+    let mut control = [0u64; 128];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -973,7 +974,7 @@ fn recv_notify(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len();
+    msg.msg_controllen = std::mem::size_of_val(&control);
     // SAFETY: recvmsg into the buffers msg points at.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
@@ -985,7 +986,8 @@ fn recv_notify(
         let mut c = libc::CMSG_FIRSTHDR(&msg);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                let count = ((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<i32>();
                 let data = libc::CMSG_DATA(c).cast::<i32>();
                 for i in 0..count {
                     fds.push(std::os::fd::OwnedFd::from_raw_fd(std::ptr::read_unaligned(

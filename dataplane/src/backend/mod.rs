@@ -92,8 +92,13 @@ impl ActiveBackend {
             ..userspace.clone()
         };
         let start_userspace = |config: UserspaceConfig, why: String| async move {
-            // The TAP is persistent: one this attempt created must not outlive its failure.
-            let existed = nl.link_by_name(&config.device).await?.is_some();
+            // The TAP is persistent: one this attempt created must not outlive its failure. A
+            // device of another kind (the kernel backend's vxlan link) is replaced by the
+            // attempt, so the TAP there afterwards is still this attempt's.
+            let existed = nl
+                .link_details_by_name(&config.device)
+                .await?
+                .is_some_and(|d| d.link.kind.as_deref() == Some("tun"));
             let device = config.device.clone();
             let b = match UserspaceBackend::start(nl.clone(), config, inherited).await {
                 Ok(b) => b,

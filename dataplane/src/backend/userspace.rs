@@ -27,7 +27,9 @@ use crate::steering::{SteeringConfig, SteeringProgram, XdpCounters, XdpCountersR
 use crate::tables::{PeerEntry, PeerEntryV6, PeerTables};
 use crate::tap::{TapConfig, TapDevice, TapOffloads, TapQueue};
 use crate::underlay::af_xdp::AfXdpUnderlay;
-use crate::underlay::udp::{GsoStatus, OffloadState, UdpConfig, UdpSockets, UdpUnderlay};
+use crate::underlay::udp::{
+    GsoStatus, OffloadState, UdpConfig, UdpSockets, UdpUnderlay, MAX_TX_SOCKETS,
+};
 use crate::worker::{Worker, WorkerSet};
 use crate::xsk::{
     BindMode, SocketMode, XskConfig, XskError, XskKernelStats, XskSocket, XskStatsReader,
@@ -283,13 +285,16 @@ struct Adopted {
 impl Adopted {
     /// Takes what fits `config` out of `inherited`: nothing when the device differs.
     fn take(inherited: &Mutex<Option<Inherited>>, config: &UserspaceConfig) -> Adopted {
-        let mut guard = inherited.lock().unwrap_or_else(|e| e.into_inner());
+        // Taken whole: whatever this attempt does not use is closed when it returns, before a
+        // fallback opens sockets of its own (an unread socket left in the SO_REUSEPORT group
+        // would take a share of the traffic).
+        let taken = inherited.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut adopted = Adopted {
             tap: Vec::new(),
             tap_offloads: None,
             udp: Vec::new(),
         };
-        let Some(inh) = guard.as_mut() else {
+        let Some(mut inh) = taken else {
             return adopted;
         };
         if inh.manifest.device != config.device {
@@ -303,9 +308,15 @@ impl Adopted {
         adopted.tap = inh.take_tap_queues();
         adopted.tap_offloads = inh.manifest.tap_offloads;
         if matches!(config.underlay, UnderlayKind::Udp(_)) {
-            for queue in 0..adopted.tap.len() {
+            for queue in 0..inh.manifest.fds.len() {
                 adopted.udp.push(inh.take_udp(queue));
             }
+        }
+        if inh.left_over() > 0 {
+            tracing::info!(
+                descriptors = inh.left_over(),
+                "descriptors handed over that this start does not use are closed"
+            );
         }
         adopted
     }
@@ -428,14 +439,27 @@ fn open_xsk_sockets(
 ) -> Result<Vec<XskSocket>, XskError> {
     (0..u32::try_from(queues).unwrap_or(u32::MAX))
         .map(|queue| {
-            XskSocket::open(&XskConfig {
+            let config = XskConfig {
                 ifname: ifname.to_string(),
                 queue_id: queue,
                 frame_size: FRAME_SIZE,
                 frame_count: frames,
                 ring_size: frames / 2,
                 bind_mode,
-            })
+            };
+            // A predecessor that just handed over closed its socket on this queue, but the
+            // kernel releases a zero-copy pool from the queue in deferred work: EBUSY for a
+            // moment. Half a second of retries, then the error stands.
+            let mut tries = 0;
+            loop {
+                match XskSocket::open(&config) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 25 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return other,
+                }
+            }
         })
         .collect()
 }
@@ -671,7 +695,7 @@ impl UserspaceBackend {
                     local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni,
-                    tx_sockets: o.source_ports.clamp(1, 64),
+                    tx_sockets: o.source_ports.clamp(1, MAX_TX_SOCKETS),
                     max_frame: 14 + usize::from(mtu),
                     gso: o.gso,
                     gro: o.gro,

@@ -176,6 +176,10 @@ impl UdpError {
     }
 }
 
+/// The most transmit sockets (source ports) one worker holds: the send queue records the
+/// socket of each datagram in a byte, and 64 spread flows well enough.
+pub const MAX_TX_SOCKETS: usize = 64;
+
 /// One worker's sockets, opened before its thread starts (so a taken port fails the start).
 #[derive(Debug)]
 pub struct UdpSockets {
@@ -257,6 +261,25 @@ impl UdpSockets {
         rx: OwnedFd,
         tx: Vec<OwnedFd>,
     ) -> Result<UdpSockets, UdpError> {
+        if tx.is_empty() || tx.len() > MAX_TX_SOCKETS {
+            return Err(UdpError::new(
+                "taking over the transmit sockets",
+                io::Error::other(format!(
+                    "{} came, 1 to {MAX_TX_SOCKETS} are taken",
+                    tx.len()
+                )),
+            ));
+        }
+        for s in std::iter::once(&rx).chain(&tx) {
+            let kind = get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE)
+                .map_err(|e| UdpError::new("SO_TYPE", e))?;
+            if kind != libc::SOCK_DGRAM {
+                return Err(UdpError::new(
+                    "taking over a socket",
+                    io::Error::other("it is not a datagram socket"),
+                ));
+            }
+        }
         let want = SocketAddrV4::new(config.local_ip, config.port);
         let bound = local_addr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
         if bound != want {
@@ -278,12 +301,6 @@ impl UdpSockets {
                 ));
             }
             configure_tx(s)?;
-        }
-        if tx.is_empty() {
-            return Err(UdpError::new(
-                "taking over the transmit sockets",
-                io::Error::other("none came"),
-            ));
         }
         UdpSockets::finish(config, rx, tx, gro)
     }
@@ -573,8 +590,8 @@ impl UdpUnderlay {
             return;
         };
         q.len[i] = vxlan::HEADER_LEN + n;
-        // At most 64 transmit sockets per family (tx_sockets is capped when configured).
-        q.socket[i] = u8::try_from(socket).expect("at most 128 transmit sockets");
+        // At most MAX_TX_SOCKETS per family (tx_sockets is capped when configured): fits a u8.
+        q.socket[i] = u8::try_from(socket).expect("at most 2 * MAX_TX_SOCKETS transmit sockets");
         q.dst[i] = dst;
         q.count += 1;
     }

@@ -186,20 +186,26 @@ impl Netns {
                     .join(":"),
             );
         }
+        assert!(fds.len() <= 256, "at most 256 descriptors are passed");
         let raw: Vec<i32> = fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        // Above every target (3..3+n) and every source, so the second step never overwrites
+        // a source it has yet to move.
+        let floor = 3
+            + i32::try_from(fds.len()).expect("at most 256")
+            + raw.iter().max().copied().unwrap_or(0);
         // SAFETY: the closure runs between fork and exec and calls only fcntl and dup2
         // (async-signal-safe) on descriptors this process holds open; `raw` was built before.
         unsafe {
             cmd.pre_exec(move || {
                 // Out of the way of 3.. first, then into place (dup2 clears FD_CLOEXEC).
                 let mut high = [0i32; 256];
-                for (i, fd) in raw.iter().enumerate().take(256) {
-                    high[i] = libc::fcntl(*fd, libc::F_DUPFD, 512);
+                for (i, fd) in raw.iter().enumerate() {
+                    high[i] = libc::fcntl(*fd, libc::F_DUPFD, floor);
                     if high[i] < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                for (i, fd) in high.iter().enumerate().take(raw.len().min(256)) {
+                for (i, fd) in high.iter().enumerate().take(raw.len()) {
                     if libc::dup2(*fd, 3 + i as i32) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
