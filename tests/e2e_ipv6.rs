@@ -553,3 +553,81 @@ fn dual_stack_af_xdp_node_with_udp_kernel_and_flanneld_nodes() {
     assert!(resolved.is_some(), "{:#}", h1.status());
     eprintln!("interop (dual stack): xdp<->udp ok, xdp<->kernel ok, xdp<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways)");
 }
+
+/// `ping -i 0.01` from `from` to `to` until `during` returns; (sent, received).
+fn pings_during(from: &Host, to: IpAddr, tag: &str, during: impl FnOnce()) -> (u64, u64) {
+    let log = from.dir.join(format!("ping-{tag}.log"));
+    let fam = if to.is_ipv6() { "-6" } else { "-4" };
+    let mut child = from.ns.spawn(
+        &["ping", fam, "-i", "0.01", "-W", "2", &to.to_string()],
+        Some(&log),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(500));
+    child.signal(libc::SIGINT);
+    let _ = wait_for(Duration::from_secs(5), || child.exited());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u64> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn dual_stack_udp_node_hands_over_both_families_to_a_new_process() {
+    let (mut c, etcd) = dual_stack_cluster(2);
+    let endpoints = etcd.endpoint();
+    let args = ["--etcd-endpoints", endpoints.as_str(), "--backend", "udp"];
+    for i in 1..=2 {
+        c.host(i).start(&args);
+    }
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(1);
+    }
+    let h1_6 = IpAddr::V6(overlay6(&c.hosts[0]));
+    let h1_4 = IpAddr::V4(c.hosts[0].overlay_ip());
+    assert!(
+        pings(&c.hosts[1], h1_6) && pings(&c.hosts[1], h1_4),
+        "warm paths"
+    );
+    // A second vxdp on node 1 takes the TAP queues and both families' sockets over.
+    let mut old = c.hosts[0].daemon.take().expect("node 1 runs");
+    let mut old_exit = None;
+    let (sent, received) = {
+        let (first, rest) = c.hosts.split_at_mut(1);
+        let (h1, peer) = (&mut first[0], &rest[0]);
+        pings_during(peer, h1_6, "handover6", || {
+            h1.start(&args);
+            old_exit = wait_for(Duration::from_secs(10), || old.exited());
+            h1.wait_ready();
+        })
+    };
+    let log = c.hosts[0].log_text();
+    assert_eq!(old_exit.map(|s| s.code()), Some(Some(0)), "{log}");
+    assert!(log.contains("took over forwarding"), "{log}");
+    eprintln!(
+        "dual-stack udp handover: ping6 every 10 ms: {sent} sent, {} lost",
+        sent - received
+    );
+    assert!(
+        sent - received <= 2,
+        "ping6 lost {} of {sent} across the handover:\n{log}",
+        sent - received
+    );
+    // Both families still flow, through the new process.
+    assert!(
+        pings(&c.hosts[1], h1_6) && pings(&c.hosts[1], h1_4),
+        "after the handover"
+    );
+    assert!(
+        tcp_transfer(&c.hosts[1], &c.hosts[0], h1_6, 7900, 2 << 20),
+        "TCP over IPv6 after the handover"
+    );
+}

@@ -278,8 +278,8 @@ struct Adopted {
     /// The TAP queues and the offloads their device was given; empty when none came.
     tap: Vec<OwnedFd>,
     tap_offloads: Option<TapOffloads>,
-    /// Per worker, its receive socket and transmit sockets.
-    udp: Vec<Option<(OwnedFd, Vec<OwnedFd>)>>,
+    /// Per worker, its receive sockets (one per family) and transmit sockets.
+    udp: Vec<Option<(Vec<OwnedFd>, Vec<OwnedFd>)>>,
 }
 
 impl Adopted {
@@ -726,7 +726,9 @@ impl UserspaceBackend {
                         None => UdpSockets::open(&udp_config)?,
                     };
                     let (rx, tx) = sockets.fds();
-                    handover.push((FdRole::UdpRx { queue }, keep(rx)?));
+                    for fd in rx {
+                        handover.push((FdRole::UdpRx { queue }, keep(fd)?));
+                    }
                     for (index, fd) in tx.into_iter().enumerate() {
                         handover.push((FdRole::UdpTx { queue, index }, keep(fd)?));
                     }

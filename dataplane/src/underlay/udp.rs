@@ -219,7 +219,8 @@ impl UdpSockets {
                 .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
             tx.push(s);
         }
-        UdpSockets::finish(config, rx, tx, gro)
+        let v6 = UdpSockets::open_v6(config)?;
+        UdpSockets::finish(config, rx, tx, gro, v6)
     }
 
     /// The IPv6 receive socket on `[local_ip6]:port` and as many transmit sockets as IPv4
@@ -253,14 +254,51 @@ impl UdpSockets {
     }
 
     /// Takes over sockets another vxdp process opened with the same config (see `handover`):
-    /// the receive socket must be bound to `local_ip:port` and each transmit socket to
-    /// `local_ip`, else they are refused (the config changed: open afresh instead). The
-    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies.
+    /// the IPv4 receive socket must be bound to `local_ip:port` and each IPv4 transmit socket
+    /// to `local_ip`, else they are refused (the config changed: open afresh instead). The
+    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies. The IPv6
+    /// sockets of a dual-stack node are taken the same way when they came and fit
+    /// `local_ip6`; else they are opened afresh (the predecessor ran IPv4 only), and IPv6
+    /// sockets the config has no use for are closed.
     pub fn adopt(
         config: &UdpConfig,
-        rx: OwnedFd,
-        tx: Vec<OwnedFd>,
+        rx: Vec<OwnedFd>,
+        tx_in: Vec<OwnedFd>,
     ) -> Result<UdpSockets, UdpError> {
+        let is_v6 = |s: &OwnedFd| {
+            local_sockaddr(s)
+                .map(|a| a.is_ipv6())
+                .map_err(|e| UdpError::new("getsockname", e))
+        };
+        let (mut rx4, mut rx6) = (Vec::new(), Vec::new());
+        for s in rx {
+            if is_v6(&s)? {
+                rx6.push(s);
+            } else {
+                rx4.push(s);
+            }
+        }
+        let (mut tx, mut tx6) = (Vec::new(), Vec::new());
+        for s in tx_in {
+            if is_v6(&s)? {
+                tx6.push(s);
+            } else {
+                tx.push(s);
+            }
+        }
+        let (Some(rx), true) = (rx4.pop(), rx4.is_empty()) else {
+            return Err(UdpError::new(
+                "taking over the receive socket",
+                io::Error::other("not exactly one IPv4 receive socket came"),
+            ));
+        };
+        let v6 = match (config.local_ip6, rx6.pop(), rx6.is_empty()) {
+            (Some(ip6), Some(rx6), true) if !tx6.is_empty() => {
+                Some(UdpSockets::adopt_v6(config, ip6, rx6, tx6)?)
+            }
+            (Some(_), _, _) => UdpSockets::open_v6(config)?,
+            (None, _, _) => None,
+        };
         if tx.is_empty() || tx.len() > MAX_TX_SOCKETS {
             return Err(UdpError::new(
                 "taking over the transmit sockets",
@@ -302,7 +340,52 @@ impl UdpSockets {
             }
             configure_tx(s)?;
         }
-        UdpSockets::finish(config, rx, tx, gro)
+        UdpSockets::finish(config, rx, tx, gro, v6)
+    }
+
+    /// The IPv6 half of [`UdpSockets::adopt`]: bound to `[ip6]:port` and `[ip6]`.
+    fn adopt_v6(
+        config: &UdpConfig,
+        ip6: Ipv6Addr,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+    ) -> Result<(OwnedFd, Vec<OwnedFd>), UdpError> {
+        if tx.len() > MAX_TX_SOCKETS {
+            return Err(UdpError::new(
+                "taking over the IPv6 transmit sockets",
+                io::Error::other(format!("{} came, at most {MAX_TX_SOCKETS}", tx.len())),
+            ));
+        }
+        for s in std::iter::once(&rx).chain(&tx) {
+            let kind = get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE)
+                .map_err(|e| UdpError::new("SO_TYPE", e))?;
+            if kind != libc::SOCK_DGRAM {
+                return Err(UdpError::new(
+                    "taking over a socket",
+                    io::Error::other("it is not a datagram socket"),
+                ));
+            }
+        }
+        let want = SocketAddr::V6(SocketAddrV6::new(ip6, config.port, 0, 0));
+        let bound = local_sockaddr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
+        if bound != want {
+            return Err(UdpError::new(
+                "taking over the IPv6 receive socket",
+                io::Error::other(format!("it is bound to {bound}, not {want}")),
+            ));
+        }
+        configure_rx(&rx, config)?;
+        for s in &tx {
+            let at = local_sockaddr(s).map_err(|e| UdpError::new("getsockname", e))?;
+            if at.ip() != IpAddr::V6(ip6) || at.port() == 0 {
+                return Err(UdpError::new(
+                    "taking over an IPv6 transmit socket",
+                    io::Error::other(format!("it is bound to {at}, not [{ip6}]:<port>")),
+                ));
+            }
+            configure_tx_v6(s)?;
+        }
+        Ok((rx, tx))
     }
 
     fn finish(
@@ -310,16 +393,13 @@ impl UdpSockets {
         rx: OwnedFd,
         tx: Vec<OwnedFd>,
         gro: bool,
+        v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     ) -> Result<UdpSockets, UdpError> {
         let mut gso = if config.gso {
             GsoStatus::On
         } else {
             GsoStatus::Off
         };
-        // The IPv6 sockets are opened afresh also when the IPv4 ones were handed over: a
-        // handover carries the IPv4 set, and the new IPv6 receive socket joins the old one's
-        // SO_REUSEPORT group until the old process exits.
-        let v6 = UdpSockets::open_v6(config)?;
         let mut tx_ports = Vec::with_capacity(tx.len());
         for s in &tx {
             if gso == GsoStatus::On && get_opt(s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
@@ -341,10 +421,16 @@ impl UdpSockets {
         })
     }
 
-    /// The IPv4 descriptors, receive socket first, for a handover (the IPv6 ones are opened
-    /// again by the successor).
-    pub fn fds(&self) -> (BorrowedFd<'_>, Vec<BorrowedFd<'_>>) {
-        (self.rx.as_fd(), self.tx.iter().map(AsFd::as_fd).collect())
+    /// The descriptors for a handover: the receive sockets (IPv4, then IPv6 in a dual-stack
+    /// network) and the transmit sockets (IPv4's, then IPv6's).
+    pub fn fds(&self) -> (Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>) {
+        let mut rx = vec![self.rx.as_fd()];
+        let mut tx: Vec<BorrowedFd<'_>> = self.tx.iter().map(AsFd::as_fd).collect();
+        if let Some((rx6, tx6)) = &self.v6 {
+            rx.push(rx6.as_fd());
+            tx.extend(tx6.iter().map(AsFd::as_fd));
+        }
+        (rx, tx)
     }
 
     /// The source ports flows are spread over.
@@ -1226,6 +1312,34 @@ fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
     set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
 }
 
+/// The address a socket of either family is bound to.
+fn local_sockaddr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    // SAFETY: plain old data.
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    let mut len = socklen_of::<libc::sockaddr_in6>();
+    // SAFETY: getsockname writes at most `len` bytes into `sa`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in6).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(sa.sin6_family) {
+        libc::AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(sa.sin6_addr.s6_addr),
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        ))),
+        libc::AF_INET => local_addr(fd).map(SocketAddr::V4),
+        _ => Err(io::Error::other("not an IP socket")),
+    }
+}
+
 fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
     // SAFETY: plain old data.
     let mut sa: libc::sockaddr_in = unsafe { zeroed() };
@@ -1501,6 +1615,63 @@ mod tests {
         // One descriptor to poll: the epoll set of both receive sockets.
         assert_ne!(underlay.poll_fd(), underlay.rx.as_raw_fd());
         drop(first);
+    }
+
+    #[test]
+    fn dual_stack_sockets_are_handed_over_whole() {
+        let v4_only = UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
+            port: 0,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 2,
+            max_frame: 1514,
+            gso: true,
+            gro: false,
+            busy_poll: false,
+        };
+        let probe = UdpSockets::open(&v4_only).unwrap();
+        let port = local_addr(&probe.rx).unwrap().port();
+        let config = UdpConfig {
+            port,
+            local_ip6: Some(Ipv6Addr::LOCALHOST),
+            ..v4_only.clone()
+        };
+        let old = UdpSockets::open(&config).unwrap();
+        let dup = |fds: Vec<BorrowedFd<'_>>| -> Vec<OwnedFd> {
+            fds.into_iter()
+                .map(|fd| fd.try_clone_to_owned().unwrap())
+                .collect()
+        };
+        let (rx, tx) = old.fds();
+        assert_eq!((rx.len(), tx.len()), (2, 4), "both families travel");
+        // The order they travel in does not matter: families are told apart by address.
+        let (mut rx, mut tx) = (dup(rx), dup(tx));
+        rx.reverse();
+        tx.reverse();
+        let new = UdpSockets::adopt(&config, rx, tx).unwrap();
+        let (_, v6_tx) = new.v6.as_ref().expect("the IPv6 sockets were taken");
+        assert_eq!(v6_tx.len(), 2);
+        assert_eq!(
+            local_sockaddr(&new.v6.as_ref().unwrap().0).unwrap(),
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0))
+        );
+        // A successor configured IPv4 only closes the IPv6 sockets; one configured for IPv6
+        // whose predecessor had none opens them.
+        let (rx, tx) = old.fds();
+        let v4_new = UdpSockets::adopt(
+            &UdpConfig {
+                port,
+                ..v4_only.clone()
+            },
+            dup(rx),
+            dup(tx),
+        )
+        .unwrap();
+        assert!(v4_new.v6.is_none());
+        let (rx, tx) = probe.fds();
+        let grown = UdpSockets::adopt(&config, dup(rx), dup(tx)).unwrap();
+        assert!(grown.v6.is_some());
     }
 
     #[test]
