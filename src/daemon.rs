@@ -466,15 +466,6 @@ async fn run_with_store<S: LeaseStore>(
     let Some(config) = network_config(&args, &store, &mut signals).await? else {
         return Ok(());
     };
-    if config.ipv6.is_some() && args.kube_subnet_mgr {
-        // vxdp's Kubernetes subnet manager reads and publishes the IPv4 pod CIDR and
-        // annotations only (backend-v6-data and public-ipv6 are not written yet).
-        bail!(
-            "the network config enables IPv6, but vxdp's Kubernetes subnet manager carries IPv4 \
-             leases only so far: use the etcd or local store for a dual-stack network, or set \
-             EnableIPv6 to false"
-        );
-    }
     if config.backend.gbp || config.backend.learning {
         tracing::warn!(
             gbp = config.backend.gbp,
