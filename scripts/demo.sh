@@ -134,6 +134,8 @@ for pair in "1 2" "1 3" "2 3"; do
 done
 
 status_h1=$("$VXDP" status --control-socket "$WORK/h1.sock" 2>&1 || true)
+# The backend auto chose (udp where AF_XDP would only copy, as on veth), for the table.
+backend=$("$VXDP" status --json --control-socket "$WORK/h1.sock" 2>/dev/null | jq -r '.backend // "?"' || echo "?")
 
 echo "demo: stopping vxdp, programming a kernel vxlan overlay as flanneld does on the same hosts"
 for pid in "${PIDS[@]}"; do kill "$pid"; done
@@ -160,7 +162,7 @@ echo "| pair | overlay | RTT avg (us) | TCP 1 stream (Gbit/s) |"
 echo "|------|---------|--------------|-----------------------|"
 for row in "${RESULTS[@]}"; do
   IFS='|' read -r pair r g <<< "$row"
-  echo "| $pair | vxdp (AF_XDP) | $r | $g |"
+  echo "| $pair | vxdp ($backend backend) | $r | $g |"
 done
 echo "| h1 -> h2 | kernel vxlan (flanneld-style) | ${kr:-fail} | ${kg:-0} |"
 echo
