@@ -46,6 +46,7 @@ fn peer_entry(i: u32) -> (Ipv4Net, PeerEntry) {
             vtep_ip: IpAddr::V4(vtep_ip),
             gateway_v4: Some(subnet.network()),
             outer: Some(outer(vtep_ip)),
+            v6: None,
         },
     )
 }

@@ -23,8 +23,8 @@
 #   host6 host to host over an IPv6 underlay (2001:db8::/64 beside 192.0.2.0/24): the IPv6
 #         overlay of a dual-stack network (fd00:244::/48), h1 -> h2's IPv6 overlay address;
 #         kernel-vxlan is flannel-v6.1 as flanneld programs it, the underlay row 2001:db8::1 ->
-#         ::2. TCP only: vxdp-bench (64 B rate, RTT) speaks IPv4. vxdp-xdp and vxdp-udp do not
-#         carry IPv6 yet: n/a. Not in `both`; ask for it with --scenario host6.
+#         ::2. TCP only: vxdp-bench (64 B rate, RTT) speaks IPv4. Not in `both`; ask for it with
+#         --scenario host6.
 #   pod   what operators run: on each host a bridge cni0 and a pod namespace (p1, p2) wired the
 #         way flannel's CNI plugin does it (it delegates to the bridge plugin with host-local
 #         IPAM from subnet.env; kube-flannel.yml adds hairpinMode and isDefaultGateway): cni0
@@ -737,18 +737,7 @@ main() {
   # reverse order, so slow drift on the host lands on both sides of every comparison.
   BLOCKS=()
   for scenario in "${SCENARIOS[@]}"; do
-    for c in "${CONTENDERS[@]}"; do
-      [ -z "${SKIP[$c]:-}" ] || continue
-      if [ "$scenario" = host6 ]; then
-        case $c in
-          vxdp-xdp | vxdp-udp)
-            log "host6 $c: n/a: vxdp's ${c#vxdp-} backend does not carry IPv6 yet (it refuses EnableIPv6)"
-            continue
-            ;;
-        esac
-      fi
-      BLOCKS+=("$scenario/$c")
-    done
+    for c in "${CONTENDERS[@]}"; do [ -z "${SKIP[$c]:-}" ] && BLOCKS+=("$scenario/$c"); done
   done
   BLOCKS_TOTAL=$((ROUNDS * ${#BLOCKS[@]}))
   BLOCKS_DONE=0

@@ -43,7 +43,7 @@ SCENARIO_DESCRIPTIONS = {
             "192.0.2.2)",
     "host6": "h1 -> h2 between the hosts' IPv6 overlay addresses of a dual-stack network, over an "
              "IPv6 underlay (the underlay row: 2001:db8::1 -> 2001:db8::2); TCP only (the 64 B "
-             "and RTT tools speak IPv4); vxdp-xdp and vxdp-udp do not carry IPv6 yet",
+             "and RTT tools speak IPv4)",
     "pod": "a pod namespace on each host behind a cni0 bridge as flannel's CNI sets it up "
            "(bridge + host-local from subnet.env: cni0 = the lease's first address, pod = the "
            "next, MTU = FLANNEL_MTU, ip_forward on), pod on h1 -> pod on h2 across the overlay "

@@ -26,6 +26,7 @@ use control::{subnet_file, vtep_mac};
 use dataplane::backend::kernel::{KernelBackendConfig, KernelV6Config};
 use dataplane::backend::userspace::{
     AfXdpOptions, UdpOptions, UnderlayKind, UserspaceConfig, UserspaceStatusProbe,
+    UserspaceV6Config,
 };
 use dataplane::backend::{ActiveBackend, BackendChoice};
 use dataplane::privileges;
@@ -182,7 +183,13 @@ impl View {
                 .peers
                 .iter()
                 .map(|p| {
-                    let path = paths.get(&p.public_ip);
+                    let path = paths.get(&std::net::IpAddr::V4(p.public_ip));
+                    // The IPv6 half's underlay path (AF_XDP resolves it by NDP).
+                    let path6 = p
+                        .ipv6
+                        .as_ref()
+                        .and_then(|v6| v6.public_ip)
+                        .and_then(|ip| paths.get(&std::net::IpAddr::V6(ip)));
                     PeerStatus {
                         subnet: p.subnet.to_string(),
                         public_ip: p.public_ip.to_string(),
@@ -196,6 +203,7 @@ impl View {
                             .and_then(|v6| v6.public_ip)
                             .map(|a| a.to_string()),
                         vtep_mac_v6: p.ipv6.as_ref().map(|v6| v6.vtep_mac.to_string()),
+                        state_v6: path6.map(|x| x.state.clone()),
                     }
                 })
                 .collect(),
@@ -458,28 +466,6 @@ async fn run_with_store<S: LeaseStore>(
     let Some(config) = network_config(&args, &store, &mut signals).await? else {
         return Ok(());
     };
-    if config.ipv6.is_some()
-        && !matches!(
-            args.backend,
-            crate::cli::BackendChoice::Auto | crate::cli::BackendChoice::Kernel
-        )
-    {
-        // The userspace dataplanes encapsulate over an IPv4 underlay only so far; carrying
-        // the IPv4 half alone would leave pods without the IPv6 they were promised.
-        bail!(
-            "the network config enables IPv6, which vxdp carries on the kernel backend only so \
-             far: use --backend kernel (or auto), or set EnableIPv6 to false"
-        );
-    }
-    if config.ipv6.is_some() && args.kube_subnet_mgr {
-        // vxdp's Kubernetes subnet manager reads and publishes the IPv4 pod CIDR and
-        // annotations only (backend-v6-data and public-ipv6 are not written yet).
-        bail!(
-            "the network config enables IPv6, but vxdp's Kubernetes subnet manager carries IPv4 \
-             leases only so far: use the etcd or local store for a dual-stack network, or set \
-             EnableIPv6 to false"
-        );
-    }
     if config.backend.gbp || config.backend.learning {
         tracing::warn!(
             gbp = config.backend.gbp,
@@ -533,10 +519,19 @@ async fn run_with_store<S: LeaseStore>(
         )
     });
     let mut attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
-    // flanneld gives its IPv6 link a MAC of its own (BackendV6Data); vxdp's is stable too,
-    // derived from the IPv6 underlay address, so it differs from the IPv4 one.
+    // flanneld gives its IPv6 link a MAC of its own (BackendV6Data), and so does vxdp's
+    // kernel backend (stable, derived from the IPv6 underlay address). The userspace
+    // backends have one TAP, whose one MAC receives both families: they announce that MAC for
+    // IPv6 too.
     let vtep_mac6 = public_ipv6.map(|v6| {
-        vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), std::net::IpAddr::V6(v6), vni)
+        if matches!(
+            args.backend,
+            crate::cli::BackendChoice::Udp | crate::cli::BackendChoice::Xdp
+        ) {
+            vtep_mac
+        } else {
+            vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), std::net::IpAddr::V6(v6), vni)
+        }
     });
     if let (Some(v6), Some(mac6)) = (public_ipv6, vtep_mac6) {
         tracing::info!(public_ipv6 = %v6, vtep_mac6 = %mac6, "IPv6 overlay over the IPv6 underlay");
@@ -661,6 +656,11 @@ async fn run_with_store<S: LeaseStore>(
             gso: args.udp_gso,
             gro: args.udp_gro,
         }),
+        // The sockets bind the interface's own IPv6 address (--public-ipv6 may be a NAT's).
+        ipv6: lease
+            .ipv6_subnet
+            .zip(external.iface_addr6.or(public_ipv6))
+            .map(|(subnet, local_ip)| UserspaceV6Config { subnet, local_ip }),
     };
     let af_xdp_options = AfXdpOptions {
         xdp_modes: match args.xdp_mode {
@@ -822,9 +822,9 @@ async fn run_with_store<S: LeaseStore>(
         config: config.clone(),
         external: external.clone(),
         device: device.clone(),
-        v6_device: config
-            .ipv6
-            .map(|_| KernelBackendConfig::v6_device_for(&device, vni)),
+        // The kernel backend's second link; the userspace backends carry IPv6 on the TAP.
+        v6_device: (config.ipv6.is_some() && backend_name == "kernel")
+            .then(|| KernelBackendConfig::v6_device_for(&device, vni)),
         mtu,
         lease: lease.clone(),
         peers: sync.peers().values().cloned().collect(),

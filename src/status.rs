@@ -139,6 +139,9 @@ pub struct PeerStatus {
     /// Its IPv6 VtepMAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_mac_v6: Option<String>,
+    /// The state of the underlay path to its PublicIPv6, where vxdp resolves it (AF_XDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_v6: Option<String>,
 }
 
 /// One lease in the store.
@@ -227,7 +230,7 @@ pub fn render_peers(doc: &StatusDoc) -> String {
                 or_dash(&p.vtep_mac_v6),
                 "-",
                 if p.public_ipv6.is_some() {
-                    p.state.as_str()
+                    p.state_v6.as_deref().unwrap_or(&p.state)
                 } else {
                     "no PublicIPv6: IPv4 only"
                 },

@@ -1,17 +1,19 @@
 //! Dual-stack overlays end to end: hosts whose underlay carries IPv4 (192.0.2.0/24) and IPv6
-//! (2001:db8::/64) on one bridge, an overlay of 10.5.0.0/16 and fd00:5::/48, and
+//! (2001:db8::/64) on one bridge, an overlay of 10.5.0.0/16 and fd00:5::/48, etcd in the
+//! underlay namespace, and
 //!
-//! - vxdp nodes (kernel backend: `vxdp.1` and `vxdp-v6.1`, the latter programmed as flanneld
-//!   programs `flannel-v6.1`),
+//! - vxdp nodes on each backend: kernel (`vxdp.1` and `vxdp-v6.1`, the latter programmed as
+//!   flanneld programs `flannel-v6.1`), UDP and AF_XDP (one TAP carrying both families),
 //! - a flanneld-style node: `flannel.1` and `flannel-v6.1` created and programmed by the test
 //!   with `ip`/`bridge` exactly as flanneld does (independent of vxdp's code), and its lease
 //!   written into etcd as flanneld's JSON under flannel's dual-stack key.
 //!
-//! Checked: ping and ping6 both ways between every pair, byte-compared TCP over IPv6 both ways,
-//! IPv4 and IPv6 TCP at the same time, subnet.env as flanneld writes it (but FLANNEL_MTU, whose
-//! reason is logged), and a lease removed from the store withdrawing both families' routes.
-//! (Leases are removed through the store, not by stopping a daemon: a stopped node keeps its
-//! lease for a hitless restart.)
+//! Interop matrix covered: kernel<->kernel, kernel<->flanneld-style, udp<->udp, udp<->kernel,
+//! udp<->flanneld-style, xdp<->udp, xdp<->kernel, xdp<->flanneld-style. Checked: ping and ping6
+//! both ways, byte-compared TCP over IPv6 both ways, IPv4 and IPv6 TCP at the same time,
+//! subnet.env as flanneld writes it (but FLANNEL_MTU, whose reason is logged), and a lease
+//! removed from the store withdrawing both families' routes. (Leases are removed through the
+//! store, not by stopping a daemon: a stopped node keeps its lease for a hitless restart.)
 //!
 //! Needs root; without it the tests fail, never skip.
 
@@ -169,10 +171,9 @@ fn flanneld_learns(fl: &Host, peer: &Host) {
     let gw4 = peer.overlay_ip().to_string();
     let gw6 = overlay6(peer).to_string();
     let mac4 = peer.vtep_mac();
-    let mac6 = peer
-        .ns
-        .run(&["cat", "/sys/class/net/vxdp-v6.1/address"])
-        .trim()
+    let mac6 = peer.status()["lease"]["vtep_mac_v6"]
+        .as_str()
+        .expect("lease.vtep_mac_v6 in the status of a dual-stack node")
         .to_string();
     let (ul4, ul6) = (
         peer.underlay_ip().to_string(),
@@ -388,32 +389,245 @@ fn dual_stack_kernel_nodes_and_a_flanneld_node_carry_ipv4_and_ipv6() {
 }
 
 #[test]
-fn udp_and_xdp_backends_refuse_ipv6_until_they_carry_it() {
-    let (mut c, etcd) = dual_stack_cluster(1);
+fn dual_stack_udp_nodes_with_kernel_and_flanneld_nodes() {
+    // h1, h2: the UDP backend; h3: the kernel backend; h4: flanneld-style.
+    let (mut c, etcd) = dual_stack_cluster(4);
     let endpoints = etcd.endpoint();
-    for backend in ["udp", "xdp"] {
-        let h = c.host(1);
-        h.start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
-        let exited = wait_for(Duration::from_secs(20), || {
-            h.daemon.as_mut().and_then(|d| d.exited())
-        });
+    flanneld_node(&c.hosts[3], &etcd);
+    for (i, backend) in [(1, "udp"), (2, "udp"), (3, "kernel")] {
+        c.host(i)
+            .start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
+    }
+    for i in 1..=3 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(3);
+    }
+    let (h1, h2, h3, fl) = (&c.hosts[0], &c.hosts[1], &c.hosts[2], &c.hosts[3]);
+    for h in [h1, h2, h3] {
+        flanneld_learns(fl, h);
+    }
+    // The UDP node: one TAP with both lease addresses, one VtepMAC for both families, the
+    // IPv6 peers routed through the TAP with permanent neighbours, IPv6 sockets on the port.
+    let st = h1.status();
+    assert_eq!(st["backend"], "udp", "{st:#}");
+    assert_eq!(
+        st["lease"]["vtep_mac_v6"], st["lease"]["vtep_mac"],
+        "{st:#}"
+    );
+    let addrs = h1.ns.run(&["ip", "-6", "addr", "show", "dev", "vxdp.1"]);
+    assert!(addrs.contains(&format!("{}/128", overlay6(h1))), "{addrs}");
+    let r6 = routes(h1, "-6");
+    assert!(
+        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp.1")),
+        "{r6}"
+    );
+    let neigh = h1.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp.1"]);
+    assert!(
+        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
+        "{neigh}"
+    );
+    let socks = h1.ns.run(&["ss", "-uln", "sport", "= :8472"]);
+    assert!(
+        socks.contains(&format!("[{}]:8472", underlay6(1))),
+        "{socks}"
+    );
+
+    let fl6: IpAddr = FL_NET6.parse().unwrap();
+    let fl4: IpAddr = FL_NET4.parse().unwrap();
+    let v6 = |h: &Host| IpAddr::V6(overlay6(h));
+    let v4 = |h: &Host| IpAddr::V4(h.overlay_ip());
+    // udp<->udp, udp<->kernel, udp<->flanneld-style: IPv6 both ways, then IPv4.
+    both_ways(h1, v6(h1), h2, v6(h2), 7700);
+    both_ways(h1, v6(h1), h3, v6(h3), 7710);
+    both_ways(h1, v6(h1), fl, fl6, 7720);
+    for (a, b, b4) in [(h1, h2, v4(h2)), (h1, h3, v4(h3)), (h1, fl, fl4)] {
         assert!(
-            exited.is_some_and(|s| !s.success()),
-            "--backend {backend} exits"
-        );
-        h.daemon = None;
-        let log = h.log_text();
-        assert!(
-            log.contains("enables IPv6") && log.contains("--backend kernel"),
-            "{log}"
+            pings(a, b4) && pings(b, v4(a)),
+            "IPv4 h{} <-> h{}",
+            a.index,
+            b.index
         );
     }
-    // Nothing was leased for the refused starts.
-    let leases = etcd.etcdctl(&[
-        "get",
-        "--prefix",
-        &format!("{PREFIX}/subnets/"),
-        "--keys-only",
-    ]);
-    assert!(leases.trim().is_empty(), "{leases}");
+    // IPv4 and IPv6 at the same time, udp <-> udp.
+    std::thread::scope(|s| {
+        let t4 = s.spawn(|| tcp_transfer(h1, h2, v4(h2), 7730, 8 << 20));
+        let t6 = s.spawn(|| tcp_transfer(h2, h1, v6(h1), 7731, 8 << 20));
+        assert!(
+            t4.join().expect("IPv4 thread"),
+            "IPv4 TCP h1 -> h2 beside IPv6"
+        );
+        assert!(
+            t6.join().expect("IPv6 thread"),
+            "IPv6 TCP h2 -> h1 beside IPv4"
+        );
+    });
+    // It went through the UDP sockets, and nothing was dropped as an unknown peer.
+    let st = h1.status();
+    assert!(
+        // 3 x 2 MB and 8 MB of IPv6 TCP came to h1.
+        st["totals"]["underlay_rx_bytes"].as_u64().unwrap_or(0) > 14 << 20,
+        "{st:#}"
+    );
+    assert_eq!(
+        common::counter(&st, &["totals", "rx_drops", "unknown_peer"]),
+        0,
+        "{st:#}"
+    );
+
+    // The flanneld node's lease removed from etcd: the UDP node withdraws both families.
+    etcd.del(&format!("{PREFIX}/subnets/{FL_NET4}-24&{FL_NET6}-64"));
+    let gone = wait_for(Duration::from_secs(10), || {
+        let r4 = routes(h1, "-4");
+        let r6 = routes(h1, "-6");
+        (!r4.contains(FL_NET4) && !r6.contains(FL_NET6)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "h1 still routes the removed lease:\n{}\n{}",
+        routes(h1, "-4"),
+        routes(h1, "-6")
+    );
+    let neigh = h1.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp.1"]);
+    assert!(!neigh.contains(FL_NET6), "{neigh}");
+    assert!(pings(h1, v6(h2)), "h1 -> h2 over IPv6 after the removal");
+    eprintln!("interop (dual stack): udp<->udp ok, udp<->kernel ok, udp<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways, IPv4+IPv6 at once)");
+}
+
+#[test]
+fn dual_stack_af_xdp_node_with_udp_kernel_and_flanneld_nodes() {
+    // h1: AF_XDP (copy mode on veth); h2: UDP; h3: kernel; h4: flanneld-style.
+    let (mut c, etcd) = dual_stack_cluster(4);
+    let endpoints = etcd.endpoint();
+    flanneld_node(&c.hosts[3], &etcd);
+    for (i, backend) in [(1, "xdp"), (2, "udp"), (3, "kernel")] {
+        c.host(i)
+            .start(&["--etcd-endpoints", &endpoints, "--backend", backend]);
+    }
+    for i in 1..=3 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(3);
+    }
+    let (h1, h2, h3, fl) = (&c.hosts[0], &c.hosts[1], &c.hosts[2], &c.hosts[3]);
+    for h in [h1, h2, h3] {
+        flanneld_learns(fl, h);
+    }
+    let st = h1.status();
+    assert_eq!(st["backend"], "xdp", "{st:#}");
+    let fl6: IpAddr = FL_NET6.parse().unwrap();
+    let v6 = |h: &Host| IpAddr::V6(overlay6(h));
+    let v4 = |h: &Host| IpAddr::V4(h.overlay_ip());
+    let before = h1.status();
+    // xdp<->udp, xdp<->kernel, xdp<->flanneld-style over IPv6, both ways; then IPv4.
+    both_ways(h1, v6(h1), h2, v6(h2), 7800);
+    both_ways(h1, v6(h1), h3, v6(h3), 7810);
+    both_ways(h1, v6(h1), fl, fl6, 7820);
+    for (b, b4) in [(h2, v4(h2)), (h3, v4(h3)), (fl, FL_NET4.parse().unwrap())] {
+        assert!(
+            pings(h1, b4) && pings(b, v4(h1)),
+            "IPv4 h1 <-> h{}",
+            b.index
+        );
+    }
+    // Through AF_XDP both ways, the IPv6 next hops resolved by NDP, no peer unknown.
+    let after = h1.status();
+    let delta = |k: &str| {
+        after["totals"][k].as_u64().unwrap_or(0) - before["totals"][k].as_u64().unwrap_or(0)
+    };
+    assert!(delta("underlay_rx_bytes") > 6 << 20, "{after:#}");
+    assert!(delta("underlay_tx_bytes") > 6 << 20, "{after:#}");
+    assert_eq!(
+        common::counter(&after, &["totals", "rx_drops", "unknown_peer"]),
+        0,
+        "{after:#}"
+    );
+    // The IPv6 next hop of every peer is resolved (it carried the traffic above; the status
+    // is refreshed once a second).
+    let resolved = wait_for(Duration::from_secs(5), || {
+        let st = h1.status();
+        let peers = st["peers"].as_array()?.clone();
+        peers
+            .iter()
+            .all(|p| p["state_v6"] == "resolved")
+            .then_some(())
+    });
+    assert!(resolved.is_some(), "{:#}", h1.status());
+    eprintln!("interop (dual stack): xdp<->udp ok, xdp<->kernel ok, xdp<->flanneld-style ok (ping, ping6, TCP over IPv6 both ways)");
+}
+
+/// `ping -i 0.01` from `from` to `to` until `during` returns; (sent, received).
+fn pings_during(from: &Host, to: IpAddr, tag: &str, during: impl FnOnce()) -> (u64, u64) {
+    let log = from.dir.join(format!("ping-{tag}.log"));
+    let fam = if to.is_ipv6() { "-6" } else { "-4" };
+    let mut child = from.ns.spawn(
+        &["ping", fam, "-i", "0.01", "-W", "2", &to.to_string()],
+        Some(&log),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    during();
+    std::thread::sleep(Duration::from_millis(500));
+    child.signal(libc::SIGINT);
+    let _ = wait_for(Duration::from_secs(5), || child.exited());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u64> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn dual_stack_udp_node_hands_over_both_families_to_a_new_process() {
+    let (mut c, etcd) = dual_stack_cluster(2);
+    let endpoints = etcd.endpoint();
+    let args = ["--etcd-endpoints", endpoints.as_str(), "--backend", "udp"];
+    for i in 1..=2 {
+        c.host(i).start(&args);
+    }
+    for i in 1..=2 {
+        c.host(i).wait_ready();
+        c.host(i).wait_peers(1);
+    }
+    let h1_6 = IpAddr::V6(overlay6(&c.hosts[0]));
+    let h1_4 = IpAddr::V4(c.hosts[0].overlay_ip());
+    assert!(
+        pings(&c.hosts[1], h1_6) && pings(&c.hosts[1], h1_4),
+        "warm paths"
+    );
+    // A second vxdp on node 1 takes the TAP queues and both families' sockets over.
+    let mut old = c.hosts[0].daemon.take().expect("node 1 runs");
+    let mut old_exit = None;
+    let (sent, received) = {
+        let (first, rest) = c.hosts.split_at_mut(1);
+        let (h1, peer) = (&mut first[0], &rest[0]);
+        pings_during(peer, h1_6, "handover6", || {
+            h1.start(&args);
+            old_exit = wait_for(Duration::from_secs(10), || old.exited());
+            h1.wait_ready();
+        })
+    };
+    let log = c.hosts[0].log_text();
+    assert_eq!(old_exit.map(|s| s.code()), Some(Some(0)), "{log}");
+    assert!(log.contains("took over forwarding"), "{log}");
+    eprintln!(
+        "dual-stack udp handover: ping6 every 10 ms: {sent} sent, {} lost",
+        sent - received
+    );
+    assert!(
+        sent - received <= 2,
+        "ping6 lost {} of {sent} across the handover:\n{log}",
+        sent - received
+    );
+    // Both families still flow, through the new process.
+    assert!(
+        pings(&c.hosts[1], h1_6) && pings(&c.hosts[1], h1_4),
+        "after the handover"
+    );
+    assert!(
+        tcp_transfer(&c.hosts[1], &c.hosts[0], h1_6, 7900, 2 << 20),
+        "TCP over IPv6 after the handover"
+    );
 }

@@ -168,10 +168,18 @@ impl Inherited {
         queues.into_iter().map(|(_, fd)| fd).collect()
     }
 
-    /// Takes worker `queue`'s receive socket and transmit sockets (in index order); `None`
-    /// unless both kinds came.
-    pub fn take_udp(&mut self, queue: usize) -> Option<(OwnedFd, Vec<OwnedFd>)> {
-        let rx = self.take(FdRole::UdpRx { queue })?;
+    /// Takes worker `queue`'s receive sockets (one per address family, in the order they
+    /// came) and transmit sockets (in index order); `None` unless both kinds came.
+    pub fn take_udp(&mut self, queue: usize) -> Option<(Vec<OwnedFd>, Vec<OwnedFd>)> {
+        let rx: Vec<OwnedFd> = self
+            .fds
+            .iter_mut()
+            .filter(|(r, _)| *r == FdRole::UdpRx { queue })
+            .filter_map(|(_, fd)| fd.take())
+            .collect();
+        if rx.is_empty() {
+            return None;
+        }
         let mut tx: Vec<(usize, OwnedFd)> = self
             .fds
             .iter_mut()
@@ -420,7 +428,10 @@ mod tests {
             .write_all(b"tap")
             .unwrap();
         let (rx, tx) = inherited.take_udp(0).unwrap();
-        std::fs::File::from(rx).write_all(b"rx").unwrap();
+        assert_eq!(rx.len(), 1);
+        std::fs::File::from(rx.into_iter().next().unwrap())
+            .write_all(b"rx")
+            .unwrap();
         std::fs::File::from(tx.into_iter().next().unwrap())
             .write_all(b"tx")
             .unwrap();

@@ -15,7 +15,7 @@
 //!   it is seen.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use packet::wire::MacAddr;
@@ -103,7 +103,7 @@ pub struct PathTracker {
     ifindex: u32,
     iface: String,
     src_mac: Option<MacAddr>,
-    paths: BTreeMap<Ipv4Addr, PathState>,
+    paths: BTreeMap<IpAddr, PathState>,
 }
 
 impl PathTracker {
@@ -119,17 +119,17 @@ impl PathTracker {
     }
 
     /// Stops tracking `peer`.
-    pub fn forget(&mut self, peer: Ipv4Addr) {
+    pub fn forget(&mut self, peer: IpAddr) {
         self.paths.remove(&peer);
     }
 
     /// The next hop in use towards `peer`, if any.
-    pub fn next_hop(&self, peer: Ipv4Addr) -> Option<NextHop> {
+    pub fn next_hop(&self, peer: IpAddr) -> Option<NextHop> {
         self.paths.get(&peer).and_then(|p| p.in_use)
     }
 
     /// The state of the path to `peer`.
-    pub fn status(&self, peer: Ipv4Addr) -> PathStatus {
+    pub fn status(&self, peer: IpAddr) -> PathStatus {
         match self.paths.get(&peer) {
             Some(PathState {
                 in_use: Some(hop), ..
@@ -149,22 +149,27 @@ impl PathTracker {
     /// hop changed, with the new one (`None`: no usable path any more).
     pub async fn refresh(
         &mut self,
-        peers: impl IntoIterator<Item = Ipv4Addr>,
+        peers: impl IntoIterator<Item = IpAddr>,
         now: Instant,
-    ) -> Vec<(Ipv4Addr, Option<NextHop>)> {
+    ) -> Vec<(IpAddr, Option<NextHop>)> {
+        let peers: Vec<IpAddr> = peers.into_iter().collect();
         match self.nl.link_by_index(self.ifindex).await {
             Ok(Some(link)) => self.src_mac = link.mac,
             Ok(None) => self.src_mac = None,
             Err(e) => tracing::debug!("reading {}: {e}", self.iface),
         }
-        let neighbours = match self.nl.neighbours(self.ifindex, false).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Keep using what is known: a failed dump is not a changed network.
-                tracing::debug!("listing neighbours on {}: {e}", self.iface);
-                Default::default()
+        // One dump per family in use (IPv6 peers: the neighbour discovery cache).
+        let mut neighbours = std::collections::HashMap::new();
+        for v6 in [false, true] {
+            if !peers.iter().any(|p| p.is_ipv6() == v6) {
+                continue;
             }
-        };
+            match self.nl.neighbours(self.ifindex, v6).await {
+                Ok(n) => neighbours.extend(n),
+                // Keep using what is known: a failed dump is not a changed network.
+                Err(e) => tracing::debug!("listing neighbours on {}: {e}", self.iface),
+            }
+        }
         let mut changed = Vec::new();
         for peer in peers {
             let state = self.paths.entry(peer).or_default();
@@ -173,14 +178,14 @@ impl PathTracker {
                 .is_none_or(|t| now.duration_since(t) >= ROUTE_RECHECK)
             {
                 state.route_checked = Some(now);
-                let problem = match self.nl.route_to(IpAddr::V4(peer)).await {
+                let problem = match self.nl.route_to(peer).await {
                     Ok(r) if r.oif == self.ifindex => {
-                        state.via = Some(r.gateway.unwrap_or(IpAddr::V4(peer)));
+                        state.via = Some(r.gateway.unwrap_or(peer));
                         None
                     }
                     Ok(r) => Some(
                         UnderlayError::WrongInterface {
-                            peer: IpAddr::V4(peer),
+                            peer,
                             oif: r.oif,
                             iface: self.iface.clone(),
                             ifindex: self.ifindex,

@@ -42,6 +42,20 @@ pub struct PeerEntry {
     pub gateway_v4: Option<Ipv4Addr>,
     /// The outer headers towards it, once the underlay next hop is known.
     pub outer: Option<OuterHeader>,
+    /// The IPv6 half of a dual-stack peer: its IPv6 VtepMAC reached at its PublicIPv6.
+    pub v6: Option<PeerEntryV6>,
+}
+
+/// Where frames for a dual-stack peer's IPv6 VtepMAC go (the IPv6 overlay's gateway is
+/// resolved by a permanent neighbour entry on the TAP, not here).
+#[derive(Debug, Clone)]
+pub struct PeerEntryV6 {
+    /// The peer's IPv6 VtepMAC (`BackendV6Data`).
+    pub vtep_mac: MacAddr,
+    /// Its PublicIPv6 (outer destination).
+    pub vtep_ip: std::net::Ipv6Addr,
+    /// The outer headers towards it (AF_XDP), once resolved.
+    pub outer: Option<OuterHeader>,
 }
 
 /// An immutable view of all peers, shared by every worker.
@@ -115,8 +129,13 @@ impl PeerTablesWriter<'_> {
 
     /// Sets the outer headers of every peer whose PublicIP is `vtep_ip`.
     pub fn set_outer(&mut self, vtep_ip: IpAddr, outer: Option<OuterHeader>) {
-        for p in self.peers.values_mut().filter(|p| p.vtep_ip == vtep_ip) {
-            p.outer = outer.clone();
+        for p in self.peers.values_mut() {
+            if p.vtep_ip == vtep_ip {
+                p.outer = outer.clone();
+            }
+            if let Some(v6) = p.v6.as_mut().filter(|v6| IpAddr::V6(v6.vtep_ip) == vtep_ip) {
+                v6.outer = outer.clone();
+            }
         }
     }
 
@@ -181,6 +200,16 @@ impl PeerTables {
             }
             snap.vteps.insert(p.vtep_ip);
         }
+        // The IPv6 halves after every IPv4 half: a node that announces one VtepMAC for both
+        // families (vxdp's userspace backends) keeps its IPv4 VTEP, which carries inner IPv6
+        // as well as IPv4 to it; flanneld and vxdp's kernel links have a MAC per family.
+        for v6 in peers.values().filter_map(|p| p.v6.as_ref()) {
+            snap.fdb.entry(v6.vtep_mac).or_insert_with(|| PeerVtep {
+                vtep_ip: IpAddr::V6(v6.vtep_ip),
+                outer: v6.outer.clone(),
+            });
+            snap.vteps.insert(IpAddr::V6(v6.vtep_ip));
+        }
         snap
     }
 }
@@ -235,7 +264,49 @@ mod tests {
             vtep_ip: IpAddr::V4(Ipv4Addr::from(ip)),
             gateway_v4: Some(Ipv4Addr::from(gw)),
             outer: Some(outer(ip)),
+            v6: None,
         }
+    }
+
+    #[test]
+    fn a_dual_stack_peer_has_an_fdb_entry_per_family_unless_it_shares_one_mac() {
+        let t = PeerTables::new();
+        let subnet: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let v6_ip: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        // flanneld or a kernel-backend node: another MAC for the IPv6 link.
+        let mut e = entry(2, [192, 0, 2, 2], [10, 5, 2, 0]);
+        e.v6 = Some(PeerEntryV6 {
+            vtep_mac: mac(0x62),
+            vtep_ip: v6_ip,
+            outer: None,
+        });
+        t.update(|w| w.upsert(subnet, e.clone()));
+        let s = t.snapshot();
+        assert_eq!(s.fdb(&mac(0x62)).unwrap().vtep_ip, IpAddr::V6(v6_ip));
+        assert_eq!(
+            s.fdb(&mac(2)).unwrap().vtep_ip,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))
+        );
+        assert!(s.is_known_vtep(IpAddr::V6(v6_ip)));
+        // set_outer reaches the IPv6 half by its address.
+        t.update(|w| w.set_outer(IpAddr::V6(v6_ip), Some(outer([192, 0, 2, 9]))));
+        assert!(t.snapshot().fdb(&mac(0x62)).unwrap().outer.is_some());
+        // One MAC for both families (vxdp's userspace backends): the IPv4 VTEP keeps it, and
+        // the IPv6 address is still a known VTEP for anti-spoofing.
+        if let Some(v6) = e.v6.as_mut() {
+            v6.vtep_mac = mac(2);
+        }
+        t.update(|w| w.upsert(subnet, e));
+        let s = t.snapshot();
+        assert_eq!(
+            s.fdb(&mac(2)).unwrap().vtep_ip,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))
+        );
+        assert!(s.fdb(&mac(0x62)).is_none());
+        assert!(s.is_known_vtep(IpAddr::V6(v6_ip)));
+        // Removal takes both halves.
+        t.update(|w| w.remove(&subnet));
+        assert!(!t.snapshot().is_known_vtep(IpAddr::V6(v6_ip)));
     }
 
     #[test]

@@ -6,14 +6,14 @@
 //! routing and ARP, the underlay next hops are resolved over netlink and refreshed every tick.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use control::backend::{Backend, BackendError, Peer, Teardown};
 use control::interface::ExternalInterface;
 use control::netlink::Netlink;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
 use packet::wire::{MacAddr, Vni};
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ use crate::next_hop::{NextHop, PathStatus, PathTracker};
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::stats::{WorkerCounters, WorkerStats};
 use crate::steering::{SteeringConfig, SteeringProgram, XdpCounters, XdpCountersReader, XdpMode};
-use crate::tables::{PeerEntry, PeerTables};
+use crate::tables::{PeerEntry, PeerEntryV6, PeerTables};
 use crate::tap::{TapConfig, TapDevice, TapOffloads, TapQueue};
 use crate::underlay::af_xdp::AfXdpUnderlay;
 use crate::underlay::udp::{
@@ -110,6 +110,18 @@ pub struct UserspaceConfig {
     pub busy_poll: bool,
     /// The underlay.
     pub underlay: UnderlayKind,
+    /// The IPv6 overlay of a dual-stack network (UDP underlay only so far).
+    pub ipv6: Option<UserspaceV6Config>,
+}
+
+/// The IPv6 half of a dual-stack node: inner IPv6 through the same TAP, outer IPv6 to peers'
+/// PublicIPv6. The TAP's one MAC is this node's VtepMAC for both families.
+#[derive(Debug, Clone)]
+pub struct UserspaceV6Config {
+    /// This node's IPv6 lease; its base address goes on the TAP as a /128.
+    pub subnet: Ipv6Net,
+    /// The IPv6 underlay address the IPv6 sockets bind to.
+    pub local_ip: Ipv6Addr,
 }
 
 /// State of one peer's underlay path (AF_XDP resolves next hops itself).
@@ -184,7 +196,7 @@ struct WorkerView {
 pub struct UserspaceStatusProbe {
     workers: Vec<WorkerView>,
     xdp_mode: Option<XdpMode>,
-    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    paths: Arc<Mutex<BTreeMap<IpAddr, PeerPath>>>,
     xdp_counters: Option<XdpCountersReader>,
 }
 
@@ -220,8 +232,8 @@ impl UserspaceStatusProbe {
         self.xdp_mode
     }
 
-    /// Underlay path per peer PublicIP.
-    pub fn paths(&self) -> BTreeMap<Ipv4Addr, PeerPath> {
+    /// Underlay path per peer PublicIP (and PublicIPv6).
+    pub fn paths(&self) -> BTreeMap<IpAddr, PeerPath> {
         self.paths.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
@@ -250,7 +262,7 @@ pub struct UserspaceBackend {
     tables: Arc<PeerTables>,
     peers: BTreeMap<Ipv4Net, Peer>,
     direct: BTreeMap<Ipv4Net, Ipv4Addr>,
-    paths: Arc<Mutex<BTreeMap<Ipv4Addr, PeerPath>>>,
+    paths: Arc<Mutex<BTreeMap<IpAddr, PeerPath>>>,
     af_xdp: Option<AfXdpPaths>,
     summary: String,
     drop_alarm: DropAlarm,
@@ -266,8 +278,8 @@ struct Adopted {
     /// The TAP queues and the offloads their device was given; empty when none came.
     tap: Vec<OwnedFd>,
     tap_offloads: Option<TapOffloads>,
-    /// Per worker, its receive socket and transmit sockets.
-    udp: Vec<Option<(OwnedFd, Vec<OwnedFd>)>>,
+    /// Per worker, its receive sockets (one per family) and transmit sockets.
+    udp: Vec<Option<(Vec<OwnedFd>, Vec<OwnedFd>)>>,
 }
 
 impl Adopted {
@@ -525,10 +537,15 @@ impl UserspaceBackend {
         // The lease's base address as a /32: no subnet route, no broadcast route (flanneld).
         nl.ensure_address(tap_link.index, IpAddr::V4(config.subnet.network()), 32)
             .await?;
+        // Dual stack: the IPv6 lease's base address as a /128, likewise.
+        if let Some(v6) = &config.ipv6 {
+            nl.ensure_address(tap_link.index, IpAddr::V6(v6.subnet.network()), 128)
+                .await?;
+        }
 
         let policy = DecapPolicy {
             local_ip4: Some(config.external.public_ip),
-            local_ip6: None,
+            local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
             port: config.port,
             vni,
             local_mac: config.vtep_mac,
@@ -565,7 +582,8 @@ impl UserspaceBackend {
                     ifindex: config.external.link.index,
                     ifname: ifname.clone(),
                     local_ip4: Some(config.external.public_ip),
-                    local_ip6: None,
+                    // Dual stack: IPv6 VXLAN to the IPv6 VTEP address is steered too.
+                    local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni: config.vni,
                 };
@@ -670,6 +688,7 @@ impl UserspaceBackend {
             UnderlayKind::Udp(o) => {
                 let udp_config = UdpConfig {
                     local_ip: config.external.public_ip,
+                    local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni,
                     tx_sockets: o.source_ports.clamp(1, MAX_TX_SOCKETS),
@@ -706,12 +725,14 @@ impl UserspaceBackend {
                         None => UdpSockets::open(&udp_config)?,
                     };
                     let (rx, tx) = sockets.fds();
-                    handover.push((FdRole::UdpRx { queue }, keep(rx)?));
+                    for fd in rx {
+                        handover.push((FdRole::UdpRx { queue }, keep(fd)?));
+                    }
                     for (index, fd) in tx.into_iter().enumerate() {
                         handover.push((FdRole::UdpTx { queue, index }, keep(fd)?));
                     }
                     let source_ports = sockets.tx_ports().to_vec();
-                    let underlay = UdpUnderlay::new(sockets, &udp_config);
+                    let underlay = UdpUnderlay::new(sockets, &udp_config)?;
                     let state = underlay.state();
                     first.get_or_insert((state.gso(), state.gro()));
                     let stats = Arc::new(WorkerStats::default());
@@ -863,12 +884,18 @@ impl UserspaceBackend {
         }
     }
 
-    fn outer_for(&self, peer_ip: Ipv4Addr, hop: &NextHop) -> Option<OuterHeader> {
+    /// The outer headers towards `peer_ip` (either family: IPv6 from the IPv6 VTEP address,
+    /// with the UDP checksum RFC 8200 makes mandatory, which `OuterHeader` always sets).
+    fn outer_for(&self, peer_ip: IpAddr, hop: &NextHop) -> Option<OuterHeader> {
+        let src_ip = match peer_ip {
+            IpAddr::V4(_) => IpAddr::V4(self.config.external.public_ip),
+            IpAddr::V6(_) => IpAddr::V6(self.config.ipv6.as_ref()?.local_ip),
+        };
         let params = OuterParams {
             src_mac: hop.src_mac,
             dst_mac: hop.dst_mac,
-            src_ip: IpAddr::V4(self.config.external.public_ip),
-            dst_ip: IpAddr::V4(peer_ip),
+            src_ip,
+            dst_ip: peer_ip,
             dst_port: self.config.port,
             vni: Vni::new(self.config.vni)?,
             udp_checksum: self.af_xdp.as_ref().is_some_and(|a| a.udp_checksum),
@@ -878,7 +905,7 @@ impl UserspaceBackend {
         OuterHeader::new(&params).ok()
     }
 
-    fn set_path(&self, ip: Ipv4Addr, path: PeerPath) {
+    fn set_path(&self, ip: IpAddr, path: PeerPath) {
         if let Ok(mut p) = self.paths.lock() {
             p.insert(ip, path);
         }
@@ -886,7 +913,7 @@ impl UserspaceBackend {
 
     /// AF_XDP: refreshes the underlay paths to `peers` and puts every changed next hop into the
     /// tables (one snapshot for all of them). UDP: the kernel routes; nothing to resolve.
-    async fn refresh_paths(&mut self, peers: Vec<Ipv4Addr>) {
+    async fn refresh_paths(&mut self, peers: Vec<IpAddr>) {
         let Some(af_xdp) = self.af_xdp.as_mut() else {
             for ip in peers {
                 self.set_path(
@@ -905,13 +932,13 @@ impl UserspaceBackend {
             .refresh(peers.iter().copied(), std::time::Instant::now())
             .await;
         if !changed.is_empty() {
-            let outers: Vec<(Ipv4Addr, Option<OuterHeader>)> = changed
+            let outers: Vec<(IpAddr, Option<OuterHeader>)> = changed
                 .iter()
                 .map(|(ip, hop)| (*ip, hop.and_then(|h| self.outer_for(*ip, &h))))
                 .collect();
             self.tables.update(|w| {
                 for (ip, outer) in outers {
-                    w.set_outer(IpAddr::V4(ip), outer);
+                    w.set_outer(ip, outer);
                 }
             });
         }
@@ -944,6 +971,86 @@ impl UserspaceBackend {
     fn err(what: String, e: impl std::fmt::Display) -> BackendError {
         BackendError(format!("{what}: {e}"))
     }
+
+    /// The underlay addresses `peer` is reached at: its PublicIP and, dual stack, its
+    /// PublicIPv6.
+    fn vtep_ips(&self, peer: &Peer) -> Vec<IpAddr> {
+        let mut ips = vec![IpAddr::V4(peer.public_ip)];
+        if self.config.ipv6.is_some() {
+            if let Some(v6) = peer.ipv6.as_ref().and_then(|v6| v6.public_ip) {
+                ips.push(IpAddr::V6(v6));
+            }
+        }
+        ips
+    }
+
+    /// The IPv6 half of `peer` for the tables, in a dual-stack network (none when the lease
+    /// has no IPv6 subnet or no PublicIPv6: the peer is reachable over IPv4 only).
+    fn entry_v6(&self, peer: &Peer) -> Option<PeerEntryV6> {
+        self.config.ipv6.as_ref()?;
+        let v6 = peer.ipv6.as_ref()?;
+        let vtep_ip = v6.public_ip?;
+        // AF_XDP: the outer headers, once the IPv6 next hop is resolved (NDP, by the kernel).
+        let outer = self.af_xdp.as_ref().and_then(|a| {
+            a.tracker
+                .next_hop(IpAddr::V6(vtep_ip))
+                .and_then(|hop| self.outer_for(IpAddr::V6(vtep_ip), &hop))
+        });
+        Some(PeerEntryV6 {
+            vtep_mac: v6.vtep_mac,
+            vtep_ip,
+            outer,
+        })
+    }
+
+    /// The IPv6 overlay's route to `peer`'s IPv6 subnet through the TAP and the permanent
+    /// neighbour entry of its gateway (flanneld's `AddV6ARP` on flannel-v6: the kernel then
+    /// never solicits it); what a previous lease of the peer had is replaced or removed.
+    async fn program_v6(&self, previous: Option<&Peer>, peer: &Peer) -> Result<(), BackendError> {
+        if self.config.ipv6.is_none() {
+            return Ok(());
+        }
+        let new = peer
+            .ipv6
+            .as_ref()
+            .filter(|v6| v6.public_ip.is_some())
+            .map(|v6| (v6.subnet, v6.vtep_mac));
+        if let Some(old) = previous.and_then(|p| p.ipv6.as_ref()) {
+            if new.is_none_or(|(subnet, _)| subnet != old.subnet) {
+                let _ = self.unprogram_v6(previous.unwrap_or(peer)).await;
+            }
+        }
+        let Some((subnet, mac)) = new else {
+            if peer.ipv6.is_some() {
+                tracing::warn!(subnet = %peer.subnet, "peer's lease has an IPv6 subnet but no PublicIPv6: its pods are reachable over IPv4 only");
+            }
+            return Ok(());
+        };
+        let gw = IpAddr::V6(subnet.network());
+        let what = || format!("peer {} (IPv6 {subnet})", peer.subnet);
+        self.nl
+            .replace_permanent_neighbour(self.tap_index, gw, mac)
+            .await
+            .map_err(|e| Self::err(what(), e))?;
+        self.nl
+            .replace_onlink_route(IpNet::V6(subnet), gw, self.tap_index)
+            .await
+            .map_err(|e| Self::err(what(), e))
+    }
+
+    /// Removes what [`Self::program_v6`] put in for `peer`; missing entries are fine.
+    async fn unprogram_v6(&self, peer: &Peer) -> Result<(), control::netlink::NetlinkError> {
+        let Some(v6) = peer.ipv6.as_ref().filter(|_| self.config.ipv6.is_some()) else {
+            return Ok(());
+        };
+        let gw = IpAddr::V6(v6.subnet.network());
+        let r = self
+            .nl
+            .delete_route(IpNet::V6(v6.subnet), gw, Some(self.tap_index))
+            .await;
+        let _ = self.nl.delete_neighbour(self.tap_index, gw).await;
+        r
+    }
 }
 
 impl Backend for UserspaceBackend {
@@ -966,10 +1073,27 @@ impl Backend for UserspaceBackend {
                 .replace_gateway_route(dst, IpAddr::V4(peer.public_ip))
                 .await
                 .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
-            self.tables.update(|w| w.remove(&peer.subnet));
+            // The IPv6 half, if any, still goes through the overlay: keep its entry.
+            let v6 = self.entry_v6(peer);
+            self.tables.update(|w| match v6 {
+                Some(v6) => w.upsert(
+                    peer.subnet,
+                    PeerEntry {
+                        vtep_mac: peer.vtep_mac,
+                        vtep_ip: IpAddr::V4(peer.public_ip),
+                        gateway_v4: None,
+                        outer: None,
+                        v6: Some(v6),
+                    },
+                ),
+                None => {
+                    w.remove(&peer.subnet);
+                }
+            });
+            self.program_v6(previous.as_ref(), peer).await?;
             self.direct.insert(peer.subnet, peer.public_ip);
             self.set_path(
-                peer.public_ip,
+                IpAddr::V4(peer.public_ip),
                 PeerPath {
                     next_hop_mac: None,
                     via: Some(IpAddr::V4(peer.public_ip)),
@@ -982,8 +1106,8 @@ impl Backend for UserspaceBackend {
         self.direct.remove(&peer.subnet);
         let outer = self.af_xdp.as_ref().and_then(|a| {
             a.tracker
-                .next_hop(peer.public_ip)
-                .and_then(|hop| self.outer_for(peer.public_ip, &hop))
+                .next_hop(IpAddr::V4(peer.public_ip))
+                .and_then(|hop| self.outer_for(IpAddr::V4(peer.public_ip), &hop))
         });
         self.tables.update(|w| {
             w.upsert(
@@ -993,9 +1117,11 @@ impl Backend for UserspaceBackend {
                     vtep_ip: IpAddr::V4(peer.public_ip),
                     gateway_v4: Some(peer.gateway()),
                     outer,
+                    v6: self.entry_v6(peer),
                 },
             )
         });
+        self.program_v6(previous.as_ref(), peer).await?;
         self.nl
             .replace_onlink_route(dst, IpAddr::V4(peer.gateway()), self.tap_index)
             .await
@@ -1009,18 +1135,20 @@ impl Backend for UserspaceBackend {
                 .await;
         }
         self.peers.insert(peer.subnet, peer.clone());
+        let vteps = self.vtep_ips(peer);
         let unresolved = self
             .af_xdp
             .as_ref()
-            .is_some_and(|a| a.tracker.next_hop(peer.public_ip).is_none());
+            .is_some_and(|a| vteps.iter().any(|ip| a.tracker.next_hop(*ip).is_none()));
         if unresolved || self.af_xdp.is_none() {
-            self.refresh_paths(vec![peer.public_ip]).await;
+            self.refresh_paths(vteps).await;
         }
         Ok(())
     }
 
     async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
         self.peers.remove(&previous.subnet);
+        let r6 = self.unprogram_v6(previous).await;
         let dst = IpNet::V4(previous.subnet);
         let result = if let Some(public_ip) = self.direct.remove(&previous.subnet) {
             self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await
@@ -1036,19 +1164,21 @@ impl Backend for UserspaceBackend {
                 .await;
             r
         };
-        if !self
-            .peers
-            .values()
-            .any(|p| p.public_ip == previous.public_ip)
-        {
+        let still_used: std::collections::BTreeSet<IpAddr> =
+            self.peers.values().flat_map(|p| self.vtep_ips(p)).collect();
+        for ip in self.vtep_ips(previous) {
+            if still_used.contains(&ip) {
+                continue;
+            }
             if let Some(a) = self.af_xdp.as_mut() {
-                a.tracker.forget(previous.public_ip);
+                a.tracker.forget(ip);
             }
             if let Ok(mut p) = self.paths.lock() {
-                p.remove(&previous.public_ip);
+                p.remove(&ip);
             }
         }
-        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))
+        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))?;
+        r6.map_err(|e| Self::err(format!("peer {} (IPv6)", previous.subnet), e))
     }
 
     async fn tick(&mut self) -> Result<(), BackendError> {
@@ -1065,11 +1195,11 @@ impl Backend for UserspaceBackend {
         // can restart it (the TAP queue went with it), so the whole daemon stops.
         self.workers.check_alive().map_err(BackendError)?;
         if self.af_xdp.is_some() {
-            let ips: std::collections::BTreeSet<Ipv4Addr> = self
+            let ips: std::collections::BTreeSet<IpAddr> = self
                 .peers
                 .iter()
                 .filter(|(s, _)| !self.direct.contains_key(s))
-                .map(|(_, p)| p.public_ip)
+                .flat_map(|(_, p)| self.vtep_ips(p))
                 .collect();
             self.refresh_paths(ips.into_iter().collect()).await;
         }

@@ -109,6 +109,7 @@ fn pipeline(vnet_hdr: bool) -> (Pipeline, PeerTables) {
                 vtep_ip: IpAddr::V4(PEER_IP),
                 gateway_v4: Some(PEER_GW),
                 outer: None,
+                v6: None,
             },
         )
     });

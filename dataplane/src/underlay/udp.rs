@@ -18,6 +18,13 @@
 //! spread flows. Outer UDP checksums are on (GSO needs them; kernel peers accept them), DF is
 //! clear and the TTL is the system default, as the kernel's vxlan link sends.
 //!
+//! Dual stack (`local_ip6` set): a second receive socket on `[local_ip6]:port` (IPv6 only, in
+//! its own `SO_REUSEPORT` group) and a second pool of transmit sockets on `[local_ip6]`, for
+//! peers whose VTEP is an IPv6 address (the IPv6 half of a dual-stack lease). The worker polls
+//! one descriptor: an epoll set holding both receive sockets. Over IPv6 the kernel always
+//! computes the outer UDP checksum (RFC 8200 section 8.1; vxlan links do not accept zero from
+//! it either unless told `udp6zerocsumrx`).
+//!
 //! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload, on
 //! kernels before 2024; `EINVAL`; `EMSGSIZE`: a datagram longer than the path MTU, which GSO
 //! never fragments) gets each datagram sent on its own (fragmented where needed, DF being
@@ -27,7 +34,7 @@
 
 use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::sys::{batch_u32, socklen_of};
@@ -70,6 +77,8 @@ pub struct UdpConfig {
     /// This node's underlay address: the receive sockets bind to it, and it is every outer
     /// source address.
     pub local_ip: Ipv4Addr,
+    /// This node's IPv6 underlay address, in a dual-stack network: IPv6 sockets bind to it.
+    pub local_ip6: Option<Ipv6Addr>,
     /// The VXLAN port (flannel: 8472): where receive sockets listen and peers are sent to.
     pub port: u16,
     /// The network identifier put in every VXLAN header.
@@ -176,6 +185,8 @@ pub const MAX_TX_SOCKETS: usize = 64;
 pub struct UdpSockets {
     rx: OwnedFd,
     tx: Vec<OwnedFd>,
+    /// The IPv6 receive socket and transmit sockets, in a dual-stack network.
+    v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     tx_ports: Vec<u16>,
     gso: GsoStatus,
     gro: bool,
@@ -208,18 +219,86 @@ impl UdpSockets {
                 .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
             tx.push(s);
         }
-        UdpSockets::finish(config, rx, tx, gro)
+        let v6 = UdpSockets::open_v6(config)?;
+        UdpSockets::finish(config, rx, tx, gro, v6)
+    }
+
+    /// The IPv6 receive socket on `[local_ip6]:port` and as many transmit sockets as IPv4
+    /// has, when the config has an IPv6 address.
+    fn open_v6(config: &UdpConfig) -> Result<Option<(OwnedFd, Vec<OwnedFd>)>, UdpError> {
+        let Some(ip6) = config.local_ip6 else {
+            return Ok(None);
+        };
+        let rx =
+            socket_v6(true).map_err(|e| UdpError::new("creating the IPv6 receive socket", e))?;
+        configure_rx(&rx, config)?;
+        if let Err(e) = bind_v6(&rx, SocketAddrV6::new(ip6, config.port, 0, 0)) {
+            let mut err = UdpError::new(format!("binding UDP [{ip6}]:{}", config.port), e);
+            if err.is_port_in_use() {
+                err.hint = format!(". {}", describe_port_holder(config.port));
+            } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                err.hint = format!(". {ip6} is not an address of this host (or still tentative)");
+            }
+            return Err(err);
+        }
+        let mut tx = Vec::with_capacity(config.tx_sockets);
+        for _ in 0..config.tx_sockets.max(1) {
+            let s = socket_v6(false)
+                .map_err(|e| UdpError::new("creating an IPv6 transmit socket", e))?;
+            configure_tx_v6(&s)?;
+            bind_v6(&s, SocketAddrV6::new(ip6, 0, 0, 0))
+                .map_err(|e| UdpError::new(format!("binding UDP [{ip6}]:0"), e))?;
+            tx.push(s);
+        }
+        Ok(Some((rx, tx)))
     }
 
     /// Takes over sockets another vxdp process opened with the same config (see `handover`):
-    /// the receive socket must be bound to `local_ip:port` and each transmit socket to
-    /// `local_ip`, else they are refused (the config changed: open afresh instead). The
-    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies.
+    /// the IPv4 receive socket must be bound to `local_ip:port` and each IPv4 transmit socket
+    /// to `local_ip`, else they are refused (the config changed: open afresh instead). The
+    /// options are set again, so a changed `--udp-gro` or `--busy-poll` applies. The IPv6
+    /// sockets of a dual-stack node are taken the same way when they came and fit
+    /// `local_ip6`; else they are opened afresh (the predecessor ran IPv4 only), and IPv6
+    /// sockets the config has no use for are closed.
     pub fn adopt(
         config: &UdpConfig,
-        rx: OwnedFd,
-        tx: Vec<OwnedFd>,
+        rx: Vec<OwnedFd>,
+        tx_in: Vec<OwnedFd>,
     ) -> Result<UdpSockets, UdpError> {
+        let is_v6 = |s: &OwnedFd| {
+            local_sockaddr(s)
+                .map(|a| a.is_ipv6())
+                .map_err(|e| UdpError::new("getsockname", e))
+        };
+        let (mut rx4, mut rx6) = (Vec::new(), Vec::new());
+        for s in rx {
+            if is_v6(&s)? {
+                rx6.push(s);
+            } else {
+                rx4.push(s);
+            }
+        }
+        let (mut tx, mut tx6) = (Vec::new(), Vec::new());
+        for s in tx_in {
+            if is_v6(&s)? {
+                tx6.push(s);
+            } else {
+                tx.push(s);
+            }
+        }
+        let (Some(rx), true) = (rx4.pop(), rx4.is_empty()) else {
+            return Err(UdpError::new(
+                "taking over the receive socket",
+                io::Error::other("not exactly one IPv4 receive socket came"),
+            ));
+        };
+        let v6 = match (config.local_ip6, rx6.pop(), rx6.is_empty()) {
+            (Some(ip6), Some(rx6), true) if !tx6.is_empty() => {
+                Some(UdpSockets::adopt_v6(config, ip6, rx6, tx6)?)
+            }
+            (Some(_), _, _) => UdpSockets::open_v6(config)?,
+            (None, _, _) => None,
+        };
         if tx.is_empty() || tx.len() > MAX_TX_SOCKETS {
             return Err(UdpError::new(
                 "taking over the transmit sockets",
@@ -261,7 +340,52 @@ impl UdpSockets {
             }
             configure_tx(s)?;
         }
-        UdpSockets::finish(config, rx, tx, gro)
+        UdpSockets::finish(config, rx, tx, gro, v6)
+    }
+
+    /// The IPv6 half of [`UdpSockets::adopt`]: bound to `[ip6]:port` and `[ip6]`.
+    fn adopt_v6(
+        config: &UdpConfig,
+        ip6: Ipv6Addr,
+        rx: OwnedFd,
+        tx: Vec<OwnedFd>,
+    ) -> Result<(OwnedFd, Vec<OwnedFd>), UdpError> {
+        if tx.len() > MAX_TX_SOCKETS {
+            return Err(UdpError::new(
+                "taking over the IPv6 transmit sockets",
+                io::Error::other(format!("{} came, at most {MAX_TX_SOCKETS}", tx.len())),
+            ));
+        }
+        for s in std::iter::once(&rx).chain(&tx) {
+            let kind = get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE)
+                .map_err(|e| UdpError::new("SO_TYPE", e))?;
+            if kind != libc::SOCK_DGRAM {
+                return Err(UdpError::new(
+                    "taking over a socket",
+                    io::Error::other("it is not a datagram socket"),
+                ));
+            }
+        }
+        let want = SocketAddr::V6(SocketAddrV6::new(ip6, config.port, 0, 0));
+        let bound = local_sockaddr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
+        if bound != want {
+            return Err(UdpError::new(
+                "taking over the IPv6 receive socket",
+                io::Error::other(format!("it is bound to {bound}, not {want}")),
+            ));
+        }
+        configure_rx(&rx, config)?;
+        for s in &tx {
+            let at = local_sockaddr(s).map_err(|e| UdpError::new("getsockname", e))?;
+            if at.ip() != IpAddr::V6(ip6) || at.port() == 0 {
+                return Err(UdpError::new(
+                    "taking over an IPv6 transmit socket",
+                    io::Error::other(format!("it is bound to {at}, not [{ip6}]:<port>")),
+                ));
+            }
+            configure_tx_v6(s)?;
+        }
+        Ok((rx, tx))
     }
 
     fn finish(
@@ -269,6 +393,7 @@ impl UdpSockets {
         rx: OwnedFd,
         tx: Vec<OwnedFd>,
         gro: bool,
+        v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     ) -> Result<UdpSockets, UdpError> {
         let mut gso = if config.gso {
             GsoStatus::On
@@ -289,15 +414,23 @@ impl UdpSockets {
         Ok(UdpSockets {
             rx,
             tx,
+            v6,
             tx_ports,
             gso,
             gro,
         })
     }
 
-    /// The descriptors, receive socket first, for a handover.
-    pub fn fds(&self) -> (BorrowedFd<'_>, Vec<BorrowedFd<'_>>) {
-        (self.rx.as_fd(), self.tx.iter().map(AsFd::as_fd).collect())
+    /// The descriptors for a handover: the receive sockets (IPv4, then IPv6 in a dual-stack
+    /// network) and the transmit sockets (IPv4's, then IPv6's).
+    pub fn fds(&self) -> (Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>) {
+        let mut rx = vec![self.rx.as_fd()];
+        let mut tx: Vec<BorrowedFd<'_>> = self.tx.iter().map(AsFd::as_fd).collect();
+        if let Some((rx6, tx6)) = &self.v6 {
+            rx.push(rx6.as_fd());
+            tx.extend(tx6.iter().map(AsFd::as_fd));
+        }
+        (rx, tx)
     }
 
     /// The source ports flows are spread over.
@@ -313,8 +446,51 @@ struct SendQueue {
     slot_len: usize,
     len: [usize; SEND_SLOTS],
     socket: [u8; SEND_SLOTS],
-    dst: [libc::sockaddr_in; SEND_SLOTS],
+    dst: [Dest; SEND_SLOTS],
     count: usize,
+}
+
+/// A peer's VXLAN address as `sendmsg` takes it: IPv4 or IPv6.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union SockAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+/// A destination and the length of its address.
+#[derive(Clone, Copy)]
+struct Dest {
+    addr: SockAddr,
+    len: libc::socklen_t,
+    v6: bool,
+}
+
+impl Dest {
+    fn v4(addr: SocketAddrV4) -> Dest {
+        Dest {
+            addr: SockAddr {
+                v4: sockaddr_v4(addr),
+            },
+            len: socklen_of::<libc::sockaddr_in>(),
+            v6: false,
+        }
+    }
+
+    fn v6(addr: SocketAddrV6) -> Dest {
+        Dest {
+            addr: SockAddr {
+                v6: sockaddr_v6(addr),
+            },
+            len: socklen_of::<libc::sockaddr_in6>(),
+            v6: true,
+        }
+    }
+
+    /// For `msg_name`: the kernel reads `len` bytes of it and does not write.
+    fn as_ptr(&self) -> *mut libc::c_void {
+        &self.addr as *const SockAddr as *mut libc::c_void
+    }
 }
 
 /// What `recvmmsg` fills per call: message headers, iovecs, source addresses and control
@@ -323,7 +499,8 @@ struct SendQueue {
 struct RxHeaders {
     msgs: [libc::mmsghdr; RX_MSGS],
     iov: [libc::iovec; RX_MSGS],
-    names: [libc::sockaddr_in; RX_MSGS],
+    /// Room for either family's source address.
+    names: [libc::sockaddr_in6; RX_MSGS],
     control: [[u64; 8]; RX_MSGS],
 }
 
@@ -343,7 +520,7 @@ impl RxHeaders {
                 iov_len: chunk.len(),
             };
             let iov: *mut libc::iovec = &mut h.iov[i];
-            let name: *mut libc::sockaddr_in = &mut h.names[i];
+            let name: *mut libc::sockaddr_in6 = &mut h.names[i];
             let control: *mut u64 = h.control[i].as_mut_ptr();
             let m = &mut h.msgs[i].msg_hdr;
             m.msg_name = name.cast();
@@ -358,7 +535,7 @@ impl RxHeaders {
     #[inline]
     fn rearm(&mut self) {
         for m in &mut self.msgs {
-            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in>();
+            m.msg_hdr.msg_namelen = socklen_of::<libc::sockaddr_in6>();
             m.msg_hdr.msg_controllen = size_of::<[u64; 8]>();
             m.msg_hdr.msg_flags = 0;
             m.msg_len = 0;
@@ -369,7 +546,13 @@ impl RxHeaders {
 /// The UDP half of a worker.
 pub struct UdpUnderlay {
     rx: OwnedFd,
+    /// The IPv6 receive socket (dual stack).
+    rx6: Option<OwnedFd>,
+    /// Both receive sockets, for the worker's poll (dual stack).
+    epoll: Option<OwnedFd>,
+    /// The IPv4 transmit sockets, then the IPv6 ones from `tx6_start` on.
     tx: Vec<OwnedFd>,
+    tx6_start: usize,
     port: u16,
     vxlan_header: [u8; vxlan::HEADER_LEN],
     max_frame: usize,
@@ -395,8 +578,9 @@ impl std::fmt::Debug for UdpUnderlay {
 }
 
 impl UdpUnderlay {
-    /// A worker's underlay over `sockets`.
-    pub fn new(sockets: UdpSockets, config: &UdpConfig) -> UdpUnderlay {
+    /// A worker's underlay over `sockets`. Fails only when the epoll set joining the two
+    /// receive sockets of a dual-stack network cannot be made.
+    pub fn new(sockets: UdpSockets, config: &UdpConfig) -> Result<UdpUnderlay, UdpError> {
         let state = Arc::new(OffloadState::default());
         state.set_gso(sockets.gso);
         state.gro.store(sockets.gro, Ordering::Relaxed);
@@ -405,9 +589,23 @@ impl UdpUnderlay {
         let slot_len = vxlan::HEADER_LEN + config.max_frame;
         let mut rx_bufs = vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice();
         let rx_headers = RxHeaders::new(&mut rx_bufs);
-        UdpUnderlay {
+        let mut tx = sockets.tx;
+        let tx6_start = tx.len();
+        let (rx6, epoll) = match sockets.v6 {
+            None => (None, None),
+            Some((rx6, tx6)) => {
+                tx.extend(tx6);
+                let ep = epoll_of(&[&sockets.rx, &rx6])
+                    .map_err(|e| UdpError::new("an epoll set for the two receive sockets", e))?;
+                (Some(rx6), Some(ep))
+            }
+        };
+        Ok(UdpUnderlay {
             rx: sockets.rx,
-            tx: sockets.tx,
+            rx6,
+            epoll,
+            tx,
+            tx6_start,
             port: config.port,
             vxlan_header,
             max_frame: config.max_frame,
@@ -421,12 +619,11 @@ impl UdpUnderlay {
                 slot_len,
                 len: [0; SEND_SLOTS],
                 socket: [0; SEND_SLOTS],
-                // SAFETY: sockaddr_in is plain old data; all zeros is a valid value.
-                dst: [unsafe { zeroed() }; SEND_SLOTS],
+                dst: [Dest::v4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)); SEND_SLOTS],
                 count: 0,
             },
             arena: vec![0u8; MAX_GSO_SEGMENTS * SEGMENT_HEADER_ROOM].into_boxed_slice(),
-        }
+        })
     }
 
     /// The offload state, for the status.
@@ -434,19 +631,28 @@ impl UdpUnderlay {
         Arc::clone(&self.state)
     }
 
-    /// The peer's VXLAN address, or `None` for a family these sockets cannot reach.
+    /// The peer's VXLAN address, or `None` for a family these sockets cannot reach (an IPv6
+    /// VTEP without IPv6 sockets).
     #[inline]
-    fn destination(&self, peer: &PeerVtep) -> Option<libc::sockaddr_in> {
+    fn destination(&self, peer: &PeerVtep) -> Option<Dest> {
         match peer.vtep_ip {
-            IpAddr::V4(ip) => Some(sockaddr_v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V4(ip) => Some(Dest::v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V6(ip) if self.rx6.is_some() => {
+                Some(Dest::v6(SocketAddrV6::new(ip, self.port, 0, 0)))
+            }
             IpAddr::V6(_) => None,
         }
     }
 
-    /// The transmit socket of the flow `frame` belongs to.
+    /// The transmit socket of the flow `frame` belongs to, among those of `dst`'s family.
     #[inline]
-    fn socket_for(&self, frame: &[u8]) -> usize {
-        flow_hash(frame) as usize % self.tx.len()
+    fn socket_for(&self, frame: &[u8], dst: &Dest) -> usize {
+        let (first, count) = if dst.v6 {
+            (self.tx6_start, self.tx.len() - self.tx6_start)
+        } else {
+            (0, self.tx6_start)
+        };
+        first + flow_hash(frame) as usize % count.max(1)
     }
 
     /// Queues `[VXLAN header][inner frame]`, written by `fill`, for `sendmmsg`.
@@ -454,7 +660,7 @@ impl UdpUnderlay {
     fn enqueue(
         &mut self,
         socket: usize,
-        dst: libc::sockaddr_in,
+        dst: Dest,
         stats: &WorkerStats,
         fill: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) {
@@ -470,8 +676,8 @@ impl UdpUnderlay {
             return;
         };
         q.len[i] = vxlan::HEADER_LEN + n;
-        // At most 64 transmit sockets (tx_sockets is capped when configured).
-        q.socket[i] = u8::try_from(socket).expect("at most MAX_TX_SOCKETS transmit sockets");
+        // At most MAX_TX_SOCKETS per family (tx_sockets is capped when configured): fits a u8.
+        q.socket[i] = u8::try_from(socket).expect("at most 2 * MAX_TX_SOCKETS transmit sockets");
         q.dst[i] = dst;
         q.count += 1;
     }
@@ -494,8 +700,8 @@ impl UdpUnderlay {
                 iov_len: slot.len(),
             };
             let h = &mut msgs[n].msg_hdr;
-            h.msg_name = &q.dst[i] as *const libc::sockaddr_in as *mut libc::c_void;
-            h.msg_namelen = socklen_of::<libc::sockaddr_in>();
+            h.msg_name = q.dst[i].as_ptr();
+            h.msg_namelen = q.dst[i].len;
             h.msg_iov = &mut iov[n];
             h.msg_iovlen = 1;
             n += 1;
@@ -540,7 +746,7 @@ impl UdpUnderlay {
     fn send_gso(
         &mut self,
         socket: usize,
-        dst: &libc::sockaddr_in,
+        dst: &Dest,
         segments: &TcpSegments<'_>,
         stats: &WorkerStats,
     ) -> Option<usize> {
@@ -635,11 +841,17 @@ impl UdpUnderlay {
     }
 }
 
-impl Underlay for UdpUnderlay {
-    fn receive<F>(&mut self, stats: &WorkerStats, mut deliver: F) -> usize
+impl UdpUnderlay {
+    /// One `recvmmsg` on the IPv4 (or, with `v6`, the IPv6) receive socket.
+    fn receive_from<F>(&mut self, v6: bool, stats: &WorkerStats, deliver: &mut F) -> usize
     where
         F: FnMut(&mut [RxDatagram<'_>]),
     {
+        let fd = match (v6, &self.rx6) {
+            (false, _) => self.rx.as_raw_fd(),
+            (true, Some(rx6)) => rx6.as_raw_fd(),
+            (true, None) => return 0,
+        };
         let headers = &mut *self.rx_headers;
         headers.rearm();
         // SAFETY: every message points at its own iovec, address and control buffer in
@@ -647,7 +859,7 @@ impl Underlay for UdpUnderlay {
         // otherwise borrowed during the call.
         let rc = unsafe {
             libc::recvmmsg(
-                self.rx.as_raw_fd(),
+                fd,
                 headers.msgs.as_mut_ptr(),
                 batch_u32(RX_MSGS),
                 libc::MSG_DONTWAIT,
@@ -675,9 +887,7 @@ impl Underlay for UdpUnderlay {
                 frames += 1;
                 continue;
             }
-            let source = IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                headers.names[i].sin_addr.s_addr,
-            )));
+            let source = source_of(&headers.names[i]);
             let stride = gro_size(h).filter(|&s| s > 0 && s < len);
             if stride.is_some() {
                 stats.gro_buffers.add(1);
@@ -706,6 +916,19 @@ impl Underlay for UdpUnderlay {
         stats.underlay_rx_bytes.add(bytes as u64);
         frames
     }
+}
+
+impl Underlay for UdpUnderlay {
+    fn receive<F>(&mut self, stats: &WorkerStats, mut deliver: F) -> usize
+    where
+        F: FnMut(&mut [RxDatagram<'_>]),
+    {
+        let mut frames = self.receive_from(false, stats, &mut deliver);
+        if self.rx6.is_some() {
+            frames += self.receive_from(true, stats, &mut deliver);
+        }
+        frames
+    }
 
     fn can_send(&mut self, _stats: &WorkerStats) -> bool {
         true
@@ -720,7 +943,7 @@ impl Underlay for UdpUnderlay {
             stats.tx_drop(TxDrop::EncapFailed);
             return;
         }
-        let socket = self.socket_for(frame);
+        let socket = self.socket_for(frame, &dst);
         self.enqueue(socket, dst, stats, |out| {
             out.get_mut(..frame.len())?.copy_from_slice(frame);
             Some(frame.len())
@@ -732,7 +955,7 @@ impl Underlay for UdpUnderlay {
             stats.tx_drops(TxDrop::SendFailed, segments.len() as u64);
             return;
         };
-        let socket = self.socket_for(segments.super_frame());
+        let socket = self.socket_for(segments.super_frame(), &dst);
         // Datagrams queued earlier on this socket leave first: a flow's order is kept.
         self.flush(stats);
         let mut first_unsent = 0;
@@ -752,7 +975,7 @@ impl Underlay for UdpUnderlay {
             return;
         }
         // Each socket's datagrams in one sendmmsg; a bit per socket that has any.
-        let mut pending: u64 = 0;
+        let mut pending: u128 = 0;
         for &s in &self.queue.socket[..self.queue.count] {
             pending |= 1 << s;
         }
@@ -769,7 +992,10 @@ impl Underlay for UdpUnderlay {
     }
 
     fn poll_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
+        match &self.epoll {
+            Some(ep) => ep.as_raw_fd(),
+            None => self.rx.as_raw_fd(),
+        }
     }
 
     fn has_outstanding(&self) -> bool {
@@ -797,15 +1023,15 @@ fn gro_size(h: &libc::msghdr) -> Option<usize> {
 /// `sendmsg` of `parts` to `dst`, with `UDP_SEGMENT` when `gso_size` is given.
 fn send_gather(
     fd: RawFd,
-    dst: &libc::sockaddr_in,
+    dst: &Dest,
     parts: &[IoSlice<'_>],
     gso_size: Option<u16>,
 ) -> io::Result<usize> {
     let mut control = [0u64; 4];
     // SAFETY: plain old data; the fields used are set below.
     let mut h: libc::msghdr = unsafe { zeroed() };
-    h.msg_name = dst as *const libc::sockaddr_in as *mut libc::c_void;
-    h.msg_namelen = socklen_of::<libc::sockaddr_in>();
+    h.msg_name = dst.as_ptr();
+    h.msg_namelen = dst.len;
     // IoSlice is ABI-compatible with iovec on Unix; sendmsg does not write through it.
     h.msg_iov = parts.as_ptr() as *mut libc::iovec;
     h.msg_iovlen = parts.len();
@@ -835,6 +1061,106 @@ fn send_gather(
             return Err(e);
         }
     }
+}
+
+/// The source address `recvmmsg` wrote: an IPv4 or IPv6 socket address.
+fn source_of(name: &libc::sockaddr_in6) -> IpAddr {
+    if i32::from(name.sin6_family) == libc::AF_INET6 {
+        return IpAddr::V6(Ipv6Addr::from(name.sin6_addr.s6_addr));
+    }
+    // SAFETY: an AF_INET address: the kernel wrote a sockaddr_in, which is shorter than the
+    // sockaddr_in6 it sits in and needs no stricter alignment.
+    let v4 = unsafe { &*(name as *const libc::sockaddr_in6).cast::<libc::sockaddr_in>() };
+    IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)))
+}
+
+/// An epoll set that is readable when any of `fds` is (level-triggered).
+fn epoll_of(fds: &[&OwnedFd]) -> io::Result<OwnedFd> {
+    // SAFETY: plain epoll_create1; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: epoll_create1 just returned this descriptor.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    for fd in fds {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd.as_raw_fd() as u64,
+        };
+        // SAFETY: epoll_ctl with a valid epoll descriptor, socket and event.
+        let rc = unsafe {
+            libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(ep)
+}
+
+fn socket_v6(nonblocking: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_DGRAM
+                | libc::SOCK_CLOEXEC
+                | if nonblocking { libc::SOCK_NONBLOCK } else { 0 },
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) just returned this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // IPv6 only: IPv4 VXLAN stays on the IPv4 sockets (bound to the IPv4 VTEP address).
+    set_opt(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    Ok(fd)
+}
+
+fn sockaddr_v6(addr: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::sa_family_t::try_from(libc::AF_INET6).expect("AF_INET6 is 10"),
+        sin6_port: addr.port().to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: addr.ip().octets(),
+        },
+        sin6_scope_id: 0,
+    }
+}
+
+fn bind_v6(fd: &OwnedFd, addr: SocketAddrV6) -> io::Result<()> {
+    let sa = sockaddr_v6(addr);
+    // SAFETY: bind with a sockaddr_in6 and its size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in6).cast(),
+            socklen_of::<libc::sockaddr_in6>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Options of an IPv6 transmit socket: as IPv4's, with the IPv6 MTU discovery option.
+fn configure_tx_v6(s: &OwnedFd) -> Result<(), UdpError> {
+    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
+    // No path MTU discovery: the kernel fragments a datagram longer than the path at the
+    // source (IPv6 routers never do), as the kernel's vxlan link does.
+    set_opt(
+        s,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MTU_DISCOVER,
+        libc::IPV6_PMTUDISC_DONT,
+    )
+    .map_err(|e| UdpError::new("IPV6_MTU_DISCOVER", e))?;
+    set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
 }
 
 fn socket_v4(nonblocking: bool) -> io::Result<OwnedFd> {
@@ -984,6 +1310,34 @@ fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
     )
     .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
     set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
+}
+
+/// The address a socket of either family is bound to.
+fn local_sockaddr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    // SAFETY: plain old data.
+    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
+    let mut len = socklen_of::<libc::sockaddr_in6>();
+    // SAFETY: getsockname writes at most `len` bytes into `sa`.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in6).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    match i32::from(sa.sin6_family) {
+        libc::AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::from(sa.sin6_addr.s6_addr),
+            u16::from_be(sa.sin6_port),
+            0,
+            0,
+        ))),
+        libc::AF_INET => local_addr(fd).map(SocketAddr::V4),
+        _ => Err(io::Error::other("not an IP socket")),
+    }
 }
 
 fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
@@ -1181,6 +1535,7 @@ mod tests {
     fn sockets_bind_and_a_second_group_member_shares_the_port() {
         let config = UdpConfig {
             local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
             port: 0,
             vni: Vni::new(1).unwrap(),
             tx_sockets: 3,
@@ -1203,11 +1558,129 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_sockets_carry_each_family_to_its_peers() {
+        let v4_only = UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
+            port: 0,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 2,
+            max_frame: 1514,
+            gso: true,
+            gro: false,
+            busy_poll: false,
+        };
+        let first = UdpSockets::open(&v4_only).unwrap();
+        let port = local_addr(&first.rx).unwrap().port();
+        let config = UdpConfig {
+            port,
+            local_ip6: Some(Ipv6Addr::LOCALHOST),
+            ..v4_only
+        };
+        let mut underlay = UdpUnderlay::new(UdpSockets::open(&config).unwrap(), &config).unwrap();
+        assert_eq!(underlay.tx.len(), 4, "two transmit sockets per family");
+        let stats = WorkerStats::default();
+        let frame = [0x5au8; 60];
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ] {
+            let peer = PeerVtep {
+                vtep_ip: ip,
+                outer: None,
+            };
+            underlay.send(&peer, &frame, &stats);
+        }
+        underlay.flush(&stats);
+        // The IPv6 datagram reaches the IPv6 socket (only this underlay is bound there); the
+        // IPv4 one lands on either member of the IPv4 group.
+        let mut sources = Vec::new();
+        for _ in 0..50 {
+            underlay.receive(&stats, |batch| {
+                for d in batch.iter() {
+                    assert_eq!(&d.data[vxlan::HEADER_LEN..], &frame[..]);
+                    sources.push(d.source);
+                }
+            });
+            if sources.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            sources.contains(&IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            "{sources:?}"
+        );
+        assert_eq!(stats.snapshot().underlay_tx_frames, 2);
+        // One descriptor to poll: the epoll set of both receive sockets.
+        assert_ne!(underlay.poll_fd(), underlay.rx.as_raw_fd());
+        drop(first);
+    }
+
+    #[test]
+    fn dual_stack_sockets_are_handed_over_whole() {
+        let v4_only = UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
+            port: 0,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets: 2,
+            max_frame: 1514,
+            gso: true,
+            gro: false,
+            busy_poll: false,
+        };
+        let probe = UdpSockets::open(&v4_only).unwrap();
+        let port = local_addr(&probe.rx).unwrap().port();
+        let config = UdpConfig {
+            port,
+            local_ip6: Some(Ipv6Addr::LOCALHOST),
+            ..v4_only.clone()
+        };
+        let old = UdpSockets::open(&config).unwrap();
+        let dup = |fds: Vec<BorrowedFd<'_>>| -> Vec<OwnedFd> {
+            fds.into_iter()
+                .map(|fd| fd.try_clone_to_owned().unwrap())
+                .collect()
+        };
+        let (rx, tx) = old.fds();
+        assert_eq!((rx.len(), tx.len()), (2, 4), "both families travel");
+        // The order they travel in does not matter: families are told apart by address.
+        let (mut rx, mut tx) = (dup(rx), dup(tx));
+        rx.reverse();
+        tx.reverse();
+        let new = UdpSockets::adopt(&config, rx, tx).unwrap();
+        let (_, v6_tx) = new.v6.as_ref().expect("the IPv6 sockets were taken");
+        assert_eq!(v6_tx.len(), 2);
+        assert_eq!(
+            local_sockaddr(&new.v6.as_ref().unwrap().0).unwrap(),
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, port, 0, 0))
+        );
+        // A successor configured IPv4 only closes the IPv6 sockets; one configured for IPv6
+        // whose predecessor had none opens them.
+        let (rx, tx) = old.fds();
+        let v4_new = UdpSockets::adopt(
+            &UdpConfig {
+                port,
+                ..v4_only.clone()
+            },
+            dup(rx),
+            dup(tx),
+        )
+        .unwrap();
+        assert!(v4_new.v6.is_none());
+        let (rx, tx) = probe.fds();
+        let grown = UdpSockets::adopt(&config, dup(rx), dup(tx)).unwrap();
+        assert!(grown.v6.is_some());
+    }
+
+    #[test]
     fn port_in_use_error_names_the_holder() {
         let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = held.local_addr().unwrap().port();
         let err = UdpSockets::open(&UdpConfig {
             local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
             port,
             vni: Vni::new(1).unwrap(),
             tx_sockets: 1,

@@ -744,12 +744,38 @@ impl LeaseStore for KubeStore {
             .vxlan_data()
             .map_err(|e| StoreError::Other(e.to_string()))?;
         let backend_data = vxlan_backend_data(config.backend.vni, data.vtep_mac);
-        let changes = annotation_changes(
+        let mut changes = annotation_changes(
             &node,
             &self.inner.annotations,
             &backend_data,
             IpAddr::V4(attrs.public_ip),
         );
+        // Dual stack: the IPv6 pod CIDR is the IPv6 half of the lease, and `backend-v6-data`
+        // and `public-ipv6` publish it as flanneld does.
+        let ipv6_subnet = match config.ipv6 {
+            None => None,
+            Some(v6) => {
+                let sn6 = node::own_pod_cidr_v6(&node, v6.network).map_err(StoreError::Other)?;
+                let (Some(ip6), Ok(data6)) = (attrs.public_ipv6, attrs.vxlan_v6_data()) else {
+                    return Err(StoreError::Other(
+                        "the network config enables IPv6, but this node has no IPv6 underlay \
+                         address to publish (public-ipv6): give it one, or pass --public-ipv6"
+                            .into(),
+                    ));
+                };
+                let a = &self.inner.annotations;
+                let v6_data = vxlan_backend_data(config.backend.vni, data6.vtep_mac);
+                for (key, value) in [
+                    (&a.backend_v6_data, v6_data),
+                    (&a.backend_public_ipv6, ip6.to_string()),
+                ] {
+                    if node.annotation(key) != value {
+                        changes.insert(key.clone(), value);
+                    }
+                }
+                Some(sn6)
+            }
+        };
         if changes.is_empty() {
             tracing::info!(node = %node.name, "the node's annotations are up to date");
         } else {
@@ -763,7 +789,7 @@ impl LeaseStore for KubeStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(subnet);
         Ok(Some(Lease::new(
-            SubnetKey::new(subnet, None),
+            SubnetKey::new(subnet, ipv6_subnet),
             attrs.clone(),
             None,
         )))

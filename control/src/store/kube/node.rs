@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 
 use super::annotations::Annotations;
@@ -94,8 +94,26 @@ impl NodeRecord {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
             lease_json["BackendData"] = v;
         }
+        // Dual stack (flannel's nodeToLease with IPv6): the IPv6 pod CIDR, `public-ipv6` and
+        // `backend-v6-data`, when the node has all three.
+        let v6_cidr = cidrs.iter().find_map(|c| match c {
+            IpNet::V6(v6) => Some(*v6),
+            IpNet::V4(_) => None,
+        });
+        let public_ipv6 = self.annotation(&a.backend_public_ipv6);
+        let v6_data = self.annotation(&a.backend_v6_data);
+        let ipv6_subnet = match v6_cidr {
+            Some(sn) if !public_ipv6.is_empty() && !v6_data.is_empty() => {
+                lease_json["PublicIPv6"] = public_ipv6.into();
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(v6_data) {
+                    lease_json["BackendV6Data"] = v;
+                }
+                Some(sn)
+            }
+            _ => None,
+        };
         let attrs = LeaseAttrs::from_json(&lease_json.to_string()).map_err(|e| e.to_string())?;
-        Ok(Lease::new(SubnetKey::new(subnet, None), attrs, None))
+        Ok(Lease::new(SubnetKey::new(subnet, ipv6_subnet), attrs, None))
     }
 
     /// `spec.podCIDRs` parsed (or `spec.podCIDR` when the list is empty), host bits cleared as
@@ -161,13 +179,49 @@ pub fn own_pod_cidr(node: &NodeRecord, network: Ipv4Net) -> Result<Ipv4Net, Stri
     Ok(v4)
 }
 
-/// Whether an update of a node is a lease change for its peers (`handleUpdateLeaseEvent`):
-/// only a change of `backend-data`, `backend-type` or `public-ip` is. Anything else (status
-/// heartbeats, labels, other annotations, even the pod CIDR) is not.
-pub fn is_lease_update(old: &NodeRecord, new: &NodeRecord, a: &Annotations) -> bool {
-    [&a.backend_data, &a.backend_type, &a.backend_public_ip]
+/// This node's own IPv6 subnet in a dual-stack network: its IPv6 pod CIDR, which must lie
+/// inside `IPv6Network`. Errors say what to fix.
+pub fn own_pod_cidr_v6(node: &NodeRecord, network: Ipv6Net) -> Result<Ipv6Net, String> {
+    let v6 = node
+        .pod_cidrs_parsed()?
         .into_iter()
-        .any(|key| old.annotation(key) != new.annotation(key))
+        .rev()
+        .find_map(|c| match c {
+            IpNet::V6(v6) => Some(v6),
+            IpNet::V4(_) => None,
+        })
+        .ok_or_else(|| {
+            format!(
+                "node {:?} has no IPv6 pod CIDR (spec.podCIDRs {:?}), but the network config \
+                 enables IPv6: give the cluster a dual-stack --cluster-cidr (kube-controller-manager) \
+                 or set EnableIPv6 to false",
+                node.name, node.pod_cidrs
+            )
+        })?;
+    if !(network.prefix_len() <= v6.prefix_len() && network.contains(&v6.network())) {
+        return Err(format!(
+            "IPv6Network {network} in the flannel net config doesn't contain {v6}, the IPv6 \
+             PodCIDR of the {:?} node: make IPv6Network the cluster's IPv6 CIDR",
+            node.name
+        ));
+    }
+    Ok(v6)
+}
+
+/// Whether an update of a node is a lease change for its peers (`handleUpdateLeaseEvent`):
+/// only a change of `backend-data`, `backend-type` or `public-ip` (dual stack: also
+/// `backend-v6-data` and `public-ipv6`) is. Anything else (status heartbeats, labels, other
+/// annotations, even the pod CIDR) is not.
+pub fn is_lease_update(old: &NodeRecord, new: &NodeRecord, a: &Annotations) -> bool {
+    [
+        &a.backend_data,
+        &a.backend_type,
+        &a.backend_public_ip,
+        &a.backend_v6_data,
+        &a.backend_public_ipv6,
+    ]
+    .into_iter()
+    .any(|key| old.annotation(key) != new.annotation(key))
 }
 
 #[cfg(test)]
@@ -226,6 +280,53 @@ mod tests {
         let mut n = flannel_node("n3", &[], "192.0.2.3", "02:00:00:00:00:03");
         n.pod_cidr = "10.244.3.0/24".into();
         assert_eq!(n.to_lease(&a).unwrap().subnet.to_string(), "10.244.3.0/24");
+    }
+
+    #[test]
+    fn a_dual_stack_flanneld_node_is_a_dual_stack_lease() {
+        let a = annotations();
+        let mut n = flannel_node(
+            "n4",
+            &["10.244.4.0/24", "fd00:10:244:4::/64"],
+            "192.0.2.4",
+            "02:00:00:00:00:04",
+        );
+        // Without the IPv6 annotations the IPv6 pod CIDR is not a lease half.
+        assert_eq!(n.to_lease(&a).unwrap().ipv6_subnet, None);
+        n.annotations
+            .insert(a.backend_public_ipv6.clone(), "2001:db8::4".into());
+        n.annotations.insert(
+            a.backend_v6_data.clone(),
+            r#"{"VNI":1,"VtepMAC":"02:00:00:00:06:04"}"#.into(),
+        );
+        let lease = n.to_lease(&a).unwrap();
+        assert_eq!(
+            lease.ipv6_subnet,
+            Some("fd00:10:244:4::/64".parse().unwrap())
+        );
+        assert_eq!(
+            lease.attrs.public_ipv6,
+            Some("2001:db8::4".parse().unwrap())
+        );
+        assert_eq!(
+            lease.attrs.vxlan_v6_data().unwrap().vtep_mac,
+            MacAddr([2, 0, 0, 0, 6, 4])
+        );
+        assert_eq!(
+            own_pod_cidr_v6(&n, "fd00:10:244::/48".parse().unwrap()).unwrap(),
+            "fd00:10:244:4::/64".parse::<Ipv6Net>().unwrap()
+        );
+        let e = own_pod_cidr_v6(&n, "fd00:99::/48".parse().unwrap()).unwrap_err();
+        assert!(e.contains("IPv6Network fd00:99::/48"), "{e}");
+        let v4_only = flannel_node("n5", &["10.244.5.0/24"], "192.0.2.5", "02:00:00:00:00:05");
+        let e = own_pod_cidr_v6(&v4_only, "fd00:10:244::/48".parse().unwrap()).unwrap_err();
+        assert!(e.contains("no IPv6 pod CIDR"), "{e}");
+        // A changed public-ipv6 is a lease update for the peers.
+        let mut moved = n.clone();
+        moved
+            .annotations
+            .insert(a.backend_public_ipv6.clone(), "2001:db8::44".into());
+        assert!(is_lease_update(&n, &moved, &a));
     }
 
     #[test]
@@ -310,7 +411,7 @@ mod tests {
     }
 
     #[test]
-    fn only_backend_data_backend_type_and_public_ip_changes_are_lease_updates() {
+    fn only_backend_data_backend_type_and_public_ip_changes_of_either_family_are_lease_updates() {
         let a = annotations();
         let old = flannel_node("n1", &["10.244.1.0/24"], "192.0.2.1", "02:00:00:00:00:01");
         assert!(!is_lease_update(&old, &old.clone(), &a));
@@ -324,14 +425,21 @@ mod tests {
             assert!(is_lease_update(&old, &gone, &a), "{key} removed");
         }
 
+        // Dual stack: the IPv6 half's annotations are lease updates too (flanneld with
+        // EnableIPv6 compares backend-v6-data and public-ipv6; in an IPv4-only network such a
+        // change re-announces an unchanged lease, which is harmless).
+        for key in [&a.backend_v6_data, &a.backend_public_ipv6] {
+            let mut new = old.clone();
+            new.annotations.insert(key.clone(), "changed".into());
+            assert!(is_lease_update(&old, &new, &a), "{key}");
+        }
+
         // Not updates: other annotations (also flannel's own), labels-only changes, pod CIDRs.
         let mut new = old.clone();
         new.annotations
             .insert("node.alpha.kubernetes.io/ttl".into(), "30".into());
         new.annotations
             .insert(a.backend_public_ip_overwrite.clone(), "198.51.100.1".into());
-        new.annotations
-            .insert(a.backend_v6_data.clone(), "{}".into());
         new.pod_cidrs = vec!["10.244.9.0/24".into()];
         new.pod_cidr = "10.244.9.0/24".into();
         assert!(!is_lease_update(&old, &new, &a));

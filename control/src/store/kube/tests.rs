@@ -229,6 +229,55 @@ async fn the_pod_cidr_is_the_lease_and_the_node_is_published_as_flanneld_publish
 }
 
 #[tokio::test]
+async fn dual_stack_pod_cidrs_are_both_halves_and_published_as_flanneld_does() {
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:244::/48","Backend":{"Type":"vxlan"}}"#;
+    let f = fixture();
+    std::fs::write(&f.net_conf, DUAL).unwrap();
+    f.api
+        .add_node(NodeSpec::new("me", &["10.244.7.0/24", "fd00:244:0:7::/64"]));
+    f.api.add_node(
+        NodeSpec::new("n2", &["10.244.2.0/24", "fd00:244:0:2::/64"])
+            .annotation(
+                &format!("{P}/backend-data"),
+                r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#,
+            )
+            .annotation(
+                &format!("{P}/backend-v6-data"),
+                r#"{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}"#,
+            )
+            .annotation(&format!("{P}/backend-type"), "vxlan")
+            .annotation(&format!("{P}/kube-subnet-manager"), "true")
+            .annotation(&format!("{P}/public-ip"), "192.0.2.2")
+            .annotation(&format!("{P}/public-ipv6"), "2001:db8::2"),
+    );
+    let store = f.connect("me").await;
+    let cfg = crate::config::parse(DUAL).unwrap();
+    // A peer's dual-stack node is a dual-stack lease.
+    let listing = store.list().await.unwrap();
+    let peer = listing.leases.values().next().expect("n2's lease");
+    assert_eq!(peer.key().to_string(), "10.244.2.0-24&fd00:244:0:2::-64");
+    assert_eq!(peer.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
+    // This node's lease: both pod CIDRs; published with backend-v6-data and public-ipv6.
+    let attrs = my_attrs().with_ipv6("2001:db8::7".parse().unwrap(), MY_MAC);
+    let lease = store
+        .assigned_lease(&cfg, &attrs)
+        .await
+        .unwrap()
+        .expect("the Kubernetes store assigns the lease");
+    assert_eq!(lease.key().to_string(), "10.244.7.0-24&fd00:244:0:7::-64");
+    let a = f.api.annotations("me");
+    assert_eq!(
+        a[&format!("{P}/backend-v6-data")],
+        r#"{"VNI":1,"VtepMAC":"0e:00:00:00:00:07"}"#
+    );
+    assert_eq!(a[&format!("{P}/public-ipv6")], "2001:db8::7");
+    assert_eq!(a[&format!("{P}/public-ip")], "192.0.2.7");
+    // Without an IPv6 underlay address there is nothing to publish: said, not guessed.
+    let e = store.assigned_lease(&cfg, &my_attrs()).await.unwrap_err();
+    assert!(e.to_string().contains("--public-ipv6"), "{e}");
+}
+
+#[tokio::test]
 async fn operator_annotations_choose_the_public_ip() {
     let f = fixture();
     f.api.add_node(
