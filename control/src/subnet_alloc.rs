@@ -234,7 +234,8 @@ pub fn allocate(
             .iter()
             .filter_map(|l| l.ipv6_subnet.map(v6_range))
             .collect();
-        let free = free_candidates(min, max, host_bits, &taken, MAX_CANDIDATES);
+        // Wide: the pairing below looks the IPv4 candidates' partners up in it.
+        let free = free_candidates(min, max, host_bits, &taken, 64 * MAX_CANDIDATES);
         if free.is_empty() {
             let (live_n, expired_n) = count_overlapping(leases, now, min, max, host_bits, |l| {
                 l.ipv6_subnet.map(v6_range)
@@ -250,25 +251,63 @@ pub fn allocate(
                 fields: "IPv6Network, IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax",
             });
         }
-        ipv6 = Some((free, v6.subnet_len));
+        ipv6 = Some((v6, free));
     }
 
-    let pick = v4_free[rng.random_range(0..v4_free.len())];
-    let pick = u32::try_from(pick).map_err(|_| invalid_len(config))?;
-    let subnet =
-        Ipv4Net::new(Ipv4Addr::from(pick), config.subnet_len).map_err(|_| invalid_len(config))?;
-    let (ipv6_subnet, ipv6_candidates) = match ipv6 {
-        None => (None, 0),
-        Some((free, len)) => {
-            let pick = free[rng.random_range(0..free.len())];
-            let v6 = Ipv6Net::new(pick.into(), len).map_err(|_| invalid_len(config))?;
-            (Some(v6), free.len())
+    let (subnet, ipv6_subnet, candidates, ipv6_candidates) = match ipv6 {
+        None => {
+            let pick = v4_free[rng.random_range(0..v4_free.len())];
+            (v4_net(pick, config)?, None, v4_free.len(), 0)
+        }
+        // The k-th IPv4 subnet goes with the k-th IPv6 one, and a pair is free when both halves
+        // are. Two nodes racing for leases then collide on the IPv6 half only when they collide
+        // on the IPv4 half too, and the store's create of the same key lets only one of them
+        // win. flanneld's allocateSubnet picks the IPv6 half independently (a second random
+        // index): two nodes starting together can both create their leases (the keys differ in
+        // the IPv4 half) and hold one IPv6 subnet. vxdp deliberately does not copy that.
+        Some((v6, v6_free)) => {
+            let v6_min = u128::from(v6.subnet_min);
+            let v6_host_bits = 128 - u32::from(v6.subnet_len);
+            let v6_free: std::collections::BTreeSet<u128> = v6_free.into_iter().collect();
+            let v4_wide =
+                free_candidates(v4_min, v4_max, v4_host_bits, &v4_taken, 64 * MAX_CANDIDATES);
+            let pairs: Vec<(u128, u128)> = v4_wide
+                .into_iter()
+                .filter_map(|s4| {
+                    let k = (s4 - v4_min) >> v4_host_bits;
+                    let s6 = v6_min.checked_add(k.checked_shl(v6_host_bits)?)?;
+                    v6_free.contains(&s6).then_some((s4, s6))
+                })
+                .take(MAX_CANDIDATES)
+                .collect();
+            if pairs.is_empty() {
+                return Err(AllocError::Exhausted {
+                    family: "IPv6",
+                    subnet_len: v6.subnet_len,
+                    min: v6.subnet_min.to_string(),
+                    max: v6.subnet_max.to_string(),
+                    subnets: subnet_count(v6_min, u128::from(v6.subnet_max), v6_host_bits),
+                    live: live.len(),
+                    expired: 0,
+                    fields: "IPv6Network, IPv6SubnetLen, IPv6SubnetMin, IPv6SubnetMax (each \
+                             IPv4 subnet pairs with the IPv6 subnet at its position, as in \
+                             flanneld)",
+                });
+            }
+            let (s4, s6) = pairs[rng.random_range(0..pairs.len())];
+            let v6_net = Ipv6Net::new(s6.into(), v6.subnet_len).map_err(|_| invalid_len(config))?;
+            (
+                v4_net(s4, config)?,
+                Some(v6_net),
+                v4_free.len(),
+                pairs.len(),
+            )
         }
     };
     Ok(Allocation::Random {
         subnet,
         ipv6_subnet,
-        candidates: v4_free.len(),
+        candidates,
         ipv6_candidates,
     })
 }
@@ -278,6 +317,12 @@ fn invalid_len(config: &NetworkConfig) -> AllocError {
         subnet_len: config.subnet_len,
         ipv6_subnet_len: config.ipv6.map(|v6| v6.subnet_len),
     }
+}
+
+/// The IPv4 subnet that starts at `start`.
+fn v4_net(start: u128, config: &NetworkConfig) -> Result<Ipv4Net, AllocError> {
+    let start = u32::try_from(start).map_err(|_| invalid_len(config))?;
+    Ipv4Net::new(Ipv4Addr::from(start), config.subnet_len).map_err(|_| invalid_len(config))
 }
 
 /// This node's leases other than the one allocated: stale records (an old SubnetLen, IPv6 turned
@@ -709,6 +754,37 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_halves_are_paired_so_racing_nodes_cannot_share_an_ipv6_subnet() {
+        // Two nodes allocating from the same listing (a race): whenever their IPv6 halves are
+        // the same, so are their IPv4 halves, and the store's create lets one of them win.
+        let cfg = cfg(
+            r#"{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#,
+        );
+        let leases = [lease("10.5.3.0-24&fd00:5:0:3::-64", OTHER, Some(1))];
+        let mut seen = std::collections::BTreeMap::new();
+        for seed in 0..400 {
+            let a = allocate(&cfg, &leases, ME, None, now(), &mut rng(seed)).unwrap();
+            let (v4, v6) = (a.subnet(), a.ipv6_subnet().unwrap());
+            // The k-th IPv4 subnet goes with the k-th IPv6 subnet.
+            let k4 = (u32::from(v4.network()) - u32::from(net("10.5.1.0/24").network())) >> 8;
+            let k6 = (u128::from(v6.network())
+                - u128::from("fd00:5:0:1::".parse::<std::net::Ipv6Addr>().unwrap()))
+                >> 64;
+            assert_eq!(u128::from(k4), k6, "{v4} with {v6}");
+            assert_eq!(
+                *seen.entry(v6).or_insert(v4),
+                v4,
+                "{v6} with two IPv4 subnets"
+            );
+        }
+        assert!(
+            seen.len() > 50,
+            "picks spread over the candidates: {}",
+            seen.len()
+        );
+    }
+
+    #[test]
     fn a_lease_wider_than_the_network_is_stepped_over_at_once() {
         // A bogus /8 lease covers all of a huge IPv6 range's IPv4 side; a bogus /16 IPv6 lease
         // covers 2^48 IPv6 subnets. Both must be swept in one step, not subnet by subnet.
@@ -730,14 +806,26 @@ mod tests {
             "{e:?}"
         );
 
-        let leases = [lease("10.1.0.0-16&fc00::-17", OTHER, Some(1))];
+        // The /17 covers the upper half of the IPv6 range (2^47 subnets, swept in one step);
+        // each IPv4 subnet pairs with the IPv6 subnet at its position, which lies in the lower
+        // half.
+        let leases = [lease("10.1.0.0-16&fc00:8000::-17", OTHER, Some(1))];
         let a = allocate(&cfg, &leases, ME, None, now(), &mut rng(1)).unwrap();
         let v6 = a.ipv6_subnet().unwrap();
         assert!(
             u128::from(v6.network())
-                >= u128::from("fc00:8000::".parse::<std::net::Ipv6Addr>().unwrap())
+                < u128::from("fc00:8000::".parse::<std::net::Ipv6Addr>().unwrap())
         );
         assert!(!net("10.1.0.0/16").contains(&a.subnet().network()));
+
+        // A wide IPv6 lease over the lower half takes every IPv4 subnet's partner: exhausted,
+        // at once, as flanneld's paired walk would find it.
+        let leases = [lease("10.1.0.0-16&fc00::-17", OTHER, Some(1))];
+        let e = allocate(&cfg, &leases, ME, None, now(), &mut rng(1)).unwrap_err();
+        assert!(
+            matches!(e, AllocError::Exhausted { family: "IPv6", .. }),
+            "{e:?}"
+        );
     }
 
     #[test]
