@@ -194,63 +194,20 @@ pub struct UdpSockets {
 
 impl UdpSockets {
     /// Opens the receive socket on `local_ip:port` (in the `SO_REUSEPORT` group every worker
-    /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports.
+    /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports; the same on
+    /// `[local_ip6]` when the config has an IPv6 address.
     pub fn open(config: &UdpConfig) -> Result<UdpSockets, UdpError> {
-        let rx = socket_v4(true).map_err(|e| UdpError::new("creating the receive socket", e))?;
-        let gro = configure_rx(&rx, config)?;
-        if let Err(e) = bind_v4(&rx, SocketAddrV4::new(config.local_ip, config.port)) {
-            let mut err = UdpError::new(
-                format!("binding UDP {}:{}", config.local_ip, config.port),
-                e,
-            );
-            if err.is_port_in_use() {
-                err.hint = format!(". {}", describe_port_holder(config.port));
-            } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
-                err.hint = format!(". {} is not an address of this host", config.local_ip);
-            }
-            return Err(err);
-        }
-        let mut tx = Vec::with_capacity(config.tx_sockets);
-        for _ in 0..config.tx_sockets.max(1) {
-            // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
-            let s = socket_v4(false).map_err(|e| UdpError::new("creating a transmit socket", e))?;
-            configure_tx(&s)?;
-            bind_v4(&s, SocketAddrV4::new(config.local_ip, 0))
-                .map_err(|e| UdpError::new(format!("binding UDP {}:0", config.local_ip), e))?;
-            tx.push(s);
-        }
+        let (rx, tx, gro) = open_family(config, IpAddr::V4(config.local_ip))?;
         let v6 = UdpSockets::open_v6(config)?;
         UdpSockets::finish(config, rx, tx, gro, v6)
     }
 
-    /// The IPv6 receive socket on `[local_ip6]:port` and as many transmit sockets as IPv4
-    /// has, when the config has an IPv6 address.
+    /// The IPv6 sockets, when the config has an IPv6 address.
     fn open_v6(config: &UdpConfig) -> Result<Option<(OwnedFd, Vec<OwnedFd>)>, UdpError> {
-        let Some(ip6) = config.local_ip6 else {
-            return Ok(None);
-        };
-        let rx =
-            socket_v6(true).map_err(|e| UdpError::new("creating the IPv6 receive socket", e))?;
-        configure_rx(&rx, config)?;
-        if let Err(e) = bind_v6(&rx, SocketAddrV6::new(ip6, config.port, 0, 0)) {
-            let mut err = UdpError::new(format!("binding UDP [{ip6}]:{}", config.port), e);
-            if err.is_port_in_use() {
-                err.hint = format!(". {}", describe_port_holder(config.port));
-            } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
-                err.hint = format!(". {ip6} is not an address of this host (or still tentative)");
-            }
-            return Err(err);
-        }
-        let mut tx = Vec::with_capacity(config.tx_sockets);
-        for _ in 0..config.tx_sockets.max(1) {
-            let s = socket_v6(false)
-                .map_err(|e| UdpError::new("creating an IPv6 transmit socket", e))?;
-            configure_tx_v6(&s)?;
-            bind_v6(&s, SocketAddrV6::new(ip6, 0, 0, 0))
-                .map_err(|e| UdpError::new(format!("binding UDP [{ip6}]:0"), e))?;
-            tx.push(s);
-        }
-        Ok(Some((rx, tx)))
+        config
+            .local_ip6
+            .map(|ip6| open_family(config, IpAddr::V6(ip6)).map(|(rx, tx, _)| (rx, tx)))
+            .transpose()
     }
 
     /// Takes over sockets another vxdp process opened with the same config (see `handover`):
@@ -294,98 +251,14 @@ impl UdpSockets {
         };
         let v6 = match (config.local_ip6, rx6.pop(), rx6.is_empty()) {
             (Some(ip6), Some(rx6), true) if !tx6.is_empty() => {
-                Some(UdpSockets::adopt_v6(config, ip6, rx6, tx6)?)
+                let (rx6, tx6, _) = adopt_family(config, IpAddr::V6(ip6), rx6, tx6)?;
+                Some((rx6, tx6))
             }
             (Some(_), _, _) => UdpSockets::open_v6(config)?,
             (None, _, _) => None,
         };
-        if tx.is_empty() || tx.len() > MAX_TX_SOCKETS {
-            return Err(UdpError::new(
-                "taking over the transmit sockets",
-                io::Error::other(format!(
-                    "{} came, 1 to {MAX_TX_SOCKETS} are taken",
-                    tx.len()
-                )),
-            ));
-        }
-        for s in std::iter::once(&rx).chain(&tx) {
-            let kind = get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE)
-                .map_err(|e| UdpError::new("SO_TYPE", e))?;
-            if kind != libc::SOCK_DGRAM {
-                return Err(UdpError::new(
-                    "taking over a socket",
-                    io::Error::other("it is not a datagram socket"),
-                ));
-            }
-        }
-        let want = SocketAddrV4::new(config.local_ip, config.port);
-        let bound = local_addr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
-        if bound != want {
-            return Err(UdpError::new(
-                "taking over the receive socket",
-                io::Error::other(format!("it is bound to {bound}, not {want}")),
-            ));
-        }
-        let gro = configure_rx(&rx, config)?;
-        for s in &tx {
-            let at = local_addr(s).map_err(|e| UdpError::new("getsockname", e))?;
-            if *at.ip() != config.local_ip || at.port() == 0 {
-                return Err(UdpError::new(
-                    "taking over a transmit socket",
-                    io::Error::other(format!(
-                        "it is bound to {at}, not {}:<port>",
-                        config.local_ip
-                    )),
-                ));
-            }
-            configure_tx(s)?;
-        }
+        let (rx, tx, gro) = adopt_family(config, IpAddr::V4(config.local_ip), rx, tx)?;
         UdpSockets::finish(config, rx, tx, gro, v6)
-    }
-
-    /// The IPv6 half of [`UdpSockets::adopt`]: bound to `[ip6]:port` and `[ip6]`.
-    fn adopt_v6(
-        config: &UdpConfig,
-        ip6: Ipv6Addr,
-        rx: OwnedFd,
-        tx: Vec<OwnedFd>,
-    ) -> Result<(OwnedFd, Vec<OwnedFd>), UdpError> {
-        if tx.len() > MAX_TX_SOCKETS {
-            return Err(UdpError::new(
-                "taking over the IPv6 transmit sockets",
-                io::Error::other(format!("{} came, at most {MAX_TX_SOCKETS}", tx.len())),
-            ));
-        }
-        for s in std::iter::once(&rx).chain(&tx) {
-            let kind = get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE)
-                .map_err(|e| UdpError::new("SO_TYPE", e))?;
-            if kind != libc::SOCK_DGRAM {
-                return Err(UdpError::new(
-                    "taking over a socket",
-                    io::Error::other("it is not a datagram socket"),
-                ));
-            }
-        }
-        let want = SocketAddr::V6(SocketAddrV6::new(ip6, config.port, 0, 0));
-        let bound = local_sockaddr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
-        if bound != want {
-            return Err(UdpError::new(
-                "taking over the IPv6 receive socket",
-                io::Error::other(format!("it is bound to {bound}, not {want}")),
-            ));
-        }
-        configure_rx(&rx, config)?;
-        for s in &tx {
-            let at = local_sockaddr(s).map_err(|e| UdpError::new("getsockname", e))?;
-            if at.ip() != IpAddr::V6(ip6) || at.port() == 0 {
-                return Err(UdpError::new(
-                    "taking over an IPv6 transmit socket",
-                    io::Error::other(format!("it is bound to {at}, not [{ip6}]:<port>")),
-                ));
-            }
-            configure_tx_v6(s)?;
-        }
-        Ok((rx, tx))
     }
 
     fn finish(
@@ -1148,21 +1021,6 @@ fn bind_v6(fd: &OwnedFd, addr: SocketAddrV6) -> io::Result<()> {
     Ok(())
 }
 
-/// Options of an IPv6 transmit socket: as IPv4's, with the IPv6 MTU discovery option.
-fn configure_tx_v6(s: &OwnedFd) -> Result<(), UdpError> {
-    set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
-    // No path MTU discovery: the kernel fragments a datagram longer than the path at the
-    // source (IPv6 routers never do), as the kernel's vxlan link does.
-    set_opt(
-        s,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MTU_DISCOVER,
-        libc::IPV6_PMTUDISC_DONT,
-    )
-    .map_err(|e| UdpError::new("IPV6_MTU_DISCOVER", e))?;
-    set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
-}
-
 fn socket_v4(nonblocking: bool) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe {
@@ -1278,6 +1136,106 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
     Ok(())
 }
 
+/// One family's receive socket on `ip:port` and `config.tx_sockets` transmit sockets on
+/// `ip`; whether GRO is on.
+fn open_family(config: &UdpConfig, ip: IpAddr) -> Result<(OwnedFd, Vec<OwnedFd>, bool), UdpError> {
+    let v6 = ip.is_ipv6();
+    let family = if v6 { "IPv6 " } else { "" };
+    let rx = new_socket(v6, true)
+        .map_err(|e| UdpError::new(format!("creating the {family}receive socket"), e))?;
+    let gro = configure_rx(&rx, config)?;
+    let at = SocketAddr::new(ip, config.port);
+    if let Err(e) = bind_to(&rx, at) {
+        let mut err = UdpError::new(format!("binding UDP {at}"), e);
+        if err.is_port_in_use() {
+            err.hint = format!(". {}", describe_port_holder(config.port));
+        } else if err.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            let tentative = if v6 { " (or still tentative)" } else { "" };
+            err.hint = format!(". {ip} is not an address of this host{tentative}");
+        }
+        return Err(err);
+    }
+    let mut tx = Vec::with_capacity(config.tx_sockets);
+    for _ in 0..config.tx_sockets.max(1) {
+        // Blocking, with SO_SNDTIMEO: a full send buffer waits a moment, then drops.
+        let s = new_socket(v6, false)
+            .map_err(|e| UdpError::new(format!("creating an {family}transmit socket"), e))?;
+        configure_tx(&s, v6)?;
+        let at = SocketAddr::new(ip, 0);
+        bind_to(&s, at).map_err(|e| UdpError::new(format!("binding UDP {at}"), e))?;
+        tx.push(s);
+    }
+    Ok((rx, tx, gro))
+}
+
+/// Takes over one family's sockets from a predecessor: datagram sockets, the receive socket
+/// bound to `ip:port`, 1 to [`MAX_TX_SOCKETS`] transmit sockets bound to `ip`, else refused
+/// (the config changed: open afresh instead). Options are set again (a changed `--udp-gro` or
+/// `--busy-poll` applies); whether GRO is on.
+fn adopt_family(
+    config: &UdpConfig,
+    ip: IpAddr,
+    rx: OwnedFd,
+    tx: Vec<OwnedFd>,
+) -> Result<(OwnedFd, Vec<OwnedFd>, bool), UdpError> {
+    let v6 = ip.is_ipv6();
+    let family = if v6 { "IPv6 " } else { "" };
+    if tx.is_empty() || tx.len() > MAX_TX_SOCKETS {
+        return Err(UdpError::new(
+            format!("taking over the {family}transmit sockets"),
+            io::Error::other(format!(
+                "{} came, 1 to {MAX_TX_SOCKETS} are taken",
+                tx.len()
+            )),
+        ));
+    }
+    for s in std::iter::once(&rx).chain(&tx) {
+        let kind =
+            get_opt(s, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| UdpError::new("SO_TYPE", e))?;
+        if kind != libc::SOCK_DGRAM {
+            return Err(UdpError::new(
+                "taking over a socket",
+                io::Error::other("it is not a datagram socket"),
+            ));
+        }
+    }
+    let want = SocketAddr::new(ip, config.port);
+    let bound = local_sockaddr(&rx).map_err(|e| UdpError::new("getsockname", e))?;
+    if bound != want {
+        return Err(UdpError::new(
+            format!("taking over the {family}receive socket"),
+            io::Error::other(format!("it is bound to {bound}, not {want}")),
+        ));
+    }
+    let gro = configure_rx(&rx, config)?;
+    for s in &tx {
+        let at = local_sockaddr(s).map_err(|e| UdpError::new("getsockname", e))?;
+        if at.ip() != ip || at.port() == 0 {
+            return Err(UdpError::new(
+                format!("taking over an {family}transmit socket"),
+                io::Error::other(format!("it is bound to {at}, not {ip} with a port")),
+            ));
+        }
+        configure_tx(s, v6)?;
+    }
+    Ok((rx, tx, gro))
+}
+
+fn new_socket(v6: bool, nonblocking: bool) -> io::Result<OwnedFd> {
+    if v6 {
+        socket_v6(nonblocking)
+    } else {
+        socket_v4(nonblocking)
+    }
+}
+
+fn bind_to(fd: &OwnedFd, at: SocketAddr) -> io::Result<()> {
+    match at {
+        SocketAddr::V4(a) => bind_v4(fd, a),
+        SocketAddr::V6(a) => bind_v6(fd, a),
+    }
+}
+
 /// Options of a receive socket (before `bind`, or again on a socket taken over): joins the
 /// `SO_REUSEPORT` group, a large buffer, GRO and busy polling as configured. Whether GRO is on.
 fn configure_rx(rx: &OwnedFd, config: &UdpConfig) -> Result<bool, UdpError> {
@@ -1297,71 +1255,81 @@ fn configure_rx(rx: &OwnedFd, config: &UdpConfig) -> Result<bool, UdpError> {
     Ok(gro)
 }
 
-/// Options of a transmit socket (before `bind`, or again on a socket taken over).
-fn configure_tx(s: &OwnedFd) -> Result<(), UdpError> {
+/// Options of a transmit socket of either family (before `bind`, or again on a socket taken
+/// over).
+fn configure_tx(s: &OwnedFd, v6: bool) -> Result<(), UdpError> {
     set_buffer(s, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, 4 << 20);
-    // DF clear, as the kernel's vxlan link sends (RFC 7348 leaves it to the VTEP; with DF the
-    // inner MTU would have to leave room on every path).
-    set_opt(
-        s,
-        libc::IPPROTO_IP,
-        libc::IP_MTU_DISCOVER,
-        libc::IP_PMTUDISC_DONT,
-    )
-    .map_err(|e| UdpError::new("IP_MTU_DISCOVER", e))?;
+    // No path MTU discovery, as the kernel's vxlan link sends: over IPv4 DF stays clear (RFC
+    // 7348 leaves it to the VTEP; with DF the inner MTU would have to leave room on every
+    // path), over IPv6 the kernel fragments at the source (routers never do).
+    let (level, name, value, what) = if v6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+            "IPV6_MTU_DISCOVER",
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+            "IP_MTU_DISCOVER",
+        )
+    };
+    set_opt(s, level, name, value).map_err(|e| UdpError::new(what, e))?;
     set_timeout(s, libc::SO_SNDTIMEO, SEND_TIMEOUT).map_err(|e| UdpError::new("SO_SNDTIMEO", e))
 }
 
 /// The address a socket of either family is bound to.
 fn local_sockaddr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     // SAFETY: plain old data.
-    let mut sa: libc::sockaddr_in6 = unsafe { zeroed() };
-    let mut len = socklen_of::<libc::sockaddr_in6>();
-    // SAFETY: getsockname writes at most `len` bytes into `sa`.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = socklen_of::<libc::sockaddr_storage>();
+    // SAFETY: getsockname writes at most `len` bytes into `ss`.
     let rc = unsafe {
         libc::getsockname(
             fd.as_raw_fd(),
-            (&mut sa as *mut libc::sockaddr_in6).cast(),
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
             &mut len,
         )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    match i32::from(sa.sin6_family) {
-        libc::AF_INET6 => Ok(SocketAddr::V6(SocketAddrV6::new(
-            Ipv6Addr::from(sa.sin6_addr.s6_addr),
-            u16::from_be(sa.sin6_port),
-            0,
-            0,
-        ))),
-        libc::AF_INET => local_addr(fd).map(SocketAddr::V4),
+    match i32::from(ss.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 (its family says so); sockaddr_storage
+            // is large and aligned enough for it.
+            let sa =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Ok(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sa.sin6_addr.s6_addr),
+                u16::from_be(sa.sin6_port),
+                0,
+                0,
+            )))
+        }
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in (its family says so); sockaddr_storage is
+            // large and aligned enough for it.
+            let sa =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+                u16::from_be(sa.sin_port),
+            )))
+        }
         _ => Err(io::Error::other("not an IP socket")),
     }
 }
 
+/// The address an IPv4 socket is bound to.
 fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
-    // SAFETY: plain old data.
-    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-    let mut len = socklen_of::<libc::sockaddr_in>();
-    // SAFETY: getsockname writes at most `len` bytes into `sa`.
-    let rc = unsafe {
-        libc::getsockname(
-            fd.as_raw_fd(),
-            (&mut sa as *mut libc::sockaddr_in).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    match local_sockaddr(fd)? {
+        SocketAddr::V4(a) => Ok(a),
+        SocketAddr::V6(_) => Err(io::Error::other("not an IPv4 socket")),
     }
-    if i32::from(sa.sin_family) != libc::AF_INET {
-        return Err(io::Error::other("not an IPv4 socket"));
-    }
-    Ok(SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-        u16::from_be(sa.sin_port),
-    ))
 }
 
 /// Who holds UDP `port` in this network namespace, in words an operator can act on: a
@@ -1496,6 +1464,21 @@ pub fn vxlan_endpoint(ip: Ipv4Addr, port: u16) -> SocketAddr {
 mod tests {
     use super::*;
 
+    /// A config on 127.0.0.1 with GSO on.
+    fn loopback(port: u16, tx_sockets: usize, gro: bool) -> UdpConfig {
+        UdpConfig {
+            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip6: None,
+            port,
+            vni: Vni::new(1).unwrap(),
+            tx_sockets,
+            max_frame: 1514,
+            gso: true,
+            gro,
+            busy_poll: false,
+        }
+    }
+
     #[test]
     fn gso_state_round_trips() {
         let s = OffloadState::default();
@@ -1533,17 +1516,7 @@ mod tests {
 
     #[test]
     fn sockets_bind_and_a_second_group_member_shares_the_port() {
-        let config = UdpConfig {
-            local_ip: Ipv4Addr::LOCALHOST,
-            local_ip6: None,
-            port: 0,
-            vni: Vni::new(1).unwrap(),
-            tx_sockets: 3,
-            max_frame: 1514,
-            gso: true,
-            gro: true,
-            busy_poll: false,
-        };
+        let config = loopback(0, 3, true);
         let first = UdpSockets::open(&config).unwrap();
         let port = local_addr(&first.rx).unwrap().port();
         assert_eq!(first.tx_ports().len(), 3);
@@ -1559,17 +1532,7 @@ mod tests {
 
     #[test]
     fn dual_stack_sockets_carry_each_family_to_its_peers() {
-        let v4_only = UdpConfig {
-            local_ip: Ipv4Addr::LOCALHOST,
-            local_ip6: None,
-            port: 0,
-            vni: Vni::new(1).unwrap(),
-            tx_sockets: 2,
-            max_frame: 1514,
-            gso: true,
-            gro: false,
-            busy_poll: false,
-        };
+        let v4_only = loopback(0, 2, false);
         let first = UdpSockets::open(&v4_only).unwrap();
         let port = local_addr(&first.rx).unwrap().port();
         let config = UdpConfig {
@@ -1619,17 +1582,7 @@ mod tests {
 
     #[test]
     fn dual_stack_sockets_are_handed_over_whole() {
-        let v4_only = UdpConfig {
-            local_ip: Ipv4Addr::LOCALHOST,
-            local_ip6: None,
-            port: 0,
-            vni: Vni::new(1).unwrap(),
-            tx_sockets: 2,
-            max_frame: 1514,
-            gso: true,
-            gro: false,
-            busy_poll: false,
-        };
+        let v4_only = loopback(0, 2, false);
         let probe = UdpSockets::open(&v4_only).unwrap();
         let port = local_addr(&probe.rx).unwrap().port();
         let config = UdpConfig {
@@ -1678,18 +1631,7 @@ mod tests {
     fn port_in_use_error_names_the_holder() {
         let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = held.local_addr().unwrap().port();
-        let err = UdpSockets::open(&UdpConfig {
-            local_ip: Ipv4Addr::LOCALHOST,
-            local_ip6: None,
-            port,
-            vni: Vni::new(1).unwrap(),
-            tx_sockets: 1,
-            max_frame: 1514,
-            gso: true,
-            gro: true,
-            busy_poll: false,
-        })
-        .unwrap_err();
+        let err = UdpSockets::open(&loopback(port, 1, true)).unwrap_err();
         assert!(err.is_port_in_use());
         let text = err.to_string();
         assert!(text.contains(&std::process::id().to_string()), "{text}");
