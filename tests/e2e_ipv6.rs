@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use common::{tcp_transfer, Cluster, Host};
+use common::{tcp_transfer, Cluster, FlanneldLink, Host};
 use ipnet::Ipv6Net;
 use testkit::etcd::EtcdServer;
 use testkit::wait_for;
@@ -183,41 +183,10 @@ fn flanneld_learns(fl: &Host, peer: &Host) {
         ("flannel.1", &gw4, &mac4, &ul4, 24),
         ("flannel-v6.1", &gw6, &mac6, &ul6, 64),
     ] {
-        fl.ns.run(&[
-            "ip",
-            "neigh",
-            "replace",
-            gw,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-        fl.ns.run(&[
-            "bridge",
-            "fdb",
-            "append",
-            mac,
-            "dev",
-            dev,
-            "dst",
-            ul,
-            "self",
-            "permanent",
-        ]);
-        fl.ns.run(&[
-            "ip",
-            "route",
-            "replace",
-            &format!("{gw}/{len}"),
-            "via",
-            gw,
-            "dev",
-            dev,
-            "onlink",
-        ]);
+        let link = FlanneldLink {
+            dev: dev.to_string(),
+        };
+        fl.flanneld_learns(&link, &format!("{gw}/{len}"), gw, mac, ul);
     }
 }
 
