@@ -209,10 +209,11 @@ fn without_xdp_privileges_auto_runs_the_udp_sockets_and_talks_to_an_af_xdp_node(
         &[],
         &["--local-store", s(&store)],
     );
+    // Both: each node programs the other when its own watch sees the other's lease.
     for i in 1..=2 {
         c.host(i).wait_ready();
+        c.host(i).wait_peers(1);
     }
-    c.host(1).wait_peers(1);
     // The UDP sockets need neither CAP_BPF nor CAP_SYS_ADMIN: auto runs them.
     let st = c.hosts[1].status();
     assert_eq!(st["backend"], "udp", "{st:#}");
