@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use control::lease::SubnetKey;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dataplane::tables::{PeerEntry, PeerTables};
 use ipnet::Ipv4Net;
@@ -35,12 +36,12 @@ fn outer(peer: Ipv4Addr) -> OuterHeader {
     .unwrap()
 }
 
-fn peer_entry(i: u32) -> (Ipv4Net, PeerEntry) {
+fn peer_entry(i: u32) -> (SubnetKey, PeerEntry) {
     let b = i.to_be_bytes();
     let subnet = Ipv4Net::new(Ipv4Addr::new(10, 244, b[3], 0), 24).unwrap();
     let vtep_ip = Ipv4Addr::new(192, 0, b[2], b[3]);
     (
-        subnet,
+        SubnetKey::new(subnet, None),
         PeerEntry {
             vtep_mac: MacAddr([0x02, 0, 0, b[1], b[2], b[3]]),
             vtep_ip: IpAddr::V4(vtep_ip),

@@ -50,8 +50,20 @@ pub async fn run<S: LeaseStore>(
         args.iface_can_reach,
         hints.public_ip.or(args.public_ip),
         args.public_ipv6,
+        config.is_ipv6_only(),
     )
     .await?;
+    // This node's leases: by PublicIP, or by PublicIPv6 in an IPv6-only network (where every
+    // lease's PublicIP is 0.0.0.0).
+    let node = match (external.public_ip, external.public_ipv6) {
+        (Some(v4), _) => IpAddr::V4(v4),
+        (None, Some(v6)) => IpAddr::V6(v6),
+        (None, None) => bail!(
+            "interface {} has no address to find this node's leases by; pass --public-ip (or \
+             --public-ipv6 in an IPv6-only network)",
+            external.link.name
+        ),
+    };
     let device = args
         .device
         .clone()
@@ -59,7 +71,7 @@ pub async fn run<S: LeaseStore>(
 
     // The device first: with it go its address, the pod routes through it and (kernel
     // backend) its neighbour and FDB entries. A dual-stack network's kernel backend also has
-    // the IPv6 link.
+    // the IPv6 link, and an IPv6-only network's has only that one.
     let mut devices = vec![device.clone()];
     if config.ipv6.is_some() {
         devices.push(KernelBackendConfig::v6_device_for(
@@ -83,37 +95,37 @@ pub async fn run<S: LeaseStore>(
         .list()
         .await
         .with_context(|| format!("listing the leases in the {}", store.describe()))?;
-    let (own, peers): (Vec<_>, Vec<_>) = listing
-        .leases
-        .values()
-        .partition(|l| l.attrs.public_ip == external.public_ip);
-    // DirectRouting routes go through the external interface, not the device.
-    if config.backend.direct_routing {
+    let (own, peers): (Vec<_>, Vec<_>) = listing.leases.values().partition(|l| l.attrs.is_of(node));
+    // DirectRouting routes (IPv4 only) go through the external interface, not the device.
+    if config.backend.direct_routing && config.ipv4.is_some() {
         for peer in &peers {
+            let Some(subnet) = peer.subnet else {
+                continue;
+            };
             nl.delete_route(
-                IpNet::V4(peer.subnet),
+                IpNet::V4(subnet),
                 IpAddr::V4(peer.attrs.public_ip),
                 Some(external.link.index),
             )
             .await
-            .with_context(|| format!("deleting the DirectRouting route to {}", peer.subnet))?;
+            .with_context(|| format!("deleting the DirectRouting route to {subnet}"))?;
         }
     }
 
     // The subnets whose rules and blackhole route may be here: this node's leases, and the
     // one subnet.env names (the lease may have lapsed already).
-    let mut subnets: Vec<_> = own.iter().map(|l| (l.subnet, l.ipv6_subnet)).collect();
+    let mut subnets: Vec<_> = own.iter().map(|l| l.key()).collect();
     if let Ok(previous) = subnet_file::read_previous_subnet(&args.subnet_file) {
         if !subnets.contains(&previous) {
             subnets.push(previous);
         }
     }
-    for (subnet, ipv6_subnet) in &subnets {
+    for subnet in &subnets {
         if args.ip_masq || args.iptables_forward_rules {
             let mut cfg = MasqConfig::for_lease(
                 &config,
-                *subnet,
-                *ipv6_subnet,
+                subnet.ipv4,
+                subnet.ipv6,
                 args.ip_masq,
                 args.iptables_forward_rules,
             );
@@ -126,25 +138,38 @@ pub async fn run<S: LeaseStore>(
                 .with_context(|| format!("removing the masquerade/forward rules for {subnet}"))?;
             tracing::info!(subnet = %subnet, "masquerade/forward rules removed");
         }
-        BlackholeRoute::new(nl.clone(), IpNet::V4(*subnet))
-            .remove()
-            .await
-            .with_context(|| format!("removing the blackhole route for {subnet}"))?;
+        for net in blackhole_nets(&config, *subnet) {
+            BlackholeRoute::new(nl.clone(), net)
+                .remove()
+                .await
+                .with_context(|| format!("removing the blackhole route for {net}"))?;
+        }
     }
 
     for lease in &own {
         store
             .remove(lease)
             .await
-            .with_context(|| format!("releasing the lease {}", lease.subnet))?;
-        tracing::info!(subnet = %lease.subnet, "lease released");
+            .with_context(|| format!("releasing the lease {}", lease.key()))?;
+        tracing::info!(subnet = %lease.key(), "lease released");
     }
     if own.is_empty() {
         tracing::info!(
-            public_ip = %external.public_ip,
+            public_ip = %node,
             "no lease of this node's public IP in the {}",
             store.describe()
         );
     }
     Ok(())
+}
+
+/// The subnets of `key` that get a blackhole route (`--ip-blackhole-route`): each half whose
+/// family the network config enables, as flanneld adds one per enabled family.
+pub(crate) fn blackhole_nets(
+    config: &control::config::NetworkConfig,
+    key: control::lease::SubnetKey,
+) -> Vec<IpNet> {
+    let v4 = key.ipv4.filter(|_| config.ipv4.is_some()).map(IpNet::V4);
+    let v6 = key.ipv6.filter(|_| config.ipv6.is_some()).map(IpNet::V6);
+    v4.into_iter().chain(v6).collect()
 }

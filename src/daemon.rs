@@ -86,7 +86,7 @@ impl View {
         self.leases
             .values()
             .map(|l| {
-                let role = if l.subnet == self.lease.subnet {
+                let role = if l.key() == self.lease.key() {
                     "this node".to_string()
                 } else {
                     match control::backend::Peer::from_lease(l) {
@@ -96,9 +96,15 @@ impl View {
                 };
                 LeaseRow {
                     subnet: l.key().to_string(),
-                    public_ip: l.attrs.public_ip.to_string(),
+                    // The node's address: PublicIPv6 for an IPv6-only lease (PublicIP 0.0.0.0).
+                    public_ip: l.attrs.node_addr().to_string(),
                     backend_type: l.attrs.backend_type.clone(),
-                    vtep_mac: l.attrs.vxlan_data().ok().map(|d| d.vtep_mac.to_string()),
+                    vtep_mac: l
+                        .attrs
+                        .vxlan_data()
+                        .or_else(|_| l.attrs.vxlan_v6_data())
+                        .ok()
+                        .map(|d| d.vtep_mac.to_string()),
                     expiration: l.expiration.and_then(|e| e.format(&Rfc3339).ok()),
                     reservation: l.is_reservation(),
                     role,
@@ -126,8 +132,15 @@ impl View {
             .lease
             .attrs
             .vxlan_data()
-            .map(|d| d.vtep_mac.to_string())
-            .unwrap_or_default();
+            .ok()
+            .filter(|_| self.lease.subnet.is_some())
+            .map(|d| d.vtep_mac.to_string());
+        let vtep_mac_v6 = self
+            .lease
+            .attrs
+            .vxlan_v6_data()
+            .ok()
+            .map(|d| d.vtep_mac.to_string());
         // The kernel backend hands the underlay to the kernel: nothing to resolve here.
         let default_state = if self.probe.is_some() {
             "resolving"
@@ -143,7 +156,7 @@ impl View {
             iface: IfaceStatus {
                 name: self.external.link.name.clone(),
                 index: self.external.link.index,
-                public_ip: self.external.public_ip.to_string(),
+                public_ip: self.external.public_ip.map(|a| a.to_string()),
                 mtu: self.external.link.mtu,
                 public_ipv6: self
                     .config
@@ -154,46 +167,52 @@ impl View {
             device: DeviceStatus {
                 name: self.device.clone(),
                 mtu: self.mtu,
-                vtep_mac: vtep_mac.clone(),
+                // The device's MAC: the IPv6 VtepMAC in an IPv6-only network.
+                vtep_mac: vtep_mac
+                    .clone()
+                    .or_else(|| vtep_mac_v6.clone())
+                    .unwrap_or_default(),
                 v6_name: self.v6_device.clone(),
             },
             network: NetworkStatus {
-                network: self.config.network.to_string(),
+                network: self.config.ipv4.map(|v4| v4.network.to_string()),
                 vni: self.config.backend.vni,
                 port: self.config.vxlan_port(),
                 ipv6_network: self.config.ipv6.map(|v6| v6.network.to_string()),
             },
             lease: LeaseStatus {
-                subnet: self.lease.subnet.to_string(),
-                public_ip: self.lease.attrs.public_ip.to_string(),
+                subnet: self.lease.subnet.map(|n| n.to_string()),
+                public_ip: self
+                    .lease
+                    .subnet
+                    .map(|_| self.lease.attrs.public_ip.to_string()),
                 vtep_mac,
                 expiration: self.lease.expiration.and_then(|e| e.format(&Rfc3339).ok()),
                 expiration_unix: self.lease.expiration.map(|e| e.unix_timestamp()),
                 ipv6_subnet: self.lease.ipv6_subnet.map(|n| n.to_string()),
                 public_ipv6: self.lease.attrs.public_ipv6.map(|a| a.to_string()),
-                vtep_mac_v6: self
-                    .lease
-                    .attrs
-                    .vxlan_v6_data()
-                    .ok()
-                    .map(|d| d.vtep_mac.to_string()),
+                vtep_mac_v6,
             },
             last_watch_event_age_seconds: self.last_watch_event.elapsed().as_secs_f64(),
             peers: self
                 .peers
                 .iter()
                 .map(|p| {
-                    let path = paths.get(&std::net::IpAddr::V4(p.public_ip));
                     // The IPv6 half's underlay path (AF_XDP resolves it by NDP).
                     let path6 = p
                         .ipv6
                         .as_ref()
                         .and_then(|v6| v6.public_ip)
                         .and_then(|ip| paths.get(&std::net::IpAddr::V6(ip)));
+                    // The first half's path: IPv4, or IPv6 for an IPv6-only peer.
+                    let path = match &p.ipv4 {
+                        Some(v4) => paths.get(&std::net::IpAddr::V4(v4.public_ip)),
+                        None => path6,
+                    };
                     PeerStatus {
-                        subnet: p.subnet.to_string(),
-                        public_ip: p.public_ip.to_string(),
-                        vtep_mac: p.vtep_mac.to_string(),
+                        subnet: p.ipv4.as_ref().map(|v4| v4.subnet.to_string()),
+                        public_ip: p.ipv4.as_ref().map(|v4| v4.public_ip.to_string()),
+                        vtep_mac: p.ipv4.as_ref().map(|v4| v4.vtep_mac.to_string()),
                         next_hop_mac: path.and_then(|x| x.next_hop_mac).map(|m| m.to_string()),
                         state: path.map_or_else(|| default_state.to_string(), |x| x.state.clone()),
                         ipv6_subnet: p.ipv6.as_ref().map(|v6| v6.subnet.to_string()),
@@ -496,47 +515,66 @@ async fn run_with_store<S: LeaseStore>(
         args.iface_can_reach,
         public_ip,
         args.public_ipv6,
+        config.is_ipv6_only(),
     )
     .await?;
-    // The IPv6 underlay address of a dual-stack network (flanneld's PublicIPv6), checked
-    // before any lease is taken.
+    // The underlay addresses, checked before any lease is taken: the IPv4 one with IPv4 on,
+    // the IPv6 one (flanneld's PublicIPv6) with IPv6 on. An IPv6-only node needs no IPv4
+    // address at all.
+    let public_ip = match config.ipv4 {
+        Some(_) => Some(external.require_ipv4()?),
+        None => None,
+    };
     let public_ipv6 = match config.ipv6 {
         Some(_) => Some(external.require_ipv6()?),
         None => None,
     };
     tracing::info!(
         iface = %external.link.name,
-        public_ip = %external.public_ip,
+        public_ip = %public_ip.map_or_else(|| "none (IPv6-only)".into(), |a| a.to_string()),
+        public_ipv6 = %public_ipv6.map_or_else(|| "-".into(), |a| a.to_string()),
         mtu = external.link.mtu,
         "using external interface"
     );
     let vni = config.backend.vni;
-    let vtep_mac = hints.vtep_mac.unwrap_or_else(|| {
-        vtep_mac::stable_vtep_mac(
-            &vtep_mac::machine_id(),
-            std::net::IpAddr::V4(external.public_ip),
-            vni,
-        )
-    });
-    let mut attrs = LeaseAttrs::vxlan(external.public_ip, vni, vtep_mac);
+    // The address that names this node: the IPv4 underlay address, else (IPv6-only) the IPv6
+    // one; one of the two is there (checked above, and parse() refuses both families off).
+    let node_addr = match (public_ip, public_ipv6) {
+        (Some(v4), _) => std::net::IpAddr::V4(v4),
+        (None, Some(v6)) => std::net::IpAddr::V6(v6),
+        (None, None) => bail!("the network config enables neither IPv4 nor IPv6"),
+    };
+    let vtep_mac = hints
+        .vtep_mac
+        .unwrap_or_else(|| vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), node_addr, vni));
     // flanneld gives its IPv6 link a MAC of its own (BackendV6Data), and so does vxdp's
-    // kernel backend (stable, derived from the IPv6 underlay address). The userspace
-    // backends have one TAP, whose one MAC receives both families: they announce that MAC for
-    // IPv6 too.
+    // kernel backend in a dual-stack network (stable, derived from the IPv6 underlay address).
+    // The userspace backends have one TAP, whose one MAC receives both families: they announce
+    // that MAC for IPv6 too. An IPv6-only node has one device, whose MAC is `vtep_mac`.
     let vtep_mac6 = public_ipv6.map(|v6| {
-        if matches!(
-            args.backend,
-            crate::cli::BackendChoice::Udp | crate::cli::BackendChoice::Xdp
-        ) {
+        if public_ip.is_none()
+            || matches!(
+                args.backend,
+                crate::cli::BackendChoice::Udp | crate::cli::BackendChoice::Xdp
+            )
+        {
             vtep_mac
         } else {
             vtep_mac::stable_vtep_mac(&vtep_mac::machine_id(), std::net::IpAddr::V6(v6), vni)
         }
     });
-    if let (Some(v6), Some(mac6)) = (public_ipv6, vtep_mac6) {
-        tracing::info!(public_ipv6 = %v6, vtep_mac6 = %mac6, "IPv6 overlay over the IPv6 underlay");
-        attrs = attrs.with_ipv6(v6, mac6);
-    }
+    let attrs = match (public_ip, public_ipv6, vtep_mac6) {
+        (Some(v4), Some(v6), Some(mac6)) => {
+            tracing::info!(public_ipv6 = %v6, vtep_mac6 = %mac6, "IPv6 overlay over the IPv6 underlay");
+            LeaseAttrs::vxlan(v4, vni, vtep_mac).with_ipv6(v6, mac6)
+        }
+        (Some(v4), _, _) => LeaseAttrs::vxlan(v4, vni, vtep_mac),
+        (None, Some(v6), _) => {
+            tracing::info!(public_ipv6 = %v6, vtep_mac = %vtep_mac, "IPv6-only network: the overlay runs over the IPv6 underlay alone");
+            LeaseAttrs::vxlan_v6_only(v6, vni, vtep_mac)
+        }
+        (None, None, _) => bail!("the network config enables neither IPv4 nor IPv6"),
+    };
     let previous = subnet_file::read_previous_subnet(&args.subnet_file).ok();
     let ttl = Duration::from_secs(args.subnet_lease_ttl.max(1));
     let assigned = store
@@ -551,7 +589,7 @@ async fn run_with_store<S: LeaseStore>(
         // Kubernetes: the lease is the node's pod CIDR, given, not acquired.
         Some(lease) => {
             tracing::info!(
-                subnet = %lease.subnet,
+                subnet = %lease.key(),
                 vtep_mac = %vtep_mac,
                 "lease assigned by the {}",
                 store.describe()
@@ -575,7 +613,7 @@ async fn run_with_store<S: LeaseStore>(
                 return Ok(());
             };
             tracing::info!(
-                subnet = %acquired.lease.subnet,
+                subnet = %acquired.lease.key(),
                 vtep_mac = %vtep_mac,
                 "lease acquired ({})",
                 acquired.allocation
@@ -592,7 +630,18 @@ async fn run_with_store<S: LeaseStore>(
              check that the IPv6 network has free subnets",
             v6.network,
             store.describe(),
-            lease.subnet
+            lease.key()
+        );
+    }
+    if let (Some(v4), None) = (&config.ipv4, lease.subnet) {
+        let _ = store.remove(&lease).await;
+        bail!(
+            "the network config enables IPv4 ({}), but the {} gave lease {} no IPv4 subnet: \
+             check that the network has free subnets (or set EnableIPv4 to false for an \
+             IPv6-only network)",
+            v4.network,
+            store.describe(),
+            lease.key()
         );
     }
     // One overlay MTU for the TAP or both links: the IPv6 family runs over the IPv6 underlay,
@@ -681,31 +730,55 @@ async fn run_with_store<S: LeaseStore>(
         gso: args.udp_gso,
         gro: args.udp_gro,
     };
-    let kernel_config = KernelBackendConfig {
-        device: device.clone(),
-        vni,
-        port: config.vxlan_port(),
-        local_ip: std::net::IpAddr::V4(external.public_ip),
-        underlay_ifindex: external.link.index,
-        vtep_mac,
-        mtu,
-        learning: config.backend.learning,
-        gbp: config.backend.gbp,
-        subnet: IpNet::V4(lease.subnet),
-        direct_routing: config.backend.direct_routing,
-        ipv6: match (
-            lease.ipv6_subnet,
-            external.iface_addr6.or(public_ipv6),
-            vtep_mac6,
-        ) {
-            (Some(subnet), Some(local_ip), Some(vtep_mac)) => Some(KernelV6Config {
-                device: KernelBackendConfig::v6_device_for(&device, vni),
-                local_ip,
-                vtep_mac,
-                subnet,
-            }),
-            _ => None,
+    let v6_link = match (
+        lease.ipv6_subnet,
+        external.iface_addr6.or(public_ipv6),
+        vtep_mac6,
+    ) {
+        (Some(subnet), Some(local_ip), Some(vtep_mac)) => Some(KernelV6Config {
+            device: KernelBackendConfig::v6_device_for(&device, vni),
+            local_ip,
+            vtep_mac,
+            subnet,
+        }),
+        _ => None,
+    };
+    let kernel_config = match (lease.subnet.zip(public_ip), v6_link) {
+        // IPv4 (and dual stack): the IPv4 link, with the IPv6 one beside it.
+        (Some((subnet, local_ip)), ipv6) => KernelBackendConfig {
+            device: device.clone(),
+            vni,
+            port: config.vxlan_port(),
+            local_ip: std::net::IpAddr::V4(local_ip),
+            underlay_ifindex: external.link.index,
+            vtep_mac,
+            mtu,
+            learning: config.backend.learning,
+            gbp: config.backend.gbp,
+            subnet: IpNet::V4(subnet),
+            direct_routing: config.backend.direct_routing,
+            ipv6,
         },
+        // IPv6-only: the IPv6 link alone (flanneld: flannel-v6.<VNI> and no flannel.<VNI>).
+        (None, Some(v6)) => KernelBackendConfig {
+            device: v6.device,
+            vni,
+            port: config.vxlan_port(),
+            local_ip: std::net::IpAddr::V6(v6.local_ip),
+            underlay_ifindex: external.link.index,
+            vtep_mac: v6.vtep_mac,
+            mtu,
+            learning: config.backend.learning,
+            gbp: config.backend.gbp,
+            subnet: IpNet::V6(v6.subnet),
+            direct_routing: config.backend.direct_routing,
+            ipv6: None,
+        },
+        (None, None) => bail!(
+            "lease {} has no subnet this node can carry: no IPv4 subnet with an IPv4 address, \
+             nor an IPv6 subnet with an IPv6 address",
+            lease.key()
+        ),
     };
     // A vxdp already running here hands its dataplane over (an upgrade); else systemd's
     // store may hold the last run's descriptors.
@@ -789,7 +862,7 @@ async fn run_with_store<S: LeaseStore>(
     }
     let probe = backend.userspace_probe();
     let backend_name = backend.name();
-    let mut sync = PeerSync::new(backend, lease.subnet);
+    let mut sync = PeerSync::new(backend, lease.key());
 
     let listing = store.list().await?;
     sync.apply(
@@ -822,7 +895,8 @@ async fn run_with_store<S: LeaseStore>(
         config: config.clone(),
         external: external.clone(),
         device: device.clone(),
-        // The kernel backend's second link; the userspace backends carry IPv6 on the TAP.
+        // The kernel backend's IPv6 link (its only one in an IPv6-only network); the userspace
+        // backends carry IPv6 on the TAP.
         v6_device: (config.ipv6.is_some() && backend_name == "kernel")
             .then(|| KernelBackendConfig::v6_device_for(&device, vni)),
         mtu,
@@ -898,11 +972,17 @@ async fn run_with_store<S: LeaseStore>(
 
     // flanneld's --ip-blackhole-route: in place before readiness, then checked every
     // --iptables-resync seconds (see control::blackhole).
-    let blackhole = args
-        .ip_blackhole_route
-        .then(|| BlackholeRoute::new(nl.clone(), IpNet::V4(lease.subnet)));
+    // One per enabled family, as flanneld (AddBlackholeV4Route, AddBlackholeV6Route).
+    let blackhole: Vec<BlackholeRoute> = if args.ip_blackhole_route {
+        crate::cleanup::blackhole_nets(&config, lease.key())
+            .into_iter()
+            .map(|net| BlackholeRoute::new(nl.clone(), net))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut blackhole_problem: Option<String> = None;
-    if let Some(b) = &blackhole {
+    for b in &blackhole {
         upkeep_blackhole(b, &mut blackhole_problem).await;
     }
     let mut blackhole_resync =
@@ -1021,8 +1101,8 @@ async fn run_with_store<S: LeaseStore>(
                 }
                 Vec::new()
             }
-            _ = blackhole_resync.tick(), if blackhole.is_some() => {
-                if let Some(b) = &blackhole {
+            _ = blackhole_resync.tick(), if !blackhole.is_empty() => {
+                for b in &blackhole {
                     upkeep_blackhole(b, &mut blackhole_problem).await;
                 }
                 Vec::new()
@@ -1084,11 +1164,11 @@ async fn run_with_store<S: LeaseStore>(
                         .await
                         {
                             Ok(renewed) => {
-                                tracing::info!(subnet = %renewed.subnet, "lease renewed");
+                                tracing::info!(subnet = %renewed.key(), "lease renewed");
                                 Input::Renewed(renewed)
                             }
                             Err(e) => {
-                                tracing::warn!(subnet = %current.subnet, "renewing the lease failed, retrying in {:?}: {e}", LeasePolicy::new(ttl, margin).renew_retry);
+                                tracing::warn!(subnet = %current.key(), "renewing the lease failed, retrying in {:?}: {e}", LeasePolicy::new(ttl, margin).renew_retry);
                                 Input::RenewFailed(e.to_string())
                             }
                         };
@@ -1102,8 +1182,8 @@ async fn run_with_store<S: LeaseStore>(
                     Action::Exit(exit) => {
                         match &exit.reason {
                             ExitReason::Signal(_) | ExitReason::HandedOver => {}
-                            ExitReason::Revoked => tracing::error!(subnet = %node.lease().subnet, "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down"),
-                            ExitReason::TakenOver(by) => tracing::error!(subnet = %node.lease().subnet, other = %by, "this node's subnet was taken over by another node: shutting down"),
+                            ExitReason::Revoked => tracing::error!(subnet = %node.lease().key(), "this node's lease was removed from the store by someone else: it has been revoked; no longer advertising, shutting down"),
+                            ExitReason::TakenOver(by) => tracing::error!(subnet = %node.lease().key(), other = %by, "this node's subnet was taken over by another node: shutting down"),
                             ExitReason::DataplaneFailed(why) => tracing::error!("the dataplane failed, shutting down so that the service manager restarts vxdp: {why}"),
                         }
                         break 'running exit;
@@ -1116,10 +1196,10 @@ async fn run_with_store<S: LeaseStore>(
     let lease = node.lease().clone();
     let outcome: anyhow::Result<()> = match &exit.reason {
         ExitReason::Signal(_) | ExitReason::HandedOver => Ok(()),
-        ExitReason::Revoked => Err(anyhow::anyhow!("lease {} was revoked", lease.subnet)),
+        ExitReason::Revoked => Err(anyhow::anyhow!("lease {} was revoked", lease.key())),
         ExitReason::TakenOver(by) => Err(anyhow::anyhow!(
             "lease {} was taken over by {by}",
-            lease.subnet
+            lease.key()
         )),
         ExitReason::DataplaneFailed(why) => Err(anyhow::anyhow!("dataplane failed: {why}")),
     };
@@ -1156,7 +1236,7 @@ async fn run_with_store<S: LeaseStore>(
     // The blackhole route goes with the lease: kept for the next start whenever the lease is
     // kept (a plain stop, an error exit), removed when the subnet is released or lost, since it
     // may become another node's.
-    if let Some(b) = &blackhole {
+    for b in &blackhole {
         if exit.release_subnet {
             match b.remove().await {
                 Ok(()) => tracing::info!(subnet = %b.subnet(), "blackhole route removed"),
@@ -1168,8 +1248,8 @@ async fn run_with_store<S: LeaseStore>(
     }
     if exit.release_lease {
         match store.remove(&lease).await {
-            Ok(()) => tracing::info!(subnet = %lease.subnet, "lease released"),
-            Err(e) => tracing::warn!(subnet = %lease.subnet, "releasing the lease failed: {e}"),
+            Ok(()) => tracing::info!(subnet = %lease.key(), "lease released"),
+            Err(e) => tracing::warn!(subnet = %lease.key(), "releasing the lease failed: {e}"),
         }
     }
     outcome

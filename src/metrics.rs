@@ -64,7 +64,14 @@ pub fn render(doc: &StatusDoc) -> String {
             ),
             ("iface", doc.iface.name.clone()),
             ("device", doc.device.name.clone()),
-            ("subnet", doc.lease.subnet.clone()),
+            (
+                "subnet",
+                doc.lease
+                    .subnet
+                    .clone()
+                    .or_else(|| doc.lease.ipv6_subnet.clone())
+                    .unwrap_or_default(),
+            ),
         ],
         1,
     );

@@ -56,11 +56,12 @@ pub struct IfaceStatus {
     pub name: String,
     /// Its index.
     pub index: u32,
-    /// The VTEP address peers send to.
-    pub public_ip: String,
+    /// The VTEP address peers send to (none in an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
     /// Its MTU.
     pub mtu: u32,
-    /// The IPv6 VTEP address peers send the IPv6 overlay to (dual stack).
+    /// The IPv6 VTEP address peers send the IPv6 overlay to (dual stack, IPv6-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_ipv6: Option<String>,
 }
@@ -82,8 +83,9 @@ pub struct DeviceStatus {
 /// flannel's network config.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NetworkStatus {
-    /// The overlay network.
-    pub network: String,
+    /// The IPv4 overlay network (`Network`; none in an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// The VXLAN network identifier.
     pub vni: u32,
     /// The VXLAN UDP port.
@@ -96,17 +98,20 @@ pub struct NetworkStatus {
 /// This node's lease.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeaseStatus {
-    /// The subnet.
-    pub subnet: String,
-    /// Its PublicIP.
-    pub public_ip: String,
-    /// Its VtepMAC.
-    pub vtep_mac: String,
+    /// The IPv4 subnet (none in an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Its PublicIP (none in an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// Its VtepMAC (`BackendData`; none in an IPv6-only network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
     /// When it lapses unless renewed (RFC 3339); none for a reservation or a Kubernetes lease.
     pub expiration: Option<String>,
     /// The same as Unix time.
     pub expiration_unix: Option<i64>,
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_subnet: Option<String>,
     /// Its PublicIPv6.
@@ -120,17 +125,20 @@ pub struct LeaseStatus {
 /// One peer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PeerStatus {
-    /// Its subnet.
-    pub subnet: String,
-    /// Its PublicIP.
-    pub public_ip: String,
-    /// Its VtepMAC.
-    pub vtep_mac: String,
+    /// Its IPv4 subnet (none for an IPv6-only peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// Its PublicIP (none for an IPv6-only peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// Its VtepMAC (none for an IPv6-only peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<String>,
     /// The underlay next hop's MAC (AF_XDP resolves it).
     pub next_hop_mac: Option<String>,
     /// `resolved`, `resolving`, `kernel-routed`, `direct-routing`, `programmed` or a problem.
     pub state: String,
-    /// Its IPv6 subnet (dual stack).
+    /// Its IPv6 subnet (dual stack, IPv6-only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6_subnet: Option<String>,
     /// Its PublicIPv6.
@@ -211,28 +219,36 @@ pub fn render_peers(doc: &StatusDoc) -> String {
         "PEER SUBNET", "PUBLIC IP", "VTEP MAC", "NEXT-HOP MAC"
     );
     for p in &doc.peers {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<16} {:<18} {:<18} {}",
-            p.subnet,
-            p.public_ip,
-            p.vtep_mac,
-            or_dash(&p.next_hop_mac),
-            p.state,
-        );
-        // The IPv6 half of a dual-stack peer, on a line of its own.
+        if let Some(subnet) = &p.subnet {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<16} {:<18} {:<18} {}",
+                subnet,
+                or_dash(&p.public_ip),
+                or_dash(&p.vtep_mac),
+                or_dash(&p.next_hop_mac),
+                p.state,
+            );
+        }
+        // The IPv6 half of a dual-stack peer, on a line of its own (an IPv6-only peer's only
+        // line).
         if let Some(sn6) = &p.ipv6_subnet {
+            let ipv6_only = p.subnet.is_none();
             let _ = writeln!(
                 out,
                 "{:<20} {:<16} {:<18} {:<18} {}",
                 sn6,
                 or_dash(&p.public_ipv6),
                 or_dash(&p.vtep_mac_v6),
-                "-",
-                if p.public_ipv6.is_some() {
-                    p.state_v6.as_deref().unwrap_or(&p.state)
+                if ipv6_only {
+                    or_dash(&p.next_hop_mac)
                 } else {
-                    "no PublicIPv6: IPv4 only"
+                    "-"
+                },
+                match (&p.public_ipv6, ipv6_only) {
+                    (Some(_), _) => p.state_v6.as_deref().unwrap_or(&p.state),
+                    (None, false) => "no PublicIPv6: IPv4 only",
+                    (None, true) => "no PublicIPv6: unreachable",
                 },
             );
         }
@@ -287,34 +303,49 @@ fn underlay_mode(w: &WorkerStatus) -> String {
 pub fn render(doc: &StatusDoc) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}", doc.summary);
+    let ipv6_only = doc.network.network.is_none();
     let _ = writeln!(
         out,
         "network {}  vni {}  port {}  iface {} ({})  device {} mtu {}",
-        doc.network.network,
+        match &doc.network.network {
+            Some(n) => n.as_str(),
+            None => "none (IPv6-only)",
+        },
         doc.network.vni,
         doc.network.port,
         doc.iface.name,
-        doc.iface.public_ip,
+        if ipv6_only {
+            or_dash(&doc.iface.public_ipv6)
+        } else {
+            or_dash(&doc.iface.public_ip)
+        },
         doc.device.name,
         doc.device.mtu,
     );
-    let _ = writeln!(
-        out,
-        "lease {}  public-ip {}  vtep-mac {}  expires {}",
-        doc.lease.subnet,
-        doc.lease.public_ip,
-        doc.lease.vtep_mac,
-        or_dash(&doc.lease.expiration),
-    );
+    if let Some(subnet) = &doc.lease.subnet {
+        let _ = writeln!(
+            out,
+            "lease {}  public-ip {}  vtep-mac {}  expires {}",
+            subnet,
+            or_dash(&doc.lease.public_ip),
+            or_dash(&doc.lease.vtep_mac),
+            or_dash(&doc.lease.expiration),
+        );
+    }
     if let Some(sn6) = &doc.lease.ipv6_subnet {
         let _ = writeln!(
             out,
-            "lease6 {}  network6 {}  public-ipv6 {}  vtep-mac {}  device {}",
+            "lease6 {}  network6 {}  public-ipv6 {}  vtep-mac {}  device {}{}",
             sn6,
             or_dash(&doc.network.ipv6_network),
             or_dash(&doc.lease.public_ipv6),
             or_dash(&doc.lease.vtep_mac_v6),
             doc.device.v6_name.as_deref().unwrap_or(&doc.device.name),
+            if doc.lease.subnet.is_none() {
+                format!("  expires {}", or_dash(&doc.lease.expiration))
+            } else {
+                String::new()
+            },
         );
     }
     let _ = writeln!(out);
@@ -391,7 +422,7 @@ pub(crate) mod tests {
             iface: IfaceStatus {
                 name: "eth0".into(),
                 index: 2,
-                public_ip: "192.0.2.1".into(),
+                public_ip: Some("192.0.2.1".into()),
                 mtu: 1500,
                 public_ipv6: None,
             },
@@ -402,24 +433,24 @@ pub(crate) mod tests {
                 v6_name: None,
             },
             network: NetworkStatus {
-                network: "10.244.0.0/16".into(),
+                network: Some("10.244.0.0/16".into()),
                 vni: 1,
                 port: 8472,
                 ipv6_network: None,
             },
             lease: LeaseStatus {
-                subnet: "10.244.3.0/24".into(),
-                public_ip: "192.0.2.1".into(),
-                vtep_mac: "02:00:00:00:00:01".into(),
+                subnet: Some("10.244.3.0/24".into()),
+                public_ip: Some("192.0.2.1".into()),
+                vtep_mac: Some("02:00:00:00:00:01".into()),
                 expiration: Some("2026-11-22T00:00:00Z".into()),
                 expiration_unix: Some(1_800_000_000),
                 ..LeaseStatus::default()
             },
             last_watch_event_age_seconds: 1.5,
             peers: vec![PeerStatus {
-                subnet: "10.244.7.0/24".into(),
-                public_ip: "192.0.2.2".into(),
-                vtep_mac: "02:00:00:00:00:02".into(),
+                subnet: Some("10.244.7.0/24".into()),
+                public_ip: Some("192.0.2.2".into()),
+                vtep_mac: Some("02:00:00:00:00:02".into()),
                 next_hop_mac: Some("aa:bb:cc:dd:ee:ff".into()),
                 state: "resolved".into(),
                 ..PeerStatus::default()
@@ -522,6 +553,46 @@ pub(crate) mod tests {
         let metrics = crate::metrics::render(&doc);
         assert!(metrics.contains("\nvxdp_peers_ipv6 1\n"), "{metrics}");
         assert!(!crate::metrics::render(&sample()).contains("vxdp_peers_ipv6"));
+    }
+
+    /// An IPv6-only node: no IPv4 network, lease or peer half is printed or assumed.
+    #[test]
+    fn ipv6_only_shows_no_ipv4_lease() {
+        let mut doc = dual_stack_sample();
+        doc.iface.public_ip = None;
+        doc.network.network = None;
+        doc.lease.subnet = None;
+        doc.lease.public_ip = None;
+        doc.lease.vtep_mac = None;
+        doc.peers[0].subnet = None;
+        doc.peers[0].public_ip = None;
+        doc.peers[0].vtep_mac = None;
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(serde_json::from_str::<StatusDoc>(&json).unwrap(), doc);
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert!(v["lease"].get("subnet").is_none(), "{v:#}");
+        assert!(v["network"].get("network").is_none(), "{v:#}");
+        let text = render(&doc);
+        assert!(
+            !text.contains("10.244.") && !text.contains("192.0.2."),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with("lease ")), "{text}");
+        assert!(text.contains("network none (IPv6-only)"), "{text}");
+        assert!(text.contains("iface eth0 (2001:db8::1)"), "{text}");
+        assert!(text.contains("lease6 fd00:5:0:3::/64"), "{text}");
+        assert!(text.contains("expires 2026-11-22T00:00:00Z"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("fd00:5:0:7::/64"))
+            .unwrap_or_else(|| panic!("the peer's row: {text}"));
+        assert!(
+            row.contains("2001:db8::2") && row.contains("aa:bb:cc:dd:ee:ff"),
+            "{row}"
+        );
+        let metrics = crate::metrics::render(&doc);
+        assert!(metrics.contains("subnet=\"fd00:5:0:3::/64\""), "{metrics}");
+        assert!(metrics.contains("\nvxdp_peers_ipv6 1\n"), "{metrics}");
     }
 
     #[test]

@@ -133,7 +133,10 @@ fn the_config_map_holds_a_network_config_vxdp_accepts_and_flannels_cni_config() 
     let cm = object(&objs, "ConfigMap");
     let net_conf = cm["data"]["net-conf.json"].as_str().unwrap();
     let config = control::config::parse(net_conf).expect("net-conf.json parses");
-    assert_eq!(config.network.to_string(), "10.244.0.0/16");
+    assert_eq!(
+        config.ipv4.map(|v4| v4.network.to_string()).as_deref(),
+        Some("10.244.0.0/16")
+    );
     assert_eq!(config.vxlan_port(), 8472);
     let cni: Value = serde_json::from_str(cm["data"]["cni-conf.json"].as_str().unwrap())
         .expect("cni-conf.json is JSON");

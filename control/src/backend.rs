@@ -8,41 +8,62 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use packet::wire::MacAddr;
 
-use crate::lease::{Lease, LeaseEvent};
+use crate::lease::{Lease, LeaseEvent, SubnetKey};
 
-/// A remote node, as the backends need it.
+/// A remote node, as the backends need it: one lease, with an IPv4 half (IPv4 and dual-stack
+/// networks), an IPv6 half (dual-stack and IPv6-only networks), or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// Its IPv4 subnet (the lease key).
-    pub subnet: Ipv4Net,
-    /// Its IPv4 underlay address (outer destination).
-    pub public_ip: Ipv4Addr,
-    /// Its VTEP MAC for the IPv4 overlay.
-    pub vtep_mac: MacAddr,
-    /// Its IPv6 half, on dual-stack leases.
+    /// The lease key, which names the peer.
+    pub key: SubnetKey,
+    /// Its IPv4 half, when the lease has an IPv4 subnet.
+    pub ipv4: Option<PeerV4>,
+    /// Its IPv6 half, when the lease has an IPv6 subnet.
     pub ipv6: Option<PeerV6>,
 }
 
-/// The IPv6 half of a dual-stack peer.
+/// The IPv4 half of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerV4 {
+    /// Its IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// Its IPv4 underlay address (outer destination, `PublicIP`).
+    pub public_ip: Ipv4Addr,
+    /// Its VTEP MAC for the IPv4 overlay (`BackendData`).
+    pub vtep_mac: MacAddr,
+}
+
+/// The IPv6 half of a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerV6 {
     /// Its IPv6 subnet.
     pub subnet: Ipv6Net,
-    /// Its IPv6 underlay address, if it has one.
+    /// Its IPv6 underlay address (`PublicIPv6`), if it has one.
     pub public_ip: Option<Ipv6Addr>,
-    /// Its VTEP MAC for the IPv6 overlay.
+    /// Its VTEP MAC for the IPv6 overlay (`BackendV6Data`).
     pub vtep_mac: MacAddr,
 }
 
-impl Peer {
+impl PeerV4 {
     /// The gateway address for the peer's subnet (its base address).
     pub fn gateway(&self) -> Ipv4Addr {
         self.subnet.network()
+    }
+}
+
+impl Peer {
+    /// The address that names the peer in logs: its PublicIP, else its PublicIPv6.
+    pub fn node_addr(&self) -> Option<IpAddr> {
+        match (&self.ipv4, &self.ipv6) {
+            (Some(v4), _) => Some(IpAddr::V4(v4.public_ip)),
+            (None, Some(v6)) => v6.public_ip.map(IpAddr::V6),
+            (None, None) => None,
+        }
     }
 }
 
@@ -50,43 +71,56 @@ impl Peer {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
     /// The lease belongs to another backend type.
-    #[error("lease {subnet} is of backend type {backend_type:?}, not vxlan: ignored")]
+    #[error("lease {key} is of backend type {backend_type:?}, not vxlan: ignored")]
     NotVxlan {
-        /// Lease subnet.
-        subnet: Ipv4Net,
+        /// Lease key.
+        key: SubnetKey,
         /// Its BackendType.
         backend_type: String,
     },
     /// The lease's backend data could not be decoded.
-    #[error("lease {subnet} has unusable vxlan backend data: {reason}")]
+    #[error("lease {key} has unusable vxlan backend data: {reason}")]
     BadBackendData {
-        /// Lease subnet.
-        subnet: Ipv4Net,
+        /// Lease key.
+        key: SubnetKey,
         /// What is wrong.
         reason: String,
     },
 }
 
 impl Peer {
-    /// The peer a lease describes.
+    /// The peer a lease describes: the IPv4 half from `BackendData` when the lease has an IPv4
+    /// subnet, the IPv6 half from `BackendV6Data` when it has an IPv6 one (an IPv6-only lease
+    /// has no `BackendData`, as flanneld writes it).
     pub fn from_lease(lease: &Lease) -> Result<Peer, PeerError> {
+        let key = lease.key();
         if !lease.attrs.is_vxlan() {
             return Err(PeerError::NotVxlan {
-                subnet: lease.subnet,
+                key,
                 backend_type: lease.attrs.backend_type.clone(),
             });
         }
-        let bad = |reason: String| PeerError::BadBackendData {
-            subnet: lease.subnet,
-            reason,
+        let bad = |reason: String| PeerError::BadBackendData { key, reason };
+        let unicast = |mac: MacAddr, field: &str| {
+            if mac.is_unicast() {
+                Ok(mac)
+            } else {
+                Err(bad(format!(
+                    "{field} VtepMAC {mac} is not a unicast address"
+                )))
+            }
         };
-        let data = lease.attrs.vxlan_data().map_err(|e| bad(e.to_string()))?;
-        if !data.vtep_mac.is_unicast() {
-            return Err(bad(format!(
-                "VtepMAC {} is not a unicast address",
-                data.vtep_mac
-            )));
-        }
+        let ipv4 = match lease.subnet {
+            None => None,
+            Some(subnet) => {
+                let data = lease.attrs.vxlan_data().map_err(|e| bad(e.to_string()))?;
+                Some(PeerV4 {
+                    subnet,
+                    public_ip: lease.attrs.public_ip,
+                    vtep_mac: unicast(data.vtep_mac, "BackendData")?,
+                })
+            }
+        };
         let ipv6 = match lease.ipv6_subnet {
             None => None,
             Some(subnet) => {
@@ -97,16 +131,11 @@ impl Peer {
                 Some(PeerV6 {
                     subnet,
                     public_ip: lease.attrs.public_ipv6,
-                    vtep_mac: v6.vtep_mac,
+                    vtep_mac: unicast(v6.vtep_mac, "BackendV6Data")?,
                 })
             }
         };
-        Ok(Peer {
-            subnet: lease.subnet,
-            public_ip: lease.attrs.public_ip,
-            vtep_mac: data.vtep_mac,
-            ipv6,
-        })
+        Ok(Peer { key, ipv4, ipv6 })
     }
 }
 
@@ -128,15 +157,15 @@ pub enum Teardown {
     Remove,
 }
 
-/// A dataplane: it programs peers. `add_peer` for a subnet it already has replaces it whole.
+/// A dataplane: it programs peers. `add_peer` for a lease key it already has replaces it whole.
 pub trait Backend: Send {
     /// `xdp` or `kernel`.
     fn name(&self) -> &'static str;
 
-    /// Adds `peer`, or replaces the peer that holds the same subnet.
+    /// Adds `peer`, or replaces the peer that holds the same lease key.
     fn add_peer(&mut self, peer: &Peer) -> impl Future<Output = Result<(), BackendError>> + Send;
 
-    /// Removes the peer that holds `subnet` (`previous` is what was programmed for it).
+    /// Removes the peer that holds `previous.key` (`previous` is what was programmed for it).
     fn remove_peer(
         &mut self,
         previous: &Peer,
@@ -156,9 +185,9 @@ pub trait Backend: Send {
 #[derive(Debug)]
 pub struct PeerSync<B> {
     backend: B,
-    own_subnet: Ipv4Net,
-    peers: BTreeMap<Ipv4Net, Peer>,
-    failed: BTreeMap<Ipv4Net, Peer>,
+    own_key: SubnetKey,
+    peers: BTreeMap<SubnetKey, Peer>,
+    failed: BTreeMap<SubnetKey, Peer>,
 }
 
 /// What happened to this node's own lease in a batch of events.
@@ -173,11 +202,11 @@ pub enum OwnLease {
 }
 
 impl<B: Backend> PeerSync<B> {
-    /// Starts with no peers.
-    pub fn new(backend: B, own_subnet: Ipv4Net) -> Self {
+    /// Starts with no peers; `own_key` is this node's lease key.
+    pub fn new(backend: B, own_key: SubnetKey) -> Self {
         PeerSync {
             backend,
-            own_subnet,
+            own_key,
             peers: BTreeMap::new(),
             failed: BTreeMap::new(),
         }
@@ -194,7 +223,7 @@ impl<B: Backend> PeerSync<B> {
     }
 
     /// The programmed peers.
-    pub fn peers(&self) -> &BTreeMap<Ipv4Net, Peer> {
+    pub fn peers(&self) -> &BTreeMap<SubnetKey, Peer> {
         &self.peers
     }
 
@@ -202,8 +231,8 @@ impl<B: Backend> PeerSync<B> {
     pub async fn apply(&mut self, events: Vec<LeaseEvent>) -> OwnLease {
         let mut own = OwnLease::Untouched;
         for event in events {
-            let subnet = event.lease().subnet;
-            if subnet == self.own_subnet {
+            let key = event.lease().key();
+            if key == self.own_key {
                 own = match event {
                     LeaseEvent::Added(l) => OwnLease::Written(Box::new(l)),
                     LeaseEvent::Removed(_) => OwnLease::Removed,
@@ -212,7 +241,7 @@ impl<B: Backend> PeerSync<B> {
             }
             match event {
                 LeaseEvent::Added(lease) => self.add(&lease).await,
-                LeaseEvent::Removed(_) => self.remove(subnet).await,
+                LeaseEvent::Removed(_) => self.remove(key).await,
             }
         }
         own
@@ -238,50 +267,52 @@ impl<B: Backend> PeerSync<B> {
                 return;
             }
         };
-        if self.peers.get(&peer.subnet) == Some(&peer) {
+        if self.peers.get(&peer.key) == Some(&peer) {
             return; // a renewal: nothing to reprogram
         }
         self.program(peer).await;
     }
 
     async fn program(&mut self, peer: Peer) {
-        let verb = if self.peers.contains_key(&peer.subnet) {
+        let verb = if self.peers.contains_key(&peer.key) {
             "replacing"
         } else {
             "adding"
         };
         tracing::info!(
-            subnet = %peer.subnet,
-            public_ip = %peer.public_ip,
-            vtep_mac = %peer.vtep_mac,
+            subnet = %peer.key,
+            public_ip = %peer.ipv4.as_ref().map_or_else(|| "-".into(), |v4| v4.public_ip.to_string()),
+            vtep_mac = %peer.ipv4.as_ref().map_or_else(|| "-".into(), |v4| v4.vtep_mac.to_string()),
+            public_ipv6 = %peer.ipv6.as_ref().and_then(|v6| v6.public_ip).map_or_else(|| "-".into(), |a| a.to_string()),
+            vtep_mac_v6 = %peer.ipv6.as_ref().map_or_else(|| "-".into(), |v6| v6.vtep_mac.to_string()),
             backend = self.backend.name(),
             "lease event: {verb} peer"
         );
         match self.backend.add_peer(&peer).await {
             Ok(()) => {
-                self.failed.remove(&peer.subnet);
-                self.peers.insert(peer.subnet, peer);
+                self.failed.remove(&peer.key);
+                self.peers.insert(peer.key, peer);
             }
             Err(e) => {
-                tracing::warn!(subnet = %peer.subnet, "programming peer failed, will retry: {e}");
-                self.failed.insert(peer.subnet, peer);
+                tracing::warn!(subnet = %peer.key, "programming peer failed, will retry: {e}");
+                self.failed.insert(peer.key, peer);
             }
         }
     }
 
-    async fn remove(&mut self, subnet: Ipv4Net) {
-        self.failed.remove(&subnet);
-        let Some(previous) = self.peers.remove(&subnet) else {
+    async fn remove(&mut self, key: SubnetKey) {
+        self.failed.remove(&key);
+        let Some(previous) = self.peers.remove(&key) else {
             return;
         };
         tracing::info!(
-            subnet = %subnet,
-            public_ip = %previous.public_ip,
+            subnet = %key,
+            node = %previous.node_addr().map_or_else(|| "-".into(), |a| a.to_string()),
             backend = self.backend.name(),
             "lease event: removing peer"
         );
         if let Err(e) = self.backend.remove_peer(&previous).await {
-            tracing::warn!(subnet = %subnet, "removing peer failed: {e}");
+            tracing::warn!(subnet = %key, "removing peer failed: {e}");
         }
     }
 
@@ -305,17 +336,22 @@ mod tests {
             "recorder"
         }
         async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
+            let mac = match (&peer.ipv4, &peer.ipv6) {
+                (Some(v4), _) => v4.vtep_mac,
+                (None, Some(v6)) => v6.vtep_mac,
+                (None, None) => MacAddr::BROADCAST,
+            };
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("add {} {}", peer.subnet, peer.vtep_mac));
+                .push(format!("add {} {mac}", peer.key));
             Ok(())
         }
         async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("remove {}", previous.subnet));
+                .push(format!("remove {}", previous.key));
             Ok(())
         }
         async fn tick(&mut self) -> Result<(), BackendError> {
@@ -336,7 +372,7 @@ mod tests {
     async fn events_become_peer_programming() {
         let rec = Recorder::default();
         let own = lease("10.5.1.0-24", [192, 0, 2, 1], 1);
-        let mut sync = PeerSync::new(rec.clone(), own.subnet);
+        let mut sync = PeerSync::new(rec.clone(), own.key());
         let b = lease("10.5.2.0-24", [192, 0, 2, 2], 2);
         let b_new_mac = lease("10.5.2.0-24", [192, 0, 2, 2], 9);
         let mut other = lease("10.5.3.0-24", [192, 0, 2, 3], 3);
@@ -358,9 +394,9 @@ mod tests {
         assert_eq!(
             *rec.0.lock().unwrap(),
             vec![
-                "add 10.5.2.0/24 02:00:00:00:00:02",
-                "add 10.5.2.0/24 02:00:00:00:00:09",
-                "remove 10.5.2.0/24"
+                "add 10.5.2.0-24 02:00:00:00:00:02",
+                "add 10.5.2.0-24 02:00:00:00:00:09",
+                "remove 10.5.2.0-24"
             ]
         );
         assert!(sync.peers().is_empty());
@@ -368,6 +404,63 @@ mod tests {
             sync.apply(vec![LeaseEvent::Removed(own)]).await,
             OwnLease::Removed
         );
+    }
+
+    /// An IPv6-only network's leases (`0.0.0.0-0&<ipv6>`, no `BackendData`, as flanneld writes
+    /// them) become peers with only an IPv6 half, and the node's own lease is recognised by its
+    /// key.
+    #[tokio::test]
+    async fn ipv6_only_leases_become_ipv6_only_peers() {
+        let v6_lease = |key: &str, ip: &str, mac_last: u8| {
+            Lease::new(
+                key.parse().unwrap(),
+                LeaseAttrs::vxlan_v6_only(
+                    ip.parse().unwrap(),
+                    1,
+                    MacAddr([2, 0, 0, 0, 6, mac_last]),
+                ),
+                None,
+            )
+        };
+        let own = v6_lease("0.0.0.0-0&fd00:5:0:1::-64", "2001:db8::1", 1);
+        let b = v6_lease("0.0.0.0-0&fd00:5:0:2::-64", "2001:db8::2", 2);
+        let peer = Peer::from_lease(&b).unwrap();
+        assert_eq!(peer.ipv4, None);
+        assert_eq!(
+            peer.ipv6,
+            Some(PeerV6 {
+                subnet: "fd00:5:0:2::/64".parse().unwrap(),
+                public_ip: Some("2001:db8::2".parse().unwrap()),
+                vtep_mac: MacAddr([2, 0, 0, 0, 6, 2]),
+            })
+        );
+        assert_eq!(peer.node_addr(), Some("2001:db8::2".parse().unwrap()));
+
+        let rec = Recorder::default();
+        let mut sync = PeerSync::new(rec.clone(), own.key());
+        let own_state = sync
+            .apply(vec![
+                LeaseEvent::Added(own.clone()),
+                LeaseEvent::Added(b.clone()),
+                LeaseEvent::Removed(Lease::new(b.key(), LeaseAttrs::default(), None)),
+            ])
+            .await;
+        assert_eq!(own_state, OwnLease::Written(Box::new(own)));
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                "add 0.0.0.0-0&fd00:5:0:2::-64 02:00:00:00:06:02",
+                "remove 0.0.0.0-0&fd00:5:0:2::-64"
+            ]
+        );
+
+        // An IPv6-only lease needs BackendV6Data.
+        let mut broken = b.clone();
+        broken.attrs.backend_v6_data = None;
+        assert!(matches!(
+            Peer::from_lease(&broken),
+            Err(PeerError::BadBackendData { .. })
+        ));
     }
 
     #[test]

@@ -10,10 +10,12 @@ use crate::netlink::{Netlink, NetlinkError};
 pub struct ExternalInterface {
     /// The link.
     pub link: crate::netlink::Link,
-    /// Its IPv4 address used as the VTEP source (flannel's `iface_addr`).
-    pub iface_addr: std::net::Ipv4Addr,
-    /// The address peers send to (`--public-ip`, else `iface_addr`).
-    pub public_ip: std::net::Ipv4Addr,
+    /// Its IPv4 address used as the VTEP source (flannel's `iface_addr`); `None` in an
+    /// IPv6-only network, where none is looked for or needed.
+    pub iface_addr: Option<Ipv4Addr>,
+    /// The address peers send to (`--public-ip`, else `iface_addr`); `None` in an IPv6-only
+    /// network (its leases carry `PublicIP` 0.0.0.0, as flanneld's do).
+    pub public_ip: Option<Ipv4Addr>,
     /// Its IPv6 address for the IPv6 overlay's VTEP (flannel's `iface_v6_addr`): the IPv6
     /// address `--iface`/`--iface-regex` matched, else its first global IPv6 address; `None`
     /// when it has none.
@@ -23,6 +25,12 @@ pub struct ExternalInterface {
 }
 
 impl ExternalInterface {
+    /// The IPv4 underlay address, or why there is none, for a network with `EnableIPv4`.
+    pub fn require_ipv4(&self) -> Result<Ipv4Addr, InterfaceError> {
+        self.public_ip
+            .ok_or_else(|| InterfaceError::NoAddress(self.link.name.clone()))
+    }
+
     /// The IPv6 underlay address, or why there is none, for a network with `EnableIPv6`.
     pub fn require_ipv6(&self) -> Result<Ipv6Addr, InterfaceError> {
         self.public_ipv6
@@ -45,10 +53,13 @@ pub enum InterfaceError {
     #[error("--iface-regex {0:?} is not a valid regular expression: {1}")]
     BadRegex(String, String),
     /// No interface was given and there is no default route.
-    #[error("no --iface given and no IPv4 default route to pick one from: pass --iface NAME")]
-    NoDefaultRoute,
+    #[error("no --iface given and no {0} default route to pick one from: pass --iface NAME")]
+    NoDefaultRoute(&'static str),
     /// The interface has no IPv4 address.
-    #[error("interface {0} has no IPv4 address: vxdp needs one as its VTEP address (or pass --iface with another interface)")]
+    #[error(
+        "interface {0} has no IPv4 address: vxdp needs one as its VTEP address (or pass --iface \
+         with another interface, or set EnableIPv4 to false for an IPv6-only network)"
+    )]
     NoAddress(String),
     /// IPv6 is enabled but the interface has no global IPv6 address.
     #[error(
@@ -60,10 +71,10 @@ pub enum InterfaceError {
     /// `--public-ip` is not IPv4.
     #[error("--public-ip {0} is not an IPv4 address; IPv6 underlays are given with --public-ipv6")]
     PublicIpNotV4(IpAddr),
-    /// `--iface-can-reach` is an IPv6 address.
+    /// `--iface-can-reach` is of the wrong family.
     #[error(
-        "--iface-can-reach {0} is an IPv6 address, but vxdp runs over an IPv4 underlay: give the \
-         IPv4 address of another node (or its gateway)"
+        "--iface-can-reach {0} is not of the underlay's address family (IPv4, or IPv6 in an \
+         IPv6-only network): give the address of another node (or its gateway) of that family"
     )]
     CanReachNotV4(IpAddr),
     /// The kernel has no route to the `--iface-can-reach` address.
@@ -100,6 +111,11 @@ pub enum InterfaceError {
 /// The IPv6 underlay address (for `EnableIPv6`) is found on the same interface, as flanneld's
 /// `LookupExtIface` does: the IPv6 address `--iface` or `--iface-regex` matched, else the link's
 /// first global IPv6 address; `public_ipv6` (`--public-ipv6`) overrides what peers are told.
+///
+/// With `ipv6_only` (`EnableIPv4: false`, flanneld's `ipv6Stack`) the default route looked at is
+/// the IPv6 one, `--iface-can-reach` takes an IPv6 address, no IPv4 address is looked for (the
+/// interface needs none; `--public-ip` is ignored, as flanneld's lease then carries
+/// `PublicIP` 0.0.0.0), and the interface must have an IPv6 address (or `--public-ipv6`).
 pub async fn find_external_interface(
     nl: &Netlink,
     ifaces: &[String],
@@ -107,7 +123,9 @@ pub async fn find_external_interface(
     iface_can_reach: Option<IpAddr>,
     public_ip: Option<IpAddr>,
     public_ipv6: Option<Ipv6Addr>,
+    ipv6_only: bool,
 ) -> Result<ExternalInterface, InterfaceError> {
+    let family = if ipv6_only { "IPv6" } else { "IPv4" };
     let regexes = iface_regexes
         .iter()
         .map(|r| {
@@ -120,12 +138,12 @@ pub async fn find_external_interface(
     let mut matched_v6 = None;
     let link = if ifaces.is_empty() && regexes.is_empty() && iface_can_reach.is_none() {
         let index = nl
-            .default_route_link(false)
+            .default_route_link(ipv6_only)
             .await?
-            .ok_or(InterfaceError::NoDefaultRoute)?;
+            .ok_or(InterfaceError::NoDefaultRoute(family))?;
         nl.link_by_index(index)
             .await?
-            .ok_or(InterfaceError::NoDefaultRoute)?
+            .ok_or(InterfaceError::NoDefaultRoute(family))?
     } else {
         let mut found = None;
         'search: for want in ifaces {
@@ -185,29 +203,44 @@ pub async fn find_external_interface(
                         given.join(", ")
                     );
                 }
-                let (link, src) = interface_towards(nl, addr).await?;
-                route_src = src;
+                let (link, src) = interface_towards(nl, addr, ipv6_only).await?;
+                match src {
+                    Some(IpAddr::V4(v4)) => route_src = Some(v4),
+                    Some(IpAddr::V6(v6)) => matched_v6 = Some(v6),
+                    None => {}
+                }
                 link
             }
             (None, None) => return Err(InterfaceError::NotFound(given.join(", "))),
         }
     };
-    let iface_addr = match route_src {
-        Some(src) => src,
-        None => nl
-            .addresses(link.index)
-            .await?
-            .into_iter()
-            .find_map(|(ip, _)| match ip {
-                IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => Some(v4),
-                _ => None,
-            })
-            .ok_or_else(|| InterfaceError::NoAddress(link.name.clone()))?,
-    };
-    let public_ip = match public_ip {
-        None => iface_addr,
-        Some(IpAddr::V4(v4)) => v4,
-        Some(other) => return Err(InterfaceError::PublicIpNotV4(other)),
+    let (iface_addr, public_ip) = if ipv6_only {
+        if public_ip.is_some() {
+            tracing::warn!(
+                "--public-ip is ignored in an IPv6-only network (EnableIPv4 false): the lease \
+                 carries PublicIP 0.0.0.0 as flanneld's does; use --public-ipv6"
+            );
+        }
+        (None, None)
+    } else {
+        let iface_addr = match route_src {
+            Some(src) => src,
+            None => nl
+                .addresses(link.index)
+                .await?
+                .into_iter()
+                .find_map(|(ip, _)| match ip {
+                    IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() => Some(v4),
+                    _ => None,
+                })
+                .ok_or_else(|| InterfaceError::NoAddress(link.name.clone()))?,
+        };
+        let public_ip = match public_ip {
+            None => iface_addr,
+            Some(IpAddr::V4(v4)) => v4,
+            Some(other) => return Err(InterfaceError::PublicIpNotV4(other)),
+        };
+        (Some(iface_addr), Some(public_ip))
     };
     let iface_addr6 = match matched_v6 {
         Some(v6) => Some(v6),
@@ -220,13 +253,17 @@ pub async fn find_external_interface(
                 _ => None,
             }),
     };
-    Ok(ExternalInterface {
+    let external = ExternalInterface {
         link,
         iface_addr,
         public_ip,
         iface_addr6,
         public_ipv6: public_ipv6.or(iface_addr6),
-    })
+    };
+    if ipv6_only {
+        external.require_ipv6()?;
+    }
+    Ok(external)
 }
 
 /// Whether `a` can be an IPv6 VTEP address: not loopback, unspecified, multicast or link-local
@@ -238,13 +275,15 @@ fn is_global_v6(a: Ipv6Addr) -> bool {
         || (a.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-/// The link and IPv4 source address the kernel would use to send to `addr` (flannel's
-/// `GetInterfaceBySpecificIPRouting`: the route's device and its `src`).
+/// The link and source address the kernel would use to send to `addr` (flannel's
+/// `GetInterfaceBySpecificIPRouting`: the route's device and its `src`); `addr` is IPv4, or IPv6
+/// in an IPv6-only network.
 async fn interface_towards(
     nl: &Netlink,
     addr: IpAddr,
-) -> Result<(crate::netlink::Link, Option<Ipv4Addr>), InterfaceError> {
-    if !addr.is_ipv4() {
+    ipv6_only: bool,
+) -> Result<(crate::netlink::Link, Option<IpAddr>), InterfaceError> {
+    if addr.is_ipv6() != ipv6_only {
         return Err(InterfaceError::CanReachNotV4(addr));
     }
     let route = nl
@@ -262,10 +301,7 @@ async fn interface_towards(
             addr,
             oif: route.oif,
         })?;
-    let src = match route.pref_src {
-        Some(IpAddr::V4(v4)) => Some(v4),
-        _ => None,
-    };
+    let src = route.pref_src.filter(|src| src.is_ipv6() == ipv6_only);
     tracing::info!(
         iface = %link.name,
         src = ?src,

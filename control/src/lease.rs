@@ -1,8 +1,9 @@
 //! flannel's lease records, byte-compatible with what flanneld writes to and reads from etcd.
 //!
-//! - Keys: `<prefix>/subnets/10.5.52.0-24`, dual stack `<prefix>/subnets/10.5.52.0-24&fc00::-64`
-//!   (flannel's `MakeSubnetKey`/`ParseSubnetKey` in `pkg/subnet/subnet.go`; keys joined with Go's
-//!   `path.Join` as in `pkg/subnet/etcd/registry.go`).
+//! - Keys: `<prefix>/subnets/10.5.52.0-24`, dual stack `<prefix>/subnets/10.5.52.0-24&fc00::-64`,
+//!   IPv6-only `<prefix>/subnets/0.0.0.0-0&fc00::-64` (flannel's `MakeSubnetKey`/`ParseSubnetKey`
+//!   in `pkg/subnet/subnet.go`: with IPv4 off the IPv4 half is Go's zero `IP4Net`, written
+//!   `0.0.0.0-0`; keys joined with Go's `path.Join` as in `pkg/subnet/etcd/registry.go`).
 //! - Values: the JSON of flannel's `LeaseAttrs` (`pkg/lease/lease.go`), fields in struct order,
 //!   `PublicIPv6` without `omitempty` (so `null` when absent), `BackendType`, `BackendData` and
 //!   `BackendV6Data` with `omitempty`. The vxlan backend's data is `vxlanLeaseAttrs`
@@ -33,8 +34,9 @@ pub const VXLAN_BACKEND_TYPE: &str = "vxlan";
 pub enum LeaseError {
     /// A key under `<prefix>/subnets/` that is not a subnet key.
     #[error(
-        "lease key {key:?} is not a flannel subnet key like 10.5.52.0-24 or \
-         10.5.52.0-24&fc00::-64: {reason}; the lease is skipped (delete the key if nothing owns it)"
+        "lease key {key:?} is not a flannel subnet key like 10.5.52.0-24, \
+         10.5.52.0-24&fc00::-64 or 0.0.0.0-0&fc00::-64: {reason}; the lease is skipped (delete the \
+         key if nothing owns it)"
     )]
     InvalidKey {
         /// The key, as found.
@@ -94,36 +96,36 @@ pub enum LeaseError {
     },
     /// The lease is of another backend: vxdp cannot reach that node.
     #[error(
-        "lease of {public_ip} has BackendType {backend_type:?}, not \"vxlan\": that node runs \
+        "lease of {node} has BackendType {backend_type:?}, not \"vxlan\": that node runs \
          another flannel backend and cannot be reached over VXLAN; ignoring it (all nodes of a \
          network must use the same backend)"
     )]
     NotVxlan {
-        /// The lease's `PublicIP`.
-        public_ip: Ipv4Addr,
+        /// The lease's `PublicIP` (its `PublicIPv6` when it has no IPv4 address).
+        node: IpAddr,
         /// Its `BackendType`.
         backend_type: String,
     },
     /// A vxlan lease without the data needed to reach it.
     #[error(
-        "vxlan lease of {public_ip} has no {field}: its VTEP MAC is unknown, so it cannot be \
+        "vxlan lease of {node} has no {field}: its VTEP MAC is unknown, so it cannot be \
          reached; the node that wrote it must re-register (restart its flanneld or vxdp)"
     )]
     MissingBackendData {
-        /// The lease's `PublicIP`.
-        public_ip: Ipv4Addr,
+        /// The lease's `PublicIP` (its `PublicIPv6` when it has no IPv4 address).
+        node: IpAddr,
         /// `BackendData` or `BackendV6Data`.
         field: &'static str,
     },
     /// A vxlan lease whose data does not decode.
     #[error(
-        "vxlan lease of {public_ip} has an unusable {field}: {reason}; expected \
+        "vxlan lease of {node} has an unusable {field}: {reason}; expected \
          {{\"VNI\":1,\"VtepMAC\":\"c6:d2:32:6f:8f:44\"}}, so the node cannot be reached until \
          it re-registers"
     )]
     BadVxlanData {
-        /// The lease's `PublicIP`.
-        public_ip: Ipv4Addr,
+        /// The lease's `PublicIP` (its `PublicIPv6` when it has no IPv4 address).
+        node: IpAddr,
         /// `BackendData` or `BackendV6Data`.
         field: &'static str,
         /// What is wrong.
@@ -136,22 +138,41 @@ pub enum LeaseError {
 
 /// The subnet(s) a lease is for, which is also the last element of its etcd key.
 ///
-/// Displays and parses as flannel writes it: `10.5.52.0-24`, or `10.5.52.0-24&fc00::-64` for dual
-/// stack. Parsing accepts only that canonical form (host bits clear, IPv6 in RFC 5952 form, which
-/// is what Go's `net.IP.String` writes): flanneld re-creates the key from the parsed subnets when
-/// it renews, so any other spelling would name a different key.
+/// Displays and parses as flannel writes it: `10.5.52.0-24`, `10.5.52.0-24&fc00::-64` for dual
+/// stack, `0.0.0.0-0&fc00::-64` for an IPv6-only network (flannel's empty `IP4Net`, which vxdp
+/// holds as `ipv4: None`). Parsing accepts only that canonical form (host bits clear, IPv6 in
+/// RFC 5952 form, which is what Go's `net.IP.String` writes): flanneld re-creates the key from
+/// the parsed subnets when it renews, so any other spelling would name a different key.
+///
+/// At least one half is present; [`SubnetKey::from_parts`] and parsing guarantee it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubnetKey {
-    /// The IPv4 subnet.
-    pub ipv4: Ipv4Net,
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The IPv4 subnet; `None` in an IPv6-only network.
+    pub ipv4: Option<Ipv4Net>,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     pub ipv6: Option<Ipv6Net>,
 }
 
 impl SubnetKey {
-    /// A key for these subnets.
+    /// A key for an IPv4 subnet and, dual stack, an IPv6 one.
     pub fn new(ipv4: Ipv4Net, ipv6: Option<Ipv6Net>) -> Self {
-        SubnetKey { ipv4, ipv6 }
+        SubnetKey {
+            ipv4: Some(ipv4),
+            ipv6,
+        }
+    }
+
+    /// The key of an IPv6-only lease (`0.0.0.0-0&<ipv6>`).
+    pub fn ipv6_only(ipv6: Ipv6Net) -> Self {
+        SubnetKey {
+            ipv4: None,
+            ipv6: Some(ipv6),
+        }
+    }
+
+    /// A key from its halves; `None` when both are absent (such a lease would name no subnet).
+    pub fn from_parts(ipv4: Option<Ipv4Net>, ipv6: Option<Ipv6Net>) -> Option<Self> {
+        (ipv4.is_some() || ipv6.is_some()).then_some(SubnetKey { ipv4, ipv6 })
     }
 
     /// The full etcd key: `<prefix>/subnets/<key>`, joined like Go's `path.Join`.
@@ -174,7 +195,9 @@ impl SubnetKey {
 
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ipv4.addr(), self.ipv4.prefix_len())?;
+        // flannel's MakeSubnetKey writes the zero IP4Net of an IPv6-only lease as 0.0.0.0-0.
+        let v4 = self.ipv4.unwrap_or_default();
+        write!(f, "{}-{}", v4.addr(), v4.prefix_len())?;
         if let Some(v6) = self.ipv6 {
             write!(f, "&{}-{}", v6.addr(), v6.prefix_len())?;
         }
@@ -217,7 +240,11 @@ impl FromStr for SubnetKey {
                 return Err(invalid(format!("{v6} has host bits set")));
             }
         }
-        let key = SubnetKey { ipv4, ipv6 };
+        // 0.0.0.0/0 is flannel's empty IP4Net: the lease of an IPv6-only network. Alone it names
+        // no subnet at all (flanneld would route everything to that node).
+        let ipv4 = (ipv4 != Ipv4Net::default()).then_some(ipv4);
+        let key = SubnetKey::from_parts(ipv4, ipv6)
+            .ok_or_else(|| invalid("0.0.0.0-0 without an IPv6 subnet names no subnet".into()))?;
         let canonical = key.to_string();
         if canonical != s {
             return Err(invalid(format!(
@@ -302,7 +329,8 @@ pub struct LeaseAttrs {
     /// `PublicIP`: where the node receives VXLAN traffic (0.0.0.0 when absent, as in Go).
     #[serde(rename = "PublicIP")]
     pub public_ip: Ipv4Addr,
-    /// `PublicIPv6`: its IPv6 underlay address on dual-stack nodes; written as `null` when absent.
+    /// `PublicIPv6`: its IPv6 underlay address on dual-stack and IPv6-only nodes; written as
+    /// `null` when absent.
     #[serde(rename = "PublicIPv6")]
     pub public_ipv6: Option<Ipv6Addr>,
     /// `BackendType`, e.g. `vxlan`; empty when absent (and then not written).
@@ -395,6 +423,45 @@ impl LeaseAttrs {
         self
     }
 
+    /// The attrs of a vxlan node in an IPv6-only network, as flanneld writes them
+    /// (`newSubnetAttrs` with no IPv4 device): `PublicIP` stays Go's zero `0.0.0.0`, there is no
+    /// `BackendData`, and `BackendV6Data` carries the VNI (truncated to 16 bits, see
+    /// [`LeaseAttrs::vxlan`]) and the IPv6 device's MAC.
+    pub fn vxlan_v6_only(public_ipv6: Ipv6Addr, vni: u32, vtep_mac: MacAddr) -> Self {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            public_ipv6: Some(public_ipv6),
+            backend_type: VXLAN_BACKEND_TYPE.into(),
+            backend_data: None,
+            backend_v6_data: Some(BackendData::Vxlan(VxlanBackendData {
+                vni: vni & 0xffff,
+                vtep_mac,
+            })),
+        }
+    }
+
+    /// The address that names the node in messages: its `PublicIP`, or its `PublicIPv6` when
+    /// it has no IPv4 address (an IPv6-only network).
+    pub fn node_addr(&self) -> IpAddr {
+        match self.public_ipv6 {
+            Some(v6) if self.public_ip.is_unspecified() => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.public_ip),
+        }
+    }
+
+    /// Whether these are the attrs of the node whose underlay address is `node`: its `PublicIP`
+    /// for an IPv4 address (flanneld's `findLeaseByIP`), its `PublicIPv6` for an IPv6 one.
+    ///
+    /// In an IPv6-only network every lease's `PublicIP` is 0.0.0.0, so flanneld's etcd manager,
+    /// which matches `PublicIP` alone, takes the first IPv6-only lease it finds for its own; vxdp
+    /// names its node by `PublicIPv6` there.
+    pub fn is_of(&self, node: IpAddr) -> bool {
+        match node {
+            IpAddr::V4(a) => self.public_ip == a,
+            IpAddr::V6(a) => self.public_ipv6 == Some(a),
+        }
+    }
+
     /// Whether this is a lease of flannel's vxlan backend (`BackendType` exactly `vxlan`).
     pub fn is_vxlan(&self) -> bool {
         self.backend_type == VXLAN_BACKEND_TYPE
@@ -417,14 +484,14 @@ impl LeaseAttrs {
     ) -> Result<VxlanBackendData, LeaseError> {
         if !self.is_vxlan() {
             return Err(LeaseError::NotVxlan {
-                public_ip: self.public_ip,
+                node: self.node_addr(),
                 backend_type: self.backend_type.clone(),
             });
         }
         match data {
             Some(BackendData::Vxlan(d)) => Ok(*d),
             None => Err(LeaseError::MissingBackendData {
-                public_ip: self.public_ip,
+                node: self.node_addr(),
                 field,
             }),
             Some(BackendData::Raw(v)) => {
@@ -436,7 +503,7 @@ impl LeaseAttrs {
                     Err(e) => e.to_string(),
                 };
                 Err(LeaseError::BadVxlanData {
-                    public_ip: self.public_ip,
+                    node: self.node_addr(),
                     field,
                     reason,
                 })
@@ -576,12 +643,13 @@ fn go_html_escape(json: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Leases
 
-/// A lease: a node's claim on a subnet (and, dual stack, an IPv6 subnet).
+/// A lease: a node's claim on a subnet (and, dual stack, an IPv6 subnet; IPv6-only, only an
+/// IPv6 subnet).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
-    /// The IPv4 subnet.
-    pub subnet: Ipv4Net,
-    /// The IPv6 subnet of a dual-stack lease.
+    /// The IPv4 subnet; `None` in an IPv6-only network.
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet of a dual-stack or IPv6-only lease.
     pub ipv6_subnet: Option<Ipv6Net>,
     /// The key's value.
     pub attrs: LeaseAttrs,
@@ -603,7 +671,10 @@ impl Lease {
 
     /// Its key.
     pub fn key(&self) -> SubnetKey {
-        SubnetKey::new(self.subnet, self.ipv6_subnet)
+        SubnetKey {
+            ipv4: self.subnet,
+            ipv6: self.ipv6_subnet,
+        }
     }
 
     /// Whether it is a reservation (no expiration).
@@ -616,13 +687,13 @@ impl Lease {
         self.expiration.is_some_and(|exp| exp <= now)
     }
 
-    /// The subnet's base address: the address the node's VXLAN device carries as a /32, and the
-    /// next hop (and ARP entry) peers use for this subnet.
-    pub fn vtep_addr(&self) -> Ipv4Addr {
-        self.subnet.network()
+    /// The IPv4 subnet's base address: the address the node's VXLAN device carries as a /32,
+    /// and the next hop (and ARP entry) peers use for this subnet; `None` when IPv6-only.
+    pub fn vtep_addr(&self) -> Option<Ipv4Addr> {
+        self.subnet.map(|n| n.network())
     }
 
-    /// The IPv6 base address (carried as a /128), on dual-stack leases.
+    /// The IPv6 base address (carried as a /128), on dual-stack and IPv6-only leases.
     pub fn vtep_addr_v6(&self) -> Option<Ipv6Addr> {
         self.ipv6_subnet.map(|n| n.network())
     }
@@ -671,7 +742,7 @@ mod tests {
     #[test]
     fn subnet_keys_as_flannel_writes_them() {
         let k: SubnetKey = "10.5.52.0-24".parse().unwrap();
-        assert_eq!(k.ipv4, "10.5.52.0/24".parse().unwrap());
+        assert_eq!(k.ipv4, Some("10.5.52.0/24".parse().unwrap()));
         assert_eq!(k.ipv6, None);
         assert_eq!(k.to_string(), "10.5.52.0-24");
 
@@ -685,6 +756,70 @@ mod tests {
         );
         assert_eq!(k.to_string(), "10.244.3.0-24&fd00:0:0:3::-64");
         assert_eq!(k.to_string().parse::<SubnetKey>().unwrap(), k);
+    }
+
+    /// IPv6-only leases as flanneld keys them: `MakeSubnetKey(ip.IP4Net{}, sn6)` writes the zero
+    /// IPv4 half as `0.0.0.0-0` (`IP4Net.StringSep(".", "-")`), and `ParseSubnetKey` reads it
+    /// back with its regex `(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$`.
+    #[test]
+    fn ipv6_only_keys_as_flannel_writes_them() {
+        let k: SubnetKey = "0.0.0.0-0&fd00:5:0:64::-64".parse().unwrap();
+        assert_eq!(k.ipv4, None);
+        assert_eq!(k.ipv6, Some("fd00:5:0:64::/64".parse().unwrap()));
+        assert_eq!(k.to_string(), "0.0.0.0-0&fd00:5:0:64::-64");
+        assert_eq!(k, SubnetKey::ipv6_only("fd00:5:0:64::/64".parse().unwrap()));
+        let full = "/coreos.com/network/subnets/0.0.0.0-0&2001:db8:42::-64";
+        let k = SubnetKey::from_etcd_key(DEFAULT_ETCD_PREFIX, full).unwrap();
+        assert_eq!(k.ipv6, Some("2001:db8:42::/64".parse().unwrap()));
+        assert_eq!(k.etcd_key(DEFAULT_ETCD_PREFIX), full);
+        let k: SubnetKey = "0.0.0.0-0&fd00::8000:0:0:0-65".parse().unwrap();
+        assert_eq!(k.to_string(), "0.0.0.0-0&fd00::8000:0:0:0-65");
+        // A lease with an IPv6 subnet and no IPv4 one is the same key from the parts.
+        let lease = Lease::new(k, LeaseAttrs::default(), None);
+        assert_eq!(lease.subnet, None);
+        assert_eq!(lease.vtep_addr(), None);
+        assert_eq!(
+            lease.vtep_addr_v6(),
+            Some("fd00::8000:0:0:0".parse().unwrap())
+        );
+        assert_eq!(lease.key(), k);
+        assert_eq!(SubnetKey::from_parts(None, None), None);
+        // 0.0.0.0/0 alone names no subnet; other spellings of the empty half are not flannel's.
+        for bad in [
+            "0.0.0.0-0",
+            "0.0.0.0-00&fd00::-64",
+            "0.0.0.0-0&",
+            "0.0.0.0-0&fd00::1-64",
+            "0.0.0.0-0&0.0.0.0-0",
+        ] {
+            match bad.parse::<SubnetKey>() {
+                Ok(k) => panic!("{bad:?} parsed as {k:?}"),
+                Err(e) => assert!(e.to_string().contains("is not a flannel subnet key"), "{e}"),
+            }
+        }
+    }
+
+    /// The value flanneld writes for an IPv6-only vxlan node: `newSubnetAttrs` with no IPv4
+    /// device leaves `PublicIP` the zero `ip.IP4` (marshalled "0.0.0.0") and `BackendData`
+    /// empty (omitted).
+    #[test]
+    fn ipv6_only_value_as_flanneld_writes_it() {
+        let flanneld = r#"{"PublicIP":"0.0.0.0","PublicIPv6":"2001:db8::2","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:45"}}"#;
+        let attrs =
+            LeaseAttrs::vxlan_v6_only("2001:db8::2".parse().unwrap(), 1, mac("c6:d2:32:6f:8f:45"));
+        assert_eq!(attrs.to_json(), flanneld);
+        let read = LeaseAttrs::from_json(flanneld).unwrap();
+        assert_eq!(read, attrs);
+        assert_eq!(read.node_addr().to_string(), "2001:db8::2");
+        assert_eq!(
+            read.vxlan_v6_data().unwrap().vtep_mac,
+            mac("c6:d2:32:6f:8f:45")
+        );
+        let e = read.vxlan_data().unwrap_err().to_string();
+        assert!(
+            e.contains("2001:db8::2") && e.contains("BackendData"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -960,9 +1095,12 @@ mod tests {
             Some(now + time::Duration::hours(24)),
         );
         assert_eq!(lease.key(), key);
-        assert_eq!(lease.vtep_addr(), Ipv4Addr::new(10, 5, 52, 0));
+        assert_eq!(lease.vtep_addr(), Some(Ipv4Addr::new(10, 5, 52, 0)));
         assert_eq!(lease.vtep_addr_v6(), Some("fc00:0:0:34::".parse().unwrap()));
-        assert_eq!(first_usable_v4(lease.subnet), Ipv4Addr::new(10, 5, 52, 1));
+        assert_eq!(
+            first_usable_v4(lease.subnet.unwrap()),
+            Ipv4Addr::new(10, 5, 52, 1)
+        );
         assert_eq!(
             first_usable_v6("fc00:0:0:34::/64".parse().unwrap()),
             "fc00:0:0:34::1".parse::<Ipv6Addr>().unwrap()

@@ -80,10 +80,9 @@ pub const DEFAULT_RESYNC_SECONDS: u64 = 5;
 /// What to install.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasqConfig {
-    /// The flannel network (`Network`).
-    pub network: Ipv4Net,
-    /// This node's lease.
-    pub subnet: Ipv4Net,
+    /// The flannel network (`Network`) and this node's lease, when the network has IPv4 (not
+    /// in an IPv6-only network, where flanneld programs only the ip6tables rules).
+    pub ipv4: Option<(Ipv4Net, Ipv4Net)>,
     /// The IPv6 network and this node's IPv6 lease, when the network has IPv6.
     pub ipv6: Option<(Ipv6Net, Ipv6Net)>,
     /// `--ip-masq`: install the NAT rules. flanneld's default is false.
@@ -98,18 +97,22 @@ pub struct MasqConfig {
 }
 
 impl MasqConfig {
-    /// The config for a node holding `subnet` (and `ipv6_subnet` when the network has IPv6) in
-    /// `net`, with `--random-fully` when supported and the backend `EnableNFTables` asks for.
+    /// The config for a node holding `subnet` (when the network has IPv4) and `ipv6_subnet`
+    /// (when it has IPv6) in `net`, with `--random-fully` when supported and the backend
+    /// `EnableNFTables` asks for.
     pub fn for_lease(
         net: &NetworkConfig,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         ipv6_subnet: Option<Ipv6Net>,
         ip_masq: bool,
         forward_rules: bool,
     ) -> MasqConfig {
         MasqConfig {
-            network: net.network,
-            subnet,
+            ipv4: net
+                .ipv4
+                .as_ref()
+                .zip(subnet)
+                .map(|(v4, sn)| (v4.network, sn)),
             ipv6: net
                 .ipv6
                 .as_ref()
@@ -123,11 +126,17 @@ impl MasqConfig {
     }
 
     fn validate(&self) -> Result<(), MasqError> {
-        if !self.network.contains(&self.subnet) {
-            return Err(MasqError::InvalidConfig(format!(
-                "the lease {} is not inside the network {}",
-                self.subnet, self.network
-            )));
+        if let Some((net, sn)) = self.ipv4 {
+            if !net.contains(&sn) {
+                return Err(MasqError::InvalidConfig(format!(
+                    "the lease {sn} is not inside the network {net}"
+                )));
+            }
+        }
+        if self.ipv4.is_none() && self.ipv6.is_none() {
+            return Err(MasqError::InvalidConfig(
+                "neither an IPv4 nor an IPv6 network and lease to write rules for".into(),
+            ));
         }
         if let Some((net, sn)) = self.ipv6 {
             if !net.contains(&sn) {
@@ -141,11 +150,14 @@ impl MasqConfig {
 
     /// The address families to program, each with its network and lease (host bits cleared).
     fn families(&self) -> Vec<FamilyNets> {
-        let mut v = vec![FamilyNets {
-            family: Family::V4,
-            network: IpNet::V4(self.network.trunc()),
-            subnet: IpNet::V4(self.subnet.trunc()),
-        }];
+        let mut v = Vec::new();
+        if let Some((net, sn)) = self.ipv4 {
+            v.push(FamilyNets {
+                family: Family::V4,
+                network: IpNet::V4(net.trunc()),
+                subnet: IpNet::V4(sn.trunc()),
+            });
+        }
         if let Some((net, sn)) = self.ipv6 {
             v.push(FamilyNets {
                 family: Family::V6,
@@ -259,8 +271,10 @@ impl Masquerade {
             random_fully,
             ip_masq = cfg.ip_masq,
             forward_rules = cfg.forward_rules,
-            network = %cfg.network,
-            subnet = %cfg.subnet,
+            network = %cfg.ipv4.map_or_else(|| "-".into(), |(n, _)| n.to_string()),
+            subnet = %cfg.ipv4.map_or_else(|| "-".into(), |(_, s)| s.to_string()),
+            ipv6_network = %cfg.ipv6.map_or_else(|| "-".into(), |(n, _)| n.to_string()),
+            ipv6_subnet = %cfg.ipv6.map_or_else(|| "-".into(), |(_, s)| s.to_string()),
             "installed flanneld's masquerade/forward rules with {kind} ({why})"
         );
         Ok(Masquerade {
@@ -701,8 +715,10 @@ fn hint_for(stderr: &str) -> String {
 #[cfg(test)]
 pub(crate) fn example_config(prefer_nftables: bool) -> MasqConfig {
     MasqConfig {
-        network: "10.5.0.0/16".parse().unwrap(),
-        subnet: "10.5.1.0/24".parse().unwrap(),
+        ipv4: Some((
+            "10.5.0.0/16".parse().unwrap(),
+            "10.5.1.0/24".parse().unwrap(),
+        )),
         ipv6: Some((
             "fc00::/48".parse().unwrap(),
             "fc00:0:0:1::/64".parse().unwrap(),
@@ -731,19 +747,34 @@ mod tests {
         let mut c = cfg();
         c.ipv6 = None;
         assert_eq!(c.families().len(), 1);
+        // IPv6-only: only the IPv6 family (flanneld programs only ip6tables then).
+        let mut c = cfg();
+        c.ipv4 = None;
+        let f = c.families();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].family, Family::V6);
+        assert!(c.validate().is_ok());
+        c.ipv6 = None;
+        assert!(c.validate().is_err());
     }
 
     #[test]
     fn host_bits_are_cleared() {
         let mut c = cfg();
-        c.subnet = "10.5.1.1/24".parse().unwrap();
+        c.ipv4 = Some((
+            "10.5.0.0/16".parse().unwrap(),
+            "10.5.1.1/24".parse().unwrap(),
+        ));
         assert_eq!(c.families()[0].subnet.to_string(), "10.5.1.0/24");
     }
 
     #[test]
     fn lease_outside_the_network_is_rejected() {
         let mut c = cfg();
-        c.subnet = "10.6.1.0/24".parse().unwrap();
+        c.ipv4 = Some((
+            "10.5.0.0/16".parse().unwrap(),
+            "10.6.1.0/24".parse().unwrap(),
+        ));
         let e = c.validate().unwrap_err().to_string();
         assert!(
             e.contains("10.6.1.0/24") && e.contains("10.5.0.0/16"),

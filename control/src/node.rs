@@ -199,19 +199,24 @@ impl Node {
     }
 
     fn lease_events(&mut self, events: Vec<LeaseEvent>) -> Vec<Action> {
-        let own = self.lease.subnet;
+        let own = self.lease.key();
         let mut peers = Vec::with_capacity(events.len());
         let mut lost = None;
         for event in events {
-            if event.lease().subnet != own {
+            if event.lease().key() != own {
                 peers.push(event);
                 continue;
             }
             match event {
-                LeaseEvent::Removed(_) => lost = Some(ExitReason::Revoked),
-                LeaseEvent::Added(l) if l.attrs.public_ip != self.lease.attrs.public_ip => {
-                    lost = Some(ExitReason::TakenOver(l.attrs.public_ip.to_string()));
+                // The node is named by its PublicIP, or its PublicIPv6 in an IPv6-only network
+                // (where every PublicIP is 0.0.0.0).
+                LeaseEvent::Added(l)
+                    if (l.attrs.public_ip, l.attrs.public_ipv6)
+                        != (self.lease.attrs.public_ip, self.lease.attrs.public_ipv6) =>
+                {
+                    lost = Some(ExitReason::TakenOver(l.attrs.node_addr().to_string()));
                 }
+                LeaseEvent::Removed(_) => lost = Some(ExitReason::Revoked),
                 // Our own write (a renewal) coming back through the watch.
                 LeaseEvent::Added(_) => {}
             }

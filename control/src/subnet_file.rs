@@ -4,7 +4,8 @@
 //!
 //! Format (flannel's `WriteSubnetFile`, `pkg/subnet/subnetfile_unix.go`; the same lines and order
 //! since flannel moved it out of `main.go`): one `KEY=value` per line, each ending in `\n`, in
-//! this order, IPv6 lines only with `EnableIPv6`:
+//! this order, IPv4 lines only with `EnableIPv4` (the default), IPv6 lines only with
+//! `EnableIPv6`:
 //!
 //! ```text
 //! FLANNEL_NETWORK=10.5.0.0/16
@@ -12,6 +13,16 @@
 //! FLANNEL_IPV6_NETWORK=fc00::/48
 //! FLANNEL_IPV6_SUBNET=fc00:0:0:34::1/64
 //! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=false
+//! ```
+//!
+//! An IPv6-only network (`EnableIPv4: false`) gets no `FLANNEL_NETWORK`/`FLANNEL_SUBNET` lines at
+//! all, as flanneld's `WriteSubnetFile` skips them:
+//!
+//! ```text
+//! FLANNEL_IPV6_NETWORK=fc00::/48
+//! FLANNEL_IPV6_SUBNET=fc00:0:0:34::1/64
+//! FLANNEL_MTU=1430
 //! FLANNEL_IPMASQ=false
 //! ```
 //!
@@ -33,7 +44,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::config::NetworkConfig;
-use crate::lease::{first_usable_v4, first_usable_v6};
+use crate::lease::{first_usable_v4, first_usable_v6, SubnetKey};
 
 /// flanneld's default `--subnet-file`.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -41,6 +52,15 @@ pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Writing the subnet file failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubnetFileError {
+    /// IPv4 is on but no IPv4 subnet was given.
+    #[error(
+        "EnableIPv4 is true for Network {network}, but the lease has no IPv4 subnet, so \
+         FLANNEL_SUBNET cannot be written; the lease must be re-acquired with an IPv4 subnet"
+    )]
+    MissingIpv4Subnet {
+        /// The configured IPv4 network.
+        network: Ipv4Net,
+    },
     /// IPv6 is on but no IPv6 subnet was given.
     #[error(
         "EnableIPv6 is true for IPv6Network {ipv6_network}, but the lease has no IPv6 subnet, so \
@@ -89,8 +109,11 @@ pub enum NoPreviousSubnet {
         /// The error (in the message, not chained: the chain would print it twice).
         cause: io::Error,
     },
-    /// The file has no `FLANNEL_SUBNET`.
-    #[error("subnet file {path:?} has no FLANNEL_SUBNET line; a new subnet will be chosen")]
+    /// The file has neither `FLANNEL_SUBNET` nor `FLANNEL_IPV6_SUBNET`.
+    #[error(
+        "subnet file {path:?} has no FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET line; a new subnet \
+         will be chosen"
+    )]
     NoSubnet {
         /// The path.
         path: PathBuf,
@@ -120,20 +143,25 @@ pub enum NoPreviousSubnet {
 /// ([`NetworkConfig::mtu_for`]); `ip_masq` the `--ip-masq` flag.
 pub fn render(
     config: &NetworkConfig,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     ipv6_subnet: Option<Ipv6Net>,
     mtu: u32,
     ip_masq: bool,
 ) -> Result<String, SubnetFileError> {
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = writeln!(out, "FLANNEL_NETWORK={}", config.network);
-    let _ = writeln!(
-        out,
-        "FLANNEL_SUBNET={}/{}",
-        first_usable_v4(subnet),
-        subnet.prefix_len()
-    );
+    if let Some(v4) = config.ipv4 {
+        let sn = subnet.ok_or(SubnetFileError::MissingIpv4Subnet {
+            network: v4.network,
+        })?;
+        let _ = writeln!(out, "FLANNEL_NETWORK={}", v4.network);
+        let _ = writeln!(
+            out,
+            "FLANNEL_SUBNET={}/{}",
+            first_usable_v4(sn),
+            sn.prefix_len()
+        );
+    }
     if let Some(v6) = config.ipv6 {
         let sn6 = ipv6_subnet.ok_or(SubnetFileError::MissingIpv6Subnet {
             ipv6_network: v6.network,
@@ -156,7 +184,7 @@ pub fn render(
 pub fn write_subnet_file(
     path: &Path,
     config: &NetworkConfig,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     ipv6_subnet: Option<Ipv6Net>,
     mtu: u32,
     ip_masq: bool,
@@ -261,7 +289,7 @@ impl Drop for RemoveOnDrop {
 /// Lenient about the file's form (blank lines, `#` comments, `export `, quotes: what the dotenv
 /// reader flanneld uses accepts), strict about the values: a garbled `FLANNEL_SUBNET` or
 /// `FLANNEL_IPV6_SUBNET` yields no previous subnet at all rather than half of one.
-pub fn read_previous_subnet(path: &Path) -> Result<(Ipv4Net, Option<Ipv6Net>), NoPreviousSubnet> {
+pub fn read_previous_subnet(path: &Path) -> Result<SubnetKey, NoPreviousSubnet> {
     let text = match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -281,10 +309,7 @@ pub fn read_previous_subnet(path: &Path) -> Result<(Ipv4Net, Option<Ipv6Net>), N
 
 /// [`read_previous_subnet`] on the file's text; `path` is for the messages.
 #[doc(hidden)] // public for the fuzz targets in control/fuzz
-pub fn parse_previous_subnet(
-    text: &str,
-    path: &Path,
-) -> Result<(Ipv4Net, Option<Ipv6Net>), NoPreviousSubnet> {
+pub fn parse_previous_subnet(text: &str, path: &Path) -> Result<SubnetKey, NoPreviousSubnet> {
     let vars = parse_env(text);
     let garbled = |key: &'static str, value: &str, expected: &'static str, reason: String| {
         NoPreviousSubnet::Garbled {
@@ -311,13 +336,10 @@ pub fn parse_previous_subnet(
 
     const V4: &str = "an IPv4 address with prefix length like 10.5.52.1/24";
     const V6: &str = "an IPv6 address with prefix length like fc00:0:0:34::1/64";
+    // An IPv6-only network's file has no FLANNEL_SUBNET.
     let subnet = match parse("FLANNEL_SUBNET", V4)? {
-        None => {
-            return Err(NoPreviousSubnet::NoSubnet {
-                path: path.to_path_buf(),
-            })
-        }
-        Some(IpNet::V4(n)) => n,
+        None => None,
+        Some(IpNet::V4(n)) => Some(n),
         Some(IpNet::V6(_)) => {
             let value = vars.get("FLANNEL_SUBNET").map_or("", String::as_str);
             return Err(garbled("FLANNEL_SUBNET", value, V4, "it is IPv6".into()));
@@ -336,7 +358,9 @@ pub fn parse_previous_subnet(
             ));
         }
     };
-    Ok((subnet, ipv6_subnet))
+    SubnetKey::from_parts(subnet, ipv6_subnet).ok_or_else(|| NoPreviousSubnet::NoSubnet {
+        path: path.to_path_buf(),
+    })
 }
 
 /// `KEY=value` lines as a dotenv reader takes them: blank lines and `#` comments skipped, an
@@ -389,8 +413,12 @@ mod tests {
         FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:34::1/64\n\
         FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n";
 
-    fn sn() -> Ipv4Net {
-        "10.5.52.0/24".parse().unwrap()
+    fn sn() -> Option<Ipv4Net> {
+        Some("10.5.52.0/24".parse().unwrap())
+    }
+
+    fn key(sn: Option<Ipv4Net>, sn6: Option<Ipv6Net>) -> SubnetKey {
+        SubnetKey::from_parts(sn, sn6).unwrap()
     }
 
     fn sn6() -> Ipv6Net {
@@ -412,6 +440,39 @@ mod tests {
         assert!(matches!(
             render(&dual_cfg(), sn(), None, 1450, false),
             Err(SubnetFileError::MissingIpv6Subnet { .. })
+        ));
+        assert!(matches!(
+            render(&v4_cfg(), None, Some(sn6()), 1450, false),
+            Err(SubnetFileError::MissingIpv4Subnet { .. })
+        ));
+    }
+
+    /// What flanneld's `WriteSubnetFile` writes with `EnableIPv4: false`: the IPv4 lines are
+    /// skipped (`if config.EnableIPv4`), the IPv6 ones and MTU/IPMASQ stay.
+    #[test]
+    fn renders_an_ipv6_only_network_like_flanneld() {
+        let cfg = config::parse(
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        let text = render(&cfg, None, Some(sn6()), 1430, false).unwrap();
+        assert_eq!(
+            text,
+            "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:34::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"
+        );
+        // An IPv4 subnet with IPv4 off is not written, as in flannel.
+        assert_eq!(render(&cfg, sn(), Some(sn6()), 1430, false).unwrap(), text);
+        assert!(matches!(
+            render(&cfg, None, None, 1430, false),
+            Err(SubnetFileError::MissingIpv6Subnet { .. })
+        ));
+        // Read back at the next start: the IPv6-only key.
+        let again = parse_previous_subnet(&text, Path::new("subnet.env")).unwrap();
+        assert_eq!(again, SubnetKey::ipv6_only(sn6()));
+        assert!(matches!(
+            parse_previous_subnet("FLANNEL_MTU=1430\n", Path::new("subnet.env")),
+            Err(NoPreviousSubnet::NoSubnet { .. })
         ));
     }
 
@@ -435,7 +496,7 @@ mod tests {
             0o644
         );
         assert_eq!(dir_entries(path.parent().unwrap()), ["subnet.env"]);
-        assert_eq!(read_previous_subnet(&path).unwrap(), (sn(), None));
+        assert_eq!(read_previous_subnet(&path).unwrap(), key(sn(), None));
 
         // Rewriting keeps the file's permissions and leaves no temporary file behind.
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
@@ -446,7 +507,7 @@ mod tests {
             0o600
         );
         assert_eq!(dir_entries(path.parent().unwrap()), ["subnet.env"]);
-        assert_eq!(read_previous_subnet(&path).unwrap(), (sn(), Some(sn6())));
+        assert_eq!(read_previous_subnet(&path).unwrap(), key(sn(), Some(sn6())));
     }
 
     #[test]
@@ -475,16 +536,19 @@ mod tests {
     fn previous_subnet_is_read_leniently() {
         let p = Path::new("/run/flannel/subnet.env");
         let ok = |text: &str| parse_previous_subnet(text, p).unwrap();
-        assert_eq!(ok(V4_FILE), (sn(), None));
-        assert_eq!(ok(DUAL_FILE), (sn(), Some(sn6())));
+        assert_eq!(ok(V4_FILE), key(sn(), None));
+        assert_eq!(ok(DUAL_FILE), key(sn(), Some(sn6())));
         // Host bits are cleared; comments, export, quotes, spaces and CRLF are tolerated; the
         // last of repeated keys wins.
         assert_eq!(
             ok("# written by flanneld\r\nexport FLANNEL_SUBNET = \"10.5.9.1/24\"\r\n\nFLANNEL_SUBNET='10.5.52.77/24' \r\n"),
-            (sn(), None)
+            key(sn(), None)
         );
-        assert_eq!(ok("FLANNEL_SUBNET=10.5.52.1/24 # comment\n"), (sn(), None));
-        assert_eq!(ok("FLANNEL_SUBNET=10.5.52.1/24"), (sn(), None));
+        assert_eq!(
+            ok("FLANNEL_SUBNET=10.5.52.1/24 # comment\n"),
+            key(sn(), None)
+        );
+        assert_eq!(ok("FLANNEL_SUBNET=10.5.52.1/24"), key(sn(), None));
     }
 
     #[test]
@@ -534,6 +598,6 @@ mod tests {
         // Invalid UTF-8 elsewhere in the file does not hide the subnet.
         let odd = tmp.path().join("odd.env");
         fs::write(&odd, b"X=\xff\xfe\nFLANNEL_SUBNET=10.5.52.1/24\n").unwrap();
-        assert_eq!(read_previous_subnet(&odd).unwrap(), (sn(), None));
+        assert_eq!(read_previous_subnet(&odd).unwrap(), key(sn(), None));
     }
 }

@@ -290,7 +290,7 @@ async fn acquire_writes_what_flanneld_writes() {
     )
     .await
     .unwrap();
-    assert_eq!(res.lease.subnet, "10.5.200.0/24".parse().unwrap());
+    assert_eq!(res.lease.subnet, Some("10.5.200.0/24".parse().unwrap()));
     assert!(res.lease.is_reservation());
     assert_eq!(etcd.get(&reserved).as_deref(), Some(FLANNELD_V4));
     assert_eq!(etcd.key_lease(&reserved), None);
@@ -328,7 +328,7 @@ async fn dual_stack_leases_are_flannels_keys_and_json() {
         my_key,
         format!(
             "{DEFAULT_ETCD_PREFIX}/subnets/{}-24&{}-64",
-            mine.lease.subnet.network(),
+            mine.lease.subnet.unwrap().network(),
             v6.network()
         )
     );

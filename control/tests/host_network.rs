@@ -76,7 +76,7 @@ fn choose(
     ns.enter(|| {
         runtime().block_on(async {
             let nl = Netlink::connect().expect("netlink");
-            find_external_interface(&nl, &ifaces, &regexes, can_reach, None, None).await
+            find_external_interface(&nl, &ifaces, &regexes, can_reach, None, None, false).await
         })
     })
 }
@@ -85,7 +85,7 @@ fn chosen(ns: &Netns, ifaces: &[&str], regexes: &[&str], reach: &str) -> (String
     let ext = choose(ns, ifaces, regexes, Some(reach))
         .unwrap_or_else(|e| panic!("--iface-can-reach {reach}: {e}"));
     assert_eq!(ext.public_ip, ext.iface_addr, "no --public-ip given");
-    (ext.link.name, ext.iface_addr)
+    (ext.link.name, ext.iface_addr.expect("an IPv4 address"))
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn iface_can_reach_takes_the_kernels_interface_and_source() {
     let ext = choose(ns, &[], &[], None).unwrap();
     assert_eq!(
         (ext.link.name.as_str(), ext.iface_addr),
-        ("eth1", ip("198.51.100.1"))
+        ("eth1", Some(ip("198.51.100.1")))
     );
     // A peer on eth0's link: eth0, although the default route leaves by eth1.
     assert_eq!(
@@ -144,15 +144,25 @@ fn choose_v6(
     regexes: &[&str],
     public_ipv6: Option<&str>,
 ) -> ExternalInterface {
+    choose_family(ns, ifaces, regexes, public_ipv6, false).expect("an interface")
+}
+
+/// `find_external_interface` for a network with or without IPv4.
+fn choose_family(
+    ns: &Netns,
+    ifaces: &[&str],
+    regexes: &[&str],
+    public_ipv6: Option<&str>,
+    ipv6_only: bool,
+) -> Result<ExternalInterface, InterfaceError> {
     let ifaces: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
     let regexes: Vec<String> = regexes.iter().map(|s| s.to_string()).collect();
     let public_ipv6: Option<Ipv6Addr> = public_ipv6.map(|a| a.parse().expect("test address"));
     ns.enter(|| {
         runtime().block_on(async {
             let nl = Netlink::connect().expect("netlink");
-            find_external_interface(&nl, &ifaces, &regexes, None, None, public_ipv6)
+            find_external_interface(&nl, &ifaces, &regexes, None, None, public_ipv6, ipv6_only)
                 .await
-                .expect("an interface")
         })
     })
 }
@@ -202,7 +212,10 @@ fn ipv6_underlay_address_is_chosen_as_flanneld_chooses_it() {
     // By one of its IPv6 addresses: that link, and that address as the VTEP.
     let ext = choose_v6(ns, &["2001:db8:1::7"], &[], None);
     assert_eq!(ext.link.name, "eth1");
-    assert_eq!(ext.iface_addr, "198.51.100.1".parse::<Ipv4Addr>().unwrap());
+    assert_eq!(
+        ext.iface_addr,
+        Some("198.51.100.1".parse::<Ipv4Addr>().unwrap())
+    );
     assert_eq!(ext.iface_addr6, v6("2001:db8:1::7"));
     // By a regex over IPv6 addresses.
     let ext = choose_v6(ns, &[], &["^2001:db8:1::7$"], None);
@@ -228,6 +241,80 @@ fn ipv6_underlay_address_is_chosen_as_flanneld_chooses_it() {
     assert_eq!(ext.iface_addr6, None);
     let e = ext.require_ipv6().unwrap_err().to_string();
     assert!(e.contains("eth0") && e.contains("--public-ipv6"), "{e}");
+}
+
+/// An IPv6-only network (`EnableIPv4` false, flanneld's `ipv6Stack`): an interface with no
+/// IPv4 address at all is fine, the default interface is the one of the IPv6 default route, and
+/// one without a global IPv6 address is refused with what to do.
+#[test]
+fn ipv6_only_underlay_needs_no_ipv4_address() {
+    let h = host();
+    let ns = &h.host;
+    let v6 = |s: &str| Some(s.parse::<Ipv6Addr>().unwrap());
+    ns.run(&["ip", "addr", "flush", "dev", "eth0"]);
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8::1/64",
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    ns.run(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        "eth1",
+        "nodad",
+    ]);
+    // eth0 has no IPv4 address: fine without IPv4, refused with it.
+    let ext = choose_family(ns, &["eth0"], &[], None, true).expect("an IPv6-only interface");
+    assert_eq!(ext.link.name, "eth0");
+    assert_eq!((ext.iface_addr, ext.public_ip), (None, None));
+    assert_eq!(
+        (ext.iface_addr6, ext.public_ipv6),
+        (v6("2001:db8::1"), v6("2001:db8::1"))
+    );
+    let e = choose_family(ns, &["eth0"], &[], None, false).unwrap_err();
+    assert!(matches!(e, InterfaceError::NoAddress(_)), "{e}");
+    assert!(e.to_string().contains("EnableIPv4 to false"), "{e}");
+    // By address and by regex, as with IPv4.
+    let ext = choose_family(ns, &["2001:db8::1"], &[], None, true).unwrap();
+    assert_eq!(ext.link.name, "eth0");
+    let ext = choose_family(ns, &[], &["^2001:db8:1::"], None, true).unwrap();
+    assert_eq!(
+        (ext.link.name.as_str(), ext.iface_addr6),
+        ("eth1", v6("2001:db8:1::1"))
+    );
+    // No flag: the IPv6 default route's interface (the IPv4 default leaves by eth1).
+    ns.run(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "2001:db8::2",
+        "dev",
+        "eth0",
+    ]);
+    let ext = choose_family(ns, &[], &[], None, true).unwrap();
+    assert_eq!(ext.link.name, "eth0");
+    // --public-ipv6 is what peers are told.
+    let ext = choose_family(ns, &["eth0"], &[], Some("2001:db8:ff::1"), true).unwrap();
+    assert_eq!(ext.public_ipv6, v6("2001:db8:ff::1"));
+    // Without a global IPv6 address: refused, saying what to do.
+    ns.run(&[
+        "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global",
+    ]);
+    let e = choose_family(ns, &["eth0"], &[], None, true).unwrap_err();
+    assert!(matches!(e, InterfaceError::NoIpv6Address(_)), "{e}");
+    assert!(e.to_string().contains("--public-ipv6"), "{e}");
 }
 
 #[test]

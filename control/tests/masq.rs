@@ -13,8 +13,10 @@ use testkit::{require_root, unique_prefix, veth, Netns};
 
 fn config(ipv6: bool, prefer_nftables: bool) -> MasqConfig {
     MasqConfig {
-        network: "10.5.0.0/16".parse().unwrap(),
-        subnet: "10.5.1.0/24".parse().unwrap(),
+        ipv4: Some((
+            "10.5.0.0/16".parse().unwrap(),
+            "10.5.1.0/24".parse().unwrap(),
+        )),
         ipv6: ipv6.then(|| {
             (
                 "fc00::/48".parse().unwrap(),

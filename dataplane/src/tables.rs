@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use ahash::RandomState;
 use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use control::lease::SubnetKey;
 
 use packet::tunnel::OuterHeader;
 use packet::wire::MacAddr;
@@ -31,14 +31,16 @@ pub struct PeerVtep {
     pub outer: Option<OuterHeader>,
 }
 
-/// One peer as the control side describes it (one lease).
+/// One peer as the control side describes it (one lease): its first VTEP (the IPv4 one, or in
+/// an IPv6-only network the IPv6 one) and, dual stack, its IPv6 VTEP.
 #[derive(Debug, Clone)]
 pub struct PeerEntry {
-    /// The peer's VtepMAC.
+    /// The peer's VtepMAC (its IPv6 one in an IPv6-only network).
     pub vtep_mac: MacAddr,
-    /// The peer's PublicIP.
+    /// The peer's PublicIP (its PublicIPv6 in an IPv6-only network).
     pub vtep_ip: IpAddr,
-    /// The peer's overlay gateway: the base address of its IPv4 subnet, answered by ARP.
+    /// The peer's overlay gateway: the base address of its IPv4 subnet, answered by ARP (none
+    /// in an IPv6-only network: the IPv6 gateway is a permanent neighbour entry on the TAP).
     pub gateway_v4: Option<Ipv4Addr>,
     /// The outer headers towards it, once the underlay next hop is known.
     pub outer: Option<OuterHeader>,
@@ -101,7 +103,7 @@ impl PeerSnapshot {
 #[derive(Debug)]
 pub struct PeerTables {
     published: Arc<ArcSwap<PeerSnapshot>>,
-    peers: Mutex<BTreeMap<Ipv4Net, PeerEntry>>,
+    peers: Mutex<BTreeMap<SubnetKey, PeerEntry>>,
 }
 
 impl Default for PeerTables {
@@ -113,17 +115,17 @@ impl Default for PeerTables {
 /// A batch of changes, applied and published together by [`PeerTables::update`].
 #[derive(Debug)]
 pub struct PeerTablesWriter<'a> {
-    peers: &'a mut BTreeMap<Ipv4Net, PeerEntry>,
+    peers: &'a mut BTreeMap<SubnetKey, PeerEntry>,
 }
 
 impl PeerTablesWriter<'_> {
-    /// Adds or replaces the peer that holds lease `subnet`.
-    pub fn upsert(&mut self, subnet: Ipv4Net, entry: PeerEntry) {
+    /// Adds or replaces the peer that holds lease `subnet` (its key).
+    pub fn upsert(&mut self, subnet: SubnetKey, entry: PeerEntry) {
         self.peers.insert(subnet, entry);
     }
 
     /// Removes the peer that holds lease `subnet`; returns it if it was there.
-    pub fn remove(&mut self, subnet: &Ipv4Net) -> Option<PeerEntry> {
+    pub fn remove(&mut self, subnet: &SubnetKey) -> Option<PeerEntry> {
         self.peers.remove(subnet)
     }
 
@@ -140,7 +142,7 @@ impl PeerTablesWriter<'_> {
     }
 
     /// The peers, by lease subnet.
-    pub fn peers(&self) -> &BTreeMap<Ipv4Net, PeerEntry> {
+    pub fn peers(&self) -> &BTreeMap<SubnetKey, PeerEntry> {
         self.peers
     }
 }
@@ -166,7 +168,7 @@ impl PeerTables {
     }
 
     /// A copy of the peers, by lease subnet.
-    pub fn peers(&self) -> BTreeMap<Ipv4Net, PeerEntry> {
+    pub fn peers(&self) -> BTreeMap<SubnetKey, PeerEntry> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -182,7 +184,7 @@ impl PeerTables {
         }
     }
 
-    fn build(peers: &BTreeMap<Ipv4Net, PeerEntry>, generation: u64) -> PeerSnapshot {
+    fn build(peers: &BTreeMap<SubnetKey, PeerEntry>, generation: u64) -> PeerSnapshot {
         let mut snap = PeerSnapshot {
             generation,
             ..PeerSnapshot::default()
@@ -271,7 +273,7 @@ mod tests {
     #[test]
     fn a_dual_stack_peer_has_an_fdb_entry_per_family_unless_it_shares_one_mac() {
         let t = PeerTables::new();
-        let subnet: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let subnet: SubnetKey = "10.5.2.0-24".parse().unwrap();
         let v6_ip: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
         // flanneld or a kernel-backend node: another MAC for the IPv6 link.
         let mut e = entry(2, [192, 0, 2, 2], [10, 5, 2, 0]);
@@ -314,7 +316,7 @@ mod tests {
         let t = PeerTables::new();
         let mut r = t.reader();
         assert!(r.load().fdb(&mac(2)).is_none());
-        let subnet: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let subnet: SubnetKey = "10.5.2.0-24".parse().unwrap();
         t.update(|w| w.upsert(subnet, entry(2, [192, 0, 2, 2], [10, 5, 2, 0])));
         let snap = r.load();
         assert_eq!(snap.arp(Ipv4Addr::new(10, 5, 2, 0)), Some(mac(2)));
@@ -328,7 +330,7 @@ mod tests {
     #[test]
     fn a_changed_vtep_mac_replaces_the_old_entries_atomically() {
         let t = PeerTables::new();
-        let subnet: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let subnet: SubnetKey = "10.5.2.0-24".parse().unwrap();
         t.update(|w| w.upsert(subnet, entry(2, [192, 0, 2, 2], [10, 5, 2, 0])));
         let before = t.snapshot();
         t.update(|w| w.upsert(subnet, entry(3, [192, 0, 2, 3], [10, 5, 2, 0])));
@@ -346,8 +348,8 @@ mod tests {
     #[test]
     fn remove_and_set_outer() {
         let t = PeerTables::new();
-        let a: Ipv4Net = "10.5.2.0/24".parse().unwrap();
-        let b: Ipv4Net = "10.5.3.0/24".parse().unwrap();
+        let a: SubnetKey = "10.5.2.0-24".parse().unwrap();
+        let b: SubnetKey = "10.5.3.0-24".parse().unwrap();
         t.update(|w| {
             w.upsert(a, entry(2, [192, 0, 2, 2], [10, 5, 2, 0]));
             w.upsert(b, entry(3, [192, 0, 2, 3], [10, 5, 3, 0]));
@@ -368,7 +370,7 @@ mod tests {
         // A writer flips one lease between two identities; a reader must always see the ARP
         // answer and the FDB entry of the same identity.
         let t = Arc::new(PeerTables::new());
-        let subnet: Ipv4Net = "10.5.2.0/24".parse().unwrap();
+        let subnet: SubnetKey = "10.5.2.0-24".parse().unwrap();
         let gw = Ipv4Addr::new(10, 5, 2, 0);
         t.update(|w| w.upsert(subnet, entry(2, [192, 0, 2, 2], [10, 5, 2, 0])));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

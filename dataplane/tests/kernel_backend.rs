@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 
-use control::backend::{Backend, Peer, Teardown};
+use control::backend::{Backend, Peer, PeerV4, Teardown};
 use control::netlink::{FdbEntry, Netlink};
 use dataplane::backend::kernel::{KernelBackend, KernelBackendConfig};
 use packet::wire::MacAddr;
@@ -152,10 +152,14 @@ async fn start(cfg: KernelBackendConfig) -> KernelBackend {
 }
 
 fn peer(subnet: &str, public_ip: &str, mac: &str) -> Peer {
+    let subnet: ipnet::Ipv4Net = subnet.parse().unwrap();
     Peer {
-        subnet: subnet.parse().unwrap(),
-        public_ip: public_ip.parse().unwrap(),
-        vtep_mac: mac.parse::<MacAddr>().unwrap(),
+        key: control::lease::SubnetKey::new(subnet, None),
+        ipv4: Some(PeerV4 {
+            subnet,
+            public_ip: public_ip.parse().unwrap(),
+            vtep_mac: mac.parse::<MacAddr>().unwrap(),
+        }),
         ipv6: None,
     }
 }

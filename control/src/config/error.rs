@@ -53,16 +53,10 @@ pub enum ConfigError {
     /// Both address families are disabled.
     #[error(
         "EnableIPv4 and EnableIPv6 are both false, so there is nothing to lease; set EnableIPv4 \
-         to true (and EnableIPv6 for dual stack)"
+         to true (with a Network), or EnableIPv6 to true (with an IPv6Network) for an IPv6-only \
+         network, or both for dual stack"
     )]
     NoAddressFamily,
-    /// `EnableIPv4: false` with IPv6 on.
-    #[error(
-        "EnableIPv4 is false (an IPv6-only network), which vxdp does not support: flannel's etcd \
-         lease keys are named after the IPv4 subnet (10.5.52.0-24&fc00::-64) and cannot be written \
-         without one; set EnableIPv4 to true with a Network for dual stack"
-    )]
-    Ipv6OnlyUnsupported,
     /// `Network` absent, or `0.0.0.0/0` (which flannel treats as absent).
     #[error(
         "please define a correct Network parameter in the flannel config: Network is missing or \

@@ -10,8 +10,12 @@
 //! - only the `vxlan` backend type is accepted (flanneld also has udp, host-gw, ...);
 //! - `SubnetMin` must not be above `SubnetMax` (flanneld starts and then fails with
 //!   "out of subnets");
-//! - IPv4 must be enabled: flannel's etcd registry keys every lease by its IPv4 subnet, so an
-//!   IPv6-only network cannot be stored there;
+//! - `EnableIPv4` and `EnableIPv6` may not both be false (flanneld fails later, finding no IP
+//!   family to run).
+//!
+//! An IPv6-only network (`EnableIPv4: false`, `EnableIPv6: true`) has no IPv4 half at all:
+//! `Network` and the IPv4 subnet fields are ignored, as flanneld's `CheckNetworkConfig` skips them,
+//! and [`NetworkConfig::ipv4`] is `None`.
 //! - `VNI`, `Port` and `MTU` are range-checked (flanneld hands them to the kernel unchecked).
 //!
 //! The parts: `decode` reads the top-level fields as Go decodes them, `backend` the `Backend`
@@ -54,14 +58,8 @@ pub const VXLAN_OVERHEAD_IPV6: u32 = 70;
 /// A validated flannel network config with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
-    /// `Network`: the IPv4 overlay network (host bits cleared, as Go's `net.ParseCIDR` does).
-    pub network: Ipv4Net,
-    /// `SubnetLen`: prefix length of each node's subnet.
-    pub subnet_len: u8,
-    /// `SubnetMin`: the lowest subnet base that may be leased.
-    pub subnet_min: Ipv4Addr,
-    /// `SubnetMax`: the highest subnet base that may be leased.
-    pub subnet_max: Ipv4Addr,
+    /// The IPv4 half, present exactly when `EnableIPv4` is true (the default).
+    pub ipv4: Option<Ipv4NetworkConfig>,
     /// The IPv6 half, present exactly when `EnableIPv6` is true.
     pub ipv6: Option<Ipv6NetworkConfig>,
     /// `EnableNFTables`: program the `--ip-masq` and forward rules with nftables rather than
@@ -71,6 +69,19 @@ pub struct NetworkConfig {
     pub backend: VxlanBackendConfig,
     /// Top-level keys that flannel ignores and so does vxdp (in document order), for a warning.
     pub ignored_fields: Vec<String>,
+}
+
+/// The IPv4 half of the config (`EnableIPv4: true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4NetworkConfig {
+    /// `Network`: the IPv4 overlay network (host bits cleared, as Go's `net.ParseCIDR` does).
+    pub network: Ipv4Net,
+    /// `SubnetLen`: prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// `SubnetMin`: the lowest subnet base that may be leased.
+    pub subnet_min: Ipv4Addr,
+    /// `SubnetMax`: the highest subnet base that may be leased.
+    pub subnet_max: Ipv4Addr,
 }
 
 /// The IPv6 half of the config (`EnableIPv6: true`).
@@ -123,10 +134,17 @@ pub fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
     if !raw.enable_ipv4 && !raw.enable_ipv6 {
         return Err(ConfigError::NoAddressFamily);
     }
-    if !raw.enable_ipv4 {
-        return Err(ConfigError::Ipv6OnlyUnsupported);
-    }
-    let (network, subnet_len, subnet_min, subnet_max) = check::check_ipv4(&raw)?;
+    let ipv4 = if raw.enable_ipv4 {
+        let (network, subnet_len, subnet_min, subnet_max) = check::check_ipv4(&raw)?;
+        Some(Ipv4NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+        })
+    } else {
+        None
+    };
     let ipv6 = if raw.enable_ipv6 {
         Some(check::check_ipv6(&raw)?)
     } else {
@@ -135,10 +153,7 @@ pub fn parse(json: &str) -> Result<NetworkConfig, ConfigError> {
     let backend = backend::decode_vxlan_backend(&backend_obj, ipv6.is_some())?;
 
     Ok(NetworkConfig {
-        network,
-        subnet_len,
-        subnet_min,
-        subnet_max,
+        ipv4,
         ipv6,
         enable_nftables: raw.enable_nftables,
         backend,
@@ -156,9 +171,14 @@ impl NetworkConfig {
         }
     }
 
-    /// Addresses per IPv4 subnet (`2^(32 - SubnetLen)`).
-    pub fn subnet_size(&self) -> u32 {
-        1 << (32 - self.subnet_len)
+    /// Whether this is an IPv6-only network (`EnableIPv4: false`).
+    pub fn is_ipv6_only(&self) -> bool {
+        self.ipv4.is_none()
+    }
+
+    /// Addresses per IPv4 subnet (`2^(32 - SubnetLen)`), when IPv4 is on.
+    pub fn subnet_size(&self) -> Option<u32> {
+        self.ipv4.map(|v4| 1 << (32 - v4.subnet_len))
     }
 
     /// Addresses per IPv6 subnet, when IPv6 is on.
@@ -166,14 +186,19 @@ impl NetworkConfig {
         self.ipv6.map(|v6| 1 << (128 - v6.subnet_len))
     }
 
-    /// The IPv4 subnets that may be leased, from `SubnetMin` to `SubnetMax` in order.
+    /// The IPv4 subnets that may be leased, from `SubnetMin` to `SubnetMax` in order (none
+    /// when IPv4 is off).
     pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> + '_ {
-        let step = u64::from(self.subnet_size());
-        let (min, max) = (
-            u64::from(u32::from(self.subnet_min)),
-            u64::from(u32::from(self.subnet_max)),
-        );
-        let len = self.subnet_len;
+        let (step, min, max, len) = match self.ipv4 {
+            Some(v4) => (
+                1u64 << (32 - v4.subnet_len),
+                u64::from(u32::from(v4.subnet_min)),
+                u64::from(u32::from(v4.subnet_max)),
+                v4.subnet_len,
+            ),
+            // An empty range: min > max.
+            None => (1, 1, 0, 32),
+        };
         (0..)
             .map(move |i: u64| min + i * step)
             .take_while(move |a| *a <= max)
@@ -200,12 +225,18 @@ impl NetworkConfig {
 
     /// Whether a lease's subnets are usable under this config: flannel's `isSubnetConfigCompat`
     /// and `isIPv6SubnetConfigCompat` (base within `SubnetMin..=SubnetMax`, prefix equal to
-    /// `SubnetLen`; an IPv6 subnet present exactly when IPv6 is on), plus that the base really is
-    /// a base (no host bits).
-    pub fn is_compatible(&self, subnet: Ipv4Net, ipv6_subnet: Option<Ipv6Net>) -> bool {
-        let v4 = subnet.prefix_len() == self.subnet_len
-            && subnet.addr() == subnet.network()
-            && (self.subnet_min..=self.subnet_max).contains(&subnet.addr());
+    /// `SubnetLen`; each half present exactly when its family is on), plus that the base really
+    /// is a base (no host bits).
+    pub fn is_compatible(&self, subnet: Option<Ipv4Net>, ipv6_subnet: Option<Ipv6Net>) -> bool {
+        let v4 = match (self.ipv4, subnet) {
+            (None, None) => true,
+            (Some(cfg), Some(sn)) => {
+                sn.prefix_len() == cfg.subnet_len
+                    && sn.addr() == sn.network()
+                    && (cfg.subnet_min..=cfg.subnet_max).contains(&sn.addr())
+            }
+            _ => false,
+        };
         let v6 = match (self.ipv6, ipv6_subnet) {
             (None, None) => true,
             (Some(cfg), Some(sn)) => {

@@ -19,11 +19,11 @@ impl NetworkConfig {
 
     fn out(&self) -> ConfigOut<'_> {
         ConfigOut {
-            network: self.network,
-            subnet_len: self.subnet_len,
-            subnet_min: self.subnet_min,
-            subnet_max: self.subnet_max,
-            enable_ipv4: true,
+            network: self.ipv4.map(|v| v.network),
+            subnet_len: self.ipv4.map(|v| v.subnet_len),
+            subnet_min: self.ipv4.map(|v| v.subnet_min),
+            subnet_max: self.ipv4.map(|v| v.subnet_max),
+            enable_ipv4: self.ipv4.is_some(),
             enable_ipv6: self.ipv6.is_some(),
             ipv6_network: self.ipv6.map(|v| v.network),
             ipv6_subnet_len: self.ipv6.map(|v| v.subnet_len),
@@ -59,14 +59,14 @@ impl fmt::Display for NetworkConfig {
 
 #[derive(Serialize)]
 struct ConfigOut<'a> {
-    #[serde(rename = "Network")]
-    network: Ipv4Net,
-    #[serde(rename = "SubnetLen")]
-    subnet_len: u8,
-    #[serde(rename = "SubnetMin")]
-    subnet_min: Ipv4Addr,
-    #[serde(rename = "SubnetMax")]
-    subnet_max: Ipv4Addr,
+    #[serde(rename = "Network", skip_serializing_if = "Option::is_none")]
+    network: Option<Ipv4Net>,
+    #[serde(rename = "SubnetLen", skip_serializing_if = "Option::is_none")]
+    subnet_len: Option<u8>,
+    #[serde(rename = "SubnetMin", skip_serializing_if = "Option::is_none")]
+    subnet_min: Option<Ipv4Addr>,
+    #[serde(rename = "SubnetMax", skip_serializing_if = "Option::is_none")]
+    subnet_max: Option<Ipv4Addr>,
     #[serde(rename = "EnableIPv4")]
     enable_ipv4: bool,
     #[serde(rename = "EnableIPv6")]

@@ -10,17 +10,19 @@ fn ok(json: &str) -> NetworkConfig {
 #[test]
 fn defaults_for_a_slash_16() {
     let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
-    assert_eq!(c.network, "10.5.0.0/16".parse::<Ipv4Net>().unwrap());
-    assert_eq!(c.subnet_len, 24);
-    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 5, 1, 0));
-    assert_eq!(c.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
+    let v4 = c.ipv4.expect("IPv4 is on by default");
+    assert_eq!(v4.network, "10.5.0.0/16".parse::<Ipv4Net>().unwrap());
+    assert_eq!(v4.subnet_len, 24);
+    assert_eq!(v4.subnet_min, Ipv4Addr::new(10, 5, 1, 0));
+    assert_eq!(v4.subnet_max, Ipv4Addr::new(10, 5, 255, 0));
     assert_eq!(c.backend.vni, 1);
     assert_eq!(c.backend.port, 0);
     assert_eq!(c.vxlan_port(), 8472);
     assert_eq!(c.backend.mtu, 0);
     assert!(!c.backend.gbp && !c.backend.learning && !c.backend.direct_routing);
     assert_eq!(c.ipv6, None);
-    assert_eq!(c.subnet_size(), 256);
+    assert_eq!(c.subnet_size(), Some(256));
+    assert!(!c.is_ipv6_only());
     assert!(c.ignored_fields.is_empty());
 }
 
@@ -53,7 +55,7 @@ fn good_configs() {
         ("{\"Networ\u{212A}\":\"10.2.0.0/16\",\"Backend\":{\"Type\":\"vxlan\"}}", 24, "10.2.1.0", "10.2.255.0"),
     ];
     for (json, len, min, max) in rows {
-        let c = ok(json);
+        let c = ok(json).ipv4.expect("IPv4 is on");
         assert_eq!(c.subnet_len, *len, "{json}");
         assert_eq!(c.subnet_min.to_string(), *min, "{json}");
         assert_eq!(c.subnet_max.to_string(), *max, "{json}");
@@ -171,7 +173,8 @@ fn bad_configs() {
         (cfg(&format!(r#"{N},"SubnetMin":"fc00::",{V}"#)), |e| matches!(e, E::InvalidAddress { field: "SubnetMin", .. }), "IPv6"),
         (cfg(&format!(r#"{N},"EnableIPv4":"yes",{V}"#)), |e| matches!(e, E::FieldType { .. }), "boolean"),
         (cfg(&format!(r#"{N},"EnableIPv4":false,{V}"#)), |e| matches!(e, E::NoAddressFamily), "both false"),
-        (cfg(&format!(r#""EnableIPv4":false,{V6},{V}"#)), |e| matches!(e, E::Ipv6OnlyUnsupported), "IPv6-only"),
+        (cfg(&format!(r#""EnableIPv4":false,"EnableIPv6":true,{V}"#)), |e| matches!(e, E::Ipv6NetworkMissing), "IPv6Network"),
+        (cfg(&format!(r#""EnableIPv4":false,"EnableIPv6":false,{V}"#)), |e| matches!(e, E::NoAddressFamily), "IPv6-only"),
         (cfg(&format!(r#"{N},"EnableIPv6":true,{V}"#)), |e| matches!(e, E::Ipv6NetworkMissing), "IPv6Network"),
         (cfg(&format!(r#"{N},"EnableIPv6":true,"IPv6Network":"10.0.0.0/8",{V}"#)), |e| matches!(e, E::InvalidAddress { field: "IPv6Network", .. }), "IPv4 CIDR"),
         (cfg(&format!(r#"{N},"EnableIPv6":true,"IPv6Network":"fc00::/125",{V}"#)), |e| matches!(e, E::Ipv6NetworkTooSmall { .. }), "/124"),
@@ -249,12 +252,16 @@ fn candidate_subnets() {
 #[test]
 fn compatibility() {
     let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#);
-    let n = |s: &str| s.parse::<Ipv4Net>().unwrap();
+    let n = |s: &str| Some(s.parse::<Ipv4Net>().unwrap());
     assert!(c.is_compatible(n("10.5.52.0/24"), None));
     assert!(!c.is_compatible(n("10.5.0.0/24"), None), "below SubnetMin");
     assert!(!c.is_compatible(n("10.6.0.0/24"), None), "outside Network");
     assert!(!c.is_compatible(n("10.5.52.0/25"), None), "wrong SubnetLen");
     assert!(!c.is_compatible(n("10.5.52.1/24"), None), "host bits");
+    assert!(
+        !c.is_compatible(None, Some("fc00::/64".parse().unwrap())),
+        "an IPv6-only lease in an IPv4 network"
+    );
     assert!(
         !c.is_compatible(n("10.5.52.0/24"), Some("fc00::/64".parse().unwrap())),
         "IPv6 is off"
@@ -279,4 +286,47 @@ fn mtu() {
     assert_eq!(c.mtu_for(20, false), 0);
     let c = ok(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1400}}"#);
     assert_eq!(c.mtu_for(9000, true), 1400);
+}
+
+/// `EnableIPv4: false`: flanneld's `CheckNetworkConfig` skips every IPv4 field, so `Network` may
+/// be absent (or anything that decodes), and the config has no IPv4 half at all.
+#[test]
+fn ipv6_only_networks() {
+    let c = ok(
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert!(c.is_ipv6_only());
+    assert_eq!(c.ipv4, None);
+    assert_eq!(c.subnet_size(), None);
+    assert_eq!(c.subnets().count(), 0);
+    let v6 = c.ipv6.expect("IPv6 is on");
+    assert_eq!(v6.network.to_string(), "fd00:5::/48");
+    assert_eq!(v6.subnet_len, 64);
+    assert_eq!(
+        c.ipv6_subnets().next().map(|n| n.to_string()).as_deref(),
+        Some("fd00:5:0:1::/64")
+    );
+    // The IPv4 fields are ignored, as flanneld ignores them (even a Network too small to use).
+    let with_v4_fields = ok(
+        r#"{"EnableIPv4":false,"Network":"10.0.0.0/30","SubnetLen":31,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","Backend":{"Type":"vxlan"}}"#,
+    );
+    assert_eq!(with_v4_fields.ipv4, None);
+    // Leases: only an IPv6 subnet fits.
+    let sn6 = |s: &str| Some(s.parse::<Ipv6Net>().unwrap());
+    assert!(c.is_compatible(None, sn6("fd00:5:0:64::/64")));
+    assert!(!c.is_compatible(None, None));
+    assert!(!c.is_compatible(
+        Some("10.5.52.0/24".parse().unwrap()),
+        sn6("fd00:5:0:64::/64")
+    ));
+    assert!(!c.is_compatible(None, sn6("fd00:6:0:64::/64")));
+    // Written back without the IPv4 fields, and read back equal.
+    let text = c.to_json();
+    assert_eq!(
+        text,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:5::/48","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:5:0:1::","IPv6SubnetMax":"fd00:5:0:ffff::","EnableNFTables":false,"Backend":{"Type":"vxlan","VNI":1,"Port":0,"GBP":false,"Learning":false,"DirectRouting":false,"MTU":0}}"#
+    );
+    assert_eq!(ok(&text), c);
+    // The MTU comes from the IPv6 underlay: 70 bytes of outer headers.
+    assert_eq!(c.mtu_for(1500, true), 1430);
 }

@@ -18,10 +18,9 @@ pub mod local;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
 use packet::wire::MacAddr;
 use time::OffsetDateTime;
 
@@ -196,6 +195,12 @@ pub enum AcquireError {
     /// No subnet is free (or the config cannot be allocated from).
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    /// An IPv6-only network, and no PublicIPv6 to name this node's lease by.
+    #[error(
+        "the network is IPv6-only (EnableIPv4 false) but this node has no PublicIPv6; give its \
+         interface a global IPv6 address, or pass --public-ipv6"
+    )]
+    NoPublicIpv6,
     /// Other nodes won every race for the chosen subnets.
     #[error("lost the race for a subnet {0} times in a row: too many nodes are starting at once; vxdp retries")]
     Contended(usize),
@@ -219,20 +224,26 @@ pub async fn acquire<S: LeaseStore>(
     store: &S,
     config: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<(Ipv4Net, Option<Ipv6Net>)>,
+    previous: Option<SubnetKey>,
     ttl: Duration,
     now: OffsetDateTime,
 ) -> Result<Acquired, AcquireError> {
-    let public_ip: Ipv4Addr = attrs.public_ip;
+    // The address that names this node's leases: PublicIP, or PublicIPv6 in an IPv6-only
+    // network, where every node's PublicIP is 0.0.0.0.
+    let node = match (config.ipv4, attrs.public_ipv6) {
+        (Some(_), _) => IpAddr::V4(attrs.public_ip),
+        (None, Some(v6)) => IpAddr::V6(v6),
+        (None, None) => return Err(AcquireError::NoPublicIpv6),
+    };
     for _ in 0..ACQUIRE_ATTEMPTS {
         let listing = store.list().await?;
         let leases = listing.to_vec();
         let allocation = {
             let mut rng = rand::rng();
-            subnet_alloc::allocate(config, &leases, public_ip, previous, now, &mut rng)?
+            subnet_alloc::allocate(config, &leases, node, previous, now, &mut rng)?
         };
         let mut removed_stale = Vec::new();
-        for stale in subnet_alloc::stale_own_leases(&allocation, &leases, public_ip) {
+        for stale in subnet_alloc::stale_own_leases(&allocation, &leases, node) {
             if stale.is_reservation() {
                 tracing::warn!(
                     subnet = %stale.key(),
@@ -304,7 +315,7 @@ mod tests {
         Lease::new(
             key,
             LeaseAttrs::vxlan(
-                Ipv4Addr::from(ip),
+                std::net::Ipv4Addr::from(ip),
                 1,
                 packet::wire::MacAddr([2, 0, 0, 0, 0, mac_last]),
             ),

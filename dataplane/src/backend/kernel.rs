@@ -40,11 +40,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv6Net};
 use netlink_packet_route::route::RouteProtocol;
 use packet::wire::MacAddr;
 
 use control::backend::{Backend, BackendError, Peer, Teardown};
+use control::lease::SubnetKey;
 use control::netlink::{LinkDetails, Netlink, NetlinkError, VxlanAttrs, VxlanLinkSpec};
 
 /// The kernel's default lifetime of learnt FDB entries, which flanneld's links show.
@@ -351,13 +352,15 @@ struct FamilyPeer {
 }
 
 impl FamilyPeer {
-    fn v4(peer: &Peer) -> FamilyPeer {
-        FamilyPeer {
-            subnet: IpNet::V4(peer.subnet),
-            gateway: IpAddr::V4(peer.gateway()),
-            public_ip: IpAddr::V4(peer.public_ip),
-            vtep_mac: peer.vtep_mac,
-        }
+    /// The IPv4 half, when the peer's lease has one.
+    fn v4(peer: &Peer) -> Option<FamilyPeer> {
+        let v4 = peer.ipv4.as_ref()?;
+        Some(FamilyPeer {
+            subnet: IpNet::V4(v4.subnet),
+            gateway: IpAddr::V4(v4.gateway()),
+            public_ip: IpAddr::V4(v4.public_ip),
+            vtep_mac: v4.vtep_mac,
+        })
     }
 
     /// The IPv6 half, when the peer has one it can be reached on (a PublicIPv6).
@@ -372,13 +375,16 @@ impl FamilyPeer {
     }
 }
 
-/// The running kernel backend: the IPv4 vxlan link and, in a dual-stack network, the IPv6 one.
+/// The running kernel backend: the IPv4 vxlan link and, in a dual-stack network, the IPv6 one;
+/// in an IPv6-only network only the IPv6 link (flanneld then creates only `flannel-v6.<VNI>`).
 #[derive(Debug)]
 pub struct KernelBackend {
-    v4: KernelLink,
+    v4: Option<KernelLink>,
     v6: Option<KernelLink>,
-    /// Each peer's IPv6 half as programmed on the IPv6 link, by its IPv4 subnet (the lease).
-    v6_of: BTreeMap<Ipv4Net, FamilyPeer>,
+    /// Each peer's IPv4 half as programmed on the IPv4 link, by lease key.
+    v4_of: BTreeMap<SubnetKey, FamilyPeer>,
+    /// Each peer's IPv6 half as programmed on the IPv6 link, by lease key.
+    v6_of: BTreeMap<SubnetKey, FamilyPeer>,
 }
 
 /// One vxlan link and the peers programmed on it.
@@ -404,11 +410,21 @@ fn is_gone(e: &NetlinkError) -> bool {
 
 impl KernelBackend {
     /// Creates (or reuses, or recreates) the vxlan link(s), configures their addresses and sets
-    /// them up.
+    /// them up. A config whose `subnet` is IPv6 (and `ipv6` none) describes the one link of an
+    /// IPv6-only network: it is started as the IPv6 link, and there is no IPv4 link.
     pub async fn start(
         nl: Netlink,
         config: KernelBackendConfig,
     ) -> Result<KernelBackend, KernelBackendError> {
+        if config.subnet.addr().is_ipv6() {
+            let v6 = KernelLink::start(nl, config).await?;
+            return Ok(KernelBackend {
+                v4: None,
+                v6: Some(v6),
+                v4_of: BTreeMap::new(),
+                v6_of: BTreeMap::new(),
+            });
+        }
         let v6_config = config.v6_link();
         let v4 = KernelLink::start(nl.clone(), config).await?;
         let v6 = match v6_config {
@@ -422,34 +438,65 @@ impl KernelBackend {
             },
         };
         Ok(KernelBackend {
-            v4,
+            v4: Some(v4),
             v6,
+            v4_of: BTreeMap::new(),
             v6_of: BTreeMap::new(),
         })
     }
 
+    /// The links, IPv4 first.
+    fn links(&self) -> impl Iterator<Item = &KernelLink> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
     /// The one-line description of the link(s) for the mode log.
     pub fn summary(&self) -> String {
-        match &self.v6 {
-            None => self.v4.summary.clone(),
-            Some(v6) => format!("{}; IPv6: {}", self.v4.summary, v6.summary),
+        match (&self.v4, &self.v6) {
+            (Some(v4), Some(v6)) => format!("{}; IPv6: {}", v4.summary, v6.summary),
+            (Some(l), None) | (None, Some(l)) => l.summary.clone(),
+            (None, None) => String::new(),
         }
     }
 
-    /// The IPv4 vxlan link's name.
+    /// The first vxlan link's name: the IPv4 link's, or in an IPv6-only network the IPv6 one's.
     pub fn device(&self) -> &str {
-        &self.v4.config.device
+        self.links().next().map_or("", |l| l.config.device.as_str())
     }
 
-    /// The IPv4 vxlan link's index; `None` while it is missing and not yet recreated.
+    /// The first vxlan link's index; `None` while it is missing and not yet recreated.
     pub fn link_index(&self) -> Option<u32> {
-        self.v4.index
+        self.links().next().and_then(|l| l.index)
     }
 
-    /// The IPv6 vxlan link's name, in a dual-stack network.
+    /// The IPv6 vxlan link's name, in a dual-stack or IPv6-only network.
     pub fn v6_device(&self) -> Option<&str> {
         self.v6.as_ref().map(|l| l.config.device.as_str())
     }
+}
+
+/// Programs one family's half of the peer named `key` on `link`: replaces or removes what the
+/// peer had there before (`of`), adds the new half when there is one.
+async fn sync_half(
+    link: &mut KernelLink,
+    of: &mut BTreeMap<SubnetKey, FamilyPeer>,
+    key: SubnetKey,
+    new: Option<FamilyPeer>,
+) -> Result<(), BackendError> {
+    // What this peer had on the link and no longer has (a new subnet, or none).
+    let stale = match (of.get(&key), &new) {
+        (Some(old), Some(new)) if old.subnet == new.subnet => None,
+        (old, _) => old.cloned(),
+    };
+    if let Some(old) = stale {
+        of.remove(&key);
+        link.remove_peer(&old).await?;
+    }
+    if let Some(p) = new {
+        link.add_peer(&p).await?;
+        of.insert(key, p);
+    }
+    Ok(())
 }
 
 impl KernelLink {
@@ -1037,38 +1084,41 @@ impl Backend for KernelBackend {
     }
 
     async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
-        self.v4.add_peer(&FamilyPeer::v4(peer)).await?;
-        let Some(v6) = &mut self.v6 else {
-            return Ok(());
-        };
-        let new = FamilyPeer::v6(peer);
-        // What this peer had on the IPv6 link and no longer has (a new IPv6 subnet, or none).
-        let stale = match (self.v6_of.get(&peer.subnet), &new) {
-            (Some(old), Some(new)) if old.subnet == new.subnet => None,
-            (old, _) => old.cloned(),
-        };
-        if let Some(old) = stale {
-            self.v6_of.remove(&peer.subnet);
-            v6.remove_peer(&old).await?;
-        }
-        match new {
-            Some(p) => {
-                v6.add_peer(&p).await?;
-                self.v6_of.insert(peer.subnet, p);
+        if let Some(v4) = &mut self.v4 {
+            let new = FamilyPeer::v4(peer);
+            if new.is_none() {
+                tracing::warn!(
+                    subnet = %peer.key,
+                    "peer's lease has no IPv4 subnet (it runs IPv6 only): its pods are not \
+                     reachable over IPv4"
+                );
             }
-            None => tracing::warn!(
-                subnet = %peer.subnet,
-                "peer's lease has no IPv6 subnet with a PublicIPv6 (IPv6 turned on since it \
-                 registered, or it runs IPv4 only): its pods are reachable over IPv4 only"
-            ),
+            sync_half(v4, &mut self.v4_of, peer.key, new).await?;
+        }
+        if let Some(v6) = &mut self.v6 {
+            let new = FamilyPeer::v6(peer);
+            if new.is_none() {
+                tracing::warn!(
+                    subnet = %peer.key,
+                    "peer's lease has no IPv6 subnet with a PublicIPv6 (IPv6 turned on since it \
+                     registered, or it runs IPv4 only): its pods are not reachable over IPv6"
+                );
+            }
+            sync_half(v6, &mut self.v6_of, peer.key, new).await?;
         }
         Ok(())
     }
 
     async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
-        let r4 = self.v4.remove_peer(&FamilyPeer::v4(previous)).await;
+        let mut r4 = Ok(());
+        if let Some(v4) = &mut self.v4 {
+            let known = self.v4_of.remove(&previous.key);
+            if let Some(p) = known.or_else(|| FamilyPeer::v4(previous)) {
+                r4 = v4.remove_peer(&p).await;
+            }
+        }
         if let Some(v6) = &mut self.v6 {
-            let known = self.v6_of.remove(&previous.subnet);
+            let known = self.v6_of.remove(&previous.key);
             if let Some(p) = known.or_else(|| FamilyPeer::v6(previous)) {
                 v6.remove_peer(&p).await?;
             }
@@ -1078,7 +1128,9 @@ impl Backend for KernelBackend {
 
     async fn tick(&mut self) -> Result<(), BackendError> {
         // The kernel forwards on its own: upkeep repairs, it never fails the daemon.
-        self.v4.repair_link().await;
+        if let Some(v4) = &mut self.v4 {
+            v4.repair_link().await;
+        }
         if let Some(v6) = &mut self.v6 {
             v6.repair_link().await;
         }
@@ -1089,7 +1141,9 @@ impl Backend for KernelBackend {
         if let Some(v6) = self.v6 {
             v6.shutdown(teardown).await;
         }
-        self.v4.shutdown(teardown).await;
+        if let Some(v4) = self.v4 {
+            v4.shutdown(teardown).await;
+        }
     }
 }
 
@@ -1150,9 +1204,12 @@ mod tests {
         assert_eq!(v6.link_spec().mac, MacAddr([2, 0, 0, 0, 0, 2]));
         // A peer's halves: its IPv6 gateway is its IPv6 subnet's base, sent to its PublicIPv6.
         let peer = Peer {
-            subnet: "10.5.2.0/24".parse().unwrap(),
-            public_ip: "192.0.2.2".parse().unwrap(),
-            vtep_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+            key: "10.5.2.0-24&fd00:0:0:2::-64".parse().unwrap(),
+            ipv4: Some(control::backend::PeerV4 {
+                subnet: "10.5.2.0/24".parse().unwrap(),
+                public_ip: "192.0.2.2".parse().unwrap(),
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+            }),
             ipv6: Some(control::backend::PeerV6 {
                 subnet: "fd00:0:0:2::/64".parse().unwrap(),
                 public_ip: Some("2001:db8::2".parse().unwrap()),
@@ -1163,7 +1220,7 @@ mod tests {
         assert_eq!(h.gateway, "fd00:0:0:2::".parse::<IpAddr>().unwrap());
         assert_eq!(h.public_ip, "2001:db8::2".parse::<IpAddr>().unwrap());
         assert_eq!(
-            FamilyPeer::v4(&peer).gateway,
+            FamilyPeer::v4(&peer).unwrap().gateway,
             "10.5.2.0".parse::<IpAddr>().unwrap()
         );
         // Without a PublicIPv6 the IPv6 half cannot be reached.
@@ -1172,6 +1229,12 @@ mod tests {
             v6.public_ip = None;
         }
         assert_eq!(FamilyPeer::v6(&no_v6_ip), None);
+        // An IPv6-only peer has no IPv4 half to program.
+        let mut v6_only = peer.clone();
+        v6_only.ipv4 = None;
+        v6_only.key = "0.0.0.0-0&fd00:0:0:2::-64".parse().unwrap();
+        assert_eq!(FamilyPeer::v4(&v6_only), None);
+        assert_eq!(FamilyPeer::v6(&v6_only), FamilyPeer::v6(&peer));
     }
 
     fn existing(vxlan: Option<VxlanAttrs>, kind: &str) -> LinkDetails {

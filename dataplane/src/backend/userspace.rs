@@ -10,8 +10,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use control::backend::{Backend, BackendError, Peer, Teardown};
+use control::backend::{Backend, BackendError, Peer, PeerV4, Teardown};
 use control::interface::ExternalInterface;
+use control::lease::SubnetKey;
 use control::netlink::Netlink;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use packet::tunnel::{DecapPolicy, OuterHeader, OuterParams};
@@ -93,8 +94,9 @@ pub struct UserspaceConfig {
     pub vni: u32,
     /// VXLAN UDP port.
     pub port: u16,
-    /// This node's lease subnet (its base address goes on the TAP as a /32).
-    pub subnet: Ipv4Net,
+    /// This node's IPv4 lease subnet (its base address goes on the TAP as a /32); `None` in an
+    /// IPv6-only network, where the TAP gets only its IPv6 address and routes.
+    pub subnet: Option<Ipv4Net>,
     /// Worker count; `None` = AF_XDP: the NIC's RX queues, at most one per CPU; UDP: one per
     /// CPU, at most 16.
     pub queues: Option<usize>,
@@ -110,12 +112,12 @@ pub struct UserspaceConfig {
     pub busy_poll: bool,
     /// The underlay.
     pub underlay: UnderlayKind,
-    /// The IPv6 overlay of a dual-stack network (UDP underlay only so far).
+    /// The IPv6 overlay of a dual-stack or IPv6-only network.
     pub ipv6: Option<UserspaceV6Config>,
 }
 
-/// The IPv6 half of a dual-stack node: inner IPv6 through the same TAP, outer IPv6 to peers'
-/// PublicIPv6. The TAP's one MAC is this node's VtepMAC for both families.
+/// The IPv6 half of a dual-stack or IPv6-only node: inner IPv6 through the same TAP, outer IPv6
+/// to peers' PublicIPv6. The TAP's one MAC is this node's VtepMAC for both families.
 #[derive(Debug, Clone)]
 pub struct UserspaceV6Config {
     /// This node's IPv6 lease; its base address goes on the TAP as a /128.
@@ -260,8 +262,8 @@ pub struct UserspaceBackend {
     config: UserspaceConfig,
     tap_index: u32,
     tables: Arc<PeerTables>,
-    peers: BTreeMap<Ipv4Net, Peer>,
-    direct: BTreeMap<Ipv4Net, Ipv4Addr>,
+    peers: BTreeMap<SubnetKey, Peer>,
+    direct: BTreeMap<SubnetKey, Ipv4Addr>,
     paths: Arc<Mutex<BTreeMap<IpAddr, PeerPath>>>,
     af_xdp: Option<AfXdpPaths>,
     summary: String,
@@ -535,16 +537,18 @@ impl UserspaceBackend {
             BackendStartError::Config(format!("the TAP device {} vanished", config.device))
         })?;
         // The lease's base address as a /32: no subnet route, no broadcast route (flanneld).
-        nl.ensure_address(tap_link.index, IpAddr::V4(config.subnet.network()), 32)
-            .await?;
-        // Dual stack: the IPv6 lease's base address as a /128, likewise.
+        if let Some(subnet) = config.subnet {
+            nl.ensure_address(tap_link.index, IpAddr::V4(subnet.network()), 32)
+                .await?;
+        }
+        // Dual stack and IPv6-only: the IPv6 lease's base address as a /128, likewise.
         if let Some(v6) = &config.ipv6 {
             nl.ensure_address(tap_link.index, IpAddr::V6(v6.subnet.network()), 128)
                 .await?;
         }
 
         let policy = DecapPolicy {
-            local_ip4: Some(config.external.public_ip),
+            local_ip4: config.subnet.and(config.external.public_ip),
             local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
             port: config.port,
             vni,
@@ -581,7 +585,7 @@ impl UserspaceBackend {
                 let steering = SteeringConfig {
                     ifindex: config.external.link.index,
                     ifname: ifname.clone(),
-                    local_ip4: Some(config.external.public_ip),
+                    local_ip4: config.subnet.and(config.external.public_ip),
                     // Dual stack: IPv6 VXLAN to the IPv6 VTEP address is steered too.
                     local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
@@ -687,7 +691,7 @@ impl UserspaceBackend {
             }
             UnderlayKind::Udp(o) => {
                 let udp_config = UdpConfig {
-                    local_ip: config.external.public_ip,
+                    local_ip: config.subnet.and(config.external.public_ip),
                     local_ip6: config.ipv6.as_ref().map(|v6| v6.local_ip),
                     port: config.port,
                     vni,
@@ -774,10 +778,21 @@ impl UserspaceBackend {
                 } else {
                     "GRO off (--udp-gro off)"
                 };
+                let addrs: Vec<String> = udp_config
+                    .local_ip
+                    .map(|a| format!("{a}:{}", config.port))
+                    .into_iter()
+                    .chain(
+                        udp_config
+                            .local_ip6
+                            .map(|a| format!("[{a}]:{}", config.port)),
+                    )
+                    .collect();
                 let note = format!(
-                    "UDP sockets on {ifname} ({}:{}), {queues} queue(s), {} source ports each, \
+                    "UDP sockets on {ifname} ({}), {queues} queue(s), {} source ports each, \
                      {gso_note}, {gro_note}",
-                    config.external.public_ip, config.port, udp_config.tx_sockets,
+                    addrs.join(", "),
+                    udp_config.tx_sockets,
                 );
                 (None, note, None)
             }
@@ -888,7 +903,7 @@ impl UserspaceBackend {
     /// with the UDP checksum RFC 8200 makes mandatory, which `OuterHeader` always sets).
     fn outer_for(&self, peer_ip: IpAddr, hop: &NextHop) -> Option<OuterHeader> {
         let src_ip = match peer_ip {
-            IpAddr::V4(_) => IpAddr::V4(self.config.external.public_ip),
+            IpAddr::V4(_) => IpAddr::V4(self.config.external.public_ip?),
             IpAddr::V6(_) => IpAddr::V6(self.config.ipv6.as_ref()?.local_ip),
         };
         let params = OuterParams {
@@ -972,16 +987,24 @@ impl UserspaceBackend {
         BackendError(format!("{what}: {e}"))
     }
 
-    /// The underlay addresses `peer` is reached at: its PublicIP and, dual stack, its
-    /// PublicIPv6.
+    /// The underlay addresses `peer` is reached at: its PublicIP (with IPv4 on) and, dual stack
+    /// or IPv6-only, its PublicIPv6.
     fn vtep_ips(&self, peer: &Peer) -> Vec<IpAddr> {
-        let mut ips = vec![IpAddr::V4(peer.public_ip)];
+        let mut ips = Vec::new();
+        if let Some(v4) = self.v4_half(peer) {
+            ips.push(IpAddr::V4(v4.public_ip));
+        }
         if self.config.ipv6.is_some() {
             if let Some(v6) = peer.ipv6.as_ref().and_then(|v6| v6.public_ip) {
                 ips.push(IpAddr::V6(v6));
             }
         }
         ips
+    }
+
+    /// The IPv4 half of `peer`, when this node runs IPv4 and the peer's lease has one.
+    fn v4_half<'p>(&self, peer: &'p Peer) -> Option<&'p PeerV4> {
+        self.config.subnet.and(peer.ipv4.as_ref())
     }
 
     /// The IPv6 half of `peer` for the tables, in a dual-stack network (none when the lease
@@ -1022,12 +1045,12 @@ impl UserspaceBackend {
         }
         let Some((subnet, mac)) = new else {
             if peer.ipv6.is_some() {
-                tracing::warn!(subnet = %peer.subnet, "peer's lease has an IPv6 subnet but no PublicIPv6: its pods are reachable over IPv4 only");
+                tracing::warn!(subnet = %peer.key, "peer's lease has an IPv6 subnet but no PublicIPv6: its pods are not reachable over IPv6");
             }
             return Ok(());
         };
         let gw = IpAddr::V6(subnet.network());
-        let what = || format!("peer {} (IPv6 {subnet})", peer.subnet);
+        let what = || format!("peer {} (IPv6 {subnet})", peer.key);
         self.nl
             .replace_permanent_neighbour(self.tap_index, gw, mac)
             .await
@@ -1053,88 +1076,40 @@ impl UserspaceBackend {
     }
 }
 
-impl Backend for UserspaceBackend {
-    fn name(&self) -> &'static str {
-        self.kind()
+impl UserspaceBackend {
+    /// Adds or replaces a peer reached only over IPv6 (an IPv6-only network): the table entry
+    /// is its IPv6 VTEP, with no ARP gateway; the route and neighbour are `program_v6`'s.
+    async fn add_peer_v6_only(
+        &mut self,
+        previous: Option<&Peer>,
+        peer: &Peer,
+    ) -> Result<(), BackendError> {
+        let entry = self.entry_v6(peer);
+        self.tables.update(|w| match entry {
+            Some(v6) => w.upsert(
+                peer.key,
+                PeerEntry {
+                    vtep_mac: v6.vtep_mac,
+                    vtep_ip: IpAddr::V6(v6.vtep_ip),
+                    gateway_v4: None,
+                    outer: v6.outer,
+                    v6: None,
+                },
+            ),
+            None => {
+                w.remove(&peer.key);
+            }
+        });
+        self.direct.remove(&peer.key);
+        self.program_v6(previous, peer).await?;
+        self.peers.insert(peer.key, peer.clone());
+        self.resolve_paths(peer).await;
+        Ok(())
     }
 
-    async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
-        let previous = self.peers.get(&peer.subnet).cloned();
-        let dst = IpNet::V4(peer.subnet);
-        if self.config.direct_routing
-            && directly_reachable(
-                &self.nl,
-                std::net::IpAddr::V4(peer.public_ip),
-                self.config.external.link.index,
-            )
-            .await
-        {
-            self.nl
-                .replace_gateway_route(dst, IpAddr::V4(peer.public_ip))
-                .await
-                .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
-            // The IPv6 half, if any, still goes through the overlay: keep its entry.
-            let v6 = self.entry_v6(peer);
-            self.tables.update(|w| match v6 {
-                Some(v6) => w.upsert(
-                    peer.subnet,
-                    PeerEntry {
-                        vtep_mac: peer.vtep_mac,
-                        vtep_ip: IpAddr::V4(peer.public_ip),
-                        gateway_v4: None,
-                        outer: None,
-                        v6: Some(v6),
-                    },
-                ),
-                None => {
-                    w.remove(&peer.subnet);
-                }
-            });
-            self.program_v6(previous.as_ref(), peer).await?;
-            self.direct.insert(peer.subnet, peer.public_ip);
-            self.set_path(
-                IpAddr::V4(peer.public_ip),
-                PeerPath {
-                    next_hop_mac: None,
-                    via: Some(IpAddr::V4(peer.public_ip)),
-                    state: "direct-routing".into(),
-                },
-            );
-            self.peers.insert(peer.subnet, peer.clone());
-            return Ok(());
-        }
-        self.direct.remove(&peer.subnet);
-        let outer = self.af_xdp.as_ref().and_then(|a| {
-            a.tracker
-                .next_hop(IpAddr::V4(peer.public_ip))
-                .and_then(|hop| self.outer_for(IpAddr::V4(peer.public_ip), &hop))
-        });
-        self.tables.update(|w| {
-            w.upsert(
-                peer.subnet,
-                PeerEntry {
-                    vtep_mac: peer.vtep_mac,
-                    vtep_ip: IpAddr::V4(peer.public_ip),
-                    gateway_v4: Some(peer.gateway()),
-                    outer,
-                    v6: self.entry_v6(peer),
-                },
-            )
-        });
-        self.program_v6(previous.as_ref(), peer).await?;
-        self.nl
-            .replace_onlink_route(dst, IpAddr::V4(peer.gateway()), self.tap_index)
-            .await
-            .map_err(|e| Self::err(format!("peer {}", peer.subnet), e))?;
-        if previous.is_some_and(|p| p.vtep_mac != peer.vtep_mac) {
-            // The kernel cached the old MAC for this gateway: drop it so the next packet
-            // re-ARPs and gets the new one from the ARP table at once.
-            let _ = self
-                .nl
-                .delete_neighbour(self.tap_index, IpAddr::V4(peer.gateway()))
-                .await;
-        }
-        self.peers.insert(peer.subnet, peer.clone());
+    /// Resolves the underlay paths to `peer`'s VTEPs when some are not known yet (AF_XDP), or
+    /// refreshes the status's view of them (UDP).
+    async fn resolve_paths(&mut self, peer: &Peer) {
         let vteps = self.vtep_ips(peer);
         let unresolved = self
             .af_xdp
@@ -1143,27 +1118,141 @@ impl Backend for UserspaceBackend {
         if unresolved || self.af_xdp.is_none() {
             self.refresh_paths(vteps).await;
         }
+    }
+
+    /// Removes the IPv4 route (overlay or DirectRouting) and neighbour programmed for
+    /// `previous`; missing entries are fine.
+    async fn unprogram_v4(
+        &mut self,
+        previous: &Peer,
+    ) -> Result<(), control::netlink::NetlinkError> {
+        let direct = self.direct.remove(&previous.key);
+        let Some(v4) = previous
+            .ipv4
+            .as_ref()
+            .filter(|_| self.config.subnet.is_some())
+        else {
+            return Ok(());
+        };
+        let dst = IpNet::V4(v4.subnet);
+        if let Some(public_ip) = direct {
+            return self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await;
+        }
+        let r = self
+            .nl
+            .delete_route(dst, IpAddr::V4(v4.gateway()), Some(self.tap_index))
+            .await;
+        let _ = self
+            .nl
+            .delete_neighbour(self.tap_index, IpAddr::V4(v4.gateway()))
+            .await;
+        r
+    }
+}
+
+impl Backend for UserspaceBackend {
+    fn name(&self) -> &'static str {
+        self.kind()
+    }
+
+    async fn add_peer(&mut self, peer: &Peer) -> Result<(), BackendError> {
+        let previous = self.peers.get(&peer.key).cloned();
+        let Some(v4) = self.v4_half(peer).cloned() else {
+            // An IPv6-only network (or a peer that runs IPv6 only): its IPv6 VTEP is its entry.
+            if let Some(prev) = previous.as_ref().filter(|p| self.v4_half(p).is_some()) {
+                let _ = self.unprogram_v4(prev).await;
+            }
+            return self.add_peer_v6_only(previous.as_ref(), peer).await;
+        };
+        let key = peer.key;
+        let dst = IpNet::V4(v4.subnet);
+        if self.config.direct_routing
+            && directly_reachable(
+                &self.nl,
+                std::net::IpAddr::V4(v4.public_ip),
+                self.config.external.link.index,
+            )
+            .await
+        {
+            self.nl
+                .replace_gateway_route(dst, IpAddr::V4(v4.public_ip))
+                .await
+                .map_err(|e| Self::err(format!("peer {key}"), e))?;
+            // The IPv6 half, if any, still goes through the overlay: keep its entry.
+            let v6 = self.entry_v6(peer);
+            self.tables.update(|w| match v6 {
+                Some(v6) => w.upsert(
+                    key,
+                    PeerEntry {
+                        vtep_mac: v4.vtep_mac,
+                        vtep_ip: IpAddr::V4(v4.public_ip),
+                        gateway_v4: None,
+                        outer: None,
+                        v6: Some(v6),
+                    },
+                ),
+                None => {
+                    w.remove(&key);
+                }
+            });
+            self.program_v6(previous.as_ref(), peer).await?;
+            self.direct.insert(key, v4.public_ip);
+            self.set_path(
+                IpAddr::V4(v4.public_ip),
+                PeerPath {
+                    next_hop_mac: None,
+                    via: Some(IpAddr::V4(v4.public_ip)),
+                    state: "direct-routing".into(),
+                },
+            );
+            self.peers.insert(key, peer.clone());
+            return Ok(());
+        }
+        self.direct.remove(&key);
+        let outer = self.af_xdp.as_ref().and_then(|a| {
+            a.tracker
+                .next_hop(IpAddr::V4(v4.public_ip))
+                .and_then(|hop| self.outer_for(IpAddr::V4(v4.public_ip), &hop))
+        });
+        self.tables.update(|w| {
+            w.upsert(
+                key,
+                PeerEntry {
+                    vtep_mac: v4.vtep_mac,
+                    vtep_ip: IpAddr::V4(v4.public_ip),
+                    gateway_v4: Some(v4.gateway()),
+                    outer,
+                    v6: self.entry_v6(peer),
+                },
+            )
+        });
+        self.program_v6(previous.as_ref(), peer).await?;
+        self.nl
+            .replace_onlink_route(dst, IpAddr::V4(v4.gateway()), self.tap_index)
+            .await
+            .map_err(|e| Self::err(format!("peer {key}"), e))?;
+        let old_mac = previous
+            .as_ref()
+            .and_then(|p| p.ipv4.as_ref())
+            .map(|p| p.vtep_mac);
+        if old_mac.is_some_and(|m| m != v4.vtep_mac) {
+            // The kernel cached the old MAC for this gateway: drop it so the next packet
+            // re-ARPs and gets the new one from the ARP table at once.
+            let _ = self
+                .nl
+                .delete_neighbour(self.tap_index, IpAddr::V4(v4.gateway()))
+                .await;
+        }
+        self.peers.insert(key, peer.clone());
+        self.resolve_paths(peer).await;
         Ok(())
     }
 
     async fn remove_peer(&mut self, previous: &Peer) -> Result<(), BackendError> {
-        self.peers.remove(&previous.subnet);
+        self.peers.remove(&previous.key);
         let r6 = self.unprogram_v6(previous).await;
-        let dst = IpNet::V4(previous.subnet);
-        let result = if let Some(public_ip) = self.direct.remove(&previous.subnet) {
-            self.nl.delete_route(dst, IpAddr::V4(public_ip), None).await
-        } else {
-            self.tables.update(|w| w.remove(&previous.subnet));
-            let r = self
-                .nl
-                .delete_route(dst, IpAddr::V4(previous.gateway()), Some(self.tap_index))
-                .await;
-            let _ = self
-                .nl
-                .delete_neighbour(self.tap_index, IpAddr::V4(previous.gateway()))
-                .await;
-            r
-        };
+        self.tables.update(|w| w.remove(&previous.key));
+        let result = self.unprogram_v4(previous).await;
         let still_used: std::collections::BTreeSet<IpAddr> =
             self.peers.values().flat_map(|p| self.vtep_ips(p)).collect();
         for ip in self.vtep_ips(previous) {
@@ -1177,8 +1266,8 @@ impl Backend for UserspaceBackend {
                 p.remove(&ip);
             }
         }
-        result.map_err(|e| Self::err(format!("peer {}", previous.subnet), e))?;
-        r6.map_err(|e| Self::err(format!("peer {} (IPv6)", previous.subnet), e))
+        result.map_err(|e| Self::err(format!("peer {}", previous.key), e))?;
+        r6.map_err(|e| Self::err(format!("peer {} (IPv6)", previous.key), e))
     }
 
     async fn tick(&mut self) -> Result<(), BackendError> {
@@ -1221,11 +1310,13 @@ impl Backend for UserspaceBackend {
             );
             return;
         }
-        for (subnet, public_ip) in std::mem::take(&mut self.direct) {
-            let _ = self
-                .nl
-                .delete_route(IpNet::V4(subnet), IpAddr::V4(public_ip), None)
-                .await;
+        for (key, public_ip) in std::mem::take(&mut self.direct) {
+            if let Some(subnet) = key.ipv4 {
+                let _ = self
+                    .nl
+                    .delete_route(IpNet::V4(subnet), IpAddr::V4(public_ip), None)
+                    .await;
+            }
         }
         // Deleting the device removes its address and every route through it.
         match self.nl.delete_link(self.tap_index).await {

@@ -103,7 +103,7 @@ fn pipeline(vnet_hdr: bool) -> (Pipeline, PeerTables) {
     let tables = PeerTables::new();
     tables.update(|w| {
         w.upsert(
-            "10.5.2.0/24".parse().unwrap(),
+            "10.5.2.0-24".parse().unwrap(),
             PeerEntry {
                 vtep_mac: PEER_MAC,
                 vtep_ip: IpAddr::V4(PEER_IP),

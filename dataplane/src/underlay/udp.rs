@@ -25,6 +25,9 @@
 //! computes the outer UDP checksum (RFC 8200 section 8.1; vxlan links do not accept zero from
 //! it either unless told `udp6zerocsumrx`).
 //!
+//! IPv6-only (`local_ip` none, `local_ip6` set): only the IPv6 receive socket and transmit
+//! sockets; no IPv4 socket is opened, and the host needs no IPv4 address.
+//!
 //! A kernel that refuses GSO at run time (`EIO`: the route's device lost checksum offload, on
 //! kernels before 2024; `EINVAL`; `EMSGSIZE`: a datagram longer than the path MTU, which GSO
 //! never fragments) gets each datagram sent on its own (fragmented where needed, DF being
@@ -74,10 +77,11 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(5);
 /// How the UDP underlay is set up.
 #[derive(Debug, Clone)]
 pub struct UdpConfig {
-    /// This node's underlay address: the receive sockets bind to it, and it is every outer
-    /// source address.
-    pub local_ip: Ipv4Addr,
-    /// This node's IPv6 underlay address, in a dual-stack network: IPv6 sockets bind to it.
+    /// This node's IPv4 underlay address: the IPv4 sockets bind to it, and it is every IPv4
+    /// outer source address; `None` in an IPv6-only network.
+    pub local_ip: Option<Ipv4Addr>,
+    /// This node's IPv6 underlay address, in a dual-stack or IPv6-only network: IPv6 sockets
+    /// bind to it.
     pub local_ip6: Option<Ipv6Addr>,
     /// The VXLAN port (flannel: 8472): where receive sockets listen and peers are sent to.
     pub port: u16,
@@ -183,8 +187,11 @@ pub const MAX_TX_SOCKETS: usize = 64;
 /// One worker's sockets, opened before its thread starts (so a taken port fails the start).
 #[derive(Debug)]
 pub struct UdpSockets {
+    /// The first family's receive socket and transmit sockets: IPv4, or IPv6 in an IPv6-only
+    /// network (`first_is_v6`).
     rx: OwnedFd,
     tx: Vec<OwnedFd>,
+    first_is_v6: bool,
     /// The IPv6 receive socket and transmit sockets, in a dual-stack network.
     v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     tx_ports: Vec<u16>,
@@ -197,9 +204,15 @@ impl UdpSockets {
     /// joins) and `config.tx_sockets` transmit sockets on ephemeral ports; the same on
     /// `[local_ip6]` when the config has an IPv6 address.
     pub fn open(config: &UdpConfig) -> Result<UdpSockets, UdpError> {
-        let (rx, tx, gro) = open_family(config, IpAddr::V4(config.local_ip))?;
+        let Some(ip4) = config.local_ip else {
+            // IPv6-only: the IPv6 sockets are the only ones.
+            let ip6 = config.local_ip6.ok_or_else(no_address)?;
+            let (rx, tx, gro) = open_family(config, IpAddr::V6(ip6))?;
+            return UdpSockets::finish(config, rx, tx, gro, true, None);
+        };
+        let (rx, tx, gro) = open_family(config, IpAddr::V4(ip4))?;
         let v6 = UdpSockets::open_v6(config)?;
-        UdpSockets::finish(config, rx, tx, gro, v6)
+        UdpSockets::finish(config, rx, tx, gro, false, v6)
     }
 
     /// The IPv6 sockets, when the config has an IPv6 address.
@@ -243,6 +256,18 @@ impl UdpSockets {
                 tx.push(s);
             }
         }
+        let Some(ip4) = config.local_ip else {
+            // IPv6-only: exactly the IPv6 sockets; IPv4 ones that came are closed.
+            let ip6 = config.local_ip6.ok_or_else(no_address)?;
+            let (Some(rx), true) = (rx6.pop(), rx6.is_empty()) else {
+                return Err(UdpError::new(
+                    "taking over the receive socket",
+                    io::Error::other("not exactly one IPv6 receive socket came"),
+                ));
+            };
+            let (rx, tx, gro) = adopt_family(config, IpAddr::V6(ip6), rx, tx6)?;
+            return UdpSockets::finish(config, rx, tx, gro, true, None);
+        };
         let (Some(rx), true) = (rx4.pop(), rx4.is_empty()) else {
             return Err(UdpError::new(
                 "taking over the receive socket",
@@ -257,8 +282,8 @@ impl UdpSockets {
             (Some(_), _, _) => UdpSockets::open_v6(config)?,
             (None, _, _) => None,
         };
-        let (rx, tx, gro) = adopt_family(config, IpAddr::V4(config.local_ip), rx, tx)?;
-        UdpSockets::finish(config, rx, tx, gro, v6)
+        let (rx, tx, gro) = adopt_family(config, IpAddr::V4(ip4), rx, tx)?;
+        UdpSockets::finish(config, rx, tx, gro, false, v6)
     }
 
     fn finish(
@@ -266,6 +291,7 @@ impl UdpSockets {
         rx: OwnedFd,
         tx: Vec<OwnedFd>,
         gro: bool,
+        first_is_v6: bool,
         v6: Option<(OwnedFd, Vec<OwnedFd>)>,
     ) -> Result<UdpSockets, UdpError> {
         let mut gso = if config.gso {
@@ -278,8 +304,9 @@ impl UdpSockets {
             if gso == GsoStatus::On && get_opt(s, libc::SOL_UDP, UDP_SEGMENT).is_err() {
                 gso = GsoStatus::Unsupported;
             }
+            // Either family: an IPv6-only node's first sockets are IPv6.
             tx_ports.push(
-                local_addr(s)
+                local_sockaddr(s)
                     .map_err(|e| UdpError::new("getsockname", e))?
                     .port(),
             );
@@ -287,6 +314,7 @@ impl UdpSockets {
         Ok(UdpSockets {
             rx,
             tx,
+            first_is_v6,
             v6,
             tx_ports,
             gso,
@@ -295,7 +323,7 @@ impl UdpSockets {
     }
 
     /// The descriptors for a handover: the receive sockets (IPv4, then IPv6 in a dual-stack
-    /// network) and the transmit sockets (IPv4's, then IPv6's).
+    /// network; IPv6 alone in an IPv6-only one) and the transmit sockets (IPv4's, then IPv6's).
     pub fn fds(&self) -> (Vec<BorrowedFd<'_>>, Vec<BorrowedFd<'_>>) {
         let mut rx = vec![self.rx.as_fd()];
         let mut tx: Vec<BorrowedFd<'_>> = self.tx.iter().map(AsFd::as_fd).collect();
@@ -418,8 +446,9 @@ impl RxHeaders {
 
 /// The UDP half of a worker.
 pub struct UdpUnderlay {
-    rx: OwnedFd,
-    /// The IPv6 receive socket (dual stack).
+    /// The IPv4 receive socket (none in an IPv6-only network).
+    rx: Option<OwnedFd>,
+    /// The IPv6 receive socket (dual stack, IPv6-only).
     rx6: Option<OwnedFd>,
     /// Both receive sockets, for the worker's poll (dual stack).
     epoll: Option<OwnedFd>,
@@ -463,18 +492,20 @@ impl UdpUnderlay {
         let mut rx_bufs = vec![0u8; RX_MSGS * RX_BUF_LEN].into_boxed_slice();
         let rx_headers = RxHeaders::new(&mut rx_bufs);
         let mut tx = sockets.tx;
-        let tx6_start = tx.len();
-        let (rx6, epoll) = match sockets.v6 {
-            None => (None, None),
-            Some((rx6, tx6)) => {
+        let (rx, rx6, epoll, tx6_start) = match (sockets.first_is_v6, sockets.v6) {
+            // IPv6-only: every socket is IPv6.
+            (true, _) => (None, Some(sockets.rx), None, 0),
+            (false, None) => (Some(sockets.rx), None, None, tx.len()),
+            (false, Some((rx6, tx6))) => {
+                let tx6_start = tx.len();
                 tx.extend(tx6);
                 let ep = epoll_of(&[&sockets.rx, &rx6])
                     .map_err(|e| UdpError::new("an epoll set for the two receive sockets", e))?;
-                (Some(rx6), Some(ep))
+                (Some(sockets.rx), Some(rx6), Some(ep), tx6_start)
             }
         };
         Ok(UdpUnderlay {
-            rx: sockets.rx,
+            rx,
             rx6,
             epoll,
             tx,
@@ -505,15 +536,15 @@ impl UdpUnderlay {
     }
 
     /// The peer's VXLAN address, or `None` for a family these sockets cannot reach (an IPv6
-    /// VTEP without IPv6 sockets).
+    /// VTEP without IPv6 sockets, an IPv4 one in an IPv6-only network).
     #[inline]
     fn destination(&self, peer: &PeerVtep) -> Option<Dest> {
         match peer.vtep_ip {
-            IpAddr::V4(ip) => Some(Dest::v4(SocketAddrV4::new(ip, self.port))),
+            IpAddr::V4(ip) if self.rx.is_some() => Some(Dest::v4(SocketAddrV4::new(ip, self.port))),
             IpAddr::V6(ip) if self.rx6.is_some() => {
                 Some(Dest::v6(SocketAddrV6::new(ip, self.port, 0, 0)))
             }
-            IpAddr::V6(_) => None,
+            IpAddr::V4(_) | IpAddr::V6(_) => None,
         }
     }
 
@@ -720,10 +751,10 @@ impl UdpUnderlay {
     where
         F: FnMut(&mut [RxDatagram<'_>]),
     {
-        let fd = match (v6, &self.rx6) {
-            (false, _) => self.rx.as_raw_fd(),
-            (true, Some(rx6)) => rx6.as_raw_fd(),
-            (true, None) => return 0,
+        let fd = match (v6, &self.rx, &self.rx6) {
+            (false, Some(rx), _) => rx.as_raw_fd(),
+            (true, _, Some(rx6)) => rx6.as_raw_fd(),
+            (false, None, _) | (true, _, None) => return 0,
         };
         let headers = &mut *self.rx_headers;
         headers.rearm();
@@ -796,7 +827,10 @@ impl Underlay for UdpUnderlay {
     where
         F: FnMut(&mut [RxDatagram<'_>]),
     {
-        let mut frames = self.receive_from(false, stats, &mut deliver);
+        let mut frames = 0;
+        if self.rx.is_some() {
+            frames += self.receive_from(false, stats, &mut deliver);
+        }
         if self.rx6.is_some() {
             frames += self.receive_from(true, stats, &mut deliver);
         }
@@ -865,9 +899,11 @@ impl Underlay for UdpUnderlay {
     }
 
     fn poll_fd(&self) -> RawFd {
-        match &self.epoll {
-            Some(ep) => ep.as_raw_fd(),
-            None => self.rx.as_raw_fd(),
+        // Exactly one receive socket when there is no epoll set.
+        match (&self.epoll, &self.rx, &self.rx6) {
+            (Some(ep), _, _) => ep.as_raw_fd(),
+            (None, Some(rx), _) | (None, None, Some(rx)) => rx.as_raw_fd(),
+            (None, None, None) => -1,
         }
     }
 
@@ -1136,6 +1172,14 @@ fn bind_v4(fd: &OwnedFd, addr: SocketAddrV4) -> io::Result<()> {
     Ok(())
 }
 
+/// A config with neither an IPv4 nor an IPv6 address.
+fn no_address() -> UdpError {
+    UdpError::new(
+        "choosing the underlay address",
+        io::Error::other("the config has neither an IPv4 nor an IPv6 address to bind"),
+    )
+}
+
 /// One family's receive socket on `ip:port` and `config.tx_sockets` transmit sockets on
 /// `ip`; whether GRO is on.
 fn open_family(config: &UdpConfig, ip: IpAddr) -> Result<(OwnedFd, Vec<OwnedFd>, bool), UdpError> {
@@ -1324,14 +1368,6 @@ fn local_sockaddr(fd: &OwnedFd) -> io::Result<SocketAddr> {
     }
 }
 
-/// The address an IPv4 socket is bound to.
-fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddrV4> {
-    match local_sockaddr(fd)? {
-        SocketAddr::V4(a) => Ok(a),
-        SocketAddr::V6(_) => Err(io::Error::other("not an IPv4 socket")),
-    }
-}
-
 /// Who holds UDP `port` in this network namespace, in words an operator can act on: a
 /// process (name and PID, from `/proc/net/udp` and the sockets under `/proc/*/fd`), or the
 /// kernel itself, which is what a vxlan link's socket looks like (no owning process).
@@ -1467,7 +1503,7 @@ mod tests {
     /// A config on 127.0.0.1 with GSO on.
     fn loopback(port: u16, tx_sockets: usize, gro: bool) -> UdpConfig {
         UdpConfig {
-            local_ip: Ipv4Addr::LOCALHOST,
+            local_ip: Some(Ipv4Addr::LOCALHOST),
             local_ip6: None,
             port,
             vni: Vni::new(1).unwrap(),
@@ -1518,13 +1554,13 @@ mod tests {
     fn sockets_bind_and_a_second_group_member_shares_the_port() {
         let config = loopback(0, 3, true);
         let first = UdpSockets::open(&config).unwrap();
-        let port = local_addr(&first.rx).unwrap().port();
+        let port = local_sockaddr(&first.rx).unwrap().port();
         assert_eq!(first.tx_ports().len(), 3);
         assert!(first.tx_ports().iter().all(|&p| p != 0 && p != port));
         // Another worker joins the SO_REUSEPORT group on the same port.
         let config = UdpConfig { port, ..config };
         let second = UdpSockets::open(&config).unwrap();
-        assert_eq!(local_addr(&second.rx).unwrap().port(), port);
+        assert_eq!(local_sockaddr(&second.rx).unwrap().port(), port);
         // A socket outside the group cannot take it, and the error names who holds it.
         let squatter = std::net::UdpSocket::bind(("127.0.0.1", port));
         assert!(squatter.is_err());
@@ -1534,7 +1570,7 @@ mod tests {
     fn dual_stack_sockets_carry_each_family_to_its_peers() {
         let v4_only = loopback(0, 2, false);
         let first = UdpSockets::open(&v4_only).unwrap();
-        let port = local_addr(&first.rx).unwrap().port();
+        let port = local_sockaddr(&first.rx).unwrap().port();
         let config = UdpConfig {
             port,
             local_ip6: Some(Ipv6Addr::LOCALHOST),
@@ -1576,15 +1612,90 @@ mod tests {
         );
         assert_eq!(stats.snapshot().underlay_tx_frames, 2);
         // One descriptor to poll: the epoll set of both receive sockets.
-        assert_ne!(underlay.poll_fd(), underlay.rx.as_raw_fd());
+        assert_ne!(
+            underlay.poll_fd(),
+            underlay.rx.as_ref().unwrap().as_raw_fd()
+        );
         drop(first);
+    }
+
+    /// IPv6-only: no IPv4 address in the config, only IPv6 sockets (the host needs no IPv4
+    /// address); IPv6 peers are reached, IPv4 ones are dropped and counted; the sockets are
+    /// handed over and taken whole.
+    #[test]
+    fn ipv6_only_sockets_need_no_ipv4() {
+        let config = UdpConfig {
+            local_ip: None,
+            local_ip6: Some(Ipv6Addr::LOCALHOST),
+            ..loopback(0, 2, false)
+        };
+        let sockets = UdpSockets::open(&config).unwrap();
+        assert!(sockets.first_is_v6 && sockets.v6.is_none());
+        let all_v6 = |fds: &[BorrowedFd<'_>]| {
+            fds.iter().all(|fd| {
+                local_sockaddr(&fd.try_clone_to_owned().unwrap())
+                    .unwrap()
+                    .is_ipv6()
+            })
+        };
+        let (rx, tx) = sockets.fds();
+        assert_eq!((rx.len(), tx.len()), (1, 2));
+        assert!(all_v6(&rx) && all_v6(&tx), "no IPv4 socket");
+        let port = local_sockaddr(&sockets.rx).unwrap().port();
+        let config = UdpConfig { port, ..config };
+        // A successor takes them over.
+        let dup = |fds: Vec<BorrowedFd<'_>>| -> Vec<OwnedFd> {
+            fds.into_iter()
+                .map(|fd| fd.try_clone_to_owned().unwrap())
+                .collect()
+        };
+        let (rx, tx) = sockets.fds();
+        let taken = UdpSockets::adopt(&config, dup(rx), dup(tx)).unwrap();
+        assert!(taken.first_is_v6);
+        drop(sockets);
+
+        let mut underlay = UdpUnderlay::new(taken, &config).unwrap();
+        assert!(underlay.rx.is_none() && underlay.rx6.is_some());
+        let stats = WorkerStats::default();
+        let frame = [0x6bu8; 60];
+        for ip in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ] {
+            let peer = PeerVtep {
+                vtep_ip: ip,
+                outer: None,
+            };
+            underlay.send(&peer, &frame, &stats);
+        }
+        underlay.flush(&stats);
+        let mut sources = Vec::new();
+        for _ in 0..50 {
+            underlay.receive(&stats, |batch| {
+                for d in batch.iter() {
+                    assert_eq!(&d.data[vxlan::HEADER_LEN..], &frame[..]);
+                    sources.push(d.source);
+                }
+            });
+            if !sources.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(sources, vec![IpAddr::V6(Ipv6Addr::LOCALHOST)]);
+        let snap = stats.snapshot();
+        assert_eq!(snap.underlay_tx_frames, 1, "only the IPv6 peer is sent to");
+        assert_eq!(
+            underlay.poll_fd(),
+            underlay.rx6.as_ref().unwrap().as_raw_fd()
+        );
     }
 
     #[test]
     fn dual_stack_sockets_are_handed_over_whole() {
         let v4_only = loopback(0, 2, false);
         let probe = UdpSockets::open(&v4_only).unwrap();
-        let port = local_addr(&probe.rx).unwrap().port();
+        let port = local_sockaddr(&probe.rx).unwrap().port();
         let config = UdpConfig {
             port,
             local_ip6: Some(Ipv6Addr::LOCALHOST),

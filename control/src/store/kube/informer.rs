@@ -30,14 +30,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::{mpsc, watch};
 
 use super::annotations::Annotations;
 use super::node::{is_lease_update, NodeRecord};
-use crate::lease::{Lease, LeaseEvent};
+use crate::lease::{Lease, LeaseEvent, SubnetKey};
 
 /// Page size of a re-list (client-go's reflector: 500).
 const LIST_PAGE: u32 = 500;
@@ -59,9 +58,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) struct Shared {
     /// The informer's cache: every node, by name.
     pub cache: Mutex<BTreeMap<String, NodeRecord>>,
-    /// This node's subnet once assigned: events for it are skipped too (flannel's lease
+    /// This node's lease key once assigned: events for it are skipped too (flannel's lease
     /// watcher compares subnets).
-    pub own_subnet: Mutex<Option<Ipv4Net>>,
+    pub own_key: Mutex<Option<SubnetKey>>,
     /// True once a list has been read (client-go's `HasSynced`).
     pub synced: watch::Sender<bool>,
 }
@@ -70,7 +69,7 @@ impl Shared {
     pub(super) fn new() -> Arc<Shared> {
         Arc::new(Shared {
             cache: Mutex::new(BTreeMap::new()),
-            own_subnet: Mutex::new(None),
+            own_key: Mutex::new(None),
             synced: watch::channel(false).0,
         })
     }
@@ -80,8 +79,8 @@ impl Shared {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn own_subnet(&self) -> Option<Ipv4Net> {
-        *self.own_subnet.lock().unwrap_or_else(|e| e.into_inner())
+    fn own_key(&self) -> Option<SubnetKey> {
+        *self.own_key.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -398,10 +397,15 @@ impl Informer {
                 return;
             }
         };
-        if self.shared.own_subnet() == Some(lease.subnet) {
+        // Either half of this node's lease claimed by another node.
+        let clash = self.shared.own_key().is_some_and(|own| {
+            (own.ipv4.is_some() && own.ipv4 == lease.subnet)
+                || (own.ipv6.is_some() && own.ipv6 == lease.ipv6_subnet)
+        });
+        if clash {
             tracing::warn!(
                 node = %node.name,
-                subnet = %lease.subnet,
+                subnet = %lease.key(),
                 "another node claims this node's pod CIDR; ignoring it"
             );
             return;
@@ -412,7 +416,7 @@ impl Informer {
             return;
         }
         if let Some(old) = self.reported.get(&node.name) {
-            if old.subnet != lease.subnet {
+            if old.key() != lease.key() {
                 let old = old.clone();
                 self.send(LeaseEvent::Removed(old)).await;
             }

@@ -723,7 +723,10 @@ impl LeaseStore for KubeStore {
                 }
             },
         };
-        let vtep_mac = stored_vtep_mac(node.annotation(&a.backend_data));
+        // An IPv6-only node (flanneld writes no backend-data then) keeps its MAC in
+        // backend-v6-data.
+        let vtep_mac = stored_vtep_mac(node.annotation(&a.backend_data))
+            .or_else(|| stored_vtep_mac(node.annotation(&a.backend_v6_data)));
         if let Some(mac) = vtep_mac {
             tracing::info!(vtep_mac = %mac, "reusing the VtepMAC of node annotation {}", a.backend_data);
         }
@@ -739,19 +742,35 @@ impl LeaseStore for KubeStore {
         attrs: &LeaseAttrs,
     ) -> Result<Option<Lease>, StoreError> {
         let node = self.wait_for_own_node().await?;
-        let subnet = node::own_pod_cidr(&node, config.network).map_err(StoreError::Other)?;
-        let data = attrs
-            .vxlan_data()
-            .map_err(|e| StoreError::Other(e.to_string()))?;
-        let backend_data = vxlan_backend_data(config.backend.vni, data.vtep_mac);
-        let mut changes = annotation_changes(
-            &node,
-            &self.inner.annotations,
-            &backend_data,
-            IpAddr::V4(attrs.public_ip),
-        );
-        // Dual stack: the IPv6 pod CIDR is the IPv6 half of the lease, and `backend-v6-data`
-        // and `public-ipv6` publish it as flanneld does.
+        let a = &self.inner.annotations;
+        // The IPv4 half (`backend-data`, `public-ip`), with IPv4 on. flanneld with EnableIPv4
+        // false writes neither: its BackendData is empty (`"null"`).
+        let (subnet, mut changes) = match config.ipv4 {
+            Some(v4) => {
+                let subnet = node::own_pod_cidr(&node, v4.network).map_err(StoreError::Other)?;
+                let data = attrs
+                    .vxlan_data()
+                    .map_err(|e| StoreError::Other(e.to_string()))?;
+                let backend_data = vxlan_backend_data(config.backend.vni, data.vtep_mac);
+                let changes =
+                    annotation_changes(&node, a, &backend_data, IpAddr::V4(attrs.public_ip));
+                (Some(subnet), changes)
+            }
+            None => {
+                let mut changes = BTreeMap::new();
+                for (key, value) in [
+                    (&a.backend_type, VXLAN_BACKEND_TYPE),
+                    (&a.subnet_kube_managed, "true"),
+                ] {
+                    if node.annotation(key) != value {
+                        changes.insert(key.clone(), value.to_string());
+                    }
+                }
+                (None, changes)
+            }
+        };
+        // Dual stack and IPv6-only: the IPv6 pod CIDR is the IPv6 half of the lease, and
+        // `backend-v6-data` and `public-ipv6` publish it as flanneld does.
         let ipv6_subnet = match config.ipv6 {
             None => None,
             Some(v6) => {
@@ -763,7 +782,6 @@ impl LeaseStore for KubeStore {
                             .into(),
                     ));
                 };
-                let a = &self.inner.annotations;
                 let v6_data = vxlan_backend_data(config.backend.vni, data6.vtep_mac);
                 for (key, value) in [
                     (&a.backend_v6_data, v6_data),
@@ -776,6 +794,9 @@ impl LeaseStore for KubeStore {
                 Some(sn6)
             }
         };
+        let key = SubnetKey::from_parts(subnet, ipv6_subnet).ok_or_else(|| {
+            StoreError::Other("the network config enables neither IPv4 nor IPv6".into())
+        })?;
         if changes.is_empty() {
             tracing::info!(node = %node.name, "the node's annotations are up to date");
         } else {
@@ -785,14 +806,10 @@ impl LeaseStore for KubeStore {
         *self
             .inner
             .shared
-            .own_subnet
+            .own_key
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(subnet);
-        Ok(Some(Lease::new(
-            SubnetKey::new(subnet, ipv6_subnet),
-            attrs.clone(),
-            None,
-        )))
+            .unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(Some(Lease::new(key, attrs.clone(), None)))
     }
 
     fn node_ready(

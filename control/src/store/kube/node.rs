@@ -48,54 +48,43 @@ impl NodeRecord {
         self.annotation(&a.subnet_kube_managed) == "true"
     }
 
-    /// The lease this node describes to its peers (`nodeToLease`, IPv4): `public-ip`,
-    /// `backend-type` and `backend-data` from the annotations, the subnet from the first IPv4
-    /// pod CIDR. No expiration: a node's lease lasts as long as the node.
+    /// The lease this node describes to its peers (`nodeToLease`): the IPv4 half from
+    /// `public-ip`, `backend-type` and `backend-data` and the first IPv4 pod CIDR; the IPv6 half
+    /// (dual stack, IPv6-only) from `public-ipv6` and `backend-v6-data` and the IPv6 pod CIDR,
+    /// when the node has all three. A node of an IPv6-only network (flanneld with `EnableIPv4`
+    /// false writes neither `public-ip` nor `backend-data`, and its `spec.podCIDRs` holds one
+    /// IPv6 CIDR) has only the IPv6 half. No expiration: a node's lease lasts as long as the
+    /// node.
     pub fn to_lease(&self, a: &Annotations) -> Result<Lease, String> {
-        let public_ip_text = self.annotation(&a.backend_public_ip);
-        let public_ip = match public_ip_text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => ip,
-            Ok(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
-                Some(v4) => v4,
-                None => {
-                    return Err(format!(
-                        "annotation {} is {public_ip_text:?}, not an IPv4 address",
-                        a.backend_public_ip
-                    ))
-                }
-            },
-            Err(_) => {
-                return Err(format!(
-                    "annotation {} is {public_ip_text:?}, not an IPv4 address",
-                    a.backend_public_ip
-                ))
-            }
-        };
         let cidrs = self.pod_cidrs_parsed()?;
-        let subnet = cidrs
-            .iter()
-            .find_map(|c| match c {
-                IpNet::V4(v4) => Some(*v4),
-                IpNet::V6(_) => None,
-            })
-            .ok_or_else(|| {
-                format!(
-                    "node has no IPv4 pod CIDR (spec.podCIDRs {:?})",
-                    self.pod_cidrs
-                )
-            })?;
+        let subnet = cidrs.iter().find_map(|c| match c {
+            IpNet::V4(v4) => Some(*v4),
+            IpNet::V6(_) => None,
+        });
         // The raw JSON of the annotation, decoded as a lease's BackendData (Go's
         // json.RawMessage): what does not decode is kept raw and reported by the consumer.
         let mut lease_json = serde_json::json!({
-            "PublicIP": public_ip.to_string(),
             "BackendType": self.annotation(&a.backend_type),
         });
-        let data = self.annotation(&a.backend_data);
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
-            lease_json["BackendData"] = v;
+        if subnet.is_some() {
+            let public_ip_text = self.annotation(&a.backend_public_ip);
+            let not_v4 = || {
+                format!(
+                    "annotation {} is {public_ip_text:?}, not an IPv4 address",
+                    a.backend_public_ip
+                )
+            };
+            let public_ip = match public_ip_text.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => ip,
+                Ok(IpAddr::V6(ip)) => ip.to_ipv4_mapped().ok_or_else(not_v4)?,
+                Err(_) => return Err(not_v4()),
+            };
+            lease_json["PublicIP"] = public_ip.to_string().into();
+            let data = self.annotation(&a.backend_data);
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(data) {
+                lease_json["BackendData"] = v;
+            }
         }
-        // Dual stack (flannel's nodeToLease with IPv6): the IPv6 pod CIDR, `public-ipv6` and
-        // `backend-v6-data`, when the node has all three.
         let v6_cidr = cidrs.iter().find_map(|c| match c {
             IpNet::V6(v6) => Some(*v6),
             IpNet::V4(_) => None,
@@ -112,8 +101,15 @@ impl NodeRecord {
             }
             _ => None,
         };
+        let key = SubnetKey::from_parts(subnet, ipv6_subnet).ok_or_else(|| {
+            format!(
+                "node has no IPv4 pod CIDR, and no IPv6 pod CIDR with annotations {} and {} \
+                 (spec.podCIDRs {:?})",
+                a.backend_public_ipv6, a.backend_v6_data, self.pod_cidrs
+            )
+        })?;
         let attrs = LeaseAttrs::from_json(&lease_json.to_string()).map_err(|e| e.to_string())?;
-        Ok(Lease::new(SubnetKey::new(subnet, ipv6_subnet), attrs, None))
+        Ok(Lease::new(key, attrs, None))
     }
 
     /// `spec.podCIDRs` parsed (or `spec.podCIDR` when the list is empty), host bits cleared as
@@ -163,7 +159,9 @@ pub fn own_pod_cidr(node: &NodeRecord, network: Ipv4Net) -> Result<Ipv4Net, Stri
         })
         .ok_or_else(|| {
             format!(
-                "node {:?} has no IPv4 pod CIDR (spec.podCIDRs {:?}); vxdp runs an IPv4 overlay",
+                "node {:?} has no IPv4 pod CIDR (spec.podCIDRs {:?}), but the network config \
+                 enables IPv4: give the cluster an IPv4 or dual-stack --cluster-cidr, or set \
+                 EnableIPv4 to false for an IPv6-only network",
                 node.name, node.pod_cidrs
             )
         })?;
@@ -179,8 +177,8 @@ pub fn own_pod_cidr(node: &NodeRecord, network: Ipv4Net) -> Result<Ipv4Net, Stri
     Ok(v4)
 }
 
-/// This node's own IPv6 subnet in a dual-stack network: its IPv6 pod CIDR, which must lie
-/// inside `IPv6Network`. Errors say what to fix.
+/// This node's own IPv6 subnet in a dual-stack or IPv6-only network: its IPv6 pod CIDR, which
+/// must lie inside `IPv6Network`. Errors say what to fix.
 pub fn own_pod_cidr_v6(node: &NodeRecord, network: Ipv6Net) -> Result<Ipv6Net, String> {
     let v6 = node
         .pod_cidrs_parsed()?
@@ -193,8 +191,8 @@ pub fn own_pod_cidr_v6(node: &NodeRecord, network: Ipv6Net) -> Result<Ipv6Net, S
         .ok_or_else(|| {
             format!(
                 "node {:?} has no IPv6 pod CIDR (spec.podCIDRs {:?}), but the network config \
-                 enables IPv6: give the cluster a dual-stack --cluster-cidr (kube-controller-manager) \
-                 or set EnableIPv6 to false",
+                 enables IPv6: give the cluster a dual-stack or IPv6 --cluster-cidr \
+                 (kube-controller-manager) or set EnableIPv6 to false",
                 node.name, node.pod_cidrs
             )
         })?;
@@ -261,7 +259,10 @@ mod tests {
         let n = flannel_node("n1", &["10.244.1.0/24"], "192.0.2.1", "12:c6:65:89:b4:e3");
         assert!(n.is_kube_managed(&a));
         let lease = n.to_lease(&a).unwrap();
-        assert_eq!(lease.subnet, "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            lease.subnet,
+            Some("10.244.1.0/24".parse::<Ipv4Net>().unwrap())
+        );
         assert_eq!(lease.expiration, None);
         assert_eq!(lease.attrs.public_ip.to_string(), "192.0.2.1");
         let data = lease.attrs.vxlan_data().unwrap();
@@ -275,11 +276,17 @@ mod tests {
             "192.0.2.2",
             "02:00:00:00:00:02",
         );
-        assert_eq!(n.to_lease(&a).unwrap().subnet.to_string(), "10.244.2.0/24");
+        assert_eq!(
+            n.to_lease(&a).unwrap().subnet.unwrap().to_string(),
+            "10.244.2.0/24"
+        );
         // Only podCIDR set (clusters before dual stack).
         let mut n = flannel_node("n3", &[], "192.0.2.3", "02:00:00:00:00:03");
         n.pod_cidr = "10.244.3.0/24".into();
-        assert_eq!(n.to_lease(&a).unwrap().subnet.to_string(), "10.244.3.0/24");
+        assert_eq!(
+            n.to_lease(&a).unwrap().subnet.unwrap().to_string(),
+            "10.244.3.0/24"
+        );
     }
 
     #[test]

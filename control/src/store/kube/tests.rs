@@ -108,7 +108,7 @@ async fn wait_for_a_watch(api: &KubeApiServer) {
 fn added(e: &LeaseEvent) -> Option<(String, String)> {
     match e {
         LeaseEvent::Added(l) => Some((
-            l.subnet.to_string(),
+            l.subnet.unwrap().to_string(),
             l.attrs
                 .vxlan_data()
                 .map(|d| d.vtep_mac.to_string())
@@ -120,7 +120,7 @@ fn added(e: &LeaseEvent) -> Option<(String, String)> {
 
 fn removed(e: &LeaseEvent) -> Option<String> {
     match e {
-        LeaseEvent::Removed(l) => Some(l.subnet.to_string()),
+        LeaseEvent::Removed(l) => Some(l.subnet.unwrap().to_string()),
         LeaseEvent::Added(_) => None,
     }
 }
@@ -145,7 +145,7 @@ async fn the_pod_cidr_is_the_lease_and_the_node_is_published_as_flanneld_publish
     let subnets: Vec<String> = listing
         .leases
         .values()
-        .map(|l| l.subnet.to_string())
+        .map(|l| l.subnet.unwrap().to_string())
         .collect();
     assert_eq!(subnets, ["10.244.2.0/24"]);
 
@@ -155,7 +155,7 @@ async fn the_pod_cidr_is_the_lease_and_the_node_is_published_as_flanneld_publish
         .await
         .unwrap()
         .expect("the Kubernetes store assigns the lease");
-    assert_eq!(lease.subnet.to_string(), "10.244.7.0/24");
+    assert_eq!(lease.subnet.unwrap().to_string(), "10.244.7.0/24");
     assert_eq!(lease.expiration, None, "a pod CIDR does not lapse");
     assert_eq!(lease.attrs, my_attrs());
 
@@ -428,7 +428,7 @@ async fn the_pod_cidr_is_waited_for_then_checked() {
         .unwrap()
         .unwrap();
     assign.await.unwrap();
-    assert_eq!(lease.subnet.to_string(), "10.244.9.0/24");
+    assert_eq!(lease.subnet.unwrap().to_string(), "10.244.9.0/24");
 
     // Never assigned: a clear failure after the wait, and nothing published.
     f.api.add_node(NodeSpec::new("late", &[]));
