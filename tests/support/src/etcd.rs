@@ -60,6 +60,14 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `ip` as the host part of a URL: IPv6 in brackets (RFC 3986 section 3.2.2).
+fn url_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    }
+}
+
 impl EtcdServer {
     /// Starts etcd and waits (up to 10 s) until it answers. Panics, with etcd's log, when it
     /// cannot: tests that need etcd fail, they never skip.
@@ -74,10 +82,10 @@ impl EtcdServer {
     }
 
     /// Starts etcd inside network namespace `netns`, listening on `host` (an address of that
-    /// namespace), so that hosts in other namespaces reach it over their underlay. `etcdctl`
-    /// helpers run inside the namespace too.
-    pub fn start_in_netns(netns: &str, host: std::net::Ipv4Addr) -> EtcdServer {
-        Self::start_with(false, Some(netns.to_string()), &host.to_string())
+    /// namespace, IPv4 or IPv6), so that hosts in other namespaces reach it over their
+    /// underlay. `etcdctl` helpers run inside the namespace too.
+    pub fn start_in_netns(netns: &str, host: impl Into<std::net::IpAddr>) -> EtcdServer {
+        Self::start_with(false, Some(netns.to_string()), &url_host(host.into()))
     }
 
     /// Starts etcd out of space: its backend quota is smaller than its empty database, so it
