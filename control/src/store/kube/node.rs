@@ -253,6 +253,55 @@ mod tests {
         }
     }
 
+    /// A node of an IPv6-only network as flanneld (EnableIPv4 false) leaves it: one IPv6 pod
+    /// CIDR, `backend-type`, `backend-v6-data`, `public-ipv6`, and no `backend-data` or
+    /// `public-ip` (flanneld writes them only when its BackendData is not "null").
+    #[test]
+    fn a_flanneld_ipv6_only_node_is_an_ipv6_only_lease() {
+        let a = annotations();
+        let n = NodeRecord {
+            name: "n6".into(),
+            annotations: [
+                (
+                    a.backend_v6_data.clone(),
+                    r#"{"VNI":1,"VtepMAC":"12:c6:65:89:b4:e6"}"#.to_string(),
+                ),
+                (a.backend_type.clone(), "vxlan".into()),
+                (a.subnet_kube_managed.clone(), "true".into()),
+                (a.backend_public_ipv6.clone(), "2001:db8::6".into()),
+            ]
+            .into(),
+            pod_cidr: "fd00:10:244:6::/64".into(),
+            pod_cidrs: vec!["fd00:10:244:6::/64".into()],
+        };
+        let lease = n.to_lease(&a).unwrap();
+        assert_eq!(lease.key().to_string(), "0.0.0.0-0&fd00:10:244:6::-64");
+        assert_eq!(lease.attrs.public_ip.to_string(), "0.0.0.0");
+        assert_eq!(
+            lease.attrs.public_ipv6,
+            Some("2001:db8::6".parse().unwrap())
+        );
+        let peer = crate::backend::Peer::from_lease(&lease).unwrap();
+        assert_eq!(peer.ipv4, None);
+        assert_eq!(
+            peer.ipv6.map(|v6| v6.vtep_mac),
+            Some(MacAddr([0x12, 0xc6, 0x65, 0x89, 0xb4, 0xe6]))
+        );
+        // The same node without its IPv6 annotations names no lease, and says why.
+        let mut bare = n.clone();
+        bare.annotations.remove(&a.backend_public_ipv6);
+        let e = bare.to_lease(&a).unwrap_err();
+        assert!(
+            e.contains("no IPv4 pod CIDR") && e.contains("public-ipv6"),
+            "{e}"
+        );
+        // This node's own IPv6 subnet in an IPv6-only network.
+        assert_eq!(
+            own_pod_cidr_v6(&n, "fd00:10:244::/48".parse().unwrap()),
+            Ok("fd00:10:244:6::/64".parse().unwrap())
+        );
+    }
+
     #[test]
     fn a_flanneld_node_is_a_vxlan_lease() {
         let a = annotations();
