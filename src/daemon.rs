@@ -613,7 +613,7 @@ async fn run_with_store<S: LeaseStore>(
                 return Ok(());
             };
             tracing::info!(
-                subnet = %acquired.lease.key(),
+                subnet = %acquired.lease.key().cidrs(),
                 vtep_mac = %vtep_mac,
                 "lease acquired ({})",
                 acquired.allocation

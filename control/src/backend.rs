@@ -280,7 +280,7 @@ impl<B: Backend> PeerSync<B> {
             "adding"
         };
         tracing::info!(
-            subnet = %peer.key,
+            subnet = %peer.key.cidrs(),
             public_ip = %peer.ipv4.as_ref().map_or_else(|| "-".into(), |v4| v4.public_ip.to_string()),
             vtep_mac = %peer.ipv4.as_ref().map_or_else(|| "-".into(), |v4| v4.vtep_mac.to_string()),
             public_ipv6 = %peer.ipv6.as_ref().and_then(|v6| v6.public_ip).map_or_else(|| "-".into(), |a| a.to_string()),
@@ -294,7 +294,7 @@ impl<B: Backend> PeerSync<B> {
                 self.peers.insert(peer.key, peer);
             }
             Err(e) => {
-                tracing::warn!(subnet = %peer.key, "programming peer failed, will retry: {e}");
+                tracing::warn!(subnet = %peer.key.cidrs(), "programming peer failed, will retry: {e}");
                 self.failed.insert(peer.key, peer);
             }
         }
@@ -306,13 +306,13 @@ impl<B: Backend> PeerSync<B> {
             return;
         };
         tracing::info!(
-            subnet = %key,
+            subnet = %key.cidrs(),
             node = %previous.node_addr().map_or_else(|| "-".into(), |a| a.to_string()),
             backend = self.backend.name(),
             "lease event: removing peer"
         );
         if let Err(e) = self.backend.remove_peer(&previous).await {
-            tracing::warn!(subnet = %key, "removing peer failed: {e}");
+            tracing::warn!(subnet = %key.cidrs(), "removing peer failed: {e}");
         }
     }
 

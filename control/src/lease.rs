@@ -193,6 +193,29 @@ impl SubnetKey {
     }
 }
 
+/// A lease's subnets as an operator reads them (`10.5.52.0/24`, `fc00::/64`, or both with a
+/// space), for logs: the key's own form (`10.5.52.0-24&fc00::-64`) is etcd's.
+#[derive(Debug, Clone, Copy)]
+pub struct SubnetCidrs<'a>(&'a SubnetKey);
+
+impl fmt::Display for SubnetCidrs<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.0.ipv4, self.0.ipv6) {
+            (Some(v4), Some(v6)) => write!(f, "{v4} {v6}"),
+            (Some(v4), None) => write!(f, "{v4}"),
+            (None, Some(v6)) => write!(f, "{v6}"),
+            (None, None) => f.write_str("-"),
+        }
+    }
+}
+
+impl SubnetKey {
+    /// The subnets in CIDR notation, for logs.
+    pub fn cidrs(&self) -> SubnetCidrs<'_> {
+        SubnetCidrs(self)
+    }
+}
+
 impl fmt::Display for SubnetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // flannel's MakeSubnetKey writes the zero IP4Net of an IPv6-only lease as 0.0.0.0-0.
