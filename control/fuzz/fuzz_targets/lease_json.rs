@@ -36,7 +36,7 @@ fn check_attrs(text: &str) {
 fn check_key_text(text: &str) {
     if let Ok(key) = text.parse::<SubnetKey>() {
         assert_eq!(key.to_string(), text);
-        assert_eq!(key.ipv4, key.ipv4.trunc());
+        assert_eq!(key.ipv4, key.ipv4.map(|n| n.trunc()));
         assert_eq!(key.ipv6, key.ipv6.map(|n| n.trunc()));
     }
     if let Ok(key) = SubnetKey::from_etcd_key(DEFAULT_ETCD_PREFIX, text) {

@@ -18,31 +18,42 @@ fn without_ignored(mut c: NetworkConfig) -> NetworkConfig {
 }
 
 fn check_v4(c: &NetworkConfig) {
-    let prefix = c.network.prefix_len();
-    assert_eq!(c.network, c.network.trunc(), "host bits cleared");
+    let Some(v4) = c.ipv4 else {
+        // IPv6-only (EnableIPv4 false): nothing IPv4 to lease.
+        assert_eq!(c.subnets().next(), None);
+        assert_eq!(c.subnet_size(), None);
+        assert!(c.ipv6.is_some(), "one family is always on");
+        return;
+    };
+    let prefix = v4.network.prefix_len();
+    assert_eq!(v4.network, v4.network.trunc(), "host bits cleared");
     assert!(prefix <= 28);
-    assert!(u32::from(prefix) + 2 <= u32::from(c.subnet_len) && c.subnet_len <= 30);
-    assert!(c.subnet_min <= c.subnet_max);
-    let mask = u32::MAX << (32 - c.subnet_len);
-    for a in [c.subnet_min, c.subnet_max] {
+    assert!(u32::from(prefix) + 2 <= u32::from(v4.subnet_len) && v4.subnet_len <= 30);
+    assert!(v4.subnet_min <= v4.subnet_max);
+    let mask = u32::MAX << (32 - v4.subnet_len);
+    for a in [v4.subnet_min, v4.subnet_max] {
         assert_eq!(u32::from(a) & mask, u32::from(a), "{a} aligned");
-        assert!(c.network.contains(&a), "{a} in {}", c.network);
+        assert!(v4.network.contains(&a), "{a} in {}", v4.network);
     }
-    assert_eq!(u64::from(c.subnet_size()), 1u64 << (32 - c.subnet_len));
+    let size = 1u64 << (32 - v4.subnet_len);
+    assert_eq!(c.subnet_size().map(u64::from), Some(size));
 
-    let first = Ipv4Net::new(c.subnet_min, c.subnet_len).unwrap();
-    let last = Ipv4Net::new(c.subnet_max, c.subnet_len).unwrap();
+    let first = Ipv4Net::new(v4.subnet_min, v4.subnet_len).unwrap();
+    let last = Ipv4Net::new(v4.subnet_max, v4.subnet_len).unwrap();
     assert_eq!(c.subnets().next(), Some(first));
-    let count = (u64::from(u32::from(c.subnet_max)) - u64::from(u32::from(c.subnet_min)))
-        / u64::from(c.subnet_size())
-        + 1;
+    let count =
+        (u64::from(u32::from(v4.subnet_max)) - u64::from(u32::from(v4.subnet_min))) / size + 1;
     if count <= WALK {
         assert_eq!(c.subnets().count() as u64, count);
         assert_eq!(c.subnets().last(), Some(last));
     }
     let v6_first = c.ipv6_subnets().next();
-    assert!(c.is_compatible(first, v6_first));
-    assert!(c.is_compatible(last, v6_first));
+    assert!(c.is_compatible(Some(first), v6_first));
+    assert!(c.is_compatible(Some(last), v6_first));
+    assert!(
+        !c.is_compatible(None, v6_first),
+        "the IPv4 half is required"
+    );
 }
 
 fn check_v6(c: &NetworkConfig) {
@@ -72,7 +83,7 @@ fn check_v6(c: &NetworkConfig) {
         assert_eq!(c.ipv6_subnets().count() as u128, count);
         assert_eq!(c.ipv6_subnets().last(), Some(last));
     }
-    let v4_first = Ipv4Net::new(c.subnet_min, c.subnet_len).unwrap();
+    let v4_first = c.subnets().next();
     assert!(c.is_compatible(v4_first, Some(last)));
     assert!(
         !c.is_compatible(v4_first, None),
