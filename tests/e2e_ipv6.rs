@@ -316,23 +316,7 @@ fn dual_stack_kernel_nodes_and_a_flanneld_node_carry_ipv4_and_ipv6() {
     assert_eq!(fl_peer["public_ipv6"], underlay6(3).to_string(), "{st:#}");
     assert_eq!(fl_peer["vtep_mac_v6"], FL_MAC6, "{st:#}");
     // Each vxdp node programmed the flanneld node's IPv6 half as flanneld would.
-    let r6 = routes(h1, "-6");
-    assert!(
-        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp-v6.1")),
-        "{r6}"
-    );
-    let neigh = h1
-        .ns
-        .run(&["ip", "-6", "neigh", "show", "dev", "vxdp-v6.1"]);
-    assert!(
-        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
-        "{neigh}"
-    );
-    let fdb = h1.ns.run(&["bridge", "fdb", "show", "dev", "vxdp-v6.1"]);
-    assert!(
-        fdb.contains(&format!("{FL_MAC6} dst {} self permanent", underlay6(3))),
-        "{fdb}"
-    );
+    assert_programs_flanneld_v6_half(h1);
 
     // Every pair, both families, both ways: vxdp<->vxdp and vxdp<->flanneld.
     let fl4: IpAddr = FL_NET4.parse().unwrap();
@@ -822,23 +806,7 @@ fn ipv6_only_kernel_xdp_and_flanneld_nodes_over_an_ipv6_only_underlay() {
         addrs.contains(&format!("{}/128", overlay6(h1))) && !addrs.contains("inet "),
         "{addrs}"
     );
-    let r6 = routes(h1, "-6");
-    assert!(
-        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp-v6.1")),
-        "{r6}"
-    );
-    let neigh = h1
-        .ns
-        .run(&["ip", "-6", "neigh", "show", "dev", "vxdp-v6.1"]);
-    assert!(
-        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
-        "{neigh}"
-    );
-    let fdb = h1.ns.run(&["bridge", "fdb", "show", "dev", "vxdp-v6.1"]);
-    assert!(
-        fdb.contains(&format!("{FL_MAC6} dst {} self permanent", underlay6(3))),
-        "{fdb}"
-    );
+    assert_programs_flanneld_v6_half(h1);
     // The AF_XDP node's TAP carries only its IPv6 address and routes.
     let tap = h2.ns.run(&["ip", "addr", "show", "dev", "vxdp.1"]);
     assert!(
@@ -977,4 +945,25 @@ fn ipv6_only_udp_nodes_over_an_ipv6_only_underlay() {
     let links = c.hosts[0].ns.run(&["ip", "-br", "link", "show"]);
     assert!(!links.contains("vxdp"), "{links}");
     eprintln!("interop (IPv6-only): udp<->udp ok (ping6, TCP both ways), lease removal, cleanup");
+}
+
+/// The kernel-backend node `h` programmed the flanneld-style node's IPv6 half as flanneld
+/// programs a peer on flannel-v6: an onlink route via the peer's base address, a permanent
+/// neighbour entry with its VtepMAC, and an FDB entry to its PublicIPv6.
+fn assert_programs_flanneld_v6_half(h: &Host) {
+    let r6 = routes(h, "-6");
+    assert!(
+        r6.contains(&format!("{FL_NET6}/64 via {FL_NET6} dev vxdp-v6.1")),
+        "{r6}"
+    );
+    let neigh = h.ns.run(&["ip", "-6", "neigh", "show", "dev", "vxdp-v6.1"]);
+    assert!(
+        neigh.contains(&format!("{FL_NET6} lladdr {FL_MAC6} PERMANENT")),
+        "{neigh}"
+    );
+    let fdb = h.ns.run(&["bridge", "fdb", "show", "dev", "vxdp-v6.1"]);
+    assert!(
+        fdb.contains(&format!("{FL_MAC6} dst {} self permanent", underlay6(3))),
+        "{fdb}"
+    );
 }
